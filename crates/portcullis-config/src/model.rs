@@ -1,0 +1,547 @@
+//! The typed configuration that the rest of Portcullis receives. Built only by
+//! [`crate::load`]; every field here has already been validated.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use crate::reader::Reader;
+
+/// The path of the callback when only `public_url` is configured.
+pub const DEFAULT_CALLBACK_PATH: &str = "/api/v1/auth/callback";
+
+/// The shortest cookie secret accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    /// The app behind Portcullis.
+    pub upstream_url: Option<Url>,
+    pub upstream: UpstreamConfig,
+    /// The externally visible origin of Portcullis (`https://app.example.com`).
+    pub public_url: Option<Url>,
+    /// Master secret for the login-state cookie; at least 32 bytes.
+    pub cookie_secret: Option<SecretString>,
+    pub tls: Option<TlsConfig>,
+    /// Peers whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub session: SessionConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    /// Longest wait for the upstream's response headers before answering 504.
+    pub response_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub idle_timeout: Duration,
+    pub max_idle_per_host: usize,
+    /// Send the client's `Host` to the upstream instead of the upstream's own authority.
+    pub preserve_host: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// After SIGTERM, how long in-flight requests may take before the process exits.
+    pub shutdown_grace: Duration,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    /// Largest body accepted by Portcullis's own endpoints (the callback form, SCIM).
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Authorization code with PKCE: the default.
+    Code,
+    /// `response_type=id_token`.
+    Implicit,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// Any OpenID Connect provider found by discovery.
+    Oidc { discovery_url: Url },
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// The name used in config, in `?provider=` and in `X-Forwarded-Provider`.
+    pub name: String,
+    pub display_name: String,
+    pub kind: ProviderKind,
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    pub scopes: Vec<String>,
+    /// Extra authorization request parameters (`audience` for Auth0).
+    pub auth_url_params: Vec<(String, String)>,
+    pub flow: Flow,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub enabled: bool,
+    pub providers: Vec<ProviderConfig>,
+    /// The callback URL registered at the provider; its path is the callback route.
+    pub redirect_url: Option<Url>,
+    /// Emails or user names admitted; empty admits every authenticated user.
+    pub allowed_users: Vec<String>,
+    /// Hosts (besides the public one) that an absolute post-login return URL may name.
+    pub allowed_redirect_hosts: Vec<String>,
+    /// How long a started login may take before its state cookie expires.
+    pub login_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionStoreKind {
+    Memory,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub store: SessionStoreKind,
+    pub cookie_name: String,
+    /// Absolute lifetime of a session.
+    pub lifetime: Duration,
+    /// A session unused for this long ends.
+    pub idle_timeout: Duration,
+    /// The in-memory store holds at most this many sessions.
+    pub max_sessions: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// Every top-level key, for mapping environment variables.
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen_addr",
+    "upstream_url",
+    "upstream",
+    "public_url",
+    "cookie_secret",
+    "cookie_secret_file",
+    "tls",
+    "trusted_proxies",
+    "server",
+    "auth",
+    "oauth",
+    "session",
+    "log_level",
+    "log_format",
+];
+
+impl Config {
+    /// Whether cookies must carry `Secure`: whenever the public URL is https.
+    pub fn secure_cookies(&self) -> bool {
+        self.public_origin().is_some_and(|u| u.scheme() == "https")
+    }
+
+    /// The origin users reach Portcullis at: `public_url`, else the redirect URL's origin.
+    pub fn public_origin(&self) -> Option<Url> {
+        let base = self
+            .public_url
+            .as_ref()
+            .or(self.auth.redirect_url.as_ref())?;
+        let mut origin = base.clone();
+        origin.set_path("/");
+        origin.set_query(None);
+        origin.set_fragment(None);
+        Some(origin)
+    }
+
+    /// The path the callback is served at, taken from the redirect URL.
+    pub fn callback_path(&self) -> String {
+        self.auth
+            .redirect_url
+            .as_ref()
+            .map(|u| u.path().to_string())
+            .unwrap_or_else(|| DEFAULT_CALLBACK_PATH.to_string())
+    }
+
+    pub(crate) fn read(r: &Reader<'_>) -> Config {
+        let upstream_url = r.url(
+            "upstream_url",
+            "set it to the app's address, such as http://127.0.0.1:3000",
+        );
+        let public_url = r.url(
+            "public_url",
+            "set it to the address users type, such as https://app.example.com",
+        );
+        let cookie_secret = r.secret("cookie_secret");
+        let tls = read_tls(r);
+        let trusted_proxies = read_cidrs(r, "trusted_proxies");
+        let auth = read_auth(r, public_url.as_ref());
+        if upstream_url.is_none() && !r.is_set("upstream_url") {
+            r.error(
+                "upstream_url",
+                "is missing",
+                "set UPSTREAM_URL to the app Portcullis protects, such as http://127.0.0.1:3000",
+            );
+        }
+        if auth.enabled {
+            match &cookie_secret {
+                None => r.error(
+                    "cookie_secret",
+                    "is missing, and authentication is on",
+                    "set COOKIE_SECRET (or COOKIE_SECRET_FILE) to at least 32 random bytes, for example the output of `openssl rand -base64 32`",
+                ),
+                Some(s) if s.expose_secret().len() < MIN_SECRET_BYTES => r.error(
+                    "cookie_secret",
+                    format!(
+                        "is {} bytes long, shorter than the {MIN_SECRET_BYTES} bytes required",
+                        s.expose_secret().len()
+                    ),
+                    "use at least 32 random bytes, for example the output of `openssl rand -base64 32`",
+                ),
+                Some(_) => {}
+            }
+        }
+        let lifetime = r.duration("session.lifetime", Duration::from_secs(12 * 3600));
+        let idle_timeout = r.duration("session.idle_timeout", Duration::from_secs(3600));
+        if idle_timeout > lifetime {
+            r.error(
+                "session.idle_timeout",
+                "is longer than session.lifetime",
+                "make the idle timeout at most the lifetime",
+            );
+        }
+        let session = SessionConfig {
+            store: match r.string("session.store").as_deref() {
+                None | Some("memory") => SessionStoreKind::Memory,
+                Some(other) => {
+                    r.error(
+                        "session.store",
+                        format!("`{other}` is not a session store"),
+                        "write memory",
+                    );
+                    SessionStoreKind::Memory
+                }
+            },
+            cookie_name: read_cookie_name(r),
+            lifetime,
+            idle_timeout,
+            max_sessions: r.number("session.max_sessions", 200_000) as usize,
+        };
+        let log = LogConfig {
+            level: r.string("log_level").unwrap_or_else(|| "info".into()),
+            format: match r.string("log_format").as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    r.error(
+                        "log_format",
+                        format!("`{other}` is not a log format"),
+                        "write text or json",
+                    );
+                    LogFormat::Text
+                }
+            },
+        };
+        Config {
+            listen_addr: r.socket_addr("listen_addr", "0.0.0.0:8080"),
+            upstream_url,
+            upstream: UpstreamConfig {
+                connect_timeout: r.duration("upstream.connect_timeout", Duration::from_secs(5)),
+                response_timeout: r.duration("upstream.response_timeout", Duration::from_secs(60)),
+                idle_timeout: r.duration("upstream.idle_timeout", Duration::from_secs(90)),
+                max_idle_per_host: r.number("upstream.max_idle_per_host", 256) as usize,
+                preserve_host: r.bool("upstream.preserve_host", false),
+            },
+            public_url,
+            cookie_secret,
+            tls,
+            trusted_proxies,
+            server: ServerConfig {
+                shutdown_grace: r.duration("server.shutdown_grace", Duration::from_secs(25)),
+                header_read_timeout: r
+                    .duration("server.header_read_timeout", Duration::from_secs(10)),
+                max_header_bytes: (r.number("server.max_header_bytes", 64 * 1024) as usize)
+                    .max(8192),
+                max_body_bytes: r.number("server.max_body_bytes", 1024 * 1024) as usize,
+            },
+            auth,
+            session,
+            log,
+        }
+    }
+}
+
+fn read_cookie_name(r: &Reader<'_>) -> String {
+    let name = r
+        .string("session.cookie_name")
+        .unwrap_or_else(|| "session_token".into());
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !valid {
+        r.error(
+            "session.cookie_name",
+            format!("`{name}` is not a valid cookie name"),
+            "use letters, digits, `-`, `_` and `.` only",
+        );
+        return "session_token".into();
+    }
+    name
+}
+
+fn read_tls(r: &Reader<'_>) -> Option<TlsConfig> {
+    let cert = r.string("tls.cert_file");
+    let key = r.string("tls.key_file");
+    match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsConfig {
+            cert_file: cert.into(),
+            key_file: key.into(),
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            r.error(
+                "tls.key_file",
+                "is missing while tls.cert_file is set",
+                "set both to PEM files, or neither to serve plain HTTP",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            r.error(
+                "tls.cert_file",
+                "is missing while tls.key_file is set",
+                "set both to PEM files, or neither to serve plain HTTP",
+            );
+            None
+        }
+    }
+}
+
+fn read_cidrs(r: &Reader<'_>, key: &str) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for item in r.list(key).unwrap_or_default() {
+        let parsed = item
+            .parse::<IpNet>()
+            .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => out.push(net),
+            Err(_) => r.error(
+                key,
+                format!("`{item}` is not an IP address or CIDR range"),
+                "write addresses such as 10.0.0.0/8 or 127.0.0.1",
+            ),
+        }
+    }
+    out
+}
+
+const DEFAULT_SCOPES: &[&str] = &["openid", "email", "profile"];
+
+fn read_flow(r: &Reader<'_>, key: &str, default: Flow) -> Flow {
+    match r.string(key).map(|s| s.to_ascii_lowercase()).as_deref() {
+        None => default,
+        Some("code") => Flow::Code,
+        Some("implicit") => Flow::Implicit,
+        Some(other) => {
+            r.error(
+                key,
+                format!("`{other}` is not a login flow"),
+                "write code (authorization code with PKCE, recommended) or implicit",
+            );
+            default
+        }
+    }
+}
+
+fn read_auth(r: &Reader<'_>, public_url: Option<&Url>) -> AuthConfig {
+    let flat_enabled = r.bool("oauth.enabled", false);
+    let default_flow = read_flow(r, "auth.openid_connect.flow", Flow::Code);
+    let mut providers = Vec::new();
+
+    // The nested dialect: AUTH__OPENID_CONNECT__<NAME>__<KEY>.
+    for name in r.keys("auth.openid_connect") {
+        if name == "flow" {
+            continue;
+        }
+        let base = format!("auth.openid_connect.{name}");
+        if !r.bool(&format!("{base}.enabled"), false) {
+            // Read (and so accept) the other keys of a disabled provider.
+            for key in [
+                "client_id",
+                "client_secret",
+                "discovery_url",
+                "display_name",
+                "scopes",
+                "flow",
+            ] {
+                r.mark_known(&format!("{base}.{key}"));
+            }
+            r.string_map(&format!("{base}.auth_url_params"));
+            continue;
+        }
+        let client_id = r.required_string(
+            &format!("{base}.client_id"),
+            "set it to the client id the provider issued for Portcullis",
+        );
+        let discovery_url = r.url(
+            &format!("{base}.discovery_url"),
+            "set it to the provider's issuer or discovery URL, such as https://example.okta.com/.well-known/openid-configuration",
+        );
+        if discovery_url.is_none() && !r.is_set(&format!("{base}.discovery_url")) {
+            r.error(
+                &format!("{base}.discovery_url"),
+                "is missing",
+                "set it to the provider's issuer or discovery URL, such as https://example.okta.com/.well-known/openid-configuration",
+            );
+        }
+        let display_name = r
+            .string(&format!("{base}.display_name"))
+            .unwrap_or_else(|| default_display_name(&name));
+        if let (Some(client_id), Some(discovery_url)) = (client_id, discovery_url) {
+            providers.push(ProviderConfig {
+                display_name,
+                kind: ProviderKind::Oidc { discovery_url },
+                client_id,
+                client_secret: r.secret(&format!("{base}.client_secret")),
+                scopes: r
+                    .list(&format!("{base}.scopes"))
+                    .unwrap_or_else(|| DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect()),
+                auth_url_params: r.string_map(&format!("{base}.auth_url_params")),
+                flow: read_flow(r, &format!("{base}.flow"), default_flow),
+                name,
+            });
+        }
+    }
+
+    // The flat dialect: OAUTH_*.
+    let flat_provider = r.string("oauth.provider").map(|p| p.to_ascii_lowercase());
+    let issuer = r.url(
+        "oauth.issuer_url",
+        "set it to the provider's issuer URL, such as https://login.example.com/realms/main",
+    );
+    let flat_scopes = r.list("oauth.scopes");
+    let flat_client_id = r.string("oauth.client_id");
+    let flat_client_secret = r.secret("oauth.client_secret");
+    if flat_enabled {
+        let kind = flat_provider
+            .clone()
+            .or_else(|| issuer.as_ref().map(|_| "oidc".to_string()));
+        match kind.as_deref() {
+            None => r.error(
+                "oauth.provider",
+                "is missing, and OAUTH_ENABLED is true",
+                "set OAUTH_PROVIDER=oidc and OAUTH_ISSUER_URL to your provider's issuer URL",
+            ),
+            Some("oidc") => {
+                if issuer.is_none() && !r.is_set("oauth.issuer_url") {
+                    r.error(
+                        "oauth.issuer_url",
+                        "is missing, and OAUTH_PROVIDER is oidc",
+                        "set it to the provider's issuer URL (its discovery document is at <issuer>/.well-known/openid-configuration)",
+                    );
+                }
+                if flat_client_id.is_none() {
+                    r.error(
+                        "oauth.client_id",
+                        "is missing, and OAUTH_ENABLED is true",
+                        "set OAUTH_CLIENT_ID to the client id the provider issued for Portcullis",
+                    );
+                }
+                if let (Some(discovery_url), Some(client_id)) = (issuer, flat_client_id) {
+                    providers.push(ProviderConfig {
+                        name: "oidc".into(),
+                        display_name: "OpenID Connect".into(),
+                        kind: ProviderKind::Oidc { discovery_url },
+                        client_id,
+                        client_secret: flat_client_secret,
+                        scopes: flat_scopes.unwrap_or_else(|| {
+                            DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect()
+                        }),
+                        auth_url_params: Vec::new(),
+                        flow: default_flow,
+                    });
+                }
+            }
+            Some(named) if providers.iter().any(|p| p.name == named) => {}
+            Some(other) => r.error(
+                "oauth.provider",
+                format!("`{other}` is not a provider this build knows"),
+                "set OAUTH_PROVIDER=oidc with OAUTH_ISSUER_URL, or name a provider enabled under auth.openid_connect",
+            ),
+        }
+    }
+
+    let enabled = flat_enabled || !providers.is_empty();
+    let redirect_url = r
+        .url(
+            "oauth.redirect_url",
+            "set it to the callback URL registered at the provider, such as https://app.example.com/api/v1/auth/callback",
+        )
+        .or_else(|| public_url.and_then(|p| p.join(DEFAULT_CALLBACK_PATH).ok()));
+    if enabled && redirect_url.is_none() && !r.is_set("oauth.redirect_url") {
+        r.error(
+            "oauth.redirect_url",
+            "is missing, and authentication is on",
+            "set OAUTH_REDIRECT_URL to the callback URL registered at the provider (such as https://app.example.com/api/v1/auth/callback), or set PUBLIC_URL",
+        );
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for p in &providers {
+        if !names.insert(p.name.clone()) {
+            r.error(
+                "oauth.provider",
+                format!("the provider name `{}` is configured twice", p.name),
+                "configure each provider once",
+            );
+        }
+    }
+    AuthConfig {
+        enabled,
+        providers,
+        redirect_url,
+        allowed_users: r.list("oauth.allowed_users").unwrap_or_default(),
+        allowed_redirect_hosts: r
+            .list("auth.allowed_redirect_hosts")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        login_timeout: r.duration("auth.login_timeout", Duration::from_secs(600)),
+    }
+}
+
+fn default_display_name(name: &str) -> String {
+    match name {
+        "auth0" => "Auth0".into(),
+        "google" => "Google".into(),
+        "okta" => "Okta".into(),
+        "microsoft" => "Microsoft".into(),
+        "custom" => "Custom OAuth".into(),
+        other => {
+            let mut chars = other.chars();
+            match chars.next() {
+                Some(first) => first.to_uppercase().chain(chars).collect(),
+                None => other.into(),
+            }
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! Loading scenarios: each dialect alone, layering, secrets from files, and the errors an
+//! operator sees for the common mistakes.
+
+use super::*;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn flat_oidc() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("OAUTH_ENABLED", "true"),
+        ("OAUTH_PROVIDER", "oidc"),
+        ("OAUTH_ISSUER_URL", "https://idp.example.com"),
+        ("OAUTH_CLIENT_ID", "0123"),
+        ("OAUTH_CLIENT_SECRET", "shh"),
+        (
+            "OAUTH_REDIRECT_URL",
+            "https://app.example.com/api/v1/auth/callback",
+        ),
+        ("OAUTH_SCOPES", "openid,email"),
+        ("OAUTH_ALLOWED_USERS", "Alice@Example.com"),
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("LISTEN_ADDR", "127.0.0.1:4180"),
+        ("COOKIE_SECRET", SECRET),
+        ("PATH", "/usr/bin"),
+        ("SESSION_MANAGER", "local/unix:@/tmp/.ICE-unix/1"),
+    ]
+}
+
+fn load_env(pairs: &[(&str, &str)]) -> Result<Config, LoadError> {
+    load(&Sources {
+        env: env(pairs),
+        ..Sources::default()
+    })
+}
+
+fn errors(result: Result<Config, LoadError>) -> Vec<ConfigError> {
+    match result {
+        Err(LoadError::Invalid(ConfigErrors(e))) => e,
+        Err(other) => panic!("expected validation errors, got {other}"),
+        Ok(_) => panic!("expected validation errors, got a valid config"),
+    }
+}
+
+fn temp_file(contents: &str) -> tempfile_lite::TempFile {
+    tempfile_lite::TempFile::new(contents)
+}
+
+/// A minimal temporary file helper, to avoid a dev-dependency for four tests.
+mod tempfile_lite {
+    use std::path::{Path, PathBuf};
+
+    pub struct TempFile(PathBuf);
+
+    impl TempFile {
+        pub fn new(contents: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "portcullis-config-test-{}-{}",
+                std::process::id(),
+                portcullis_unique()
+            ));
+            std::fs::write(&path, contents).expect("write temp file");
+            TempFile(path)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn portcullis_unique() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn flat_dialect_alone_configures_a_generic_oidc_provider() {
+    let config = load_env(&flat_oidc()).expect("valid");
+    assert!(config.auth.enabled);
+    assert_eq!(config.listen_addr.to_string(), "127.0.0.1:4180");
+    assert_eq!(config.auth.providers.len(), 1);
+    let p = &config.auth.providers[0];
+    assert_eq!(p.name, "oidc");
+    // A client id with a leading zero keeps it.
+    assert_eq!(p.client_id, "0123");
+    assert_eq!(p.scopes, vec!["openid", "email"]);
+    assert_eq!(
+        p.kind,
+        ProviderKind::Oidc {
+            discovery_url: Url::parse("https://idp.example.com").unwrap()
+        }
+    );
+    assert_eq!(config.auth.allowed_users, vec!["Alice@Example.com"]);
+    assert_eq!(config.callback_path(), "/api/v1/auth/callback");
+    assert!(config.secure_cookies());
+}
+
+#[test]
+fn open_mode_is_the_default() {
+    let config = load_env(&[("UPSTREAM_URL", "http://127.0.0.1:3000")]).expect("valid");
+    assert!(!config.auth.enabled);
+    assert!(config.auth.providers.is_empty());
+    assert_eq!(config.listen_addr.to_string(), "0.0.0.0:8080");
+    assert_eq!(config.session.cookie_name, "session_token");
+}
+
+#[test]
+fn oauth_enabled_false_is_open_mode_even_with_other_settings() {
+    let mut vars = flat_oidc();
+    vars[0] = ("OAUTH_ENABLED", "false");
+    let config = load_env(&vars).expect("valid");
+    assert!(!config.auth.enabled);
+}
+
+#[test]
+fn nested_dialect_alone_configures_named_providers() {
+    let config = load_env(&[
+        ("AUTH__OPENID_CONNECT__OKTA__ENABLED", "true"),
+        ("AUTH__OPENID_CONNECT__OKTA__CLIENT_ID", "okta-id"),
+        ("AUTH__OPENID_CONNECT__OKTA__CLIENT_SECRET", "okta-secret"),
+        (
+            "AUTH__OPENID_CONNECT__OKTA__DISCOVERY_URL",
+            "https://example.okta.com/.well-known/openid-configuration",
+        ),
+        (
+            "AUTH__OPENID_CONNECT__OKTA__AUTH_URL_PARAMS__AUDIENCE",
+            "api://default",
+        ),
+        ("AUTH__OPENID_CONNECT__CUSTOM__ENABLED", "false"),
+        ("AUTH__OPENID_CONNECT__CUSTOM__DISPLAY_NAME", "Corp SSO"),
+        ("AUTH__OPENID_CONNECT__FLOW", "code"),
+        ("PUBLIC_URL", "https://houston.example.com"),
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("COOKIE_SECRET", SECRET),
+    ])
+    .expect("valid");
+    assert!(config.auth.enabled);
+    assert_eq!(config.auth.providers.len(), 1);
+    let okta = &config.auth.providers[0];
+    assert_eq!(okta.name, "okta");
+    assert_eq!(okta.display_name, "Okta");
+    assert_eq!(
+        okta.auth_url_params,
+        vec![("audience".to_string(), "api://default".to_string())]
+    );
+    assert_eq!(okta.flow, Flow::Code);
+    assert_eq!(
+        config.auth.redirect_url.as_ref().map(Url::as_str),
+        Some("https://houston.example.com/api/v1/auth/callback")
+    );
+}
+
+#[test]
+fn yaml_in_the_design_documents_camel_case_is_understood() {
+    let file = temp_file(
+        "upstreamUrl: http://127.0.0.1:3000\ncookieSecret: 0123456789abcdef0123456789abcdef\npublicUrl: https://houston.example.com\nauth:\n  openidConnect:\n    flow: code\n    okta:\n      enabled: true\n      clientId: abc\n      clientSecret: xyz\n      discoveryUrl: https://example.okta.com\n      authUrlParams:\n        audience: GetFromYourOktaAdmin\n",
+    );
+    let config = load(&Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    })
+    .expect("valid");
+    assert_eq!(config.auth.providers[0].client_id, "abc");
+    assert_eq!(
+        config.auth.providers[0].auth_url_params,
+        vec![("audience".into(), "GetFromYourOktaAdmin".into())]
+    );
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let file = temp_file("upstream_url: http://127.0.0.1:1\nlisten_addr: 127.0.0.1:1111\n");
+    let config = load(&Sources {
+        file: Some(file.path().to_path_buf()),
+        env: env(&[("LISTEN_ADDR", "127.0.0.1:2222")]),
+        ..Sources::default()
+    })
+    .expect("valid");
+    assert_eq!(config.listen_addr.to_string(), "127.0.0.1:2222");
+    assert_eq!(config.upstream_url.unwrap().as_str(), "http://127.0.0.1:1/");
+}
+
+#[test]
+fn flags_override_the_environment() {
+    let config = load(&Sources {
+        env: env(&[("UPSTREAM_URL", "http://127.0.0.1:1")]),
+        flags: vec![("upstream_url", "--upstream", "http://127.0.0.1:2".into())],
+        ..Sources::default()
+    })
+    .expect("valid");
+    assert_eq!(config.upstream_url.unwrap().as_str(), "http://127.0.0.1:2/");
+}
+
+#[test]
+fn secrets_come_from_files_with_the_trailing_newline_dropped() {
+    let secret = temp_file(&format!("{SECRET}\n"));
+    let client = temp_file("client-secret\n");
+    let mut vars: Vec<(&str, &str)> = flat_oidc()
+        .into_iter()
+        .filter(|(k, _)| *k != "COOKIE_SECRET" && *k != "OAUTH_CLIENT_SECRET")
+        .collect();
+    let secret_path = secret.path().to_str().unwrap().to_string();
+    let client_path = client.path().to_str().unwrap().to_string();
+    vars.push(("COOKIE_SECRET_FILE", &secret_path));
+    vars.push(("OAUTH_CLIENT_SECRET_FILE", &client_path));
+    let config = load_env(&vars).expect("valid");
+    assert_eq!(config.cookie_secret.unwrap().expose_secret(), SECRET);
+    assert_eq!(
+        config.auth.providers[0]
+            .client_secret
+            .as_ref()
+            .unwrap()
+            .expose_secret(),
+        "client-secret"
+    );
+}
+
+#[test]
+fn env_secret_file_overrides_a_secret_in_the_yaml_file() {
+    let secret = temp_file(SECRET);
+    let file = temp_file("upstream_url: http://127.0.0.1:1\ncookie_secret: from-the-file\n");
+    let config = load(&Sources {
+        file: Some(file.path().to_path_buf()),
+        env: env(&[("COOKIE_SECRET_FILE", secret.path().to_str().unwrap())]),
+        ..Sources::default()
+    })
+    .expect("valid");
+    assert_eq!(config.cookie_secret.unwrap().expose_secret(), SECRET);
+}
+
+#[test]
+fn an_unreadable_secret_file_names_the_key() {
+    let mut vars = flat_oidc();
+    vars.retain(|(k, _)| *k != "COOKIE_SECRET");
+    vars.push(("COOKIE_SECRET_FILE", "/nonexistent/secret"));
+    let errs = errors(load_env(&vars));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].env, "COOKIE_SECRET_FILE");
+    assert!(errs[0].problem.contains("/nonexistent/secret"));
+}
+
+#[test]
+fn each_common_mistake_is_named_with_its_fix() {
+    let errs = errors(load_env(&[
+        ("OAUTH_ENABLED", "true"),
+        ("OAUTH_PROVIDER", "oidc"),
+        ("OAUTH_ISSUER_URL", "https://idp.example.com"),
+        ("OAUTH_REDIRECT_URL", "ftp://app.example.com/cb"),
+        ("COOKIE_SECRET", "too-short"),
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+    ]));
+    let keys: Vec<&str> = errs.iter().map(|e| e.env.as_str()).collect();
+    assert!(keys.contains(&"OAUTH_CLIENT_ID"), "{errs:#?}");
+    assert!(keys.contains(&"OAUTH_REDIRECT_URL"), "{errs:#?}");
+    assert!(keys.contains(&"COOKIE_SECRET"), "{errs:#?}");
+    let secret = errs.iter().find(|e| e.env == "COOKIE_SECRET").unwrap();
+    assert!(secret.problem.contains("9 bytes"), "{secret:?}");
+    assert!(secret.fix.contains("openssl rand"), "{secret:?}");
+    let redirect = errs.iter().find(|e| e.env == "OAUTH_REDIRECT_URL").unwrap();
+    assert!(
+        redirect.problem.contains("not an http(s) URL"),
+        "{redirect:?}"
+    );
+    assert_eq!(
+        redirect.origin,
+        Some(Origin::Env("OAUTH_REDIRECT_URL".into()))
+    );
+}
+
+#[test]
+fn a_single_underscore_where_a_double_is_needed_is_an_error() {
+    let errs = errors(load_env(&[
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("SESSION_IDLE_TIMEOUT", "5m"),
+    ]));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].fix.contains("SESSION__IDLE_TIMEOUT"),
+        "{:?}",
+        errs[0]
+    );
+}
+
+#[test]
+fn an_unknown_nested_key_is_an_error_not_ignored() {
+    let errs = errors(load_env(&[
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("SESSION__LIFETYME", "5m"),
+    ]));
+    assert_eq!(errs[0].key, "session.lifetyme");
+    assert!(errs[0].fix.contains("lifetime"), "{:?}", errs[0]);
+}
+
+#[test]
+fn upstream_url_is_required() {
+    let errs = errors(load_env(&[]));
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].env, "UPSTREAM_URL");
+}
+
+#[test]
+fn a_one_item_list_of_digits_stays_a_list() {
+    let mut vars = flat_oidc();
+    vars.retain(|(k, _)| *k != "OAUTH_ALLOWED_USERS");
+    vars.push(("OAUTH_ALLOWED_USERS", "42"));
+    let config = load_env(&vars).expect("valid");
+    assert_eq!(config.auth.allowed_users, vec!["42"]);
+}
+
+#[test]
+fn a_provider_this_build_does_not_know_is_refused_by_name() {
+    let mut vars = flat_oidc();
+    vars.retain(|(k, _)| *k != "OAUTH_PROVIDER" && *k != "OAUTH_ISSUER_URL");
+    vars.push(("OAUTH_PROVIDER", "myspace"));
+    let errs = errors(load_env(&vars));
+    assert_eq!(errs[0].env, "OAUTH_PROVIDER");
+    assert!(errs[0].problem.contains("myspace"));
+}
+
+#[test]
+fn errors_never_print_secret_values() {
+    let mut vars = flat_oidc();
+    vars.retain(|(k, _)| *k != "COOKIE_SECRET");
+    vars.push(("COOKIE_SECRET", "hunter2-short"));
+    let text = match load_env(&vars) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("short secret accepted"),
+    };
+    assert!(!text.contains("hunter2"), "{text}");
+    let config = load_env(&flat_oidc()).unwrap();
+    assert!(!format!("{config:?}").contains(SECRET));
+}
+
+#[test]
+fn yaml_syntax_errors_are_reported_with_the_file() {
+    let file = temp_file("upstream_url: [http://x\n");
+    let err = load(&Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    })
+    .unwrap_err();
+    assert!(matches!(err, LoadError::File(_)), "{err}");
+}

@@ -1,0 +1,81 @@
+//! The authenticated user, as every later step (policy, headers, `/me`) sees it.
+
+use serde::{Deserialize, Serialize};
+
+/// Who a request belongs to, once an identity provider has vouched for them.
+///
+/// `id` is the provider's stable subject identifier; it is never empty. Every other field
+/// is optional because providers differ in what they release; policy treats a missing
+/// field as "does not match", never as "matches".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Stable subject identifier at the provider (`sub`, a GitHub user id, Entra `oid`).
+    pub id: String,
+    pub email: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// Login name (`preferred_username`, a GitHub login).
+    pub username: Option<String>,
+    /// Groups or teams, as the provider (or SCIM) names them.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The configured name of the provider that authenticated the user.
+    pub provider: String,
+}
+
+impl Identity {
+    /// The most human-readable name for log lines and error pages: the email, else the
+    /// user name, else the subject id.
+    pub fn display(&self) -> &str {
+        self.email
+            .as_deref()
+            .or(self.username.as_deref())
+            .unwrap_or(&self.id)
+    }
+
+    /// The key under which a user's sessions are indexed for "revoke every session of
+    /// this user": the provider and the subject, which together never change.
+    pub fn user_key(&self) -> String {
+        format!("{}:{}", self.provider, self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Identity {
+        Identity {
+            id: "sub-1".into(),
+            email: Some("alice@example.com".into()),
+            name: Some("Alice".into()),
+            username: Some("alice".into()),
+            groups: vec!["admins".into()],
+            provider: "oidc".into(),
+        }
+    }
+
+    #[test]
+    fn display_prefers_email_then_username_then_id() {
+        let mut who = alice();
+        assert_eq!(who.display(), "alice@example.com");
+        who.email = None;
+        assert_eq!(who.display(), "alice");
+        who.username = None;
+        assert_eq!(who.display(), "sub-1");
+    }
+
+    #[test]
+    fn user_key_binds_provider_and_subject() {
+        assert_eq!(alice().user_key(), "oidc:sub-1");
+    }
+
+    #[test]
+    fn identity_round_trips_through_json_with_missing_groups() {
+        let json = r#"{"id":"x","email":null,"name":null,"username":null,"provider":"p"}"#;
+        let who: Identity = serde_json::from_str(json).expect("parses");
+        assert!(who.groups.is_empty());
+        let back: Identity = serde_json::from_str(&serde_json::to_string(&who).unwrap()).unwrap();
+        assert_eq!(back, who);
+    }
+}

@@ -1,0 +1,37 @@
+//! Domain types that every Portcullis crate shares and that belong to none of them alone.
+//!
+//! This crate owns the [`Identity`] of an authenticated user, the source of secure
+//! randomness, constant-time comparison and the wall clock. It has no I/O and knows nothing
+//! about HTTP, configuration or storage.
+#![forbid(unsafe_code)]
+
+mod identity;
+pub mod random;
+pub mod time;
+
+pub use identity::Identity;
+
+/// Compares two byte strings in time that depends only on their lengths, never on where
+/// they first differ. Use it for every comparison involving a secret (state, passwords,
+/// bearer tokens).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn constant_time_eq_matches_only_identical_input() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(constant_time_eq(b"", b""));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"xbc", b"abc"));
+    }
+}

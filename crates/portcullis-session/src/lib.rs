@@ -1,0 +1,94 @@
+//! Sessions: what a logged-in browser's cookie points at.
+//!
+//! A session id is 256 random bits handed to the browser as the `session_token` cookie.
+//! Stores never see the id itself, only its SHA-256 ([`SessionKey`]), so a copy of a store
+//! (a Redis dump, a heap snapshot) holds nothing a browser could present. Every store
+//! implements [`SessionStore`]: absolute lifetime, idle timeout, delete, and "revoke every
+//! session of this user" as one operation. This crate never logs session ids or tokens.
+#![forbid(unsafe_code)]
+
+pub mod cookie;
+mod id;
+mod memory;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_core::Identity;
+use serde::{Deserialize, Serialize};
+
+pub use id::{SessionId, SessionKey};
+pub use memory::MemoryStore;
+
+/// What a session remembers about its user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionData {
+    pub identity: Identity,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds; the session ends then whatever its use.
+    pub expires_at: u64,
+}
+
+impl SessionData {
+    /// A session for `identity` starting now and lasting `lifetime`.
+    pub fn new(identity: Identity, lifetime: Duration) -> Self {
+        let now = portcullis_core::time::unix_now();
+        SessionData {
+            identity,
+            created_at: now,
+            expires_at: now.saturating_add(lifetime.as_secs()),
+        }
+    }
+}
+
+/// How long sessions live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Absolute lifetime, from login.
+    pub lifetime: Duration,
+    /// A session unused for this long ends.
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backing service cannot be reached; callers fail closed.
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record could not be read back.
+    #[error("session record unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// A place sessions live. Implementations must make `load` reflect a `delete` or
+/// `revoke_user` made through any handle on the same backing store at once.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Stores a new session and returns the id to hand to the browser.
+    fn create(
+        &self,
+        data: SessionData,
+    ) -> impl Future<Output = Result<SessionId, StoreError>> + Send;
+
+    /// The live session for `id`, if any, restarting its idle timer. Expired, idle,
+    /// deleted and revoked sessions are `None`.
+    fn load(
+        &self,
+        id: &SessionId,
+    ) -> impl Future<Output = Result<Option<Arc<SessionData>>, StoreError>> + Send;
+
+    /// Ends one session. Deleting an unknown session is not an error.
+    fn delete(&self, id: &SessionId) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Ends every session of the user whose [`Identity::user_key`] is `user_key`, and
+    /// returns how many there were.
+    fn revoke_user(&self, user_key: &str)
+    -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// Whether the store can serve requests now (for `/readyz`).
+    fn ready(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+#[cfg(test)]
+mod conformance;

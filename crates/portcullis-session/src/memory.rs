@@ -1,0 +1,288 @@
+//! The in-memory store: sessions in a sharded hash map, for one replica.
+//!
+//! Sessions here die with the process and are not shared between replicas; several
+//! replicas need the Redis store. The map is bounded: when full, expired sessions are swept
+//! and then the least recently used session is evicted, so memory cannot grow without
+//! limit under a flood of logins.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use portcullis_core::time::unix_now_ms;
+
+use crate::{SessionData, SessionId, SessionKey, SessionLimits, SessionStore, StoreError};
+
+struct Entry {
+    data: Arc<SessionData>,
+    /// Unix milliseconds of the last use.
+    last_seen: AtomicU64,
+}
+
+pub struct MemoryStore {
+    sessions: DashMap<SessionKey, Entry>,
+    by_user: DashMap<String, HashSet<SessionKey>>,
+    limits: SessionLimits,
+    capacity: usize,
+}
+
+impl MemoryStore {
+    pub fn new(limits: SessionLimits, capacity: usize) -> Self {
+        MemoryStore {
+            sessions: DashMap::new(),
+            by_user: DashMap::new(),
+            limits,
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// How many sessions are held, live or not yet swept.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Sweeps expired sessions every `every` until the store is dropped.
+    pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let store: Weak<MemoryStore> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(store) = store.upgrade() else { break };
+                let removed = store.sweep();
+                if removed > 0 {
+                    tracing::debug!(removed, remaining = store.len(), "swept expired sessions");
+                }
+            }
+        })
+    }
+
+    fn is_live(&self, entry: &Entry, now_ms: u64) -> bool {
+        let idle_ms = u64::try_from(self.limits.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        entry.data.expires_at.saturating_mul(1000) > now_ms
+            && entry
+                .last_seen
+                .load(Ordering::Relaxed)
+                .saturating_add(idle_ms)
+                > now_ms
+    }
+
+    /// Removes every expired or idle session; returns how many.
+    pub fn sweep(&self) -> usize {
+        let now = unix_now_ms();
+        let mut dead = Vec::new();
+        self.sessions.retain(|key, entry| {
+            let live = self.is_live(entry, now);
+            if !live {
+                dead.push((*key, entry.data.identity.user_key()));
+            }
+            live
+        });
+        for (key, user) in &dead {
+            self.unindex(user, key);
+        }
+        dead.len()
+    }
+
+    fn unindex(&self, user: &str, key: &SessionKey) {
+        let now_empty = match self.by_user.get_mut(user) {
+            Some(mut keys) => {
+                keys.remove(key);
+                keys.is_empty()
+            }
+            None => false,
+        };
+        if now_empty {
+            self.by_user.remove_if(user, |_, keys| keys.is_empty());
+        }
+    }
+
+    fn remove(&self, key: &SessionKey) {
+        if let Some((_, entry)) = self.sessions.remove(key) {
+            self.unindex(&entry.data.identity.user_key(), key);
+        }
+    }
+
+    /// Makes room for one more session.
+    fn make_room(&self) {
+        if self.sessions.len() < self.capacity {
+            return;
+        }
+        self.sweep();
+        while self.sessions.len() >= self.capacity {
+            let oldest = self
+                .sessions
+                .iter()
+                .min_by_key(|e| e.value().last_seen.load(Ordering::Relaxed))
+                .map(|e| *e.key());
+            match oldest {
+                Some(key) => {
+                    self.remove(&key);
+                    tracing::warn!(
+                        capacity = self.capacity,
+                        "session store full: evicted the least recently used session; raise session.max_sessions or use the Redis store"
+                    );
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+impl SessionStore for MemoryStore {
+    async fn create(&self, data: SessionData) -> Result<SessionId, StoreError> {
+        self.make_room();
+        let id = SessionId::generate();
+        let key = id.key();
+        let user = data.identity.user_key();
+        self.sessions.insert(
+            key,
+            Entry {
+                data: Arc::new(data),
+                last_seen: AtomicU64::new(unix_now_ms()),
+            },
+        );
+        self.by_user.entry(user).or_default().insert(key);
+        Ok(id)
+    }
+
+    async fn load(&self, id: &SessionId) -> Result<Option<Arc<SessionData>>, StoreError> {
+        let key = id.key();
+        let now = unix_now_ms();
+        let found = match self.sessions.get(&key) {
+            None => return Ok(None),
+            Some(entry) if self.is_live(&entry, now) => {
+                // Avoid writing the shared cache line when nothing changes.
+                if entry.last_seen.load(Ordering::Relaxed) != now {
+                    entry.last_seen.store(now, Ordering::Relaxed);
+                }
+                Some(entry.data.clone())
+            }
+            Some(_) => None,
+        };
+        if found.is_none() {
+            self.remove(&key);
+        }
+        Ok(found)
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
+        self.remove(&id.key());
+        Ok(())
+    }
+
+    async fn revoke_user(&self, user_key: &str) -> Result<usize, StoreError> {
+        let keys = self
+            .by_user
+            .remove(user_key)
+            .map(|(_, keys)| keys)
+            .unwrap_or_default();
+        let mut revoked = 0;
+        for key in keys {
+            if self.sessions.remove(&key).is_some() {
+                revoked += 1;
+            }
+        }
+        Ok(revoked)
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_core::Identity;
+
+    fn identity(id: &str) -> Identity {
+        Identity {
+            id: id.into(),
+            email: None,
+            name: None,
+            username: None,
+            groups: vec![],
+            provider: "p".into(),
+        }
+    }
+
+    fn limits() -> SessionLimits {
+        SessionLimits {
+            lifetime: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_store_evicts_the_least_recently_used_session() {
+        let store = MemoryStore::new(limits(), 2);
+        let a = store
+            .create(SessionData::new(identity("a"), limits().lifetime))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let b = store
+            .create(SessionData::new(identity("b"), limits().lifetime))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Using `a` makes `b` the least recently used.
+        assert!(store.load(&a).await.unwrap().is_some());
+        let c = store
+            .create(SessionData::new(identity("c"), limits().lifetime))
+            .await
+            .unwrap();
+        assert_eq!(store.len(), 2);
+        assert!(store.load(&a).await.unwrap().is_some());
+        assert!(store.load(&b).await.unwrap().is_none());
+        assert!(store.load(&c).await.unwrap().is_some());
+        assert!(
+            store.by_user.get("p:b").is_none(),
+            "evicted session left in the user index"
+        );
+    }
+
+    #[tokio::test]
+    async fn sweeping_removes_expired_sessions_and_their_index_entries() {
+        let short = SessionLimits {
+            lifetime: Duration::from_secs(3600),
+            idle_timeout: Duration::from_millis(30),
+        };
+        let store = MemoryStore::new(short, 10);
+        store
+            .create(SessionData::new(identity("a"), short.lifetime))
+            .await
+            .unwrap();
+        assert_eq!(store.sweep(), 0);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(store.sweep(), 1);
+        assert!(store.is_empty());
+        assert!(store.by_user.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_sweeper_task_runs_in_the_background() {
+        let short = SessionLimits {
+            lifetime: Duration::from_secs(3600),
+            idle_timeout: Duration::from_millis(20),
+        };
+        let store = Arc::new(MemoryStore::new(short, 10));
+        let sweeper = store.spawn_sweeper(Duration::from_millis(25));
+        store
+            .create(SessionData::new(identity("a"), short.lifetime))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(store.is_empty(), "sweeper did not remove the idle session");
+        sweeper.abort();
+    }
+}
