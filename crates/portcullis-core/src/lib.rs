@@ -5,6 +5,7 @@
 //! about HTTP, configuration or storage.
 #![forbid(unsafe_code)]
 
+pub mod html;
 mod identity;
 pub mod random;
 pub mod time;

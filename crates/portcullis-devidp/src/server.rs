@@ -1,0 +1,539 @@
+//! The development provider's HTTP endpoints.
+//!
+//! Codes are single-use and live one minute; PKCE with S256 is required; redirect URIs
+//! must match a registered one exactly, and an unregistered one is never redirected to.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis_core::constant_time_eq;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::key::SigningKey;
+use crate::pages;
+
+const CODE_LIFETIME: Duration = Duration::from_secs(60);
+const TOKEN_LIFETIME_SECS: u64 = 3600;
+const ID_TOKEN_LIFETIME_SECS: u64 = 300;
+const MAX_BODY: usize = 64 * 1024;
+
+/// A relying party registered with the provider.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub id: String,
+    /// `None` registers a public client (PKCE only).
+    pub secret: Option<String>,
+    pub redirect_uris: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct User {
+    username: String,
+    email: String,
+    groups: Vec<String>,
+}
+
+impl User {
+    /// A subject id that is the same every time the same user name signs in.
+    fn subject(&self) -> String {
+        let digest = aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            self.username.to_lowercase().as_bytes(),
+        );
+        let hex: String = digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("dev-{hex}")
+    }
+
+    fn claims(&self) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("sub".into(), json!(self.subject()));
+        m.insert("email".into(), json!(self.email));
+        m.insert("email_verified".into(), json!(true));
+        m.insert("name".into(), json!(self.username));
+        m.insert("preferred_username".into(), json!(self.username));
+        m.insert("groups".into(), json!(self.groups));
+        m
+    }
+}
+
+struct Grant {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    nonce: Option<String>,
+    user: User,
+    expires: Instant,
+}
+
+struct State {
+    issuer: String,
+    key: SigningKey,
+    clients: Vec<Client>,
+    codes: Mutex<HashMap<String, Grant>>,
+    access_tokens: Mutex<HashMap<String, (User, Instant)>>,
+}
+
+/// A running development provider. Dropping it stops it.
+pub struct DevIdp {
+    state: Arc<State>,
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for DevIdp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl DevIdp {
+    /// Binds `addr` (port 0 picks a free port) and serves until dropped.
+    pub async fn start(addr: SocketAddr, clients: Vec<Client>) -> std::io::Result<DevIdp> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            issuer: format!("http://{addr}"),
+            key: SigningKey::generate(),
+            clients,
+            codes: Mutex::new(HashMap::new()),
+            access_tokens: Mutex::new(HashMap::new()),
+        });
+        let serving = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = serving.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(DevIdp { state, addr, task })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.state.issuer
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Signs arbitrary claims with the provider's key (tests use it to forge tokens
+    /// that only differ from a real one in the claim under test).
+    pub fn sign(&self, claims: &Value) -> String {
+        self.state.key.sign(claims)
+    }
+
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.state.key
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Full::new(body.into()))
+        .expect("static response parts are valid")
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Resp {
+    respond(status, "application/json", body.to_string())
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Resp {
+    json_response(
+        status,
+        &json!({"error": error, "error_description": description}),
+    )
+}
+
+fn html(status: StatusCode, body: String) -> Resp {
+    respond(status, "text/html; charset=utf-8", body)
+}
+
+fn redirect(location: &str) -> Resp {
+    Response::builder()
+        .status(StatusCode::FOUND)
+        .header(header::LOCATION, location)
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Full::new(Bytes::new()))
+        .unwrap_or_else(|_| {
+            html(
+                StatusCode::BAD_REQUEST,
+                pages::error_page("bad redirect URI"),
+            )
+        })
+}
+
+fn with_params(uri: &str, params: &[(&str, &str)]) -> String {
+    let mut out = uri.to_string();
+    let mut sep = if uri.contains('?') { '&' } else { '?' };
+    for (k, v) in params {
+        out.push(sep);
+        out.extend(form_urlencoded::byte_serialize(k.as_bytes()));
+        out.push('=');
+        out.extend(form_urlencoded::byte_serialize(v.as_bytes()));
+        sep = '&';
+    }
+    out
+}
+
+fn parse_form(bytes: &[u8]) -> HashMap<String, String> {
+    form_urlencoded::parse(bytes).into_owned().collect()
+}
+
+async fn read_form(req: Request<Incoming>) -> Result<HashMap<String, String>, Resp> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(body) => Ok(parse_form(&body.to_bytes())),
+        Err(_) => Err(oauth_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            "body too large",
+        )),
+    }
+}
+
+async fn handle(state: &State, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/.well-known/openid-configuration") => discovery(state),
+        (Method::GET, "/jwks") => {
+            json_response(StatusCode::OK, &json!({"keys": [state.key.jwk()]}))
+        }
+        (Method::GET, "/authorize") => {
+            let params = parse_form(req.uri().query().unwrap_or("").as_bytes());
+            authorize(state, params, None)
+        }
+        (Method::POST, "/authorize") => match read_form(req).await {
+            Ok(form) => authorize(state, form, Some(())),
+            Err(resp) => resp,
+        },
+        (Method::POST, "/token") => token(state, req).await,
+        (Method::GET, "/userinfo") | (Method::POST, "/userinfo") => userinfo(state, &req),
+        (_, "/.well-known/openid-configuration" | "/jwks" | "/authorize" | "/token") => {
+            oauth_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "method not allowed",
+            )
+        }
+        _ => html(StatusCode::NOT_FOUND, pages::error_page("not found")),
+    }
+}
+
+fn discovery(state: &State) -> Resp {
+    let i = &state.issuer;
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "issuer": i,
+            "authorization_endpoint": format!("{i}/authorize"),
+            "token_endpoint": format!("{i}/token"),
+            "userinfo_endpoint": format!("{i}/userinfo"),
+            "jwks_uri": format!("{i}/jwks"),
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+            "code_challenge_methods_supported": ["S256"],
+            "scopes_supported": ["openid", "email", "profile", "groups"],
+            "claims_supported": ["sub", "email", "email_verified", "name", "preferred_username", "groups"],
+        }),
+    )
+}
+
+const REQUEST_PARAMS: &[&str] = &[
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+];
+
+/// GET shows the form; POST (`submitted`) signs the user in.
+fn authorize(state: &State, params: HashMap<String, String>, submitted: Option<()>) -> Resp {
+    let get = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
+    let client_id = get("client_id");
+    let Some(client) = state.clients.iter().find(|c| c.id == client_id) else {
+        return html(
+            StatusCode::BAD_REQUEST,
+            pages::error_page("unknown client_id"),
+        );
+    };
+    let redirect_uri = get("redirect_uri");
+    if !client.redirect_uris.iter().any(|r| r == redirect_uri) {
+        return html(
+            StatusCode::BAD_REQUEST,
+            pages::error_page("redirect_uri is not registered for this client"),
+        );
+    }
+    let client_state = get("state");
+    let fail = |error: &str, description: &str| {
+        let mut p = vec![("error", error), ("error_description", description)];
+        if !client_state.is_empty() {
+            p.push(("state", client_state));
+        }
+        redirect(&with_params(redirect_uri, &p))
+    };
+    if get("response_type") != "code" {
+        return fail(
+            "unsupported_response_type",
+            "only response_type=code is supported",
+        );
+    }
+    if !get("scope").split(' ').any(|s| s == "openid") {
+        return fail("invalid_scope", "the openid scope is required");
+    }
+    if get("code_challenge").is_empty() || get("code_challenge_method") != "S256" {
+        return fail(
+            "invalid_request",
+            "PKCE with code_challenge_method=S256 is required",
+        );
+    }
+    if submitted.is_none() {
+        let hidden: Vec<(String, String)> = REQUEST_PARAMS
+            .iter()
+            .filter_map(|k| params.get(*k).map(|v| (k.to_string(), v.clone())))
+            .collect();
+        return html(StatusCode::OK, pages::login_form(client_id, &hidden, None));
+    }
+    let username = get("username").trim().to_string();
+    if username.is_empty() {
+        let hidden: Vec<(String, String)> = REQUEST_PARAMS
+            .iter()
+            .filter_map(|k| params.get(*k).map(|v| (k.to_string(), v.clone())))
+            .collect();
+        return html(
+            StatusCode::BAD_REQUEST,
+            pages::login_form(client_id, &hidden, Some("Enter a user name.")),
+        );
+    }
+    let email = match get("email").trim() {
+        "" => format!("{username}@example.com"),
+        e => e.to_string(),
+    };
+    let groups = get("groups")
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(str::to_string)
+        .collect();
+    let code = portcullis_core::random::token();
+    let grant = Grant {
+        client_id: client_id.to_string(),
+        redirect_uri: redirect_uri.to_string(),
+        challenge: get("code_challenge").to_string(),
+        nonce: params.get("nonce").cloned(),
+        user: User {
+            username,
+            email,
+            groups,
+        },
+        expires: Instant::now() + CODE_LIFETIME,
+    };
+    {
+        let mut codes = state.codes.lock().unwrap_or_else(|e| e.into_inner());
+        codes.retain(|_, g| g.expires > Instant::now());
+        codes.insert(code.clone(), grant);
+    }
+    let mut p = vec![("code", code.as_str())];
+    if !client_state.is_empty() {
+        p.push(("state", client_state));
+    }
+    redirect(&with_params(redirect_uri, &p))
+}
+
+/// The client credentials from Basic auth or the form (RFC 6749 §2.3.1).
+fn client_credentials(
+    req_auth: Option<&str>,
+    form: &HashMap<String, String>,
+) -> (Option<String>, Option<String>) {
+    if let Some(basic) = req_auth.and_then(|v| v.strip_prefix("Basic ")) {
+        if let Ok(raw) = STANDARD.decode(basic.trim())
+            && let Ok(text) = String::from_utf8(raw)
+            && let Some((id, secret)) = text.split_once(':')
+        {
+            let decode = |s: &str| -> String {
+                form_urlencoded::parse(format!("v={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            };
+            return (Some(decode(id)), Some(decode(secret)));
+        }
+        return (None, None);
+    }
+    (
+        form.get("client_id").cloned(),
+        form.get("client_secret").cloned(),
+    )
+}
+
+async fn token(state: &State, req: Request<Incoming>) -> Resp {
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let form = match read_form(req).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    let (client_id, secret) = client_credentials(auth.as_deref(), &form);
+    let Some(client) = client_id
+        .as_deref()
+        .and_then(|id| state.clients.iter().find(|c| c.id == id))
+    else {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown client");
+    };
+    if let Some(expected) = &client.secret {
+        let given = secret.unwrap_or_default();
+        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "wrong client secret",
+            );
+        }
+    }
+    if form.get("grant_type").map(String::as_str) != Some("authorization_code") {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only authorization_code is supported",
+        );
+    }
+    let code = form.get("code").cloned().unwrap_or_default();
+    // Removing the code first makes it single-use even if the rest fails.
+    let grant = state
+        .codes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&code);
+    let Some(grant) = grant.filter(|g| g.expires > Instant::now()) else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "the code is unknown, expired or already used",
+        );
+    };
+    if grant.client_id != client.id
+        || form.get("redirect_uri").map(String::as_str) != Some(grant.redirect_uri.as_str())
+    {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "the code was issued to another client or redirect_uri",
+        );
+    }
+    let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref());
+    if !constant_time_eq(challenge.as_bytes(), grant.challenge.as_bytes()) {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "code_verifier does not match the code_challenge",
+        );
+    }
+    let now = portcullis_core::time::unix_now();
+    let mut claims = grant.user.claims();
+    claims.insert("iss".into(), json!(state.issuer));
+    claims.insert("aud".into(), json!(client.id));
+    claims.insert("iat".into(), json!(now));
+    claims.insert("auth_time".into(), json!(now));
+    claims.insert("exp".into(), json!(now + ID_TOKEN_LIFETIME_SECS));
+    if let Some(nonce) = &grant.nonce {
+        claims.insert("nonce".into(), json!(nonce));
+    }
+    let id_token = state.key.sign(&Value::Object(claims));
+    let access_token = portcullis_core::random::token();
+    {
+        let mut tokens = state
+            .access_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        tokens.retain(|_, (_, exp)| *exp > Instant::now());
+        tokens.insert(
+            access_token.clone(),
+            (
+                grant.user,
+                Instant::now() + Duration::from_secs(TOKEN_LIFETIME_SECS),
+            ),
+        );
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "expires_in": TOKEN_LIFETIME_SECS,
+            "id_token": id_token,
+        }),
+    )
+}
+
+fn userinfo(state: &State, req: &Request<Incoming>) -> Resp {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let user = state
+        .access_tokens
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(token)
+        .filter(|(_, exp)| *exp > Instant::now())
+        .map(|(u, _)| u.clone());
+    match user {
+        Some(user) => json_response(StatusCode::OK, &Value::Object(user.claims())),
+        None => {
+            let mut resp = oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "unknown or expired access token",
+            );
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+            resp
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Identity providers: everything Portcullis asks of an OpenID Connect provider, and the
+//! outbound HTTP client those questions travel over.
+//!
+//! Input: a provider's configuration. Output: an [`Identity`] the provider vouched for,
+//! or an [`IdentityError`] that says which step failed. This crate never logs token or
+//! secret values; its errors carry the provider's error code and description only.
+#![forbid(unsafe_code)]
+
+mod claims;
+mod discovery;
+mod error;
+pub mod http;
+mod jwks;
+mod oidc;
+pub mod pkce;
+
+pub use claims::{IdTokenClaims, identity_from_claims};
+pub use discovery::{ProviderMetadata, discovery_document_url, expected_issuer};
+pub use error::IdentityError;
+pub use jwks::JwksCache;
+pub use oidc::{AuthorizationRequest, OidcProvider, TokenResponse};
+pub use portcullis_core::Identity;
