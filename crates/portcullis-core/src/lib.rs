@@ -8,6 +8,7 @@
 pub mod html;
 mod identity;
 pub mod random;
+pub mod seal;
 pub mod time;
 
 pub use identity::Identity;

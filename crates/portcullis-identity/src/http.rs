@@ -8,6 +8,9 @@
 //! timeout.
 
 use std::path::PathBuf;
+
+/// The client every identity-provider call goes through.
+pub use reqwest::Client as HttpClient;
 use std::time::Duration;
 
 /// Settings for the outbound client.

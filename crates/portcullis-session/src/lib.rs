@@ -92,3 +92,42 @@ pub trait SessionStore: Send + Sync + 'static {
 
 #[cfg(test)]
 mod conformance;
+
+/// The store chosen by configuration. Dispatching through an enum keeps the hot path
+/// free of boxed futures.
+#[derive(Clone)]
+pub enum AnyStore {
+    Memory(Arc<MemoryStore>),
+}
+
+impl SessionStore for AnyStore {
+    async fn create(&self, data: SessionData) -> Result<SessionId, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.create(data).await,
+        }
+    }
+
+    async fn load(&self, id: &SessionId) -> Result<Option<Arc<SessionData>>, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.load(id).await,
+        }
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.delete(id).await,
+        }
+    }
+
+    async fn revoke_user(&self, user_key: &str) -> Result<usize, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.revoke_user(user_key).await,
+        }
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.ready().await,
+        }
+    }
+}

@@ -1,0 +1,740 @@
+//! One request, one path: route -> normalize -> authenticate -> authorize -> forward (or
+//! challenge). Portcullis's own endpoints are matched first; everything else is
+//! protected traffic.
+//!
+//! The auth endpoints live here too: `/api/v1/auth/{status,login,me,logout}` and the
+//! callback at the path of the configured redirect URL. This module never logs tokens,
+//! codes, cookies or session ids; it logs who and why.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use portcullis_config::{Config, ExposeSecret};
+use portcullis_core::Identity;
+use portcullis_core::html::escape;
+use portcullis_identity::{IdentityError, OidcProvider};
+use portcullis_policy::{Policy, PolicyDecision};
+use portcullis_session::cookie::{self, CookieSpec};
+use portcullis_session::{
+    AnyStore, MemoryStore, SessionData, SessionId, SessionLimits, SessionStore,
+};
+use serde_json::json;
+
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::forwarding::{self, TrustedProxies};
+use crate::login_state::{LoginCookies, LoginState, is_login_cookie};
+use crate::metrics::{Metrics, inc};
+use crate::pages::{self, Action};
+use crate::return_to::{self, ReturnRules};
+use crate::shutdown::Tracker;
+use crate::upstream::Upstream;
+use crate::{hop, redact};
+
+pub const STATUS_PATH: &str = "/api/v1/auth/status";
+pub const LOGIN_PATH: &str = "/api/v1/auth/login";
+pub const ME_PATH: &str = "/api/v1/auth/me";
+pub const LOGOUT_PATH: &str = "/api/v1/auth/logout";
+pub const HEALTHZ_PATH: &str = "/healthz";
+pub const READYZ_PATH: &str = "/readyz";
+pub const METRICS_PATH: &str = "/metrics";
+
+/// The connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamSetupError),
+    #[error("authentication is on but {0} is not configured")]
+    Missing(&'static str),
+}
+
+/// Everything needed when authentication is on.
+struct Auth {
+    providers: Vec<Arc<OidcProvider>>,
+    sessions: AnyStore,
+    memory: Option<Arc<MemoryStore>>,
+    policy: Policy,
+    session_cookie: CookieSpec,
+    login: LoginCookies,
+    redirect_url: String,
+    callback_path: String,
+    /// The callback path with the trailing slash toggled, accepted too.
+    callback_alias: String,
+    return_rules: ReturnRules,
+    lifetime: Duration,
+}
+
+pub struct App {
+    upstream: Upstream,
+    trusted: TrustedProxies,
+    auth: Option<Auth>,
+    tracker: Tracker,
+    metrics: Metrics,
+    max_body_bytes: usize,
+}
+
+fn wants_html(headers: &HeaderMap) -> bool {
+    if headers.contains_key("x-requested-with") {
+        return false;
+    }
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"))
+}
+
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn with_cookie(mut resp: Response<ProxyBody>, set_cookie: &str) -> Response<ProxyBody> {
+    if let Ok(v) = HeaderValue::from_str(set_cookie) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+fn session_cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    cookie::find(
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+        name,
+    )
+}
+
+/// Removes Portcullis's own cookies from what goes upstream; allocates only when one is
+/// present.
+fn strip_own_cookies(headers: &mut HeaderMap, session_cookie: &str) {
+    let ours = |name: &str| name == session_cookie || is_login_cookie(name);
+    let needs_work = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| cookie::pairs(v).any(|(n, _)| ours(n)));
+    if !needs_work {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| cookie::without(v, ours))
+        .filter_map(|v| HeaderValue::from_str(&v).ok())
+        .collect();
+    headers.remove(header::COOKIE);
+    for v in kept {
+        headers.append(header::COOKIE, v);
+    }
+}
+
+impl App {
+    /// Builds the application from a validated configuration. `http` is the outbound
+    /// client for identity-provider calls.
+    pub fn new(
+        config: &Config,
+        http: portcullis_identity::http::HttpClient,
+    ) -> Result<App, AppError> {
+        let upstream_url = config
+            .upstream_url
+            .as_ref()
+            .ok_or(AppError::Missing("upstream_url"))?;
+        let upstream = Upstream::new(upstream_url, &config.upstream)?;
+        let auth = if config.auth.enabled {
+            Some(Self::build_auth(config, http)?)
+        } else {
+            None
+        };
+        Ok(App {
+            upstream,
+            trusted: TrustedProxies::new(config.trusted_proxies.clone()),
+            auth,
+            tracker: Tracker::default(),
+            metrics: Metrics::default(),
+            max_body_bytes: config.server.max_body_bytes,
+        })
+    }
+
+    fn build_auth(
+        config: &Config,
+        http: portcullis_identity::http::HttpClient,
+    ) -> Result<Auth, AppError> {
+        let secret = config
+            .cookie_secret
+            .as_ref()
+            .ok_or(AppError::Missing("cookie_secret"))?;
+        let redirect = config
+            .auth
+            .redirect_url
+            .as_ref()
+            .ok_or(AppError::Missing("oauth.redirect_url"))?;
+        let limits = SessionLimits {
+            lifetime: config.session.lifetime,
+            idle_timeout: config.session.idle_timeout,
+        };
+        let memory = Arc::new(MemoryStore::new(limits, config.session.max_sessions));
+        let secure = config.secure_cookies();
+        let callback_path = config.callback_path();
+        let callback_alias = match callback_path.strip_suffix('/') {
+            Some(without) if !without.is_empty() => without.to_string(),
+            _ => format!("{callback_path}/"),
+        };
+        let mut allowed_hosts = config.auth.allowed_redirect_hosts.clone();
+        if let Some(origin) = config.public_origin()
+            && let Some(host) = origin.host_str()
+        {
+            allowed_hosts.push(match origin.port() {
+                Some(p) => format!("{}:{p}", host.to_ascii_lowercase()),
+                None => host.to_ascii_lowercase(),
+            });
+        }
+        let providers = config
+            .auth
+            .providers
+            .iter()
+            .map(|p| {
+                tracing::info!(provider = %p.name, "OAuth enabled with provider: {}", p.name);
+                Arc::new(OidcProvider::new(p.clone(), http.clone()))
+            })
+            .collect();
+        Ok(Auth {
+            providers,
+            sessions: AnyStore::Memory(memory.clone()),
+            memory: Some(memory),
+            policy: Policy::new(&config.auth.allowed_users),
+            session_cookie: CookieSpec {
+                name: config.session.cookie_name.clone(),
+                secure,
+                max_age: config.session.lifetime,
+            },
+            login: LoginCookies::new(
+                secret.expose_secret().as_bytes(),
+                secure,
+                &callback_path,
+                config.auth.login_timeout,
+            ),
+            redirect_url: redirect.to_string(),
+            callback_path,
+            callback_alias,
+            return_rules: ReturnRules { allowed_hosts },
+            lifetime: config.session.lifetime,
+        })
+    }
+
+    /// Starts the background work: provider discovery and key refresh, session sweeping.
+    pub fn start_background(&self) {
+        if let Some(auth) = &self.auth {
+            for p in &auth.providers {
+                p.spawn_maintenance();
+            }
+            if let Some(memory) = &auth.memory {
+                memory.spawn_sweeper(Duration::from_secs(60));
+            }
+        }
+    }
+
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    pub fn auth_enabled(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    /// Handles one request. Never fails: every error becomes a response here.
+    pub async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+        let path = req.uri().path();
+        let method = req.method();
+        let read_only = method == Method::GET || method == Method::HEAD;
+        let result = match path {
+            HEALTHZ_PATH if read_only => Ok(pages::text(StatusCode::OK, "ok\n")),
+            READYZ_PATH if read_only => Ok(self.readyz().await),
+            METRICS_PATH if read_only => Ok(self.metrics()),
+            STATUS_PATH if read_only => Ok(pages::json(
+                StatusCode::OK,
+                &json!({"enabled": self.auth.is_some()}),
+            )),
+            LOGIN_PATH if read_only => self.login(&req).await,
+            ME_PATH if read_only => self.me(&req).await,
+            LOGOUT_PATH if method == Method::POST => self.logout(&req).await,
+            LOGOUT_PATH if read_only => Ok(logout_page()),
+            HEALTHZ_PATH | READYZ_PATH | METRICS_PATH | STATUS_PATH | LOGIN_PATH | ME_PATH => {
+                Err(ProxyError::MethodNotAllowed("GET, HEAD"))
+            }
+            LOGOUT_PATH => Err(ProxyError::MethodNotAllowed("GET, HEAD, POST")),
+            p if self.is_callback(p) => {
+                if read_only || method == Method::POST {
+                    return self.callback(req).await;
+                }
+                Err(ProxyError::MethodNotAllowed("GET, POST"))
+            }
+            _ => return self.protected(conn, req).await,
+        };
+        result.unwrap_or_else(|e| e.into_response(wants_html(req.headers()), LOGIN_PATH))
+    }
+
+    fn is_callback(&self, path: &str) -> bool {
+        self.auth
+            .as_ref()
+            .is_some_and(|a| path == a.callback_path || path == a.callback_alias)
+    }
+
+    async fn readyz(&self) -> Response<ProxyBody> {
+        let mut checks = serde_json::Map::new();
+        let mut ready = true;
+        if let Some(auth) = &self.auth {
+            for p in &auth.providers {
+                let ok = p.is_ready();
+                ready &= ok;
+                checks.insert(
+                    format!("provider:{}", p.name()),
+                    json!(if ok { "ok" } else { "metadata not loaded" }),
+                );
+            }
+            match auth.sessions.ready().await {
+                Ok(()) => {
+                    checks.insert("sessions".into(), json!("ok"));
+                }
+                Err(e) => {
+                    ready = false;
+                    checks.insert("sessions".into(), json!(e.to_string()));
+                }
+            }
+        }
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        pages::json(status, &json!({"ready": ready, "checks": checks}))
+    }
+
+    fn metrics(&self) -> Response<ProxyBody> {
+        let sessions = self
+            .auth
+            .as_ref()
+            .and_then(|a| a.memory.as_ref())
+            .map(|m| m.len());
+        let mut resp = Response::new(ProxyBody::full(self.metrics.render(sessions)));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        resp
+    }
+
+    /// The session behind the request's cookie, if it is live.
+    async fn authenticate(
+        &self,
+        auth: &Auth,
+        headers: &HeaderMap,
+    ) -> Result<Option<Arc<SessionData>>, ProxyError> {
+        let Some(id) =
+            session_cookie_value(headers, &auth.session_cookie.name).and_then(SessionId::parse)
+        else {
+            return Ok(None);
+        };
+        Ok(auth.sessions.load(&id).await?)
+    }
+
+    async fn protected(&self, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let html = wants_html(req.headers());
+        let origin =
+            forwarding::resolve(conn.peer, conn.tls, req.headers(), req.uri(), &self.trusted);
+        let mut who: Option<Arc<SessionData>> = None;
+        if let Some(auth) = &self.auth {
+            match self.authenticate(auth, req.headers()).await {
+                Ok(Some(session)) => who = Some(session),
+                Ok(None) => {
+                    inc(&self.metrics.challenged);
+                    return self.challenge(auth, &req, html).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "session store unavailable: refusing the request");
+                    return e.into_response(html, LOGIN_PATH);
+                }
+            }
+            if let Some(session) = &who
+                && let PolicyDecision::Deny(reason) = auth.policy.decide(&session.identity)
+            {
+                inc(&self.metrics.denied);
+                tracing::warn!(user = %session.identity.display(), client = %origin.client_ip, "User not allowed: {}", session.identity.display());
+                return denied_response(&reason.to_string(), html);
+            }
+        }
+
+        let headers = req.headers_mut();
+        let upgrade = hop::upgrade_protocol(headers);
+        hop::strip_hop_by_hop(headers);
+        redact::strip_identity_headers(headers);
+        forwarding::apply(headers, &origin);
+        if let Some(auth) = &self.auth {
+            strip_own_cookies(headers, &auth.session_cookie.name);
+        }
+        if let Some(session) = &who {
+            redact::set_identity_headers(headers, &session.identity);
+        }
+        match self
+            .upstream
+            .forward(req, upgrade, origin.host.as_ref(), &self.tracker)
+            .await
+        {
+            Ok(resp) => {
+                inc(&self.metrics.forwarded);
+                resp
+            }
+            Err(e) => {
+                inc(&self.metrics.upstream_errors);
+                tracing::warn!(error = %e, client = %origin.client_ip, "upstream request failed");
+                e.into_response(html, LOGIN_PATH)
+            }
+        }
+    }
+
+    /// What an unauthenticated request gets: a browser is sent to log in, anything else
+    /// gets a 401.
+    async fn challenge(
+        &self,
+        auth: &Auth,
+        req: &Request<Incoming>,
+        html: bool,
+    ) -> Response<ProxyBody> {
+        let had_cookie = session_cookie_value(req.headers(), &auth.session_cookie.name).is_some();
+        let return_to = req
+            .uri()
+            .path_and_query()
+            .and_then(|pq| return_to::validate(pq.as_str(), &auth.return_rules))
+            .unwrap_or_else(|| "/".into());
+        let navigates = req.method() == Method::GET || req.method() == Method::HEAD;
+        let mut resp = if html && navigates {
+            match auth.providers.as_slice() {
+                [only] => self
+                    .start_login(auth, only, return_to)
+                    .await
+                    .unwrap_or_else(|e| e.into_response(true, LOGIN_PATH)),
+                _ => pages::redirect(&login_link(None, &return_to)),
+            }
+        } else if html {
+            let href = login_link(None, &return_to);
+            pages::page(
+                StatusCode::UNAUTHORIZED,
+                "Sign in required",
+                "You need to sign in to continue.",
+                Some(Action {
+                    label: "Sign in",
+                    href: &href,
+                }),
+            )
+        } else {
+            let mut r = pages::json(
+                StatusCode::UNAUTHORIZED,
+                &json!({"error": "unauthenticated", "message": "sign in required", "login_url": LOGIN_PATH}),
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"portcullis\""),
+            );
+            r
+        };
+        if had_cookie {
+            resp = with_cookie(resp, &auth.session_cookie.clear());
+        }
+        resp
+    }
+
+    async fn start_login(
+        &self,
+        auth: &Auth,
+        provider: &OidcProvider,
+        return_to: String,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let request = provider.authorization_request(&auth.redirect_url).await?;
+        let state = LoginState {
+            state: request.state,
+            nonce: request.nonce,
+            pkce_verifier: request.pkce_verifier,
+            provider: provider.name().to_string(),
+            return_to,
+            issued_at: portcullis_core::time::unix_now(),
+        };
+        Ok(with_cookie(
+            pages::redirect(&request.url),
+            &auth.login.set(&state),
+        ))
+    }
+
+    async fn login(&self, req: &Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        let Some(auth) = &self.auth else {
+            return Ok(pages::json_error(
+                StatusCode::NOT_FOUND,
+                "auth_disabled",
+                "authentication is disabled",
+            ));
+        };
+        let return_to = query_param(req, "rd")
+            .and_then(|rd| return_to::validate(&rd, &auth.return_rules))
+            .unwrap_or_else(|| "/".into());
+        let chosen = match query_param(req, "provider") {
+            Some(name) => match auth.providers.iter().find(|p| p.name() == name) {
+                Some(p) => p,
+                None => return Ok(self.provider_choice(auth, &return_to, StatusCode::BAD_REQUEST)),
+            },
+            None => match auth.providers.as_slice() {
+                [only] => only,
+                _ => return Ok(self.provider_choice(auth, &return_to, StatusCode::OK)),
+            },
+        };
+        self.start_login(auth, chosen, return_to).await
+    }
+
+    /// The page offering one sign-in button per provider.
+    fn provider_choice(
+        &self,
+        auth: &Auth,
+        return_to: &str,
+        status: StatusCode,
+    ) -> Response<ProxyBody> {
+        let buttons: String = auth
+            .providers
+            .iter()
+            .map(|p| {
+                format!(
+                    "<p><a class=\"button\" href=\"{}\">Log in with {}</a></p>\n",
+                    escape(&login_link(Some(p.name()), return_to)),
+                    escape(p.display_name())
+                )
+            })
+            .collect();
+        let inner = format!("<h1>Sign in</h1>\n{buttons}");
+        pages::raw_html(status, pages::html_document("Sign in", &inner))
+    }
+
+    async fn callback(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let Some(auth) = &self.auth else {
+            return ProxyError::NotFound.into_response(true, LOGIN_PATH);
+        };
+        let headers = req.headers().clone();
+        let params: Vec<(String, String)> = if req.method() == Method::POST {
+            match Limited::new(req.into_body(), self.max_body_bytes)
+                .collect()
+                .await
+            {
+                Ok(body) => parse_form(&body.to_bytes()),
+                Err(_) => return ProxyError::PayloadTooLarge.into_response(true, LOGIN_PATH),
+            }
+        } else {
+            parse_form(req.uri().query().unwrap_or("").as_bytes())
+        };
+        let state = param(&params, "state").unwrap_or("");
+        let clear_login = auth.login.clear(state);
+        let mut resp = match self.finish_login(auth, &headers, state, &params).await {
+            Ok(resp) => {
+                inc(&self.metrics.logins_succeeded);
+                resp
+            }
+            Err(e) => {
+                if matches!(
+                    e,
+                    ProxyError::ProviderRefused(_) | ProxyError::Denied { .. }
+                ) {
+                    inc(&self.metrics.logins_refused);
+                } else {
+                    inc(&self.metrics.logins_failed);
+                }
+                e.into_response(true, LOGIN_PATH)
+            }
+        };
+        if let Some(clear) = clear_login {
+            resp = with_cookie(resp, &clear);
+        }
+        resp
+    }
+
+    async fn finish_login(
+        &self,
+        auth: &Auth,
+        headers: &HeaderMap,
+        state: &str,
+        params: &[(String, String)],
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let param = |name: &str| param(params, name);
+        if let Some(error) = param("error") {
+            let description = param("error_description").unwrap_or("");
+            tracing::warn!(error, description, "identity provider refused the login");
+            let why = if description.is_empty() {
+                error.to_string()
+            } else {
+                format!("{error} ({description})")
+            };
+            return Err(ProxyError::ProviderRefused(why));
+        }
+        let login = auth.login.take(headers, state).map_err(|e| {
+            tracing::warn!(reason = ?e, "login callback refused: state does not match a login started in this browser");
+            ProxyError::BadLogin(e.explain().to_string())
+        })?;
+        let provider = auth
+            .providers
+            .iter()
+            .find(|p| p.name() == login.provider)
+            .ok_or_else(|| {
+                ProxyError::BadLogin(
+                    "The sign-in was started with a provider that is no longer configured.".into(),
+                )
+            })?;
+        let code = param("code").filter(|c| !c.is_empty()).ok_or_else(|| {
+            ProxyError::BadLogin("The identity provider sent no authorization code.".into())
+        })?;
+        let tokens = provider
+            .exchange_code(code, &login.pkce_verifier, &auth.redirect_url)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(provider = %provider.name(), "OAuth token exchange failed: {e}");
+            })?;
+        let identity = provider
+            .identity(&tokens, &login.nonce)
+            .await
+            .inspect_err(|e| match e {
+                IdentityError::InvalidToken(reason) => {
+                    tracing::warn!(provider = %provider.name(), "ID token rejected: {reason}")
+                }
+                other => {
+                    tracing::warn!(provider = %provider.name(), "Failed to get user info: {other}")
+                }
+            })?;
+        if let PolicyDecision::Deny(reason) = auth.policy.decide(&identity) {
+            tracing::warn!(user = %identity.display(), provider = %identity.provider, "User not allowed: {}", identity.display());
+            return Err(ProxyError::Denied {
+                who: identity.display().to_string(),
+                reason: reason.to_string(),
+            });
+        }
+        // A fresh session every login; any session the browser had ends.
+        if let Some(old) =
+            session_cookie_value(headers, &auth.session_cookie.name).and_then(SessionId::parse)
+        {
+            let _ = auth.sessions.delete(&old).await;
+        }
+        let who = identity.display().to_string();
+        let id = auth
+            .sessions
+            .create(SessionData::new(identity, auth.lifetime))
+            .await?;
+        tracing::info!(user = %who, provider = %provider.name(), "login succeeded");
+        Ok(with_cookie(
+            pages::redirect(&login.return_to),
+            &auth.session_cookie.set(id.expose()),
+        ))
+    }
+
+    async fn me(&self, req: &Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        let session = match &self.auth {
+            Some(auth) => self.authenticate(auth, req.headers()).await?,
+            None => None,
+        };
+        Ok(match session {
+            Some(s) => pages::json(StatusCode::OK, &identity_json(&s.identity)),
+            None => pages::json_error(StatusCode::UNAUTHORIZED, "unauthenticated", "no session"),
+        })
+    }
+
+    async fn logout(&self, req: &Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        let Some(auth) = &self.auth else {
+            return Ok(pages::json(
+                StatusCode::OK,
+                &json!({"message": "Logged out successfully"}),
+            ));
+        };
+        if let Some(id) = session_cookie_value(req.headers(), &auth.session_cookie.name)
+            .and_then(SessionId::parse)
+        {
+            auth.sessions.delete(&id).await?;
+            inc(&self.metrics.logouts);
+        }
+        let body = json!({"message": "Logged out successfully"});
+        let resp = if wants_html(req.headers()) {
+            pages::page(
+                StatusCode::OK,
+                "Signed out",
+                "You are signed out.",
+                Some(Action {
+                    label: "Sign in again",
+                    href: LOGIN_PATH,
+                }),
+            )
+        } else {
+            pages::json(StatusCode::OK, &body)
+        };
+        Ok(with_cookie(resp, &auth.session_cookie.clear()))
+    }
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn parse_form(bytes: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(bytes).into_owned().collect()
+}
+
+/// `/api/v1/auth/login?provider=...&rd=...`
+fn login_link(provider: Option<&str>, return_to: &str) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    if let Some(p) = provider {
+        query.append_pair("provider", p);
+    }
+    query.append_pair("rd", return_to);
+    format!("{LOGIN_PATH}?{}", query.finish())
+}
+
+pub fn identity_json(who: &Identity) -> serde_json::Value {
+    json!({
+        "id": who.id,
+        "email": who.email,
+        "name": who.name,
+        "username": who.username,
+        "provider": who.provider,
+        "groups": who.groups,
+    })
+}
+
+fn denied_response(reason: &str, html: bool) -> Response<ProxyBody> {
+    if html {
+        pages::page(
+            StatusCode::FORBIDDEN,
+            "Access denied",
+            &format!(
+                "You are signed in, but {reason}. Ask an administrator for access, or sign out and use another account."
+            ),
+            Some(Action {
+                label: "Sign out",
+                href: LOGOUT_PATH,
+            }),
+        )
+    } else {
+        pages::json_error(StatusCode::FORBIDDEN, "forbidden", reason)
+    }
+}
+
+fn logout_page() -> Response<ProxyBody> {
+    let inner = format!(
+        "<h1>Sign out</h1>\n<p>End your session on this application?</p>\n<form method=\"post\" action=\"{LOGOUT_PATH}\"><button type=\"submit\">Sign out</button></form>"
+    );
+    pages::raw_html(StatusCode::OK, pages::html_document("Sign out", &inner))
+}

@@ -1,0 +1,24 @@
+//! The Portcullis HTTP server.
+//!
+//! `server` accepts connections; `app` routes each request along one path (own endpoint,
+//! or authenticate -> authorize -> forward); the header rules live in `hop` (hop-by-hop),
+//! `forwarding` (the `X-Forwarded-*` trust boundary) and `redact` (identity headers);
+//! `upstream` streams to the app; `error` is the single place failures become responses.
+#![forbid(unsafe_code)]
+
+mod app;
+mod body;
+mod error;
+mod forwarding;
+mod hop;
+mod login_state;
+mod metrics;
+mod pages;
+mod redact;
+pub mod return_to;
+mod server;
+mod shutdown;
+mod upstream;
+
+pub use app::{App, AppError, ConnInfo};
+pub use server::{ServerSettings, TlsError, load_tls, serve};

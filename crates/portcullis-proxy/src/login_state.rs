@@ -1,0 +1,228 @@
+//! The login-state cookie: what a started login must remember until the callback.
+//!
+//! The state, nonce, PKCE verifier, provider and return path are sealed (AES-256-GCM,
+//! bound to the cookie's name) into a short-lived cookie scoped to the callback path. Each
+//! login gets its own cookie, named after its state, so two tabs logging in at once do not
+//! overwrite each other. The callback accepts a response only if its `state` names a
+//! cookie that opens, holds that same state, and is younger than the login timeout: this
+//! is what makes a forged or replayed callback fail (OAuth 2.0 Security BCP, RFC 9700
+//! §2.1 and §4.7).
+
+use std::time::Duration;
+
+use http::HeaderMap;
+use http::header;
+use portcullis_core::constant_time_eq;
+use portcullis_core::seal::Sealer;
+use portcullis_session::cookie;
+use serde::{Deserialize, Serialize};
+
+const PREFIX: &str = "portcullis_login_";
+/// How many characters of the state name the cookie.
+const NAME_CHARS: usize = 16;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginState {
+    #[serde(rename = "s")]
+    pub state: String,
+    #[serde(rename = "n")]
+    pub nonce: String,
+    #[serde(rename = "v")]
+    pub pkce_verifier: String,
+    #[serde(rename = "p")]
+    pub provider: String,
+    #[serde(rename = "r")]
+    pub return_to: String,
+    /// Unix seconds.
+    #[serde(rename = "t")]
+    pub issued_at: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoginStateError {
+    /// The `state` parameter is missing or not one Portcullis could have minted.
+    BadState,
+    /// No cookie for this state: started in another browser, or already completed.
+    Missing,
+    /// The cookie does not open or does not match the state: forged or tampered.
+    Invalid,
+    Expired,
+}
+
+impl LoginStateError {
+    pub fn explain(&self) -> &'static str {
+        match self {
+            LoginStateError::BadState => "The sign-in response carries no valid state.",
+            LoginStateError::Missing => {
+                "This sign-in was not started in this browser, or it was already completed."
+            }
+            LoginStateError::Invalid => {
+                "The sign-in response does not match the sign-in this browser started."
+            }
+            LoginStateError::Expired => "The sign-in took too long and expired.",
+        }
+    }
+}
+
+pub struct LoginCookies {
+    sealer: Sealer,
+    secure: bool,
+    path: String,
+    ttl: Duration,
+}
+
+fn well_formed_state(state: &str) -> bool {
+    state.len() == 43
+        && state
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn cookie_name(state: &str) -> String {
+    format!("{PREFIX}{}", &state[..NAME_CHARS])
+}
+
+/// Whether a cookie name is one of ours (so it is never forwarded upstream).
+pub fn is_login_cookie(name: &str) -> bool {
+    name.starts_with(PREFIX)
+}
+
+impl LoginCookies {
+    pub fn new(secret: &[u8], secure: bool, callback_path: &str, ttl: Duration) -> Self {
+        LoginCookies {
+            sealer: Sealer::new(&[secret], "portcullis login state v1"),
+            secure,
+            path: callback_path.to_string(),
+            ttl,
+        }
+    }
+
+    /// The `Set-Cookie` value that stores `login`.
+    pub fn set(&self, login: &LoginState) -> String {
+        let name = cookie_name(&login.state);
+        let json = serde_json::to_vec(login).expect("login state serializes");
+        let value = self.sealer.seal(name.as_bytes(), &json);
+        format!(
+            "{name}={value}; Path={}; Max-Age={}; HttpOnly; SameSite=Lax{}",
+            self.path,
+            self.ttl.as_secs(),
+            if self.secure { "; Secure" } else { "" }
+        )
+    }
+
+    /// The `Set-Cookie` value that removes the cookie of `state`, if `state` is well formed.
+    pub fn clear(&self, state: &str) -> Option<String> {
+        well_formed_state(state).then(|| {
+            format!(
+                "{}=; Path={}; Max-Age=0; HttpOnly; SameSite=Lax{}",
+                cookie_name(state),
+                self.path,
+                if self.secure { "; Secure" } else { "" }
+            )
+        })
+    }
+
+    /// The login that `state` belongs to, checked as described in the module docs.
+    pub fn take(&self, headers: &HeaderMap, state: &str) -> Result<LoginState, LoginStateError> {
+        if !well_formed_state(state) {
+            return Err(LoginStateError::BadState);
+        }
+        let name = cookie_name(state);
+        let value = cookie::find(
+            headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+            &name,
+        )
+        .ok_or(LoginStateError::Missing)?;
+        let plain = self
+            .sealer
+            .open(name.as_bytes(), value)
+            .ok_or(LoginStateError::Invalid)?;
+        let login: LoginState =
+            serde_json::from_slice(&plain).map_err(|_| LoginStateError::Invalid)?;
+        if !constant_time_eq(login.state.as_bytes(), state.as_bytes()) {
+            return Err(LoginStateError::Invalid);
+        }
+        let age = portcullis_core::time::unix_now().saturating_sub(login.issued_at);
+        if age > self.ttl.as_secs() {
+            return Err(LoginStateError::Expired);
+        }
+        Ok(login)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn cookies() -> LoginCookies {
+        LoginCookies::new(&[7u8; 32], true, "/cb", Duration::from_secs(600))
+    }
+
+    fn login(issued_at: u64) -> LoginState {
+        LoginState {
+            state: portcullis_core::random::token(),
+            nonce: "n".into(),
+            pkce_verifier: "v".into(),
+            provider: "oidc".into(),
+            return_to: "/x".into(),
+            issued_at,
+        }
+    }
+
+    fn request_with(set_cookie: &str) -> HeaderMap {
+        let pair = set_cookie.split(';').next().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("other=1; {pair}")).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn a_login_round_trips_through_its_cookie() {
+        let c = cookies();
+        let l = login(portcullis_core::time::unix_now());
+        let set = c.set(&l);
+        assert!(set.contains("Path=/cb") && set.contains("HttpOnly") && set.contains("Secure"));
+        let back = c.take(&request_with(&set), &l.state).unwrap();
+        assert_eq!(back.return_to, "/x");
+    }
+
+    #[test]
+    fn another_state_or_a_forged_cookie_is_refused() {
+        let c = cookies();
+        let l = login(portcullis_core::time::unix_now());
+        let h = request_with(&c.set(&l));
+        let other = portcullis_core::random::token();
+        assert_eq!(c.take(&h, &other).unwrap_err(), LoginStateError::Missing);
+        assert_eq!(c.take(&h, "short").unwrap_err(), LoginStateError::BadState);
+        assert_eq!(
+            c.take(&HeaderMap::new(), &l.state).unwrap_err(),
+            LoginStateError::Missing
+        );
+        // Same 16-character prefix, different state: the cookie opens but does not match.
+        let mut twin = l.state.clone();
+        twin.replace_range(40.., "AAA");
+        assert_eq!(c.take(&h, &twin).unwrap_err(), LoginStateError::Invalid);
+        // A cookie sealed under another secret.
+        let stranger = LoginCookies::new(&[8u8; 32], true, "/cb", Duration::from_secs(600));
+        let forged = request_with(&stranger.set(&l));
+        assert_eq!(
+            c.take(&forged, &l.state).unwrap_err(),
+            LoginStateError::Invalid
+        );
+    }
+
+    #[test]
+    fn an_old_login_has_expired() {
+        let c = cookies();
+        let l = login(portcullis_core::time::unix_now() - 601);
+        let h = request_with(&c.set(&l));
+        assert_eq!(c.take(&h, &l.state).unwrap_err(), LoginStateError::Expired);
+    }
+}

@@ -1,0 +1,76 @@
+//! Prometheus counters, rendered in the text exposition format at `/metrics`.
+//! Counting is one relaxed atomic add; nothing is allocated on the request path.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Default)]
+pub struct Metrics {
+    pub forwarded: AtomicU64,
+    pub challenged: AtomicU64,
+    pub denied: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    pub logins_succeeded: AtomicU64,
+    pub logins_failed: AtomicU64,
+    pub logins_refused: AtomicU64,
+    pub logouts: AtomicU64,
+}
+
+pub fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Metrics {
+    pub fn render(&self, sessions: Option<usize>) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(1024);
+        let _ = writeln!(
+            out,
+            "# HELP portcullis_requests_total Protected requests by outcome."
+        );
+        let _ = writeln!(out, "# TYPE portcullis_requests_total counter");
+        for (outcome, c) in [
+            ("forwarded", &self.forwarded),
+            ("challenged", &self.challenged),
+            ("denied", &self.denied),
+            ("upstream_error", &self.upstream_errors),
+        ] {
+            let _ = writeln!(
+                out,
+                "portcullis_requests_total{{outcome=\"{outcome}\"}} {}",
+                get(c)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP portcullis_logins_total Completed login callbacks by result."
+        );
+        let _ = writeln!(out, "# TYPE portcullis_logins_total counter");
+        for (result, c) in [
+            ("succeeded", &self.logins_succeeded),
+            ("failed", &self.logins_failed),
+            ("refused", &self.logins_refused),
+        ] {
+            let _ = writeln!(
+                out,
+                "portcullis_logins_total{{result=\"{result}\"}} {}",
+                get(c)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP portcullis_logouts_total Sessions ended by logout."
+        );
+        let _ = writeln!(out, "# TYPE portcullis_logouts_total counter");
+        let _ = writeln!(out, "portcullis_logouts_total {}", get(&self.logouts));
+        if let Some(n) = sessions {
+            let _ = writeln!(
+                out,
+                "# HELP portcullis_sessions Sessions held by this replica's memory store."
+            );
+            let _ = writeln!(out, "# TYPE portcullis_sessions gauge");
+            let _ = writeln!(out, "portcullis_sessions {n}");
+        }
+        out
+    }
+}

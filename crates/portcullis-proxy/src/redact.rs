@@ -1,0 +1,159 @@
+//! The identity headers: removing every copy a client sent, and setting ours.
+//!
+//! The upstream trusts these headers because only Portcullis can set them. So every
+//! request, authenticated or not, first loses every field whose name equals one of them
+//! ignoring case and treating `_` as `-`: some servers (and CGI-style frameworks) map
+//! `X_Forwarded_Email` and `X-Forwarded-Email` to the same variable.
+
+use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+use portcullis_core::Identity;
+
+pub const USER: HeaderName = HeaderName::from_static("x-forwarded-user");
+pub const EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
+pub const PREFERRED_USERNAME: HeaderName =
+    HeaderName::from_static("x-forwarded-preferred-username");
+pub const GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
+pub const PROVIDER: HeaderName = HeaderName::from_static("x-forwarded-provider");
+
+/// Every name Portcullis owns, lowercase with dashes. The `x-auth-request-*` names are
+/// the forward-auth answers; a client must not be able to pre-set those either.
+const OWNED: &[&str] = &[
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-preferred-username",
+    "x-forwarded-groups",
+    "x-forwarded-provider",
+    "x-forwarded-access-token",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-preferred-username",
+    "x-auth-request-groups",
+    "x-auth-request-access-token",
+];
+
+fn is_owned(name: &str) -> bool {
+    // Header names arrive lowercased; only `_` needs folding.
+    let bytes = name.as_bytes();
+    OWNED.iter().any(|owned| {
+        owned.len() == bytes.len()
+            && owned
+                .bytes()
+                .zip(bytes)
+                .all(|(o, &b)| o == b || (o == b'-' && b == b'_'))
+    })
+}
+
+/// Removes every client-sent copy of an identity header.
+pub fn strip_identity_headers(headers: &mut HeaderMap) {
+    // Cheap scan first: only names starting with `x-forwarded` / `x-auth-request` (in
+    // either spelling) can match, and most requests have none.
+    let suspects: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str().as_bytes();
+            n.len() > 8 && n[0] == b'x' && (n[1] == b'-' || n[1] == b'_') && is_owned(name.as_str())
+        })
+        .cloned()
+        .collect();
+    for name in suspects {
+        headers.remove(name);
+    }
+}
+
+/// Bytes that may go into a header value: visible ASCII, space, tab and UTF-8 (obs-text);
+/// never CR, LF or other controls (RFC 9110 §5.5).
+fn value(text: &str) -> Option<HeaderValue> {
+    HeaderValue::from_bytes(text.as_bytes()).ok()
+}
+
+/// Sets the identity headers for `who` on a request bound for the upstream. A field whose
+/// value cannot be represented (a claim with a control character) is left out, never
+/// passed through mangled.
+pub fn set_identity_headers(headers: &mut HeaderMap, who: &Identity) {
+    let mut set = |name: HeaderName, text: Option<&str>| {
+        if let Some(v) = text.filter(|t| !t.is_empty()).and_then(value) {
+            headers.insert(name, v);
+        }
+    };
+    set(USER, Some(&who.id));
+    set(EMAIL, who.email.as_deref());
+    set(PREFERRED_USERNAME, who.username.as_deref());
+    set(PROVIDER, Some(&who.provider));
+    if !who.groups.is_empty() {
+        set(GROUPS, Some(&who.groups.join(",")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who() -> Identity {
+        Identity {
+            id: "sub-1".into(),
+            email: Some("alice@example.com".into()),
+            name: Some("Alice".into()),
+            username: Some("alice".into()),
+            groups: vec!["admins".into(), "devs".into()],
+            provider: "oidc".into(),
+        }
+    }
+
+    #[test]
+    fn every_spelling_of_an_identity_header_is_removed() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-forwarded-email",
+            "X-Forwarded-Email",
+            "x_forwarded_email",
+            "X_FORWARDED_USER",
+            "x-forwarded_groups",
+            "X-Auth-Request-User",
+            "x_auth_request_email",
+            "x-forwarded-access-token",
+            "x-forwarded-provider",
+            "x-forwarded-preferred-username",
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("spoof"),
+            );
+        }
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x-forwarded-emails", HeaderValue::from_static("not ours"));
+        strip_identity_headers(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-forwarded-for", "x-forwarded-emails"]);
+    }
+
+    #[test]
+    fn identity_headers_are_set_from_the_identity() {
+        let mut h = HeaderMap::new();
+        set_identity_headers(&mut h, &who());
+        assert_eq!(h[USER], "sub-1");
+        assert_eq!(h[EMAIL], "alice@example.com");
+        assert_eq!(h[PREFERRED_USERNAME], "alice");
+        assert_eq!(h[GROUPS], "admins,devs");
+        assert_eq!(h[PROVIDER], "oidc");
+    }
+
+    #[test]
+    fn a_claim_with_a_newline_is_left_out_not_injected() {
+        let mut evil = who();
+        evil.email = Some("a@example.com\r\nX-Forwarded-User: admin".into());
+        let mut h = HeaderMap::new();
+        set_identity_headers(&mut h, &evil);
+        assert!(h.get(EMAIL).is_none());
+        assert_eq!(h[USER], "sub-1");
+    }
+
+    #[test]
+    fn unicode_names_pass_as_utf8() {
+        let mut who = who();
+        who.username = Some("zoë".into());
+        let mut h = HeaderMap::new();
+        set_identity_headers(&mut h, &who);
+        assert_eq!(h[PREFERRED_USERNAME].as_bytes(), "zoë".as_bytes());
+    }
+}

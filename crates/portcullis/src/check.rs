@@ -1,0 +1,253 @@
+//! `portcullis check`: everything that can be known about a configuration before serving
+//! traffic. Validates every key, then probes each identity provider (discovery document,
+//! signing keys, clock skew). Prints each finding with the key and the fix; exits 1 if
+//! anything is wrong.
+
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use portcullis_config::Config;
+use portcullis_identity::{JwksCache, ProviderMetadata, discovery_document_url};
+
+use crate::cli::CheckArgs;
+use crate::serve::{env_vars, load_config, outbound_client};
+
+/// Larger clock differences make ID tokens look expired or not yet valid.
+const MAX_SKEW: Duration = Duration::from_secs(60);
+
+/// Paths Portcullis serves itself; the callback must not be one of them.
+const RESERVED: &[&str] = &[
+    "/api/v1/auth/status",
+    "/api/v1/auth/login",
+    "/api/v1/auth/me",
+    "/api/v1/auth/logout",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
+
+struct Report {
+    failures: usize,
+}
+
+impl Report {
+    fn ok(&mut self, what: &str) {
+        println!("ok    {what}");
+    }
+    fn warn(&mut self, what: &str) {
+        println!("warn  {what}");
+    }
+    fn fail(&mut self, key: &str, problem: &str, fix: &str) {
+        self.failures += 1;
+        println!("FAIL  {key}: {problem}. Fix: {fix}");
+    }
+}
+
+pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let config = match load_config(args.config, env_vars(), Vec::new(), Vec::new()) {
+        Ok(c) => c,
+        Err(_) => return Ok(ExitCode::FAILURE),
+    };
+    let mut report = Report { failures: 0 };
+    report.ok("configuration keys and values");
+    static_checks(&config, &mut report);
+    if !args.offline {
+        for provider in &config.auth.providers {
+            probe_provider(provider, &mut report).await;
+        }
+    }
+    if report.failures == 0 {
+        println!("\nportcullis check: no problems found");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "\nportcullis check: {} problem{} found",
+            report.failures,
+            if report.failures == 1 { "" } else { "s" }
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn static_checks(config: &Config, report: &mut Report) {
+    if !config.auth.enabled {
+        report.warn(
+            "OPEN MODE: authentication is off (OAUTH_ENABLED is unset or false): every request reaches the app without a login",
+        );
+        return;
+    }
+    let names: Vec<&str> = config
+        .auth
+        .providers
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    report.ok(&format!(
+        "authentication on, provider(s): {}",
+        names.join(", ")
+    ));
+    let Some(redirect) = &config.auth.redirect_url else {
+        return;
+    };
+    let path = redirect.path();
+    if RESERVED.contains(&path.trim_end_matches('/')) {
+        report.fail(
+            "oauth.redirect_url (OAUTH_REDIRECT_URL)",
+            &format!("its path {path} is one of Portcullis's own endpoints"),
+            "use /api/v1/auth/callback, or another path the app does not use",
+        );
+    }
+    if let Some(public) = &config.public_url
+        && (public.host_str() != redirect.host_str()
+            || public.port_or_known_default() != redirect.port_or_known_default())
+    {
+        report.fail(
+            "oauth.redirect_url (OAUTH_REDIRECT_URL)",
+            &format!(
+                "the redirect URL's host ({}) differs from public_url ({}): the provider would send users to another site, and the session cookie would not be set where the app is",
+                redirect.host_str().unwrap_or(""),
+                public.host_str().unwrap_or("")
+            ),
+            "make OAUTH_REDIRECT_URL start with the public URL, and register exactly that URL at the provider",
+        );
+    }
+    let loopback = matches!(
+        redirect.host_str(),
+        Some("localhost" | "127.0.0.1" | "[::1]")
+    );
+    if redirect.scheme() == "http" && !loopback {
+        report.warn(&format!(
+            "oauth.redirect_url is plain http on {}: cookies will not be Secure and codes travel unencrypted; use https in production",
+            redirect.host_str().unwrap_or("")
+        ));
+    } else {
+        report.ok(&format!(
+            "redirect URL {redirect} (register exactly this at the provider)"
+        ));
+    }
+}
+
+async fn probe_provider(provider: &portcullis_config::ProviderConfig, report: &mut Report) {
+    let portcullis_config::ProviderKind::Oidc { discovery_url } = &provider.kind;
+    let key = if provider.name == "oidc" {
+        "oauth.issuer_url (OAUTH_ISSUER_URL)".to_string()
+    } else {
+        format!(
+            "auth.openid_connect.{0}.discovery_url (AUTH__OPENID_CONNECT__{1}__DISCOVERY_URL)",
+            provider.name,
+            provider.name.to_uppercase()
+        )
+    };
+    let http = match outbound_client() {
+        Ok(h) => h,
+        Err(e) => {
+            report.fail(
+                "outbound HTTP client",
+                &format!("{e:#}"),
+                "check HTTPS_PROXY / GLOBAL_AGENT_HTTPS_PROXY and the CA bundle",
+            );
+            return;
+        }
+    };
+    let doc_url = discovery_document_url(discovery_url);
+    // The Date header of the provider's own answer tells how far apart the clocks are.
+    match http.get(&doc_url).send().await {
+        Ok(resp) => {
+            if let Some(date) = resp
+                .headers()
+                .get("date")
+                .and_then(|d| d.to_str().ok())
+                .and_then(|d| httpdate::parse_http_date(d).ok())
+            {
+                let now = SystemTime::now();
+                let skew = now
+                    .duration_since(date)
+                    .or_else(|_| date.duration_since(now))
+                    .unwrap_or_default();
+                if skew > MAX_SKEW {
+                    report.fail(
+                        "system clock",
+                        &format!("this machine's clock is {}s away from {}'s", skew.as_secs(), provider.name),
+                        "synchronise the clock (NTP); ID tokens are refused when clocks differ by more than a minute",
+                    );
+                } else {
+                    report.ok(&format!(
+                        "clock within {}s of {}",
+                        skew.as_secs(),
+                        provider.name
+                    ));
+                }
+            }
+        }
+        Err(e) => {
+            report.fail(
+                &key,
+                &format!("the discovery document {doc_url} is unreachable: {}", chain(&e)),
+                "check the URL, DNS, and the outbound proxy (HTTPS_PROXY / GLOBAL_AGENT_HTTPS_PROXY, NO_PROXY)",
+            );
+            return;
+        }
+    }
+    let metadata = match ProviderMetadata::fetch(&http, &provider.name, discovery_url).await {
+        Ok(m) => m,
+        Err(e) => {
+            report.fail(
+                &key,
+                &e.to_string(),
+                "set it to exactly the provider's issuer or discovery URL",
+            );
+            return;
+        }
+    };
+    report.ok(&format!(
+        "{}: discovery document of issuer {}",
+        provider.name, metadata.issuer
+    ));
+    match JwksCache::load(
+        http.clone(),
+        &provider.name,
+        &metadata.jwks_uri,
+        Duration::from_secs(10),
+    )
+    .await
+    {
+        Ok(_) => report.ok(&format!(
+            "{}: signing keys at {}",
+            provider.name, metadata.jwks_uri
+        )),
+        Err(e) => report.fail(
+            &key,
+            &e.to_string(),
+            "the provider's jwks_uri must serve its public signing keys",
+        ),
+    }
+    if metadata.token_endpoint.is_none() {
+        report.fail(
+            &key,
+            "the provider publishes no token_endpoint",
+            "the code flow needs one; check the provider",
+        );
+    }
+    if !metadata.code_challenge_methods_supported.is_empty()
+        && !metadata
+            .code_challenge_methods_supported
+            .iter()
+            .any(|m| m == "S256")
+    {
+        report.warn(&format!(
+            "{}: the provider does not advertise PKCE S256; Portcullis sends it anyway",
+            provider.name
+        ));
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,69 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// An identity-aware reverse proxy: OpenID Connect login in front of any web app.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about, long_about = None)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (the default command).
+    Serve(ServeArgs),
+    /// Validate the configuration and probe the identity providers; exit non-zero on any problem.
+    Check(CheckArgs),
+    /// Run the proxy with an embedded development identity provider, on loopback only.
+    Dev(DevArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// YAML configuration file. Environment variables override it.
+    #[arg(long, short = 'c', value_name = "FILE", env = "PORTCULLIS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (overrides LISTEN_ADDR), e.g. 0.0.0.0:8080.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// The app to protect (overrides UPSTREAM_URL), e.g. http://127.0.0.1:3000.
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// YAML configuration file. Environment variables override it.
+    #[arg(long, short = 'c', value_name = "FILE", env = "PORTCULLIS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Only validate the configuration; do not contact the identity providers.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// The app to protect, e.g. http://127.0.0.1:3000.
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Address to listen on. Loopback only unless --allow-non-loopback is given.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Address of the embedded identity provider (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub idp_listen: String,
+    /// Listen on a non-loopback address anyway. The development provider signs in
+    /// anyone who asks: never do this on a network you do not control.
+    #[arg(long)]
+    pub allow_non_loopback: bool,
+    /// YAML configuration file (for settings such as allowed users).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}

@@ -1,0 +1,122 @@
+//! `portcullis dev`: the proxy plus the embedded development identity provider, so a new
+//! user can try Portcullis in front of a local app with nothing else installed.
+//!
+//! The provider is reached over HTTP through the same discovery, code flow and token
+//! verification as any other provider. It signs in anyone, so this command refuses a
+//! non-loopback address unless forced, and says loudly what it is.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use portcullis_config::{Flow, ProviderConfig, ProviderKind, SecretString, Url};
+use portcullis_devidp::{Client, DevIdp};
+
+use crate::cli::DevArgs;
+use crate::logging;
+use crate::serve::{bind, env_vars, load_config, run_with};
+
+const CLIENT_ID: &str = "portcullis-dev";
+
+/// In dev mode the embedded provider is the only provider: settings that would configure
+/// another are ignored. Allowed users still apply.
+fn keep_env(name: &str) -> bool {
+    let provider_setting = (name.starts_with("OAUTH_") && name != "OAUTH_ALLOWED_USERS")
+        || name.starts_with("AUTH__OPENID_CONNECT__");
+    !provider_setting
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    let listen: SocketAddr = match args.listen.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            eprintln!(
+                "portcullis dev: --listen `{}` is not an address with a port. Fix: write e.g. 127.0.0.1:8080",
+                args.listen
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if !listen.ip().is_loopback() && !args.allow_non_loopback {
+        eprintln!(
+            "portcullis dev: refusing to listen on {listen}: the development identity provider signs in anyone, so dev mode stays on loopback. Fix: use 127.0.0.1, or pass --allow-non-loopback if you really mean it"
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let idp_listen: SocketAddr = args.idp_listen.parse().with_context(|| {
+        format!(
+            "--idp-listen `{}` is not an address with a port",
+            args.idp_listen
+        )
+    })?;
+    if !idp_listen.ip().is_loopback() && !args.allow_non_loopback {
+        eprintln!(
+            "portcullis dev: refusing to run the development identity provider on {idp_listen}. Fix: use a loopback address"
+        );
+        return Ok(ExitCode::from(2));
+    }
+
+    let mut flags = vec![("listen_addr", "--listen", listen.to_string())];
+    if let Some(upstream) = args.upstream {
+        flags.push(("upstream_url", "--upstream", upstream));
+    }
+    let defaults = vec![("cookie_secret", portcullis_core::random::token())];
+    let env = env_vars()
+        .into_iter()
+        .filter(|(k, _)| keep_env(k))
+        .collect();
+    let mut config = match load_config(args.config, env, defaults, flags) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    logging::init(&config.log)?;
+
+    let listener = bind(&config).await?;
+    let bound = listener.local_addr()?;
+    let browser_host = if bound.ip().is_unspecified() {
+        SocketAddr::new([127, 0, 0, 1].into(), bound.port())
+    } else {
+        bound
+    };
+    let redirect = Url::parse(&format!("http://{browser_host}/api/v1/auth/callback"))?;
+    let client_secret = portcullis_core::random::token();
+    let idp = DevIdp::start(
+        idp_listen,
+        vec![Client {
+            id: CLIENT_ID.into(),
+            secret: Some(client_secret.clone()),
+            redirect_uris: vec![redirect.to_string()],
+        }],
+    )
+    .await
+    .with_context(|| format!("cannot start the development identity provider on {idp_listen}"))?;
+
+    config.auth.enabled = true;
+    config.auth.redirect_url = Some(redirect);
+    config.auth.providers = vec![ProviderConfig {
+        name: "dev".into(),
+        display_name: "Development IdP".into(),
+        kind: ProviderKind::Oidc {
+            discovery_url: Url::parse(idp.issuer())?,
+        },
+        client_id: CLIENT_ID.into(),
+        client_secret: Some(SecretString::from(client_secret)),
+        scopes: vec!["openid".into(), "email".into(), "profile".into()],
+        auth_url_params: Vec::new(),
+        flow: Flow::Code,
+    }];
+
+    eprintln!(
+        "\n  ********************************************************************\n  *  portcullis dev: DEVELOPMENT MODE. NOT FOR PRODUCTION.           *\n  *  The embedded identity provider signs in ANYONE who fills in its *\n  *  form. Use it only on your own machine.                          *\n  ********************************************************************\n\n  App:      {}\n  Open:     http://{browser_host}/\n  IdP:      {}\n",
+        config
+            .upstream_url
+            .as_ref()
+            .map(|u| u.as_str())
+            .unwrap_or("?"),
+        idp.issuer()
+    );
+    tracing::warn!(issuer = %idp.issuer(), "development identity provider running: it signs in anyone; never expose it");
+    let code = run_with(config, listener).await;
+    drop(idp);
+    code
+}

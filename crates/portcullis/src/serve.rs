@@ -1,0 +1,126 @@
+//! `portcullis serve`: load the configuration, build the app, listen, run until SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use portcullis_config::{Config, LoadError, Sources};
+use portcullis_identity::http::{OutboundSettings, ProxyEnv};
+use portcullis_proxy::{App, ServerSettings};
+use tokio::net::TcpListener;
+
+use crate::cli::ServeArgs;
+use crate::logging;
+
+/// Loads the configuration, printing problems the way an operator needs them.
+pub fn load_config(
+    file: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    defaults: Vec<(&'static str, String)>,
+    flags: Vec<(&'static str, &'static str, String)>,
+) -> Result<Config, ExitCode> {
+    let sources = Sources {
+        file,
+        env,
+        defaults,
+        flags,
+    };
+    portcullis_config::load(&sources).map_err(|e| {
+        match e {
+            LoadError::File(e) => eprintln!("portcullis: {e}"),
+            LoadError::Invalid(errors) => eprint!("portcullis: {errors}"),
+        }
+        ExitCode::from(2)
+    })
+}
+
+pub fn env_vars() -> Vec<(String, String)> {
+    std::env::vars().collect()
+}
+
+pub fn outbound_client() -> anyhow::Result<portcullis_identity::http::HttpClient> {
+    let vars = env_vars();
+    let settings = OutboundSettings {
+        proxies: ProxyEnv::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+        ..OutboundSettings::default()
+    };
+    portcullis_identity::http::client(&settings).context("cannot build the outbound HTTP client")
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut flags = Vec::new();
+    if let Some(listen) = args.listen {
+        flags.push(("listen_addr", "--listen", listen));
+    }
+    if let Some(upstream) = args.upstream {
+        flags.push(("upstream_url", "--upstream", upstream));
+    }
+    let config = match load_config(args.config, env_vars(), Vec::new(), flags) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    logging::init(&config.log)?;
+    let listener = bind(&config).await?;
+    run_with(config, listener).await
+}
+
+pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(config.listen_addr).await.with_context(|| {
+        format!(
+            "cannot listen on {} (listen_addr / LISTEN_ADDR): is another process using the port?",
+            config.listen_addr
+        )
+    })
+}
+
+/// Runs the proxy on `listener` until a shutdown signal.
+pub async fn run_with(config: Config, listener: TcpListener) -> anyhow::Result<ExitCode> {
+    let app = App::new(&config, outbound_client()?).context("cannot start")?;
+    let tls = match &config.tls {
+        Some(t) => Some(portcullis_proxy::load_tls(&t.cert_file, &t.key_file)?),
+        None => None,
+    };
+    if !app.auth_enabled() {
+        tracing::warn!(
+            "OPEN MODE: authentication is off, every request is forwarded without a login. Set OAUTH_ENABLED=true (or enable a provider) to protect the app"
+        );
+    }
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        addr = %addr,
+        tls = tls.is_some(),
+        upstream = %config.upstream_url.as_ref().map(|u| u.as_str()).unwrap_or(""),
+        "listening on {}", addr
+    );
+    app.start_background();
+    let settings = ServerSettings {
+        header_read_timeout: config.server.header_read_timeout,
+        max_header_bytes: config.server.max_header_bytes,
+        shutdown_grace: config.server.shutdown_grace,
+    };
+    portcullis_proxy::serve(Arc::new(app), listener, tls, settings, shutdown_signal()).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

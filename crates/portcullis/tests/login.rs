@@ -1,0 +1,448 @@
+//! Logging in, being let in or refused, and the auth endpoints, against the real binary.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::*;
+
+/// Starts an upstream, the development provider (in this process) and Portcullis
+/// configured for it through the flat environment variables only.
+async fn with_dev_idp(
+    extra: &[(&str, &str)],
+) -> (EchoUpstream, portcullis_devidp::DevIdp, Portcullis) {
+    with_dev_idp_at("/api/v1/auth/callback", extra).await
+}
+
+async fn with_dev_idp_at(
+    callback_path: &str,
+    extra: &[(&str, &str)],
+) -> (EchoUpstream, portcullis_devidp::DevIdp, Portcullis) {
+    let upstream = EchoUpstream::start().await;
+    let port = free_port();
+    let redirect = format!("http://127.0.0.1:{port}{callback_path}");
+    let idp = dev_idp(vec![redirect.clone()]).await;
+    let mut builder = Portcullis::builder()
+        .port(port)
+        .env("OAUTH_ENABLED", "true")
+        .env("OAUTH_PROVIDER", "oidc")
+        .env("OAUTH_ISSUER_URL", idp.issuer())
+        .env("OAUTH_CLIENT_ID", "portcullis")
+        .env("OAUTH_CLIENT_SECRET", "dev-secret")
+        .env("OAUTH_REDIRECT_URL", redirect)
+        .env("UPSTREAM_URL", upstream.url())
+        .env("COOKIE_SECRET", SECRET);
+    for (k, v) in extra {
+        builder = builder.env(k, *v);
+    }
+    let p = builder.wait_ready().start().await;
+    (upstream, idp, p)
+}
+
+fn header<'a>(echo: &'a Value, name: &str) -> Option<&'a str> {
+    echo["headers"][name][0].as_str()
+}
+
+async fn log_in(browser: &Browser, p: &Portcullis, path: &str, user: &str, groups: &str) -> Page {
+    let form = browser.navigate(&p.url(path)).await;
+    dev_idp_sign_in(browser, &form, user, groups).await
+}
+
+#[tokio::test]
+async fn the_dev_quickstart_logs_in_through_the_embedded_provider() {
+    let upstream = EchoUpstream::start().await;
+    let port = free_port();
+    let p = Portcullis::builder()
+        .arg("dev")
+        .arg("--upstream")
+        .arg(upstream.url())
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .port(port)
+        .wait_ready()
+        .start()
+        .await;
+    assert!(
+        p.logs().contains("DEVELOPMENT MODE. NOT FOR PRODUCTION"),
+        "{}",
+        p.logs()
+    );
+    let browser = Browser::new();
+    let form = browser.navigate(&p.url("/reports?year=2026")).await;
+    assert!(
+        form.body.contains("Development identity provider"),
+        "{}",
+        form.body
+    );
+    // The browser really went to a separate issuer over HTTP.
+    assert_ne!(form.url.port(), Some(port));
+    let landed = dev_idp_sign_in(&browser, &form, "alice", "admins, devs").await;
+    assert_eq!(landed.status, 200, "{landed:?}");
+    let echo = landed.json();
+    assert_eq!(echo["path"], "/reports");
+    assert_eq!(echo["query"], "year=2026");
+    assert_eq!(
+        header(&echo, "x-forwarded-email"),
+        Some("alice@example.com")
+    );
+    assert_eq!(
+        header(&echo, "x-forwarded-preferred-username"),
+        Some("alice")
+    );
+    assert_eq!(header(&echo, "x-forwarded-groups"), Some("admins,devs"));
+    assert_eq!(header(&echo, "x-forwarded-provider"), Some("dev"));
+    assert!(
+        header(&echo, "x-forwarded-user")
+            .unwrap()
+            .starts_with("dev-")
+    );
+    assert!(
+        landed
+            .history
+            .iter()
+            .any(|(u, s)| u.contains("/api/v1/auth/callback") && *s == 302),
+        "{:?}",
+        landed.history
+    );
+}
+
+#[tokio::test]
+async fn dev_refuses_a_non_loopback_address_unless_forced() {
+    let (code, out) = run_portcullis(
+        &[
+            "dev",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--listen",
+            "0.0.0.0:0",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("refusing to listen on 0.0.0.0:0"), "{out}");
+    assert!(out.contains("--allow-non-loopback"), "{out}");
+}
+
+#[tokio::test]
+async fn a_real_third_party_provider_logs_the_user_in_through_its_own_forms() {
+    let upstream = EchoUpstream::start().await;
+    let port = free_port();
+    let redirect = format!("http://127.0.0.1:{port}/api/v1/auth/callback");
+    let op = OidcProvider::start(
+        "portcullis-e2e",
+        "e2e-client-secret",
+        &[&redirect],
+        json!({"alice": ["ops"]}),
+    )
+    .await;
+    let p = Portcullis::builder()
+        .port(port)
+        .env("OAUTH_ENABLED", "true")
+        .env("OAUTH_PROVIDER", "oidc")
+        .env("OAUTH_ISSUER_URL", &op.issuer)
+        .env("OAUTH_CLIENT_ID", "portcullis-e2e")
+        .env("OAUTH_CLIENT_SECRET", "e2e-client-secret")
+        .env("OAUTH_REDIRECT_URL", &redirect)
+        .env("OAUTH_SCOPES", "openid,email,profile,groups")
+        .env("UPSTREAM_URL", upstream.url())
+        .env("COOKIE_SECRET", SECRET)
+        .wait_ready()
+        .start()
+        .await;
+
+    let browser = Browser::new();
+    let login = browser.navigate(&p.url("/inbox?folder=a%20b")).await;
+    assert!(
+        login.url.as_str().starts_with(&op.issuer),
+        "not at the provider: {}",
+        login.url
+    );
+    assert!(
+        login.body.contains("name=\"login\""),
+        "no login form: {}",
+        login.body
+    );
+    let consent = browser
+        .submit(&login, &[("login", "alice"), ("password", "anything")])
+        .await;
+    assert!(
+        consent.body.contains("name=\"prompt\" value=\"consent\""),
+        "no consent form: {}",
+        consent.body
+    );
+    let landed = browser.submit(&consent, &[]).await;
+    assert_eq!(landed.status, 200, "{landed:?}\n{}", p.logs());
+    let echo = landed.json();
+    assert_eq!(echo["path"], "/inbox");
+    assert_eq!(echo["query"], "folder=a%20b");
+    assert_eq!(
+        header(&echo, "x-forwarded-email"),
+        Some("alice@example.com")
+    );
+    assert_eq!(header(&echo, "x-forwarded-user"), Some("alice"));
+    assert_eq!(header(&echo, "x-forwarded-groups"), Some("ops"));
+    let cookie_header = header(&echo, "cookie").unwrap_or("");
+    assert!(
+        !cookie_header.contains("session_token"),
+        "session cookie forwarded: {cookie_header}"
+    );
+
+    // The same browser goes straight through now.
+    let again = browser.get(&p.url("/again")).await;
+    assert_eq!(again.status, 200);
+
+    // A request without the cookie is sent to the provider.
+    let stranger = Browser::new();
+    let bounced = stranger.get(&p.url("/inbox")).await;
+    assert_eq!(bounced.status, 302);
+    assert!(
+        bounced
+            .location()
+            .unwrap()
+            .starts_with(&format!("{}/auth?", op.issuer))
+    );
+}
+
+#[tokio::test]
+async fn api_requests_get_a_401_json_body_instead_of_a_redirect() {
+    let (_u, _idp, p) = with_dev_idp(&[]).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (name, value) in [
+        ("accept", "application/json"),
+        ("x-requested-with", "XMLHttpRequest"),
+        ("accept", "*/*"),
+    ] {
+        let resp = http
+            .get(p.url("/api/things"))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{name}: {value}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "unauthenticated");
+        assert_eq!(body["login_url"], "/api/v1/auth/login");
+    }
+    // A browser-style request that also says X-Requested-With is an API call.
+    let resp = http
+        .get(p.url("/api/things"))
+        .header("accept", "text/html")
+        .header("x-requested-with", "XMLHttpRequest")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn allowed_users_admit_listed_emails_and_user_names_and_refuse_others() {
+    let (_u, _idp, p) = with_dev_idp(&[("OAUTH_ALLOWED_USERS", "Alice@Example.com, bob")]).await;
+
+    let alice = Browser::new();
+    let page = log_in(&alice, &p, "/", "alice", "").await;
+    assert_eq!(
+        page.status, 200,
+        "alice (by email, other case) refused: {}",
+        page.body
+    );
+
+    let bob = Browser::new();
+    let form = bob.navigate(&p.url("/")).await;
+    let page = bob
+        .submit(
+            &form,
+            &[("username", "bob"), ("email", "robert@corp.example")],
+        )
+        .await;
+    assert_eq!(
+        page.status, 200,
+        "bob (by user name) refused: {}",
+        page.body
+    );
+
+    let mallory = Browser::new();
+    let page = log_in(&mallory, &p, "/", "mallory", "").await;
+    assert_eq!(page.status, 403);
+    assert!(page.body.contains("mallory@example.com"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("not on this application&#39;s list of allowed users"),
+        "{}",
+        page.body
+    );
+    assert!(
+        p.wait_for_log("User not allowed: mallory@example.com")
+            .await,
+        "{}",
+        p.logs()
+    );
+    // No session was created for her.
+    assert_eq!(mallory.get(&p.url("/")).await.status, 302);
+}
+
+#[tokio::test]
+async fn the_callback_path_comes_from_the_redirect_url() {
+    let (_u, _idp, p) = with_dev_idp_at("/v1/oauth/callback/", &[]).await;
+    let browser = Browser::new();
+    let page = log_in(&browser, &p, "/home", "carol", "").await;
+    assert_eq!(page.status, 200, "{:?}", page.history);
+    assert!(
+        page.history
+            .iter()
+            .any(|(u, _)| u.contains("/v1/oauth/callback/?code=")),
+        "{:?}",
+        page.history
+    );
+    assert_eq!(page.json()["path"], "/home");
+    // The default callback path is then ordinary protected traffic.
+    let other = Browser::new();
+    let resp = other
+        .get(&p.url("/api/v1/auth/callback?code=x&state=y"))
+        .await;
+    assert_eq!(resp.status, 302);
+    assert!(resp.location().unwrap().contains("/authorize?"));
+}
+
+#[tokio::test]
+async fn me_reports_the_user_and_logout_ends_the_session_on_the_server() {
+    let (_u, _idp, p) = with_dev_idp(&[]).await;
+    let mut browser = Browser::new();
+    log_in(&browser, &p, "/", "dave", "qa").await;
+    browser.accept = "application/json".into();
+    let me = browser.get(&p.url("/api/v1/auth/me")).await;
+    assert_eq!(me.status, 200);
+    let me = me.json();
+    assert_eq!(me["email"], "dave@example.com");
+    assert_eq!(me["username"], "dave");
+    assert_eq!(me["name"], "dave");
+    assert_eq!(me["provider"], "oidc");
+    assert_eq!(me["groups"], json!(["qa"]));
+    assert!(me["id"].as_str().unwrap().starts_with("dev-"));
+
+    let stolen = browser
+        .cookie("127.0.0.1", "session_token")
+        .expect("session cookie");
+    let out = browser
+        .request("POST", &p.url("/api/v1/auth/logout"), Some(&[]))
+        .await;
+    assert_eq!(out.status, 200);
+    assert_eq!(out.json(), json!({"message": "Logged out successfully"}));
+    assert!(
+        out.headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    assert_eq!(browser.cookie("127.0.0.1", "session_token"), None);
+
+    // A copy of the cookie taken before logout no longer works: the session is gone.
+    let mut thief = Browser::new();
+    thief.accept = "application/json".into();
+    thief.set_cookie("127.0.0.1", "session_token", &stolen);
+    assert_eq!(thief.get(&p.url("/api/v1/auth/me")).await.status, 401);
+    assert_eq!(thief.get(&p.url("/anything")).await.status, 401);
+}
+
+#[tokio::test]
+async fn logout_only_accepts_post_and_offers_a_form_on_get() {
+    let (_u, _idp, p) = with_dev_idp(&[]).await;
+    let browser = Browser::new();
+    let page = browser.get(&p.url("/api/v1/auth/logout")).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("method=\"post\""));
+    let put = browser
+        .request("PUT", &p.url("/api/v1/auth/logout"), None)
+        .await;
+    assert_eq!(put.status, 405);
+    assert_eq!(put.headers["allow"], "GET, HEAD, POST");
+}
+
+#[tokio::test]
+async fn status_says_whether_authentication_is_on() {
+    let (_u, _idp, p) = with_dev_idp(&[]).await;
+    let body: Value = reqwest::get(p.url("/api/v1/auth/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body, json!({"enabled": true}));
+    let ready = reqwest::get(p.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(reqwest::get(p.url("/healthz")).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn open_mode_passes_traffic_through_and_says_so() {
+    let upstream = EchoUpstream::start().await;
+    let p = Portcullis::builder()
+        .env("UPSTREAM_URL", upstream.url())
+        .start()
+        .await;
+    assert!(p.wait_for_log("OPEN MODE").await, "{}", p.logs());
+    let body: Value = reqwest::get(p.url("/api/v1/auth/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body, json!({"enabled": false}));
+    let resp = reqwest::Client::new()
+        .get(p.url("/page"))
+        .header("x-forwarded-email", "ceo@example.com")
+        .header("X_Forwarded_User", "ceo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: Value = resp.json().await.unwrap();
+    assert_eq!(echo["path"], "/page");
+    assert!(echo["headers"]["x-forwarded-email"].is_null(), "{echo}");
+    assert!(echo["headers"]["x_forwarded_user"].is_null(), "{echo}");
+    let me = reqwest::get(p.url("/api/v1/auth/me")).await.unwrap();
+    assert_eq!(me.status(), 401);
+}
+
+#[tokio::test]
+async fn the_nested_dialect_alone_configures_a_provider() {
+    let upstream = EchoUpstream::start().await;
+    let port = free_port();
+    let redirect = format!("http://127.0.0.1:{port}/api/v1/auth/callback");
+    let idp = dev_idp(vec![redirect]).await;
+    let p = Portcullis::builder()
+        .port(port)
+        .env("AUTH__OPENID_CONNECT__CORP__ENABLED", "true")
+        .env("AUTH__OPENID_CONNECT__CORP__CLIENT_ID", "portcullis")
+        .env("AUTH__OPENID_CONNECT__CORP__CLIENT_SECRET", "dev-secret")
+        .env(
+            "AUTH__OPENID_CONNECT__CORP__DISCOVERY_URL",
+            format!("{}/.well-known/openid-configuration", idp.issuer()),
+        )
+        .env(
+            "AUTH__OPENID_CONNECT__CORP__AUTH_URL_PARAMS__AUDIENCE",
+            "api://corp",
+        )
+        .env("PUBLIC_URL", format!("http://127.0.0.1:{port}"))
+        .env("UPSTREAM_URL", upstream.url())
+        .env("COOKIE_SECRET", SECRET)
+        .wait_ready()
+        .start()
+        .await;
+    assert!(
+        p.logs().contains("OAuth enabled with provider: corp"),
+        "{}",
+        p.logs()
+    );
+    let browser = Browser::new();
+    let form = browser.navigate(&p.url("/")).await;
+    assert!(form.history[0].0.contains("127.0.0.1"));
+    let first_redirect = browser.get(&p.url("/")).await.location().unwrap();
+    assert!(
+        first_redirect.contains("audience=api%3A%2F%2Fcorp"),
+        "{first_redirect}"
+    );
+    let landed = dev_idp_sign_in(&browser, &form, "erin", "").await;
+    assert_eq!(header(&landed.json(), "x-forwarded-provider"), Some("corp"));
+}

@@ -1,0 +1,56 @@
+// A real third-party OpenID provider for Portcullis's end-to-end tests: panva's
+// oidc-provider with its built-in development login and consent forms (any login name
+// and password are accepted). Configured entirely from one JSON argument:
+//
+//   node server.mjs '{"port": 9000, "clients": [{"client_id": "...", "client_secret": "...",
+//                     "redirect_uris": ["http://127.0.0.1:8080/api/v1/auth/callback"]}],
+//                     "groups": {"alice": ["admins"]}}'
+//
+// Prints "listening <issuer>" once it accepts connections.
+import Provider from 'oidc-provider';
+
+const config = JSON.parse(process.argv[2] ?? '{}');
+const port = config.port ?? 9000;
+const issuer = `http://127.0.0.1:${port}`;
+const groups = config.groups ?? {};
+
+const provider = new Provider(issuer, {
+  clients: config.clients ?? [],
+  // Cookie names that cannot clash with Portcullis's own: browsers do not separate
+  // cookies by port, and both run on 127.0.0.1 in the tests.
+  cookies: {
+    names: { session: 'op_session', interaction: 'op_interaction', resume: 'op_resume' },
+    keys: ['portcullis-test-provider-cookie-key'],
+  },
+  claims: {
+    openid: ['sub'],
+    email: ['email', 'email_verified'],
+    profile: ['name', 'preferred_username'],
+    groups: ['groups'],
+  },
+  scopes: ['openid', 'email', 'profile', 'groups', 'offline_access'],
+  features: { devInteractions: { enabled: true } },
+  async findAccount(ctx, id) {
+    const login = String(id);
+    return {
+      accountId: login,
+      async claims() {
+        return {
+          sub: login,
+          email: login.includes('@') ? login : `${login}@example.com`,
+          email_verified: true,
+          name: login,
+          preferred_username: login.split('@')[0],
+          groups: groups[login] ?? [],
+        };
+      },
+    };
+  },
+  ttl: { AccessToken: 3600, AuthorizationCode: 60, IdToken: 3600, Interaction: 600, Session: 3600, Grant: 3600 },
+});
+
+provider.on('server_error', (ctx, err) => console.error('server_error', err));
+
+provider.listen(port, '127.0.0.1', () => {
+  console.log(`listening ${issuer}`);
+});
