@@ -146,11 +146,16 @@ mod tests {
 
     #[test]
     fn the_corpus_of_redirect_payloads_is_refused() {
-        let corpus: serde_json::Value =
-            serde_json::from_str(include_str!("../../../tests/data/open-redirect-payloads.json"))
-                .expect("the corpus is JSON");
+        let corpus: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../tests/data/open-redirect-payloads.json"
+        ))
+        .expect("the corpus is JSON");
         let payloads = corpus["payloads"].as_array().expect("a payload list");
-        assert!(payloads.len() >= 200, "corpus has only {} payloads", payloads.len());
+        assert!(
+            payloads.len() >= 200,
+            "corpus has only {} payloads",
+            payloads.len()
+        );
         for payload in payloads {
             let payload = payload.as_str().expect("payloads are strings");
             assert_eq!(validate(payload, &rules()), None, "accepted {payload:?}");

@@ -18,7 +18,9 @@ use serde_json::{Value, json};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn with_dev_idp(extra: &[(&str, &str)]) -> (EchoUpstream, portcullis_devidp::DevIdp, Portcullis) {
+async fn with_dev_idp(
+    extra: &[(&str, &str)],
+) -> (EchoUpstream, portcullis_devidp::DevIdp, Portcullis) {
     let upstream = EchoUpstream::start().await;
     let port = free_port();
     let redirect = format!("http://127.0.0.1:{port}/api/v1/auth/callback");
@@ -57,7 +59,16 @@ async fn a_tampered_or_unknown_session_cookie_gets_no_access() {
     let flipped = String::from_utf8(flipped).unwrap();
     let unknown = URL_SAFE_NO_PAD.encode([7u8; 32]);
     let long = "A".repeat(10_000);
-    for forged in [flipped.as_str(), unknown.as_str(), "", "x", "../../etc/passwd", "%00", long.as_str(), "\"quoted\""] {
+    for forged in [
+        flipped.as_str(),
+        unknown.as_str(),
+        "",
+        "x",
+        "../../etc/passwd",
+        "%00",
+        long.as_str(),
+        "\"quoted\"",
+    ] {
         let resp = reqwest::Client::new()
             .get(p.url("/secret"))
             .header("accept", "application/json")
@@ -67,8 +78,13 @@ async fn a_tampered_or_unknown_session_cookie_gets_no_access() {
             .unwrap();
         assert_eq!(resp.status(), 401, "cookie {forged:?} was not refused");
         if !forged.is_empty() {
-            let clear = resp.headers().get("set-cookie").map(|v| v.to_str().unwrap().to_string());
-            assert!(clear.is_some_and(|c| c.starts_with("session_token=;") && c.contains("Max-Age=0")));
+            let clear = resp
+                .headers()
+                .get("set-cookie")
+                .map(|v| v.to_str().unwrap().to_string());
+            assert!(
+                clear.is_some_and(|c| c.starts_with("session_token=;") && c.contains("Max-Age=0"))
+            );
         }
     }
     // The real one still works, so the refusals above were about the forgery.
@@ -82,14 +98,40 @@ async fn the_session_cookie_has_the_secure_attributes() {
     let form = browser.navigate(&p.url("/")).await;
     let (action, mut fields) = form.form();
     fields.push(("username".into(), "alice".into()));
-    let to_callback = browser.request("POST", action.as_str(), Some(&fields)).await;
+    let to_callback = browser
+        .request("POST", action.as_str(), Some(&fields))
+        .await;
     let callback = browser.get(&to_callback.location().unwrap()).await;
-    let set: Vec<&str> = callback.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
-    let session = set.iter().find(|c| c.starts_with("session_token=")).expect("a session cookie");
-    assert!(session.contains("HttpOnly") && session.contains("SameSite=Lax") && session.contains("Path=/"), "{session}");
-    assert!(!session.contains("Secure"), "Secure on a plain-http public URL: {session}");
-    let value = session.split(';').next().unwrap().trim_start_matches("session_token=");
-    assert_eq!(URL_SAFE_NO_PAD.decode(value).unwrap().len(), 32, "the id is 256 bits");
+    let set: Vec<&str> = callback
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    let session = set
+        .iter()
+        .find(|c| c.starts_with("session_token="))
+        .expect("a session cookie");
+    assert!(
+        session.contains("HttpOnly")
+            && session.contains("SameSite=Lax")
+            && session.contains("Path=/"),
+        "{session}"
+    );
+    assert!(
+        !session.contains("Secure"),
+        "Secure on a plain-http public URL: {session}"
+    );
+    let value = session
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("session_token=");
+    assert_eq!(
+        URL_SAFE_NO_PAD.decode(value).unwrap().len(),
+        32,
+        "the id is 256 bits"
+    );
 }
 
 #[tokio::test]
@@ -100,7 +142,10 @@ async fn cookies_are_secure_when_the_public_url_is_https() {
         .env("OAUTH_ENABLED", "true")
         .env("OAUTH_ISSUER_URL", idp.issuer())
         .env("OAUTH_CLIENT_ID", "portcullis")
-        .env("OAUTH_REDIRECT_URL", "https://app.example.com/api/v1/auth/callback")
+        .env(
+            "OAUTH_REDIRECT_URL",
+            "https://app.example.com/api/v1/auth/callback",
+        )
         .env("UPSTREAM_URL", upstream.url())
         .env("COOKIE_SECRET", SECRET)
         .wait_ready()
@@ -118,7 +163,12 @@ async fn a_callback_with_a_wrong_or_missing_state_is_refused() {
     let browser = Browser::new();
     let started = browser.get(&p.url("/")).await;
     let location = url::Url::parse(&started.location().unwrap()).unwrap();
-    let state: String = location.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
+    let state: String = location
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
     let other_state = portcullis_core::random::token();
     let cases = [
         format!("/api/v1/auth/callback?code=abc&state={other_state}"),
@@ -131,17 +181,36 @@ async fn a_callback_with_a_wrong_or_missing_state_is_refused() {
         let page = browser.get(&p.url(path)).await;
         assert_eq!(page.status, 400, "{path}: {}", page.body);
         assert!(page.body.contains("Sign in again"), "{path}: {}", page.body);
-        assert!(!page.headers.get_all("set-cookie").iter().any(|c| c.to_str().unwrap().starts_with("session_token=")));
+        assert!(
+            !page
+                .headers
+                .get_all("set-cookie")
+                .iter()
+                .any(|c| c.to_str().unwrap().starts_with("session_token="))
+        );
     }
     // The right state from another browser (no login cookie) is refused too.
     let other_browser = Browser::new();
-    let page = other_browser.get(&p.url(&format!("/api/v1/auth/callback?code=abc&state={state}"))).await;
+    let page = other_browser
+        .get(&p.url(&format!("/api/v1/auth/callback?code=abc&state={state}")))
+        .await;
     assert_eq!(page.status, 400);
-    assert!(page.body.contains("not started in this browser"), "{}", page.body);
+    assert!(
+        page.body.contains("not started in this browser"),
+        "{}",
+        page.body
+    );
     // The right state in the right browser with a code the provider never issued.
-    let page = browser.get(&p.url(&format!("/api/v1/auth/callback?code=forged&state={state}"))).await;
+    let page = browser
+        .get(&p.url(&format!("/api/v1/auth/callback?code=forged&state={state}")))
+        .await;
     assert_eq!(page.status, 400, "{}", page.body);
-    assert!(p.wait_for_log("OAuth token exchange failed: invalid_grant").await, "{}", p.logs());
+    assert!(
+        p.wait_for_log("OAuth token exchange failed: invalid_grant")
+            .await,
+        "{}",
+        p.logs()
+    );
 }
 
 #[tokio::test]
@@ -151,10 +220,18 @@ async fn a_replayed_authorization_code_is_refused() {
     let form = browser.navigate(&p.url("/")).await;
     let (action, mut fields) = form.form();
     fields.push(("username".into(), "alice".into()));
-    let to_callback = browser.request("POST", action.as_str(), Some(&fields)).await;
+    let to_callback = browser
+        .request("POST", action.as_str(), Some(&fields))
+        .await;
     let callback_url = to_callback.location().unwrap();
     // Keep the login cookie, as an attacker who copied the whole browser state would.
-    let state: String = url::Url::parse(&callback_url).unwrap().query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
+    let state: String = url::Url::parse(&callback_url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
     let login_cookie_name = format!("portcullis_login_{}", &state[..16]);
     let login_cookie = browser.cookie("127.0.0.1", &login_cookie_name).unwrap();
     let first = browser.get(&callback_url).await;
@@ -173,7 +250,10 @@ async fn a_replayed_authorization_code_is_refused() {
 async fn spoofed_identity_headers_in_every_spelling_never_reach_the_upstream() {
     let (_u, _idp, p) = with_dev_idp(&[]).await;
     let browser = logged_in(&p, "alice").await;
-    let cookie = format!("session_token={}", browser.cookie("127.0.0.1", "session_token").unwrap());
+    let cookie = format!(
+        "session_token={}",
+        browser.cookie("127.0.0.1", "session_token").unwrap()
+    );
     // Raw HTTP/1.1, so the header names go out exactly as written.
     let spoofed = [
         "X-Forwarded-Email: ceo@example.com",
@@ -201,21 +281,40 @@ async fn spoofed_identity_headers_in_every_spelling_never_reach_the_upstream() {
     stream.read_to_string(&mut raw).await.unwrap();
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     let body = raw.split("\r\n\r\n").nth(1).unwrap();
-    let body = if body.contains('{') { &body[body.find('{').unwrap()..=body.rfind('}').unwrap()] } else { body };
+    let body = if body.contains('{') {
+        &body[body.find('{').unwrap()..=body.rfind('}').unwrap()]
+    } else {
+        body
+    };
     let echo: Value = serde_json::from_str(body).unwrap();
     let headers = echo["headers"].as_object().unwrap();
     assert_eq!(headers["x-forwarded-email"], json!(["alice@example.com"]));
     assert_eq!(headers["x-forwarded-preferred-username"], json!(["alice"]));
     assert_eq!(headers["x-forwarded-groups"], json!(["staff"]));
     assert_eq!(headers["x-forwarded-provider"], json!(["oidc"]));
-    assert!(headers["x-forwarded-user"][0].as_str().unwrap().starts_with("dev-"));
+    assert!(
+        headers["x-forwarded-user"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("dev-")
+    );
     for name in headers.keys() {
         let folded = name.replace('_', "-");
-        let ours = folded.starts_with("x-forwarded-") && !["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"].contains(&folded.as_str())
+        let ours = folded.starts_with("x-forwarded-")
+            && !["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
+                .contains(&folded.as_str())
             || folded.starts_with("x-auth-request-");
         if ours {
-            assert!(!name.contains('_'), "underscore spelling reached the upstream: {name}");
-            assert_eq!(headers[name].as_array().unwrap().len(), 1, "{name} has several values: {}", headers[name]);
+            assert!(
+                !name.contains('_'),
+                "underscore spelling reached the upstream: {name}"
+            );
+            assert_eq!(
+                headers[name].as_array().unwrap().len(),
+                1,
+                "{name} has several values: {}",
+                headers[name]
+            );
         }
     }
     assert!(headers.get("x-forwarded-access-token").is_none());
@@ -225,29 +324,49 @@ async fn spoofed_identity_headers_in_every_spelling_never_reach_the_upstream() {
 #[tokio::test]
 async fn the_return_path_corpus_never_sends_the_browser_off_site() {
     let (_u, _idp, p) = with_dev_idp(&[]).await;
-    let corpus: Value = serde_json::from_str(include_str!("../../../tests/data/open-redirect-payloads.json")).unwrap();
-    let payloads: Vec<&str> = corpus["payloads"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let corpus: Value = serde_json::from_str(include_str!(
+        "../../../tests/data/open-redirect-payloads.json"
+    ))
+    .unwrap();
+    let payloads: Vec<&str> = corpus["payloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     assert!(payloads.len() >= 200);
     let browser = Browser::new();
     for payload in payloads {
         let mut query = url::form_urlencoded::Serializer::new(String::new());
         query.append_pair("rd", payload);
-        let start = browser.get(&p.url(&format!("/api/v1/auth/login?{}", query.finish()))).await;
+        let start = browser
+            .get(&p.url(&format!("/api/v1/auth/login?{}", query.finish())))
+            .await;
         assert_eq!(start.status, 302, "{payload:?}");
         let form = browser.follow(start).await;
         let (action, mut fields) = form.form();
         fields.push(("username".into(), "alice".into()));
-        let to_callback = browser.request("POST", action.as_str(), Some(&fields)).await;
+        let to_callback = browser
+            .request("POST", action.as_str(), Some(&fields))
+            .await;
         let done = browser.get(&to_callback.location().unwrap()).await;
         assert_eq!(done.status, 302, "{payload:?}: {}", done.body);
-        assert_eq!(done.location().as_deref(), Some("/"), "payload {payload:?} became the return path");
+        assert_eq!(
+            done.location().as_deref(),
+            Some("/"),
+            "payload {payload:?} became the return path"
+        );
     }
     // A legitimate deep link survives the same path.
-    let start = browser.get(&p.url("/api/v1/auth/login?rd=%2Freports%3Fq%3D1")).await;
+    let start = browser
+        .get(&p.url("/api/v1/auth/login?rd=%2Freports%3Fq%3D1"))
+        .await;
     let form = browser.follow(start).await;
     let (action, mut fields) = form.form();
     fields.push(("username".into(), "alice".into()));
-    let to_callback = browser.request("POST", action.as_str(), Some(&fields)).await;
+    let to_callback = browser
+        .request("POST", action.as_str(), Some(&fields))
+        .await;
     let done = browser.get(&to_callback.location().unwrap()).await;
     assert_eq!(done.location().as_deref(), Some("/reports?q=1"));
 }
@@ -257,7 +376,10 @@ async fn a_protocol_relative_request_target_does_not_become_the_return_path() {
     let (_u, _idp, p) = with_dev_idp(&[]).await;
     for target in ["//evil.com/x", "/\\evil.com", "//evil.com"] {
         let mut stream = tokio::net::TcpStream::connect(p.addr).await.unwrap();
-        let req = format!("GET {target} HTTP/1.1\r\nHost: {}\r\nAccept: text/html\r\nConnection: close\r\n\r\n", p.addr);
+        let req = format!(
+            "GET {target} HTTP/1.1\r\nHost: {}\r\nAccept: text/html\r\nConnection: close\r\n\r\n",
+            p.addr
+        );
         stream.write_all(req.as_bytes()).await.unwrap();
         let mut raw = String::new();
         stream.read_to_string(&mut raw).await.unwrap();
@@ -266,9 +388,26 @@ async fn a_protocol_relative_request_target_does_not_become_the_return_path() {
             assert!(raw.starts_with("HTTP/1.1 400"), "{target}: {raw}");
             continue;
         }
-        let cookie_line = raw.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie: portcullis_login_")).unwrap();
-        let cookie = cookie_line.split_once(": ").unwrap().1.split(';').next().unwrap().to_string();
-        let location = raw.lines().find(|l| l.to_ascii_lowercase().starts_with("location: ")).unwrap()[10..].to_string();
+        let cookie_line = raw
+            .lines()
+            .find(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("set-cookie: portcullis_login_")
+            })
+            .unwrap();
+        let cookie = cookie_line
+            .split_once(": ")
+            .unwrap()
+            .1
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let location = raw
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("location: "))
+            .unwrap()[10..]
+            .to_string();
         let browser = Browser::new();
         let (name, value) = cookie.split_once('=').unwrap();
         browser.set_cookie("127.0.0.1", name, value);
@@ -316,13 +455,18 @@ async fn forger() -> Forger {
     let task = tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
-            let (m, key, stranger, nonces) = (m.clone(), key.clone(), stranger.clone(), nonces.clone());
+            let (m, key, stranger, nonces) =
+                (m.clone(), key.clone(), stranger.clone(), nonces.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (m, key, stranger, nonces) = (m.clone(), key.clone(), stranger.clone(), nonces.clone());
+                    let (m, key, stranger, nonces) =
+                        (m.clone(), key.clone(), stranger.clone(), nonces.clone());
                     async move {
                         let issuer = format!("http://{addr}");
-                        let q: HashMap<String, String> = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+                        let q: HashMap<String, String> =
+                            url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                                .into_owned()
+                                .collect();
                         let resp = match req.uri().path() {
                             "/.well-known/openid-configuration" => json_resp(json!({
                                 "issuer": issuer, "authorization_endpoint": format!("{issuer}/authorize"),
@@ -331,33 +475,67 @@ async fn forger() -> Forger {
                             "/jwks" => json_resp(json!({"keys": [key.jwk()]})),
                             "/authorize" => {
                                 let code = portcullis_core::random::token();
-                                nonces.lock().unwrap().insert(code.clone(), q["nonce"].clone());
-                                let to = format!("{}?code={code}&state={}", q["redirect_uri"], q["state"]);
-                                hyper::Response::builder().status(302).header("location", to).body(Full::new(Bytes::new())).unwrap()
+                                nonces
+                                    .lock()
+                                    .unwrap()
+                                    .insert(code.clone(), q["nonce"].clone());
+                                let to = format!(
+                                    "{}?code={code}&state={}",
+                                    q["redirect_uri"], q["state"]
+                                );
+                                hyper::Response::builder()
+                                    .status(302)
+                                    .header("location", to)
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap()
                             }
                             "/token" => {
                                 use http_body_util::BodyExt;
                                 let body = req.into_body().collect().await.unwrap().to_bytes();
-                                let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
-                                let nonce = nonces.lock().unwrap().remove(&form["code"]).unwrap_or_default();
+                                let form: HashMap<String, String> =
+                                    url::form_urlencoded::parse(&body).into_owned().collect();
+                                let nonce = nonces
+                                    .lock()
+                                    .unwrap()
+                                    .remove(&form["code"])
+                                    .unwrap_or_default();
                                 let now = portcullis_core::time::unix_now();
                                 let mut claims = json!({"iss": issuer, "sub": "victim", "aud": "portcullis", "exp": now + 300,
                                     "iat": now, "nonce": nonce, "email": "victim@example.com"});
                                 let mode = *m.lock().unwrap();
                                 let token = match mode {
                                     Forgery::Genuine => key.sign(&claims),
-                                    Forgery::WrongAudience => { claims["aud"] = json!("someone-else"); key.sign(&claims) }
-                                    Forgery::WrongIssuer => { claims["iss"] = json!("https://evil.example.com"); key.sign(&claims) }
-                                    Forgery::Expired => { claims["exp"] = json!(now - 600); key.sign(&claims) }
-                                    Forgery::WrongNonce => { claims["nonce"] = json!("replayed-nonce"); key.sign(&claims) }
+                                    Forgery::WrongAudience => {
+                                        claims["aud"] = json!("someone-else");
+                                        key.sign(&claims)
+                                    }
+                                    Forgery::WrongIssuer => {
+                                        claims["iss"] = json!("https://evil.example.com");
+                                        key.sign(&claims)
+                                    }
+                                    Forgery::Expired => {
+                                        claims["exp"] = json!(now - 600);
+                                        key.sign(&claims)
+                                    }
+                                    Forgery::WrongNonce => {
+                                        claims["nonce"] = json!("replayed-nonce");
+                                        key.sign(&claims)
+                                    }
                                     Forgery::UnknownKey => stranger.sign(&claims),
-                                    Forgery::AlgNone => format!("{}.{}.",
+                                    Forgery::AlgNone => format!(
+                                        "{}.{}.",
                                         URL_SAFE_NO_PAD.encode(json!({"alg": "none"}).to_string()),
-                                        URL_SAFE_NO_PAD.encode(claims.to_string())),
+                                        URL_SAFE_NO_PAD.encode(claims.to_string())
+                                    ),
                                 };
-                                json_resp(json!({"access_token": "at", "token_type": "Bearer", "id_token": token}))
+                                json_resp(
+                                    json!({"access_token": "at", "token_type": "Bearer", "id_token": token}),
+                                )
                             }
-                            _ => hyper::Response::builder().status(404).body(Full::new(Bytes::new())).unwrap(),
+                            _ => hyper::Response::builder()
+                                .status(404)
+                                .body(Full::new(Bytes::new()))
+                                .unwrap(),
                         };
                         Ok::<_, Infallible>(resp)
                     }
@@ -368,7 +546,11 @@ async fn forger() -> Forger {
             });
         }
     });
-    Forger { addr, mode, _task: task }
+    Forger {
+        addr,
+        mode,
+        _task: task,
+    }
 }
 
 fn json_resp(v: Value) -> hyper::Response<Full<Bytes>> {
@@ -389,7 +571,10 @@ async fn forged_id_tokens_are_refused_at_the_callback() {
         .env("OAUTH_ISSUER_URL", format!("http://{}", forger.addr))
         .env("OAUTH_CLIENT_ID", "portcullis")
         .env("OAUTH_CLIENT_SECRET", "s")
-        .env("OAUTH_REDIRECT_URL", format!("http://127.0.0.1:{port}/api/v1/auth/callback"))
+        .env(
+            "OAUTH_REDIRECT_URL",
+            format!("http://127.0.0.1:{port}/api/v1/auth/callback"),
+        )
         .env("UPSTREAM_URL", upstream.url())
         .env("COOKIE_SECRET", SECRET)
         .wait_ready()
@@ -400,22 +585,43 @@ async fn forged_id_tokens_are_refused_at_the_callback() {
         (Forgery::WrongIssuer, "issued by another issuer"),
         (Forgery::Expired, "expired"),
         (Forgery::AlgNone, "malformed token header"),
-        (Forgery::UnknownKey, "signed by a key the provider does not publish"),
+        (
+            Forgery::UnknownKey,
+            "signed by a key the provider does not publish",
+        ),
         (Forgery::WrongNonce, "nonce does not match"),
     ];
     for (forgery, logged) in cases {
         *forger.mode.lock().unwrap() = forgery;
         let browser = Browser::new();
         let page = browser.navigate(&p.url("/")).await;
-        assert_eq!(page.status, 401, "{forgery:?} was not refused: {}", page.body);
-        assert!(page.body.contains("could not be verified"), "{forgery:?}: {}", page.body);
-        assert!(browser.cookie("127.0.0.1", "session_token").is_none(), "{forgery:?} created a session");
-        assert!(p.wait_for_log(logged).await, "{forgery:?}: no log mentioning {logged:?}\n{}", p.logs());
+        assert_eq!(
+            page.status, 401,
+            "{forgery:?} was not refused: {}",
+            page.body
+        );
+        assert!(
+            page.body.contains("could not be verified"),
+            "{forgery:?}: {}",
+            page.body
+        );
+        assert!(
+            browser.cookie("127.0.0.1", "session_token").is_none(),
+            "{forgery:?} created a session"
+        );
+        assert!(
+            p.wait_for_log(logged).await,
+            "{forgery:?}: no log mentioning {logged:?}\n{}",
+            p.logs()
+        );
     }
     // The same harness with a genuine token logs in, so the refusals are about the tokens.
     *forger.mode.lock().unwrap() = Forgery::Genuine;
     let browser = Browser::new();
     let page = browser.navigate(&p.url("/")).await;
     assert_eq!(page.status, 200, "{}", page.body);
-    assert_eq!(page.json()["headers"]["x-forwarded-email"][0], "victim@example.com");
+    assert_eq!(
+        page.json()["headers"]["x-forwarded-email"][0],
+        "victim@example.com"
+    );
 }

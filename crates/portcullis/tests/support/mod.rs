@@ -254,6 +254,15 @@ impl PortcullisBuilder {
     }
 
     pub async fn start(self) -> Portcullis {
+        self.launch(false).await
+    }
+
+    /// Starts it serving TLS (health is probed over https without verification).
+    pub async fn start_tls(self) -> Portcullis {
+        self.launch(true).await
+    }
+
+    async fn launch(self, tls: bool) -> Portcullis {
         let port = self.port.unwrap_or_else(free_port);
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
@@ -279,9 +288,17 @@ impl PortcullisBuilder {
             "/healthz"
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        let http = reqwest::Client::new();
+        let http = reqwest::Client::builder()
+            .tls_danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        let base = if tls {
+            format!("https://{addr}")
+        } else {
+            format!("http://{addr}")
+        };
         loop {
-            if let Ok(r) = http.get(p.url(probe)).send().await
+            if let Ok(r) = http.get(format!("{base}{probe}")).send().await
                 && r.status() == 200
             {
                 return p;

@@ -1,0 +1,221 @@
+//! The command line and configuration, as an operator meets them: `portcullis check`,
+//! start-up errors, YAML plus environment, secrets from files.
+
+mod support;
+
+use support::*;
+
+fn write_temp(name: &str, contents: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn check_names_each_wrong_key_and_its_fix() {
+    let (code, out) = run_portcullis(
+        &["check"],
+        &[
+            ("OAUTH_ENABLED", "true"),
+            ("OAUTH_PROVIDER", "oidc"),
+            ("OAUTH_ISSUER_URL", "https://idp.example.com"),
+            ("OAUTH_REDIRECT_URL", "ftp://app.example.com/cb"),
+            ("COOKIE_SECRET", "short"),
+            ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+            ("SESSION_IDLE_TIMEOUT", "5m"),
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    for expected in [
+        "oauth.client_id (OAUTH_CLIENT_ID): is missing",
+        "oauth.redirect_url (OAUTH_REDIRECT_URL), set by environment variable OAUTH_REDIRECT_URL: `ftp://app.example.com/cb` is not an http(s) URL",
+        "cookie_secret (COOKIE_SECRET), set by environment variable COOKIE_SECRET: is 5 bytes long, shorter than the 32 bytes required",
+        "rename it to SESSION__IDLE_TIMEOUT",
+        "the configuration has 4 problems",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert_eq!(out.matches("Fix: ").count(), 4, "{out}");
+    assert!(!out.contains("short\""), "the secret value leaked: {out}");
+}
+
+#[tokio::test]
+async fn check_reports_an_unreachable_discovery_url() {
+    let port = free_port();
+    let (code, out) = run_portcullis(
+        &["check"],
+        &[
+            ("OAUTH_ENABLED", "true"),
+            ("OAUTH_ISSUER_URL", &format!("http://127.0.0.1:{port}")),
+            ("OAUTH_CLIENT_ID", "c"),
+            (
+                "OAUTH_REDIRECT_URL",
+                "http://127.0.0.1:8080/api/v1/auth/callback",
+            ),
+            ("COOKIE_SECRET", SECRET),
+            ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  oauth.issuer_url (OAUTH_ISSUER_URL): the discovery document"),
+        "{out}"
+    );
+    assert!(out.contains("unreachable"), "{out}");
+    assert!(out.contains("Fix: check the URL"), "{out}");
+}
+
+#[tokio::test]
+async fn check_passes_a_working_configuration_and_probes_the_provider() {
+    let idp = dev_idp(vec!["http://127.0.0.1:8080/api/v1/auth/callback".into()]).await;
+    let (code, out) = tokio::task::spawn_blocking({
+        let issuer = idp.issuer().to_string();
+        move || {
+            run_portcullis(
+                &["check"],
+                &[
+                    ("OAUTH_ENABLED", "true"),
+                    ("OAUTH_ISSUER_URL", &issuer),
+                    ("OAUTH_CLIENT_ID", "portcullis"),
+                    (
+                        "OAUTH_REDIRECT_URL",
+                        "http://127.0.0.1:8080/api/v1/auth/callback",
+                    ),
+                    ("COOKIE_SECRET", SECRET),
+                    ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("discovery document of issuer"), "{out}");
+    assert!(out.contains("signing keys at"), "{out}");
+    assert!(out.contains("clock within"), "{out}");
+    assert!(out.contains("no problems found"), "{out}");
+}
+
+#[tokio::test]
+async fn check_refuses_a_redirect_url_on_another_host_than_the_public_url() {
+    let (code, out) = run_portcullis(
+        &["check", "--offline"],
+        &[
+            ("OAUTH_ENABLED", "true"),
+            ("OAUTH_ISSUER_URL", "https://idp.example.com"),
+            ("OAUTH_CLIENT_ID", "c"),
+            (
+                "OAUTH_REDIRECT_URL",
+                "https://other.example.com/api/v1/auth/callback",
+            ),
+            ("PUBLIC_URL", "https://app.example.com"),
+            ("COOKIE_SECRET", SECRET),
+            ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("differs from public_url"), "{out}");
+}
+
+#[tokio::test]
+async fn check_warns_loudly_about_open_mode() {
+    let (code, out) = run_portcullis(&["check"], &[("UPSTREAM_URL", "http://127.0.0.1:3000")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("OPEN MODE"), "{out}");
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_with_a_broken_configuration() {
+    let (code, out) = run_portcullis(
+        &[],
+        &[("OAUTH_ENABLED", "true"), ("UPSTREAM_URL", "not a url")],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("upstream_url (UPSTREAM_URL)"), "{out}");
+    assert!(
+        out.contains("oauth.provider (OAUTH_PROVIDER): is missing"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_yaml_file_configures_everything_and_the_environment_overrides_it() {
+    let upstream = EchoUpstream::start().await;
+    let port = free_port();
+    let redirect = format!("http://127.0.0.1:{port}/api/v1/auth/callback");
+    let idp = dev_idp(vec![redirect.clone()]).await;
+    let secret_file = write_temp("client-secret", "dev-secret\n");
+    let yaml = format!(
+        "listenAddr: 127.0.0.1:1\nupstreamUrl: {}\ncookieSecret: {SECRET}\noauth:\n  enabled: true\n  provider: oidc\n  issuerUrl: {}\n  clientId: portcullis\n  clientSecretFile: {}\n  redirectUrl: {redirect}\n  allowedUsers:\n    - alice@example.com\nsession:\n  idleTimeout: 30m\n",
+        upstream.url(),
+        idp.issuer(),
+        secret_file.display()
+    );
+    let file = write_temp("portcullis.yaml", &yaml);
+    // LISTEN_ADDR from the environment (set by the harness) overrides the file's port 1.
+    let p = Portcullis::builder()
+        .port(port)
+        .arg("--config")
+        .arg(file.to_str().unwrap())
+        .wait_ready()
+        .start()
+        .await;
+    let browser = Browser::new();
+    let form = browser.navigate(&p.url("/")).await;
+    let ok = dev_idp_sign_in(&browser, &form, "alice", "").await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let other = Browser::new();
+    let form = other.navigate(&p.url("/")).await;
+    assert_eq!(dev_idp_sign_in(&other, &form, "eve", "").await.status, 403);
+}
+
+#[tokio::test]
+async fn the_listen_flag_overrides_the_environment() {
+    let upstream = EchoUpstream::start().await;
+    let port = free_port();
+    let p = Portcullis::builder()
+        .port(port)
+        .env("LISTEN_ADDR", "127.0.0.1:1")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--upstream")
+        .arg(upstream.url())
+        .start()
+        .await;
+    assert_eq!(reqwest::get(p.url("/x")).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_secret_file_that_cannot_be_read_stops_start_up_with_the_key_named() {
+    let (code, out) = run_portcullis(
+        &[],
+        &[
+            ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+            ("COOKIE_SECRET_FILE", "/nonexistent/cookie-secret"),
+            ("OAUTH_ENABLED", "true"),
+            ("OAUTH_ISSUER_URL", "https://idp.example.com"),
+            ("OAUTH_CLIENT_ID", "c"),
+            ("OAUTH_REDIRECT_URL", "https://app.example.com/cb"),
+        ],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("cookie_secret_file (COOKIE_SECRET_FILE)"),
+        "{out}"
+    );
+    assert!(out.contains("/nonexistent/cookie-secret"), "{out}");
+}
+
+#[tokio::test]
+async fn version_and_help_work() {
+    let (code, out) = run_portcullis(&["--version"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("portcullis "), "{out}");
+    let (code, out) = run_portcullis(&["--help"], &[]);
+    assert_eq!(code, 0);
+    for cmd in ["serve", "check", "dev"] {
+        assert!(out.contains(cmd), "{out}");
+    }
+}

@@ -1,0 +1,348 @@
+//! The proxy must not alter what it forwards, beyond the documented header rules; bodies
+//! stream; HTTP/1.1, HTTP/2 and WebSocket all pass.
+
+mod support;
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn open_mode(upstream: &EchoUpstream, extra: &[(&str, &str)]) -> Portcullis {
+    let mut b = Portcullis::builder().env("UPSTREAM_URL", upstream.url());
+    for (k, v) in extra {
+        b = b.env(k, *v);
+    }
+    b.start().await
+}
+
+async fn echo(p: &Portcullis, req: reqwest::RequestBuilder) -> Value {
+    let _ = p;
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn method_path_query_and_headers_pass_unchanged() {
+    let upstream = EchoUpstream::start().await;
+    let p = open_mode(&upstream, &[]).await;
+    let http = reqwest::Client::new();
+    let e = echo(
+        &p,
+        http.request(reqwest::Method::PATCH, p.url("/a/b%20c/%2F/d?x=1&y=%2F&z"))
+            .header("x-app-header", "kept")
+            .header("authorization", "Basic dTpw")
+            .body("payload"),
+    )
+    .await;
+    assert_eq!(e["method"], "PATCH");
+    assert_eq!(e["path"], "/a/b%20c/%2F/d");
+    assert_eq!(e["query"], "x=1&y=%2F&z");
+    assert_eq!(e["headers"]["x-app-header"][0], "kept");
+    assert_eq!(e["headers"]["authorization"][0], "Basic dTpw");
+    assert_eq!(e["headers"]["content-length"][0], "7");
+}
+
+#[tokio::test]
+async fn the_upstream_url_path_is_a_prefix() {
+    let upstream = EchoUpstream::start().await;
+    let p = open_mode(&upstream, &[]).await;
+    drop(p);
+    let p = Portcullis::builder()
+        .env("UPSTREAM_URL", format!("{}/base/", upstream.url()))
+        .start()
+        .await;
+    let e = echo(&p, reqwest::Client::new().get(p.url("/x?y=1"))).await;
+    assert_eq!(e["path"], "/base/x");
+    assert_eq!(e["query"], "y=1");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_in_both_directions() {
+    let upstream = EchoUpstream::start().await;
+    let p = open_mode(&upstream, &[]).await;
+    let mut stream = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let req = format!(
+        "GET /echo HTTP/1.1\r\nHost: {}\r\nConnection: keep-alive, X-Secret-Hop\r\nX-Secret-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic eDp5\r\nProxy-Connection: keep-alive\r\nX-End-To-End: yes\r\n\r\n",
+        p.addr
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    let raw = String::from_utf8_lossy(&buf[..n]).to_string();
+    let body = &raw[raw.find('{').unwrap()..=raw.rfind('}').unwrap()];
+    let e: Value = serde_json::from_str(body).unwrap();
+    let headers = e["headers"].as_object().unwrap();
+    for gone in [
+        "x-secret-hop",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "proxy-connection",
+    ] {
+        assert!(
+            !headers.contains_key(gone),
+            "{gone} reached the upstream: {e}"
+        );
+    }
+    assert_eq!(headers["x-end-to-end"][0], "yes");
+
+    // And on the way back.
+    let resp = reqwest::get(p.url("/set-cookie")).await.unwrap();
+    assert!(resp.headers().get("x-upstream-hop").is_none());
+    assert!(resp.headers().get("keep-alive").is_none());
+    assert_eq!(resp.headers()["set-cookie"], "app=1; Path=/");
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_believed_only_from_trusted_proxies() {
+    let upstream = EchoUpstream::start().await;
+    let untrusting = open_mode(&upstream, &[]).await;
+    let spoof = |p: &Portcullis| {
+        reqwest::Client::new()
+            .get(p.url("/"))
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "bank.example.com")
+            .header("forwarded", "for=6.6.6.6")
+    };
+    let e = echo(&untrusting, spoof(&untrusting)).await;
+    assert_eq!(e["headers"]["x-forwarded-for"][0], "127.0.0.1");
+    assert_eq!(e["headers"]["x-forwarded-proto"][0], "http");
+    assert_eq!(
+        e["headers"]["x-forwarded-host"][0],
+        untrusting.addr.to_string()
+    );
+    assert!(e["headers"]["forwarded"].is_null());
+
+    let trusting = open_mode(
+        &upstream,
+        &[("TRUSTED_PROXIES", "127.0.0.1/32, 10.0.0.0/8")],
+    )
+    .await;
+    let e = echo(&trusting, spoof(&trusting)).await;
+    assert_eq!(e["headers"]["x-forwarded-for"][0], "6.6.6.6, 127.0.0.1");
+    assert_eq!(e["headers"]["x-forwarded-proto"][0], "https");
+    assert_eq!(e["headers"]["x-forwarded-host"][0], "bank.example.com");
+}
+
+async fn h2c_get(p: &Portcullis, path: &str) -> (http::Version, Value) {
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let resp = client.get(p.url(path).parse().unwrap()).await.unwrap();
+    let version = resp.version();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (version, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn http2_by_prior_knowledge_shares_the_port_and_host_follows_one_rule() {
+    let upstream = EchoUpstream::start().await;
+    let p = open_mode(&upstream, &[]).await;
+    let (version, h2) = h2c_get(&p, "/h2").await;
+    assert_eq!(version, http::Version::HTTP_2);
+    // The upstream is spoken to over HTTP/1.1 whatever the client used.
+    assert_eq!(h2["version"], "HTTP/1.1");
+    let h1 = echo(&p, reqwest::Client::new().get(p.url("/h1"))).await;
+    // Same Host for both: the upstream's own authority; the client's goes in X-Forwarded-Host.
+    assert_eq!(h2["headers"]["host"][0], upstream.addr.to_string());
+    assert_eq!(h1["headers"]["host"][0], upstream.addr.to_string());
+    assert_eq!(h2["headers"]["x-forwarded-host"][0], p.addr.to_string());
+    assert_eq!(h1["headers"]["x-forwarded-host"][0], p.addr.to_string());
+
+    let preserving = open_mode(&upstream, &[("UPSTREAM__PRESERVE_HOST", "true")]).await;
+    let (_, h2) = h2c_get(&preserving, "/h2").await;
+    let h1 = echo(
+        &preserving,
+        reqwest::Client::new().get(preserving.url("/h1")),
+    )
+    .await;
+    assert_eq!(h2["headers"]["host"][0], preserving.addr.to_string());
+    assert_eq!(h1["headers"]["host"][0], preserving.addr.to_string());
+}
+
+#[tokio::test]
+async fn tls_offers_http2_by_alpn_and_http1_too() {
+    let dir = std::env::temp_dir().join(format!("portcullis-tls-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(status.success());
+    let upstream = EchoUpstream::start().await;
+    let p = Portcullis::builder()
+        .env("UPSTREAM_URL", upstream.url())
+        .env("TLS__CERT_FILE", cert.to_str().unwrap())
+        .env("TLS__KEY_FILE", key.to_str().unwrap())
+        .start_tls()
+        .await;
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
+    let url = format!("https://localhost:{}/tls", p.addr.port());
+    let h2 = reqwest::Client::builder()
+        .tls_certs_only([ca.clone()])
+        .build()
+        .unwrap();
+    let resp = h2.get(&url).send().await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["headers"]["x-forwarded-proto"][0], "https");
+    let h1 = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .http1_only()
+        .build()
+        .unwrap();
+    let resp = h1.get(&url).send().await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_11);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass_bytes_both_ways() {
+    let upstream = EchoUpstream::start().await;
+    let p = open_mode(&upstream, &[]).await;
+    let mut stream = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        p.addr
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    // RFC 6455's own example key and answer.
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    for message in [&b"hello through portcullis"[..], &[0u8, 1, 2, 255, 254][..]] {
+        stream.write_all(message).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, message);
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502_page_and_a_slow_one_a_504() {
+    let down_port = free_port();
+    let p = Portcullis::builder()
+        .env("UPSTREAM_URL", format!("http://127.0.0.1:{down_port}"))
+        .start()
+        .await;
+    let page = Browser::new().get(&p.url("/")).await;
+    assert_eq!(page.status, 502);
+    assert!(
+        page.body.contains("The application is not responding"),
+        "{}",
+        page.body
+    );
+    let api = reqwest::Client::new()
+        .get(p.url("/"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 502);
+    assert_eq!(
+        api.json::<Value>().await.unwrap()["error"],
+        "upstream_unavailable"
+    );
+
+    let upstream = EchoUpstream::start().await;
+    let p = open_mode(&upstream, &[("UPSTREAM__RESPONSE_TIMEOUT", "300ms")]).await;
+    let started = std::time::Instant::now();
+    let page = Browser::new().get(&p.url("/slow?ms=3000")).await;
+    assert_eq!(page.status, 504);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(page.body.contains("taking too long"));
+}
+
+/// Peak resident memory of a process, from /proc (kB).
+fn peak_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn large_bodies_stream_through_without_being_buffered() {
+    let upstream = EchoUpstream::start().await;
+    let p = open_mode(&upstream, &[]).await;
+    const SIZE: usize = 256 * 1024 * 1024;
+    // Download.
+    let mut resp = reqwest::get(p.url(&format!("/stream?bytes={SIZE}")))
+        .await
+        .unwrap();
+    let mut got = 0usize;
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        got += chunk.len();
+    }
+    assert_eq!(got, SIZE);
+    // Upload, sent in chunks by a raw client so the test itself holds little.
+    let mut stream = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let block = vec![b'y'; 1 << 20];
+    for _ in 0..SIZE / block.len() {
+        stream.write_all(&block).await.unwrap();
+    }
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.contains(&format!("{{\"received\":{SIZE}}}")),
+        "{answer}"
+    );
+    // Half a gigabyte went through; the proxy never held more than a sliver of it.
+    let peak = peak_rss_kb(p.pid());
+    assert!(peak < 64 * 1024, "peak RSS {peak} kB while streaming");
+}
+
+#[tokio::test]
+async fn oversized_request_headers_are_refused_not_forwarded() {
+    let upstream = EchoUpstream::start().await;
+    let p = open_mode(&upstream, &[("SERVER__MAX_HEADER_BYTES", "16384")]).await;
+    let resp = reqwest::Client::new()
+        .get(p.url("/"))
+        .header("x-big", "a".repeat(40_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 431);
+}
