@@ -68,7 +68,7 @@ pub struct ServerConfig {
 pub enum Flow {
     /// Authorization code with PKCE: the default.
     Code,
-    /// `response_type=id_token`.
+    /// `response_type=id_token` (not yet accepted by configuration).
     Implicit,
 }
 
@@ -360,7 +360,14 @@ fn read_flow(r: &Reader<'_>, key: &str, default: Flow) -> Flow {
     match r.string(key).map(|s| s.to_ascii_lowercase()).as_deref() {
         None => default,
         Some("code") => Flow::Code,
-        Some("implicit") => Flow::Implicit,
+        Some("implicit") => {
+            r.error(
+                key,
+                "the implicit flow is not available in this version of Portcullis",
+                "write code (authorization code with PKCE, which every provider supports)",
+            );
+            default
+        }
         Some(other) => {
             r.error(
                 key,

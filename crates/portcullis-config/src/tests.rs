@@ -355,3 +355,13 @@ fn yaml_syntax_errors_are_reported_with_the_file() {
     .unwrap_err();
     assert!(matches!(err, LoadError::File(_)), "{err}");
 }
+
+#[test]
+fn the_implicit_flow_is_refused_until_it_is_implemented() {
+    let errs = errors(load_env(&[
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("AUTH__OPENID_CONNECT__FLOW", "implicit"),
+    ]));
+    assert_eq!(errs[0].env, "AUTH__OPENID_CONNECT__FLOW");
+    assert!(errs[0].fix.contains("write code"));
+}

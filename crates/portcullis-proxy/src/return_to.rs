@@ -99,7 +99,7 @@ fn absolute(raw: &str, rules: &ReturnRules) -> Option<String> {
     };
     // `app.example.com` allows only the scheme's default port; other ports must be
     // listed as `host:port`.
-    let allowed = rules.allowed_hosts.iter().any(|h| *h == with_port);
+    let allowed = rules.allowed_hosts.contains(&with_port);
     // The path part must itself be a safe relative path in every layer.
     let path_ok = layers(url.path())
         .iter()

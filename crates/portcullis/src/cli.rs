@@ -23,6 +23,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Run the proxy with an embedded development identity provider, on loopback only.
     Dev(DevArgs),
+    /// Run only the development identity provider, for several local proxies to share.
+    DevIdp(DevIdpArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -66,4 +68,23 @@ pub struct DevArgs {
     /// YAML configuration file (for settings such as allowed users).
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DevIdpArgs {
+    /// Address to listen on. Loopback only unless --allow-non-loopback is given.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9000")]
+    pub listen: String,
+    /// The client id relying parties use.
+    #[arg(long, value_name = "ID", default_value = "portcullis")]
+    pub client_id: String,
+    /// The client secret; without it the client is public (PKCE only).
+    #[arg(long, value_name = "SECRET", env = "DEV_IDP_CLIENT_SECRET")]
+    pub client_secret: Option<String>,
+    /// A redirect URI to accept (exactly); repeat for several.
+    #[arg(long = "redirect-uri", value_name = "URI", required = true)]
+    pub redirect_uris: Vec<String>,
+    /// Listen on a non-loopback address anyway (it signs in anyone).
+    #[arg(long)]
+    pub allow_non_loopback: bool,
 }

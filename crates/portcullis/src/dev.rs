@@ -12,7 +12,7 @@ use anyhow::Context;
 use portcullis_config::{Flow, ProviderConfig, ProviderKind, SecretString, Url};
 use portcullis_devidp::{Client, DevIdp};
 
-use crate::cli::DevArgs;
+use crate::cli::{DevArgs, DevIdpArgs};
 use crate::logging;
 use crate::serve::{bind, env_vars, load_config, run_with};
 
@@ -119,4 +119,40 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let code = run_with(config, listener).await;
     drop(idp);
     code
+}
+
+/// `portcullis dev-idp`: the development provider alone.
+pub async fn run_idp(args: DevIdpArgs) -> anyhow::Result<ExitCode> {
+    let listen: SocketAddr = match args.listen.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            eprintln!(
+                "portcullis dev-idp: --listen `{}` is not an address with a port",
+                args.listen
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if !listen.ip().is_loopback() && !args.allow_non_loopback {
+        eprintln!(
+            "portcullis dev-idp: refusing to listen on {listen}: the development identity provider signs in anyone. Fix: use a loopback address, or pass --allow-non-loopback"
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let idp = DevIdp::start(
+        listen,
+        vec![Client {
+            id: args.client_id.clone(),
+            secret: args.client_secret,
+            redirect_uris: args.redirect_uris,
+        }],
+    )
+    .await
+    .with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!(
+        "portcullis dev-idp: DEVELOPMENT identity provider, signs in ANYONE. Not for production."
+    );
+    println!("issuer {}", idp.issuer());
+    let _ = tokio::signal::ctrl_c().await;
+    Ok(ExitCode::SUCCESS)
 }

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
             cli::Command::Serve(args) => serve::run(args).await,
             cli::Command::Check(args) => check::run(args).await,
             cli::Command::Dev(args) => dev::run(args).await,
+            cli::Command::DevIdp(args) => dev::run_idp(args).await,
         }
     });
     match result {

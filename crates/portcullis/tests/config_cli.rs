@@ -219,3 +219,29 @@ async fn version_and_help_work() {
         assert!(out.contains(cmd), "{out}");
     }
 }
+
+#[tokio::test]
+async fn check_reads_a_config_file() {
+    let file = write_temp(
+        "check.yaml",
+        "upstream_url: http://127.0.0.1:3000\noauth:\n  enabled: true\n  provider: oidc\n  issuer_url: https://idp.example.com\n  redirect_url: https://app.example.com/api/v1/auth/callback\nsession:\n  lifetime: forever\n",
+    );
+    let (code, out) = run_portcullis(
+        &["check", "--offline", "--config", file.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("check.yaml line 8"), "{out}");
+    assert!(
+        out.contains("session.lifetime (SESSION__LIFETIME)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("oauth.client_id (OAUTH_CLIENT_ID): is missing"),
+        "{out}"
+    );
+    assert!(
+        out.contains("cookie_secret (COOKIE_SECRET): is missing"),
+        "{out}"
+    );
+}

@@ -613,7 +613,7 @@ impl Browser {
             let location = page.location().expect("a redirect has a Location");
             let next = page.url.join(&location).unwrap();
             page = self.get(next.as_str()).await;
-            history.extend(page.history.drain(..));
+            history.append(&mut page.history);
         }
         page.history = history;
         page
@@ -635,7 +635,7 @@ impl Browser {
         let mut history = page.history.clone();
         let resp = self.request("POST", action.as_str(), Some(&fields)).await;
         let mut done = self.follow(resp).await;
-        history.extend(done.history.drain(..));
+        history.append(&mut done.history);
         done.history = history;
         done
     }

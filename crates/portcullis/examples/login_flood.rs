@@ -1,0 +1,114 @@
+//! Logs in many distinct users through a running Portcullis whose provider is the
+//! development provider (`portcullis dev-idp`), each through the full code flow: the
+//! redirect, the provider's form, the callback. Used by `bench/` to create live sessions.
+//!
+//! usage: login_flood <portcullis URL> <users> [concurrency]
+//! Prints the first user's `session_token=...` cookie on stdout.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use url::Url;
+
+fn cookie_pair(resp: &reqwest::Response, prefix: &str) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(prefix))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_string)
+}
+
+async fn log_in(http: &reqwest::Client, base: &str, user: &str) -> Result<String, String> {
+    let start = http
+        .get(base)
+        .header("accept", "text/html")
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let login_cookie = cookie_pair(&start, "portcullis_login_").ok_or("no login cookie")?;
+    let authorize = start
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no redirect to the provider")?;
+    let authorize = Url::parse(authorize).map_err(|e| e.to_string())?;
+    let mut form: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
+    form.push(("username".into(), user.into()));
+    let mut post_to = authorize.clone();
+    post_to.set_query(None);
+    let signed_in = http
+        .post(post_to)
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let callback = signed_in
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no redirect back from the provider")?
+        .to_string();
+    let done = http
+        .get(callback)
+        .header("cookie", login_cookie)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    cookie_pair(&done, "session_token=")
+        .ok_or_else(|| format!("no session cookie (HTTP {})", done.status()))
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 3 {
+        eprintln!("usage: login_flood <portcullis URL> <users> [concurrency]");
+        std::process::exit(2);
+    }
+    let base = Arc::new(args[1].clone());
+    let users: usize = args[2].parse().expect("a number of users");
+    let concurrency: usize = args.get(3).and_then(|c| c.parse().ok()).unwrap_or(32);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let first = log_in(&http, &base, "bench-user-0")
+        .await
+        .expect("first login");
+    let next = Arc::new(AtomicUsize::new(1));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (http, base, next, failed) = (http.clone(), base.clone(), next.clone(), failed.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= users {
+                    break;
+                }
+                if let Err(e) = log_in(&http, &base, &format!("bench-user-{i}")).await {
+                    if failed.fetch_add(1, Ordering::Relaxed) < 5 {
+                        eprintln!("login {i} failed: {e}");
+                    }
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await.expect("worker");
+    }
+    let failed = failed.load(Ordering::Relaxed);
+    eprintln!(
+        "logged in {} users in {:.1}s ({failed} failed)",
+        users - failed,
+        started.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        std::process::exit(1);
+    }
+    println!("{first}");
+}
