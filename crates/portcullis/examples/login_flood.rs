@@ -90,10 +90,10 @@ async fn main() {
                 if i >= users {
                     break;
                 }
-                if let Err(e) = log_in(&http, &base, &format!("bench-user-{i}")).await {
-                    if failed.fetch_add(1, Ordering::Relaxed) < 5 {
-                        eprintln!("login {i} failed: {e}");
-                    }
+                if let Err(e) = log_in(&http, &base, &format!("bench-user-{i}")).await
+                    && failed.fetch_add(1, Ordering::Relaxed) < 5
+                {
+                    eprintln!("login {i} failed: {e}");
                 }
             }
         }));
