@@ -62,6 +62,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Largest body accepted by Portcullis's own endpoints (the callback form, SCIM).
     pub max_body_bytes: usize,
+    /// Worker threads serving connections; 0 means one per available CPU.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,6 +283,7 @@ impl Config {
                 max_header_bytes: (r.number("server.max_header_bytes", 64 * 1024) as usize)
                     .max(8192),
                 max_body_bytes: r.number("server.max_body_bytes", 1024 * 1024) as usize,
+                workers: r.number("server.workers", 0) as usize,
             },
             auth,
             session,

@@ -49,6 +49,8 @@ pub const METRICS_PATH: &str = "/metrics";
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The server worker (thread) serving the connection.
+    pub worker: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +78,9 @@ struct Auth {
 }
 
 pub struct App {
-    upstream: Upstream,
+    /// One upstream client (and connection pool) per server worker, so a pooled
+    /// connection is always driven by the thread that uses it.
+    upstreams: Vec<Upstream>,
     trusted: TrustedProxies,
     auth: Option<Auth>,
     tracker: Tracker,
@@ -143,24 +147,27 @@ fn strip_own_cookies(headers: &mut HeaderMap, session_cookie: &str) {
 }
 
 impl App {
-    /// Builds the application from a validated configuration. `http` is the outbound
-    /// client for identity-provider calls.
+    /// Builds the application from a validated configuration for `workers` server
+    /// workers. `http` is the outbound client for identity-provider calls.
     pub fn new(
         config: &Config,
         http: portcullis_identity::http::HttpClient,
+        workers: usize,
     ) -> Result<App, AppError> {
         let upstream_url = config
             .upstream_url
             .as_ref()
             .ok_or(AppError::Missing("upstream_url"))?;
-        let upstream = Upstream::new(upstream_url, &config.upstream)?;
+        let upstreams = (0..workers.max(1))
+            .map(|_| Upstream::new(upstream_url, &config.upstream))
+            .collect::<Result<Vec<_>, _>>()?;
         let auth = if config.auth.enabled {
             Some(Self::build_auth(config, http)?)
         } else {
             None
         };
         Ok(App {
-            upstream,
+            upstreams,
             trusted: TrustedProxies::new(config.trusted_proxies.clone()),
             auth,
             tracker: Tracker::default(),
@@ -388,8 +395,8 @@ impl App {
         if let Some(session) = &who {
             redact::set_identity_headers(headers, &session.identity);
         }
-        match self
-            .upstream
+        let upstream = &self.upstreams[conn.worker % self.upstreams.len()];
+        match upstream
             .forward(req, upgrade, origin.host.as_ref(), &self.tracker)
             .await
         {

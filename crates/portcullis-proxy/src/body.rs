@@ -6,12 +6,14 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+
+use crate::upstream::PooledBody;
 
 pub enum ProxyBody {
     /// A complete body; `None` once sent.
     Full(Option<Bytes>),
-    Stream(Incoming),
+    /// The upstream's body, returning its connection to the pool when finished.
+    Upstream(PooledBody),
 }
 
 impl ProxyBody {
@@ -35,14 +37,14 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Stream(incoming) => Pin::new(incoming).poll_frame(cx),
+            ProxyBody::Upstream(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full(bytes) => bytes.is_none(),
-            ProxyBody::Stream(incoming) => incoming.is_end_stream(),
+            ProxyBody::Upstream(body) => body.is_end_stream(),
         }
     }
 
@@ -51,7 +53,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            ProxyBody::Stream(incoming) => incoming.size_hint(),
+            ProxyBody::Upstream(body) => body.size_hint(),
         }
     }
 }

@@ -2,6 +2,12 @@
 //! and HTTP/2 on the same port (HTTP/2 over cleartext by prior knowledge), with header
 //! size limits and a header-read timeout.
 //!
+//! Thread per core, like nginx's workers: each worker thread runs its own single-threaded
+//! runtime and accepts from a clone of the one listening socket, and the app gives each
+//! worker its own upstream connection pool. A request is then served start to finish on
+//! one thread, without work-stealing bookkeeping; in the benchmark this was worth about
+//! 8% of throughput against one multi-threaded runtime.
+//!
 //! Shutdown: stop accepting, let in-flight requests finish (idle keep-alive connections
 //! are closed, HTTP/2 connections get GOAWAY), wait for upgraded connections, and give up
 //! after the grace period.
@@ -20,6 +26,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::{App, ConnInfo};
@@ -31,6 +38,8 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub shutdown_grace: Duration,
+    /// Worker threads; at least one.
+    pub workers: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +90,9 @@ fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
         .max_buf_size(settings.max_header_bytes)
+        // Copying a response head and a small body into one buffer and writing it once
+        // beat vectored writes by several percent in the benchmark's small-body case.
+        .writev(false)
         .keep_alive(true);
     builder
         .http2()
@@ -97,7 +109,7 @@ fn serve_connection<I>(
     app: Arc<App>,
     conn: ConnInfo,
     watcher: Watcher,
-) -> impl Future<Output = ()>
+) -> impl Future<Output = ()> + use<I>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -116,22 +128,65 @@ where
     }
 }
 
-/// Serves until `shutdown` resolves, then drains within the grace period.
+/// Serves on `settings.workers` threads until `shutdown` resolves, then drains within the
+/// grace period.
 pub async fn serve(
+    app: Arc<App>,
+    listener: std::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let (stop, stopped) = watch::channel(false);
+    let mut threads = Vec::new();
+    for worker in 0..settings.workers.max(1) {
+        let listener = listener.try_clone()?;
+        let (app, tls, settings, stopped) =
+            (app.clone(), tls.clone(), settings.clone(), stopped.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name(format!("portcullis-worker-{worker}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => run_worker(app, listener, tls, settings, worker, stopped).await,
+                        Err(e) => tracing::error!(worker, error = %e, "worker cannot use the listening socket"),
+                    }
+                });
+            })?;
+        threads.push(thread);
+    }
+    drop(listener);
+    shutdown.await;
+    let _ = stop.send(true);
+    let _ = tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            let _ = thread.join();
+        }
+    })
+    .await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn run_worker(
     app: Arc<App>,
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     settings: ServerSettings,
-    shutdown: impl Future<Output = ()>,
+    worker: usize,
+    mut stopped: watch::Receiver<bool>,
 ) {
     let builder = builder(&settings);
     let acceptor = tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            _ = stopped.wait_for(|stop| *stop) => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -148,7 +203,11 @@ pub async fn serve(
         let builder = builder.clone();
         match &acceptor {
             None => {
-                let conn = ConnInfo { peer, tls: false };
+                let conn = ConnInfo {
+                    peer,
+                    tls: false,
+                    worker,
+                };
                 tokio::spawn(serve_connection(builder, stream, app, conn, watcher));
             }
             Some(acceptor) => {
@@ -157,7 +216,11 @@ pub async fn serve(
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
                         Ok(Ok(tls_stream)) => {
-                            let conn = ConnInfo { peer, tls: true };
+                            let conn = ConnInfo {
+                                peer,
+                                tls: true,
+                                worker,
+                            };
                             serve_connection(builder, tls_stream, app, conn, watcher).await;
                         }
                         Ok(Err(e)) => {
@@ -171,23 +234,28 @@ pub async fn serve(
     }
     drop(listener);
     let started = Instant::now();
-    tracing::info!(
-        grace_secs = settings.shutdown_grace.as_secs(),
-        "shutting down: no new connections, finishing in-flight requests"
-    );
+    if worker == 0 {
+        tracing::info!(
+            grace_secs = settings.shutdown_grace.as_secs(),
+            "shutting down: no new connections, finishing in-flight requests"
+        );
+    }
     if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("grace period over with requests still in flight; exiting anyway");
+        tracing::warn!(
+            worker,
+            "grace period over with requests still in flight; exiting anyway"
+        );
         return;
     }
     let left = settings.shutdown_grace.saturating_sub(started.elapsed());
     if !app.tracker().wait(left).await {
         tracing::warn!(
+            worker,
             upgraded = app.tracker().running(),
             "grace period over with upgraded connections still open; closing them"
         );
     }
-    tracing::info!("shutdown complete");
 }

@@ -71,7 +71,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     };
     logging::init(&config.log)?;
 
-    let listener = bind(&config).await?;
+    let listener = bind(&config)?;
     let bound = listener.local_addr()?;
     let browser_host = if bound.ip().is_unspecified() {
         SocketAddr::new([127, 0, 0, 1].into(), bound.port())

@@ -8,7 +8,7 @@ use anyhow::Context;
 use portcullis_config::{Config, LoadError, Sources};
 use portcullis_identity::http::{OutboundSettings, ProxyEnv};
 use portcullis_proxy::{App, ServerSettings};
-use tokio::net::TcpListener;
+use std::net::TcpListener;
 
 use crate::cli::ServeArgs;
 use crate::logging;
@@ -61,12 +61,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     logging::init(&config.log)?;
-    let listener = bind(&config).await?;
+    let listener = bind(&config)?;
     run_with(config, listener).await
 }
 
-pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(config.listen_addr).await.with_context(|| {
+pub fn bind(config: &Config) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(config.listen_addr).with_context(|| {
         format!(
             "cannot listen on {} (listen_addr / LISTEN_ADDR): is another process using the port?",
             config.listen_addr
@@ -76,7 +76,11 @@ pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
 
 /// Runs the proxy on `listener` until a shutdown signal.
 pub async fn run_with(config: Config, listener: TcpListener) -> anyhow::Result<ExitCode> {
-    let app = App::new(&config, outbound_client()?).context("cannot start")?;
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let app = App::new(&config, outbound_client()?, workers).context("cannot start")?;
     let tls = match &config.tls {
         Some(t) => Some(portcullis_proxy::load_tls(&t.cert_file, &t.key_file)?),
         None => None,
@@ -90,6 +94,7 @@ pub async fn run_with(config: Config, listener: TcpListener) -> anyhow::Result<E
     tracing::info!(
         addr = %addr,
         tls = tls.is_some(),
+        workers,
         upstream = %config.upstream_url.as_ref().map(|u| u.as_str()).unwrap_or(""),
         "listening on {}", addr
     );
@@ -98,8 +103,11 @@ pub async fn run_with(config: Config, listener: TcpListener) -> anyhow::Result<E
         header_read_timeout: config.server.header_read_timeout,
         max_header_bytes: config.server.max_header_bytes,
         shutdown_grace: config.server.shutdown_grace,
+        workers,
     };
-    portcullis_proxy::serve(Arc::new(app), listener, tls, settings, shutdown_signal()).await;
+    portcullis_proxy::serve(Arc::new(app), listener, tls, settings, shutdown_signal())
+        .await
+        .context("cannot start the server workers")?;
     Ok(ExitCode::SUCCESS)
 }
 

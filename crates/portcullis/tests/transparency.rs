@@ -346,3 +346,68 @@ async fn oversized_request_headers_are_refused_not_forwarded() {
         .unwrap();
     assert_eq!(resp.status(), 431);
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_never_poisoned() {
+    let upstream = EchoUpstream::start().await;
+    let p = open_mode(&upstream, &[("SERVER__WORKERS", "1")]).await;
+    let http = reqwest::Client::new();
+    let peer = |e: &Value| e["peer"].as_str().unwrap().to_string();
+    let first = echo(&p, http.get(p.url("/a"))).await;
+    // Sequential requests, whatever the client connection, ride one upstream connection,
+    // also after a chunked response.
+    for path in ["/b", "/c"] {
+        let other_client = reqwest::Client::new();
+        assert_eq!(
+            peer(&echo(&p, other_client.get(p.url(path))).await),
+            peer(&first)
+        );
+    }
+    let chunked = http
+        .get(p.url("/stream?bytes=200000"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        chunked.headers().get("content-length").is_none(),
+        "not a chunked response"
+    );
+    assert_eq!(chunked.bytes().await.unwrap().len(), 200_000);
+    assert_eq!(
+        peer(&echo(&p, http.get(p.url("/d"))).await),
+        peer(&first),
+        "chunked response cost the connection"
+    );
+
+    // A client that walks away in the middle of a large body: that upstream connection
+    // must not be reused (the rest of the body would be read as the next response).
+    let mut stream = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /stream?bytes=50000000 HTTP/1.1\r\nHost: {}\r\n\r\n",
+                p.addr
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut some = vec![0u8; 64 * 1024];
+    stream.read_exact(&mut some).await.unwrap();
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..5 {
+        let e = echo(&p, reqwest::Client::new().get(p.url("/after-abandon"))).await;
+        assert_eq!(e["path"], "/after-abandon");
+    }
+
+    // The upstream closes its side after answering: the next request still succeeds.
+    let closing = http.get(p.url("/close")).send().await.unwrap();
+    assert_eq!(closing.text().await.unwrap(), "closing");
+    for _ in 0..3 {
+        assert_eq!(
+            echo(&p, http.get(p.url("/after-close"))).await["path"],
+            "/after-close"
+        );
+    }
+}

@@ -60,7 +60,7 @@ fn full(body: impl Into<Bytes>) -> EchoBody {
     Full::new(body.into()).boxed()
 }
 
-async fn echo(req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> {
+async fn echo(peer: SocketAddr, req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> {
     let query: HashMap<String, String> =
         url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
             .into_owned()
@@ -96,6 +96,14 @@ async fn echo(req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> 
             )))
         }
         "/ws" => Ok(websocket_echo(req)),
+        "/close" => {
+            // Answers, then closes the connection (as an upstream with a short keep-alive
+            // timeout would).
+            let mut resp = Response::new(full("closing"));
+            resp.headers_mut()
+                .insert("connection", "close".parse().unwrap());
+            Ok(resp)
+        }
         "/set-cookie" => {
             let mut resp = Response::new(full("ok"));
             resp.headers_mut()
@@ -122,6 +130,7 @@ async fn echo(req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> 
                 "path": req.uri().path(),
                 "query": req.uri().query(),
                 "version": format!("{:?}", req.version()),
+                "peer": peer.to_string(),
                 "headers": headers,
             });
             let mut resp = Response::new(full(body.to_string()));
@@ -190,12 +199,13 @@ impl EchoUpstream {
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     continue;
                 };
                 tokio::spawn(async move {
+                    let service = service_fn(move |req| echo(peer, req));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(echo))
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await;
                 });
             }

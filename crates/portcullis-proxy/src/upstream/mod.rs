@@ -1,0 +1,257 @@
+//! Forwarding to the upstream app.
+//!
+//! Bodies stream both ways frame by frame; nothing is buffered. A request that arrived
+//! over HTTP/2 is sent as HTTP/1.1 with the `Host` rule of [`crate::forwarding`].
+//! WebSocket (and any HTTP/1.1 `Upgrade`) requests go over a fresh connection with their
+//! upgrade headers; when the upstream answers `101`, the two upgraded connections are
+//! spliced together in a task the server tracks, so shutdown knows about it.
+
+mod pool;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use portcullis_config::{UpstreamConfig, Url};
+use rustls::pki_types::ServerName;
+
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::hop;
+use crate::shutdown::Tracker;
+pub use pool::PooledBody;
+use pool::{Endpoint, Pool};
+
+pub struct Upstream {
+    pool: Arc<Pool>,
+    authority_header: HeaderValue,
+    /// The upstream URL's path without a trailing slash ("" for the root).
+    base_path: String,
+    response_timeout: Duration,
+    preserve_host: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamSetupError {
+    #[error("the upstream URL {0} has no host")]
+    NoHost(String),
+    #[error("the upstream URL {url} is not usable: {reason}")]
+    Invalid { url: String, reason: String },
+}
+
+fn tls_connector(host: &str) -> Result<(tokio_rustls::TlsConnector, ServerName<'static>), String> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+}
+
+impl Upstream {
+    pub fn new(url: &Url, config: &UpstreamConfig) -> Result<Self, UpstreamSetupError> {
+        let host = url
+            .host_str()
+            .ok_or_else(|| UpstreamSetupError::NoHost(url.to_string()))?;
+        let invalid = |reason: String| UpstreamSetupError::Invalid {
+            url: url.to_string(),
+            reason,
+        };
+        let authority = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        let authority_header =
+            HeaderValue::from_str(&authority).map_err(|e| invalid(e.to_string()))?;
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| invalid("no port".into()))?;
+        // `[::1]` in a URL is `::1` to connect to.
+        let connect_host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let tls = if url.scheme() == "https" {
+            Some(tls_connector(&connect_host).map_err(invalid)?)
+        } else {
+            None
+        };
+        let endpoint = Endpoint {
+            host: connect_host,
+            port,
+            tls,
+            connect_timeout: config.connect_timeout,
+        };
+        Ok(Upstream {
+            pool: Pool::new(endpoint, config.max_idle_per_host, config.idle_timeout),
+            authority_header,
+            base_path: url.path().trim_end_matches('/').to_string(),
+            response_timeout: config.response_timeout,
+            preserve_host: config.preserve_host,
+        })
+    }
+
+    /// The origin-form request target at the upstream.
+    fn target(&self, original: &Uri) -> Result<Uri, ProxyError> {
+        let pq = original
+            .path_and_query()
+            .map(PathAndQuery::as_str)
+            .unwrap_or("/");
+        let path_and_query: PathAndQuery = if self.base_path.is_empty() {
+            pq.parse()
+        } else {
+            format!("{}{pq}", self.base_path).parse()
+        }
+        .map_err(|_| ProxyError::NotFound)?;
+        Ok(Uri::from(path_and_query))
+    }
+
+    /// Sends on a pooled connection, or a new one. A request that never reached a reused
+    /// connection (the upstream had closed it) is retried once on a fresh one.
+    async fn send(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, SendRequest<Incoming>), ProxyError> {
+        loop {
+            let (mut sender, reused) = match self.pool.checkout() {
+                Some(sender) => (sender, true),
+                None => (self.connect().await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok((response, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(ProxyError::UpstreamUnreachable(describe(e.error()))),
+                },
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Incoming>, ProxyError> {
+        self.pool
+            .connect()
+            .await
+            .map_err(|e| ProxyError::UpstreamUnreachable(e.to_string()))
+    }
+
+    /// Sends `req` (headers already prepared by the caller, hop-by-hop fields removed) to
+    /// the upstream and streams the answer back. `upgrade` is the protocol the client
+    /// asked to switch to, if any; `client_host` is the host the client addressed.
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        upgrade: Option<HeaderValue>,
+        client_host: Option<&HeaderValue>,
+        tracker: &Tracker,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        *req.uri_mut() = self.target(req.uri())?;
+        let client_version = req.version();
+        *req.version_mut() = Version::HTTP_11;
+        let host = match (self.preserve_host, client_host) {
+            (true, Some(h)) => h.clone(),
+            _ => self.authority_header.clone(),
+        };
+        req.headers_mut().insert(header::HOST, host);
+
+        // Only HTTP/1.1 clients can upgrade this way (HTTP/2 uses extended CONNECT).
+        if let Some(protocol) = upgrade.filter(|_| client_version == Version::HTTP_11) {
+            let headers = req.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol);
+            let client_upgrade = hyper::upgrade::on(&mut req);
+            let exchange = async {
+                let mut sender = self.connect().await?;
+                sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| ProxyError::UpstreamUnreachable(describe(&e)))
+            };
+            let response = tokio::time::timeout(self.response_timeout, exchange)
+                .await
+                .map_err(|_| ProxyError::UpstreamTimeout)??;
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                return Ok(splice(response, client_upgrade, tracker));
+            }
+            return Ok(respond(response, client_version, PooledBody::unpooled));
+        }
+
+        let (response, sender) = tokio::time::timeout(self.response_timeout, self.send(req))
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout)??;
+        let pool = self.pool.clone();
+        Ok(respond(response, client_version, |body| {
+            PooledBody::new(body, sender, pool)
+        }))
+    }
+}
+
+fn respond(
+    response: Response<Incoming>,
+    client_version: Version,
+    wrap: impl FnOnce(Incoming) -> PooledBody,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    hop::strip_hop_by_hop(&mut parts.headers);
+    // The client's own protocol version answers it.
+    parts.version = client_version;
+    Response::from_parts(parts, ProxyBody::Upstream(wrap(body)))
+}
+
+/// Answers the client's upgrade with the upstream's `101` and splices the two upgraded
+/// connections in a tracked task.
+fn splice(
+    mut upstream_response: Response<Incoming>,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    tracker: &Tracker,
+) -> Response<ProxyBody> {
+    let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
+    tracker.spawn(async move {
+        let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
+            (Ok(c), Ok(u)) => (c, u),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!(error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
+    let (parts, _) = upstream_response.into_parts();
+    let mut response = Response::from_parts(parts, ProxyBody::empty());
+    // The 101 keeps its `Connection: upgrade` and `Upgrade`; other hop-by-hop fields go.
+    let keep_upgrade = response.headers().get(header::UPGRADE).cloned();
+    hop::strip_hop_by_hop(response.headers_mut());
+    if let Some(protocol) = keep_upgrade {
+        response.headers_mut().insert(header::UPGRADE, protocol);
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    response
+}
+
+fn describe(e: &hyper::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,226 @@
+//! The upstream connection pool of one server worker.
+//!
+//! HTTP/1.1 keep-alive connections, most recently used first. A connection goes back to
+//! the pool when the response body it carried is finished and dropped. A body abandoned
+//! mid-stream (the client went away) closes its connection instead: the rest of that
+//! response would have to be read and thrown away before the connection could carry
+//! another request. (hyper tracks message framing itself and never reports a connection
+//! ready while a response is unfinished, so reuse cannot mix responses up.) Connections
+//! the upstream closed, that idled longer than the idle timeout, or that are still busy
+//! are passed over at checkout.
+//!
+//! Each worker thread owns one pool, so a connection's task always runs on the thread that
+//! uses it; the mutex is therefore uncontended and only there because futures must be
+//! `Send`.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+/// Where and how to connect.
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    /// TLS client configuration when the upstream is https.
+    pub tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    pub connect_timeout: Duration,
+}
+
+struct Idle {
+    sender: SendRequest<Incoming>,
+    since: Instant,
+}
+
+pub struct Pool {
+    endpoint: Endpoint,
+    idle: Mutex<VecDeque<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to {0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("connecting to {0} timed out")]
+    Timeout(String),
+    #[error("TLS handshake with {0} failed: {1}")]
+    Tls(String, std::io::Error),
+    #[error("HTTP handshake with {0} failed: {1}")]
+    Http(String, hyper::Error),
+}
+
+impl Pool {
+    pub fn new(endpoint: Endpoint, max_idle: usize, idle_timeout: Duration) -> Arc<Pool> {
+        Arc::new(Pool {
+            endpoint,
+            idle: Mutex::new(VecDeque::new()),
+            max_idle,
+            idle_timeout,
+        })
+    }
+
+    /// A ready pooled connection, if there is one.
+    pub fn checkout(&self) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        // Drop what is dead or stale from the cold end first.
+        while idle.front().is_some_and(|e| {
+            e.sender.is_closed() || now.duration_since(e.since) > self.idle_timeout
+        }) {
+            idle.pop_front();
+        }
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            let entry = &idle[i];
+            if entry.sender.is_closed() {
+                idle.remove(i);
+            } else if entry.sender.is_ready() {
+                return idle.remove(i).map(|e| e.sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: SendRequest<Incoming>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= self.max_idle {
+            // Dropping the sender lets the connection close once idle.
+            return;
+        }
+        idle.push_back(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    /// Opens a new connection and starts its task on the current worker.
+    pub async fn connect(&self) -> Result<SendRequest<Incoming>, ConnectError> {
+        let e = &self.endpoint;
+        let name = format!("{}:{}", e.host, e.port);
+        let tcp = tokio::time::timeout(
+            e.connect_timeout,
+            TcpStream::connect((e.host.as_str(), e.port)),
+        )
+        .await
+        .map_err(|_| ConnectError::Timeout(name.clone()))?
+        .map_err(|err| ConnectError::Io(name.clone(), err))?;
+        let _ = tcp.set_nodelay(true);
+        let mut builder = http1::Builder::new();
+        // One contiguous write per request head beat vectored writes in the benchmark.
+        builder.writev(false);
+        match &e.tls {
+            None => {
+                let (sender, conn) = builder
+                    .handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(|err| ConnectError::Http(name.clone(), err))?;
+                tokio::spawn(async move {
+                    if let Err(err) = conn.with_upgrades().await {
+                        tracing::debug!(error = %err, "upstream connection ended with an error");
+                    }
+                });
+                Ok(sender)
+            }
+            Some((connector, server_name)) => {
+                let tls = tokio::time::timeout(
+                    e.connect_timeout,
+                    connector.connect(server_name.clone(), tcp),
+                )
+                .await
+                .map_err(|_| ConnectError::Timeout(name.clone()))?
+                .map_err(|err| ConnectError::Tls(name.clone(), err))?;
+                let (sender, conn) = builder
+                    .handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|err| ConnectError::Http(name.clone(), err))?;
+                tokio::spawn(async move {
+                    if let Err(err) = conn.with_upgrades().await {
+                        tracing::debug!(error = %err, "upstream connection ended with an error");
+                    }
+                });
+                Ok(sender)
+            }
+        }
+    }
+}
+
+/// An upstream response body that returns its connection to the pool once it has been
+/// read to the end.
+pub struct PooledBody {
+    body: Incoming,
+    connection: Option<(SendRequest<Incoming>, Arc<Pool>)>,
+    /// The body yielded its end. (`Incoming::is_end_stream` only knows this for bodies
+    /// with a `Content-Length`; a chunked body ends when it yields `None`.)
+    finished: bool,
+}
+
+impl PooledBody {
+    pub fn new(body: Incoming, sender: SendRequest<Incoming>, pool: Arc<Pool>) -> Self {
+        PooledBody {
+            body,
+            connection: Some((sender, pool)),
+            finished: false,
+        }
+    }
+
+    /// A body whose connection must not be reused (after an upgrade).
+    pub fn unpooled(body: Incoming) -> Self {
+        PooledBody {
+            body,
+            connection: None,
+            finished: false,
+        }
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        if let Some((sender, pool)) = self.connection.take()
+            && (self.finished || self.body.is_end_stream())
+        {
+            pool.checkin(sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.finished = true,
+            // An error means the connection is unusable: never return it.
+            Poll::Ready(Some(Err(_))) => self.connection = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
