@@ -5,39 +5,6 @@ mod support;
 use serde_json::{Value, json};
 use support::*;
 
-/// Starts an upstream, the development provider (in this process) and Portcullis
-/// configured for it through the flat environment variables only.
-async fn with_dev_idp(
-    extra: &[(&str, &str)],
-) -> (EchoUpstream, portcullis_devidp::DevIdp, Portcullis) {
-    with_dev_idp_at("/api/v1/auth/callback", extra).await
-}
-
-async fn with_dev_idp_at(
-    callback_path: &str,
-    extra: &[(&str, &str)],
-) -> (EchoUpstream, portcullis_devidp::DevIdp, Portcullis) {
-    let upstream = EchoUpstream::start().await;
-    let port = free_port();
-    let redirect = format!("http://127.0.0.1:{port}{callback_path}");
-    let idp = dev_idp(vec![redirect.clone()]).await;
-    let mut builder = Portcullis::builder()
-        .port(port)
-        .env("OAUTH_ENABLED", "true")
-        .env("OAUTH_PROVIDER", "oidc")
-        .env("OAUTH_ISSUER_URL", idp.issuer())
-        .env("OAUTH_CLIENT_ID", "portcullis")
-        .env("OAUTH_CLIENT_SECRET", "dev-secret")
-        .env("OAUTH_REDIRECT_URL", redirect)
-        .env("UPSTREAM_URL", upstream.url())
-        .env("COOKIE_SECRET", SECRET);
-    for (k, v) in extra {
-        builder = builder.env(k, *v);
-    }
-    let p = builder.wait_ready().start().await;
-    (upstream, idp, p)
-}
-
 fn header<'a>(echo: &'a Value, name: &str) -> Option<&'a str> {
     echo["headers"][name][0].as_str()
 }
@@ -204,7 +171,8 @@ async fn a_real_third_party_provider_logs_the_user_in_through_its_own_forms() {
 
 #[tokio::test]
 async fn api_requests_get_a_401_json_body_instead_of_a_redirect() {
-    let (_u, _idp, p) = with_dev_idp(&[]).await;
+    let setup = with_dev_idp(&[]).await;
+    let p = &setup.portcullis;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -238,10 +206,11 @@ async fn api_requests_get_a_401_json_body_instead_of_a_redirect() {
 
 #[tokio::test]
 async fn allowed_users_admit_listed_emails_and_user_names_and_refuse_others() {
-    let (_u, _idp, p) = with_dev_idp(&[("OAUTH_ALLOWED_USERS", "Alice@Example.com, bob")]).await;
+    let setup = with_dev_idp(&[("OAUTH_ALLOWED_USERS", "Alice@Example.com, bob")]).await;
+    let p = &setup.portcullis;
 
     let alice = Browser::new();
-    let page = log_in(&alice, &p, "/", "alice", "").await;
+    let page = log_in(&alice, p, "/", "alice", "").await;
     assert_eq!(
         page.status, 200,
         "alice (by email, other case) refused: {}",
@@ -263,7 +232,7 @@ async fn allowed_users_admit_listed_emails_and_user_names_and_refuse_others() {
     );
 
     let mallory = Browser::new();
-    let page = log_in(&mallory, &p, "/", "mallory", "").await;
+    let page = log_in(&mallory, p, "/", "mallory", "").await;
     assert_eq!(page.status, 403);
     assert!(page.body.contains("mallory@example.com"), "{}", page.body);
     assert!(
@@ -284,9 +253,10 @@ async fn allowed_users_admit_listed_emails_and_user_names_and_refuse_others() {
 
 #[tokio::test]
 async fn the_callback_path_comes_from_the_redirect_url() {
-    let (_u, _idp, p) = with_dev_idp_at("/v1/oauth/callback/", &[]).await;
+    let setup = with_dev_idp_at("/v1/oauth/callback/", &[]).await;
+    let p = &setup.portcullis;
     let browser = Browser::new();
-    let page = log_in(&browser, &p, "/home", "carol", "").await;
+    let page = log_in(&browser, p, "/home", "carol", "").await;
     assert_eq!(page.status, 200, "{:?}", page.history);
     assert!(
         page.history
@@ -307,9 +277,10 @@ async fn the_callback_path_comes_from_the_redirect_url() {
 
 #[tokio::test]
 async fn me_reports_the_user_and_logout_ends_the_session_on_the_server() {
-    let (_u, _idp, p) = with_dev_idp(&[]).await;
+    let setup = with_dev_idp(&[]).await;
+    let p = &setup.portcullis;
     let mut browser = Browser::new();
-    log_in(&browser, &p, "/", "dave", "qa").await;
+    log_in(&browser, p, "/", "dave", "qa").await;
     browser.accept = "application/json".into();
     let me = browser.get(&p.url("/api/v1/auth/me")).await;
     assert_eq!(me.status, 200);
@@ -347,7 +318,8 @@ async fn me_reports_the_user_and_logout_ends_the_session_on_the_server() {
 
 #[tokio::test]
 async fn logout_only_accepts_post_and_offers_a_form_on_get() {
-    let (_u, _idp, p) = with_dev_idp(&[]).await;
+    let setup = with_dev_idp(&[]).await;
+    let p = &setup.portcullis;
     let browser = Browser::new();
     let page = browser.get(&p.url("/api/v1/auth/logout")).await;
     assert_eq!(page.status, 200);
@@ -361,7 +333,8 @@ async fn logout_only_accepts_post_and_offers_a_form_on_get() {
 
 #[tokio::test]
 async fn status_says_whether_authentication_is_on() {
-    let (_u, _idp, p) = with_dev_idp(&[]).await;
+    let setup = with_dev_idp(&[]).await;
+    let p = &setup.portcullis;
     let body: Value = reqwest::get(p.url("/api/v1/auth/status"))
         .await
         .unwrap()

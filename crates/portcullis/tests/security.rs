@@ -18,29 +18,6 @@ use serde_json::{Value, json};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn with_dev_idp(
-    extra: &[(&str, &str)],
-) -> (EchoUpstream, portcullis_devidp::DevIdp, Portcullis) {
-    let upstream = EchoUpstream::start().await;
-    let port = free_port();
-    let redirect = format!("http://127.0.0.1:{port}/api/v1/auth/callback");
-    let idp = dev_idp(vec![redirect.clone()]).await;
-    let mut b = Portcullis::builder()
-        .port(port)
-        .env("OAUTH_ENABLED", "true")
-        .env("OAUTH_ISSUER_URL", idp.issuer())
-        .env("OAUTH_CLIENT_ID", "portcullis")
-        .env("OAUTH_CLIENT_SECRET", "dev-secret")
-        .env("OAUTH_REDIRECT_URL", redirect)
-        .env("UPSTREAM_URL", upstream.url())
-        .env("COOKIE_SECRET", SECRET);
-    for (k, v) in extra {
-        b = b.env(k, *v);
-    }
-    let p = b.wait_ready().start().await;
-    (upstream, idp, p)
-}
-
 async fn logged_in(p: &Portcullis, user: &str) -> Browser {
     let browser = Browser::new();
     let form = browser.navigate(&p.url("/")).await;
@@ -51,8 +28,9 @@ async fn logged_in(p: &Portcullis, user: &str) -> Browser {
 
 #[tokio::test]
 async fn a_tampered_or_unknown_session_cookie_gets_no_access() {
-    let (_u, _idp, p) = with_dev_idp(&[]).await;
-    let browser = logged_in(&p, "alice").await;
+    let setup = with_dev_idp(&[]).await;
+    let p = &setup.portcullis;
+    let browser = logged_in(p, "alice").await;
     let real = browser.cookie("127.0.0.1", "session_token").unwrap();
     let mut flipped = real.clone().into_bytes();
     flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
@@ -93,15 +71,13 @@ async fn a_tampered_or_unknown_session_cookie_gets_no_access() {
 
 #[tokio::test]
 async fn the_session_cookie_has_the_secure_attributes() {
-    let (_u, _idp, p) = with_dev_idp(&[]).await;
+    let setup = with_dev_idp(&[]).await;
+    let p = &setup.portcullis;
     let browser = Browser::new();
     let form = browser.navigate(&p.url("/")).await;
-    let (action, mut fields) = form.form();
-    fields.push(("username".into(), "alice".into()));
-    let to_callback = browser
-        .request("POST", action.as_str(), Some(&fields))
+    let callback = browser
+        .get(&callback_url_for(&browser, &form, "alice").await)
         .await;
-    let callback = browser.get(&to_callback.location().unwrap()).await;
     let set: Vec<&str> = callback
         .headers
         .get_all("set-cookie")
@@ -159,7 +135,8 @@ async fn cookies_are_secure_when_the_public_url_is_https() {
 
 #[tokio::test]
 async fn a_callback_with_a_wrong_or_missing_state_is_refused() {
-    let (_u, _idp, p) = with_dev_idp(&[]).await;
+    let setup = with_dev_idp(&[]).await;
+    let p = &setup.portcullis;
     let browser = Browser::new();
     let started = browser.get(&p.url("/")).await;
     let location = url::Url::parse(&started.location().unwrap()).unwrap();
@@ -215,15 +192,11 @@ async fn a_callback_with_a_wrong_or_missing_state_is_refused() {
 
 #[tokio::test]
 async fn a_replayed_authorization_code_is_refused() {
-    let (_u, _idp, p) = with_dev_idp(&[]).await;
+    let setup = with_dev_idp(&[]).await;
+    let p = &setup.portcullis;
     let browser = Browser::new();
     let form = browser.navigate(&p.url("/")).await;
-    let (action, mut fields) = form.form();
-    fields.push(("username".into(), "alice".into()));
-    let to_callback = browser
-        .request("POST", action.as_str(), Some(&fields))
-        .await;
-    let callback_url = to_callback.location().unwrap();
+    let callback_url = callback_url_for(&browser, &form, "alice").await;
     // Keep the login cookie, as an attacker who copied the whole browser state would.
     let state: String = url::Url::parse(&callback_url)
         .unwrap()
@@ -248,8 +221,9 @@ async fn a_replayed_authorization_code_is_refused() {
 
 #[tokio::test]
 async fn spoofed_identity_headers_in_every_spelling_never_reach_the_upstream() {
-    let (_u, _idp, p) = with_dev_idp(&[]).await;
-    let browser = logged_in(&p, "alice").await;
+    let setup = with_dev_idp(&[]).await;
+    let p = &setup.portcullis;
+    let browser = logged_in(p, "alice").await;
     let cookie = format!(
         "session_token={}",
         browser.cookie("127.0.0.1", "session_token").unwrap()
@@ -323,7 +297,8 @@ async fn spoofed_identity_headers_in_every_spelling_never_reach_the_upstream() {
 
 #[tokio::test]
 async fn the_return_path_corpus_never_sends_the_browser_off_site() {
-    let (_u, _idp, p) = with_dev_idp(&[]).await;
+    let setup = with_dev_idp(&[]).await;
+    let p = &setup.portcullis;
     let corpus: Value = serde_json::from_str(include_str!(
         "../../../tests/data/open-redirect-payloads.json"
     ))
@@ -344,12 +319,9 @@ async fn the_return_path_corpus_never_sends_the_browser_off_site() {
             .await;
         assert_eq!(start.status, 302, "{payload:?}");
         let form = browser.follow(start).await;
-        let (action, mut fields) = form.form();
-        fields.push(("username".into(), "alice".into()));
-        let to_callback = browser
-            .request("POST", action.as_str(), Some(&fields))
+        let done = browser
+            .get(&callback_url_for(&browser, &form, "alice").await)
             .await;
-        let done = browser.get(&to_callback.location().unwrap()).await;
         assert_eq!(done.status, 302, "{payload:?}: {}", done.body);
         assert_eq!(
             done.location().as_deref(),
@@ -362,18 +334,16 @@ async fn the_return_path_corpus_never_sends_the_browser_off_site() {
         .get(&p.url("/api/v1/auth/login?rd=%2Freports%3Fq%3D1"))
         .await;
     let form = browser.follow(start).await;
-    let (action, mut fields) = form.form();
-    fields.push(("username".into(), "alice".into()));
-    let to_callback = browser
-        .request("POST", action.as_str(), Some(&fields))
+    let done = browser
+        .get(&callback_url_for(&browser, &form, "alice").await)
         .await;
-    let done = browser.get(&to_callback.location().unwrap()).await;
     assert_eq!(done.location().as_deref(), Some("/reports?q=1"));
 }
 
 #[tokio::test]
 async fn a_protocol_relative_request_target_does_not_become_the_return_path() {
-    let (_u, _idp, p) = with_dev_idp(&[]).await;
+    let setup = with_dev_idp(&[]).await;
+    let p = &setup.portcullis;
     for target in ["//evil.com/x", "/\\evil.com", "//evil.com"] {
         let mut stream = tokio::net::TcpStream::connect(p.addr).await.unwrap();
         let req = format!(

@@ -120,22 +120,8 @@ impl Pool {
         .map_err(|_| ConnectError::Timeout(name.clone()))?
         .map_err(|err| ConnectError::Io(name.clone(), err))?;
         let _ = tcp.set_nodelay(true);
-        let mut builder = http1::Builder::new();
-        // One contiguous write per request head beat vectored writes in the benchmark.
-        builder.writev(false);
         match &e.tls {
-            None => {
-                let (sender, conn) = builder
-                    .handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(|err| ConnectError::Http(name.clone(), err))?;
-                tokio::spawn(async move {
-                    if let Err(err) = conn.with_upgrades().await {
-                        tracing::debug!(error = %err, "upstream connection ended with an error");
-                    }
-                });
-                Ok(sender)
-            }
+            None => handshake(TokioIo::new(tcp), &name).await,
             Some((connector, server_name)) => {
                 let tls = tokio::time::timeout(
                     e.connect_timeout,
@@ -144,19 +130,30 @@ impl Pool {
                 .await
                 .map_err(|_| ConnectError::Timeout(name.clone()))?
                 .map_err(|err| ConnectError::Tls(name.clone(), err))?;
-                let (sender, conn) = builder
-                    .handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(|err| ConnectError::Http(name.clone(), err))?;
-                tokio::spawn(async move {
-                    if let Err(err) = conn.with_upgrades().await {
-                        tracing::debug!(error = %err, "upstream connection ended with an error");
-                    }
-                });
-                Ok(sender)
+                handshake(TokioIo::new(tls), &name).await
             }
         }
     }
+}
+
+/// The HTTP/1.1 handshake on an open connection; its task runs on the current worker.
+async fn handshake<I>(io: I, name: &str) -> Result<SendRequest<Incoming>, ConnectError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut builder = http1::Builder::new();
+    // One contiguous write per request head beat vectored writes in the benchmark.
+    builder.writev(false);
+    let (sender, conn) = builder
+        .handshake(io)
+        .await
+        .map_err(|err| ConnectError::Http(name.to_string(), err))?;
+    tokio::spawn(async move {
+        if let Err(err) = conn.with_upgrades().await {
+            tracing::debug!(error = %err, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 /// An upstream response body that returns its connection to the pool once it has been

@@ -668,6 +668,57 @@ pub async fn dev_idp(redirect_uris: Vec<String>) -> portcullis_devidp::DevIdp {
     .unwrap()
 }
 
+/// An upstream, the development provider (in this process), and Portcullis configured
+/// for them through the flat environment variables only, with its callback at
+/// `callback_path`.
+pub struct DevSetup {
+    pub upstream: EchoUpstream,
+    pub idp: portcullis_devidp::DevIdp,
+    pub portcullis: Portcullis,
+}
+
+pub async fn with_dev_idp_at(callback_path: &str, extra: &[(&str, &str)]) -> DevSetup {
+    let upstream = EchoUpstream::start().await;
+    let port = free_port();
+    let redirect = format!("http://127.0.0.1:{port}{callback_path}");
+    let idp = dev_idp(vec![redirect.clone()]).await;
+    let mut builder = Portcullis::builder()
+        .port(port)
+        .env("OAUTH_ENABLED", "true")
+        .env("OAUTH_PROVIDER", "oidc")
+        .env("OAUTH_ISSUER_URL", idp.issuer())
+        .env("OAUTH_CLIENT_ID", "portcullis")
+        .env("OAUTH_CLIENT_SECRET", "dev-secret")
+        .env("OAUTH_REDIRECT_URL", redirect)
+        .env("UPSTREAM_URL", upstream.url())
+        .env("COOKIE_SECRET", SECRET);
+    for (k, v) in extra {
+        builder = builder.env(k, *v);
+    }
+    let portcullis = builder.wait_ready().start().await;
+    DevSetup {
+        upstream,
+        idp,
+        portcullis,
+    }
+}
+
+pub async fn with_dev_idp(extra: &[(&str, &str)]) -> DevSetup {
+    with_dev_idp_at("/api/v1/auth/callback", extra).await
+}
+
+/// Submits the development provider's form on `page` as `user` and returns where the
+/// provider sends the browser back to (the callback URL with code and state), without
+/// following it.
+pub async fn callback_url_for(browser: &Browser, page: &Page, user: &str) -> String {
+    let (action, mut fields) = page.form();
+    fields.push(("username".into(), user.into()));
+    let to_callback = browser
+        .request("POST", action.as_str(), Some(&fields))
+        .await;
+    to_callback.location().expect("the provider redirects back")
+}
+
 /// Signs in at the development provider's form on `page`.
 pub async fn dev_idp_sign_in(browser: &Browser, page: &Page, user: &str, groups: &str) -> Page {
     assert_eq!(
