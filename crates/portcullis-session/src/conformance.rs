@@ -2,11 +2,11 @@
 //! with a fresh store; timings are real (stores such as Redis keep their own clocks).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use portcullis_core::Identity;
 
-use crate::{SessionData, SessionId, SessionLimits, SessionStore};
+use crate::{SessionData, SessionId, SessionLimits, SessionStore, StoreError};
 
 pub fn identity(id: &str) -> Identity {
     Identity {
@@ -133,6 +133,67 @@ pub async fn use_restarts_the_idle_timer_and_idleness_ends_the_session<S: Sessio
     );
 }
 
+/// Many concurrent refreshes (updates) and reads of one session: every read sees one of
+/// the written versions, the session survives, and after it is deleted no late update
+/// brings it back.
+pub async fn concurrent_refreshes_of_one_session_keep_it_whole<S: SessionStore>(store: Arc<S>) {
+    let id = store
+        .create(SessionData::new(identity("henry"), LONG.lifetime))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let store = store.clone();
+        let id = id.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut data = SessionData::new(identity("henry"), LONG.lifetime);
+            data.identity.groups = vec![format!("version-{i}")];
+            assert!(
+                store.update(&id, data).await.unwrap(),
+                "a live session refused an update"
+            );
+            let seen = store
+                .load(&id)
+                .await
+                .unwrap()
+                .expect("session vanished during refreshes");
+            assert!(
+                seen.identity.groups[0].starts_with("version-"),
+                "torn record: {seen:?}"
+            );
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let last = store
+        .load(&id)
+        .await
+        .unwrap()
+        .expect("session survives the refreshes");
+    assert_eq!(last.identity.id, "henry");
+    store.delete(&id).await.unwrap();
+    let late = SessionData::new(identity("henry"), LONG.lifetime);
+    assert!(
+        !store.update(&id, late).await.unwrap(),
+        "an update resurrected a deleted session"
+    );
+    assert!(store.load(&id).await.unwrap().is_none());
+    let revoked = store
+        .create(SessionData::new(identity("ivy"), LONG.lifetime))
+        .await
+        .unwrap();
+    store
+        .revoke_user(&identity("ivy").user_key())
+        .await
+        .unwrap();
+    let late = SessionData::new(identity("ivy"), LONG.lifetime);
+    assert!(
+        !store.update(&revoked, late).await.unwrap(),
+        "an update resurrected a revoked session"
+    );
+}
+
 pub async fn concurrent_loads_of_one_session_all_succeed<S: SessionStore>(store: Arc<S>) {
     let id = store
         .create(SessionData::new(identity("grace"), LONG.lifetime))
@@ -200,5 +261,207 @@ mod memory {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_loads_of_one_session_all_succeed() {
         super::concurrent_loads_of_one_session_all_succeed(Arc::new(store(LONG))).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_refreshes_of_one_session_keep_it_whole() {
+        super::concurrent_refreshes_of_one_session_keep_it_whole(Arc::new(store(LONG))).await;
+    }
+}
+
+/// The same behaviour from a real `redis-server`, and from a real three-node cluster.
+mod redis {
+    use super::*;
+    use crate::{RedisSettings, RedisStore};
+    use portcullis_testkit::{RedisCluster, RedisServer};
+
+    const SECRET: &str = "conformance-secret-0123456789abcdef";
+
+    fn store_at(urls: Vec<String>, cluster: bool, limits: SessionLimits) -> RedisStore {
+        let settings = RedisSettings {
+            urls,
+            cluster,
+            ca_pem: None,
+            key_prefix: "conformance".into(),
+            timeout: Duration::from_secs(2),
+        };
+        RedisStore::new(&settings, &[SECRET], limits).expect("store")
+    }
+
+    fn store(server: &RedisServer, limits: SessionLimits) -> RedisStore {
+        store_at(vec![server.url()], false, limits)
+    }
+
+    #[tokio::test]
+    async fn create_then_load_returns_the_same_data() {
+        let server = RedisServer::start();
+        super::create_then_load_returns_the_same_data(&store(&server, LONG)).await;
+    }
+
+    #[tokio::test]
+    async fn unknown_ids_load_as_none() {
+        let server = RedisServer::start();
+        super::unknown_ids_load_as_none(&store(&server, LONG)).await;
+    }
+
+    #[tokio::test]
+    async fn delete_ends_only_that_session() {
+        let server = RedisServer::start();
+        super::delete_ends_only_that_session(&store(&server, LONG)).await;
+    }
+
+    #[tokio::test]
+    async fn revoke_user_ends_every_session_of_that_user_only() {
+        let server = RedisServer::start();
+        super::revoke_user_ends_every_session_of_that_user_only(&store(&server, LONG)).await;
+    }
+
+    #[tokio::test]
+    async fn sessions_end_at_their_absolute_lifetime() {
+        let server = RedisServer::start();
+        let limits = SessionLimits {
+            lifetime: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        };
+        super::sessions_end_at_their_absolute_lifetime(&store(&server, limits)).await;
+    }
+
+    #[tokio::test]
+    async fn use_restarts_the_idle_timer_and_idleness_ends_the_session() {
+        let server = RedisServer::start();
+        let idle = Duration::from_millis(400);
+        let limits = SessionLimits {
+            lifetime: Duration::from_secs(3600),
+            idle_timeout: idle,
+        };
+        super::use_restarts_the_idle_timer_and_idleness_ends_the_session(
+            &store(&server, limits),
+            idle,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_loads_of_one_session_all_succeed() {
+        let server = RedisServer::start();
+        super::concurrent_loads_of_one_session_all_succeed(Arc::new(store(&server, LONG))).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_refreshes_of_one_session_keep_it_whole() {
+        let server = RedisServer::start();
+        super::concurrent_refreshes_of_one_session_keep_it_whole(Arc::new(store(&server, LONG)))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_cluster_passes_the_same_checks() {
+        let cluster = RedisCluster::start();
+        let s = store_at(cluster.urls(), true, LONG);
+        super::create_then_load_returns_the_same_data(&s).await;
+        super::unknown_ids_load_as_none(&s).await;
+        super::delete_ends_only_that_session(&s).await;
+        super::revoke_user_ends_every_session_of_that_user_only(&s).await;
+        super::concurrent_refreshes_of_one_session_keep_it_whole(Arc::new(s)).await;
+    }
+
+    #[tokio::test]
+    async fn records_at_rest_reveal_no_id_token_email_or_user() {
+        let server = RedisServer::start();
+        let s = store(&server, LONG);
+        let id = s
+            .create(SessionData::new(identity("judith"), LONG.lifetime))
+            .await
+            .unwrap();
+        let keys = server.command("KEYS *");
+        assert!(!keys.contains(id.expose()), "a session id is a Redis key");
+        assert!(!keys.contains("judith"), "a user key is readable: {keys}");
+        let dump = server.command(&format!("GET conformance:session:{}", id.key().to_hex()));
+        assert!(dump.starts_with('$'), "record not found: {dump}");
+        for secret in ["judith", "JUDITH", "example.com", "staff", "conformance"] {
+            assert!(
+                !dump.contains(secret),
+                "the record shows {secret:?}: {dump}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rotated_secret_still_reads_old_records_and_a_dropped_one_does_not() {
+        let server = RedisServer::start();
+        let settings = RedisSettings {
+            urls: vec![server.url()],
+            cluster: false,
+            ca_pem: None,
+            key_prefix: "conformance".into(),
+            timeout: Duration::from_secs(2),
+        };
+        let old =
+            RedisStore::new(&settings, &["old-secret-0123456789abcdef-old-secret"], LONG).unwrap();
+        let id = old
+            .create(SessionData::new(identity("kim"), LONG.lifetime))
+            .await
+            .unwrap();
+        let rotated = RedisStore::new(
+            &settings,
+            &[
+                "new-secret-0123456789abcdef-new-secret",
+                "old-secret-0123456789abcdef-old-secret",
+            ],
+            LONG,
+        )
+        .unwrap();
+        assert!(
+            rotated.load(&id).await.unwrap().is_some(),
+            "rotation lost a session"
+        );
+        let dropped =
+            RedisStore::new(&settings, &["new-secret-0123456789abcdef-new-secret"], LONG).unwrap();
+        assert!(dropped.load(&id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_outage_fails_closed_and_recovery_needs_no_restart() {
+        let mut server = RedisServer::start();
+        let s = store(&server, LONG);
+        let id = s
+            .create(SessionData::new(identity("lee"), LONG.lifetime))
+            .await
+            .unwrap();
+        server.stop();
+        let started = Instant::now();
+        assert!(matches!(s.load(&id).await, Err(StoreError::Unavailable(_))));
+        assert!(s.ready().await.is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the outage was not noticed quickly"
+        );
+        server.restart();
+        // The connection comes back by itself; the session written before is still there.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match s.load(&id).await {
+                Ok(Some(data)) => {
+                    assert_eq!(data.identity.id, "lee");
+                    break;
+                }
+                other => {
+                    assert!(Instant::now() < deadline, "no recovery: {other:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        assert!(s.ready().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_store_made_while_redis_is_down_connects_when_it_comes_up() {
+        let mut server = RedisServer::start();
+        server.stop();
+        let s = store(&server, LONG);
+        assert!(s.ready().await.is_err());
+        server.restart();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(s.ready().await.is_ok());
     }
 }

@@ -10,6 +10,7 @@
 pub mod cookie;
 mod id;
 mod memory;
+mod redis_store;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use id::{SessionId, SessionKey};
 pub use memory::MemoryStore;
+pub use redis_store::{RedisSettings, RedisStore};
 
 /// What a session remembers about its user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +80,15 @@ pub trait SessionStore: Send + Sync + 'static {
         id: &SessionId,
     ) -> impl Future<Output = Result<Option<Arc<SessionData>>, StoreError>> + Send;
 
+    /// Replaces the data of a live session (after a token refresh), keeping its idle
+    /// timer and expiry. Returns `false`, and stores nothing, if the session no longer
+    /// exists: an update never brings back a deleted or revoked session.
+    fn update(
+        &self,
+        id: &SessionId,
+        data: SessionData,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Ends one session. Deleting an unknown session is not an error.
     fn delete(&self, id: &SessionId) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -98,36 +109,49 @@ mod conformance;
 #[derive(Clone)]
 pub enum AnyStore {
     Memory(Arc<MemoryStore>),
+    Redis(Arc<RedisStore>),
 }
 
 impl SessionStore for AnyStore {
     async fn create(&self, data: SessionData) -> Result<SessionId, StoreError> {
         match self {
             AnyStore::Memory(s) => s.create(data).await,
+            AnyStore::Redis(s) => s.create(data).await,
         }
     }
 
     async fn load(&self, id: &SessionId) -> Result<Option<Arc<SessionData>>, StoreError> {
         match self {
             AnyStore::Memory(s) => s.load(id).await,
+            AnyStore::Redis(s) => s.load(id).await,
+        }
+    }
+
+    async fn update(&self, id: &SessionId, data: SessionData) -> Result<bool, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.update(id, data).await,
+            AnyStore::Redis(s) => s.update(id, data).await,
         }
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
         match self {
             AnyStore::Memory(s) => s.delete(id).await,
+            AnyStore::Redis(s) => s.delete(id).await,
         }
     }
 
     async fn revoke_user(&self, user_key: &str) -> Result<usize, StoreError> {
         match self {
             AnyStore::Memory(s) => s.revoke_user(user_key).await,
+            AnyStore::Redis(s) => s.revoke_user(user_key).await,
         }
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
         match self {
             AnyStore::Memory(s) => s.ready().await,
+            AnyStore::Redis(s) => s.ready().await,
         }
     }
 }

@@ -174,6 +174,17 @@ impl SessionStore for MemoryStore {
         Ok(found)
     }
 
+    async fn update(&self, id: &SessionId, data: SessionData) -> Result<bool, StoreError> {
+        let now = unix_now_ms();
+        match self.sessions.get_mut(&id.key()) {
+            Some(mut entry) if self.is_live(&entry, now) => {
+                entry.data = Arc::new(data);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
         self.remove(&id.key());
         Ok(())
