@@ -33,7 +33,9 @@ const SECRET_KEYS: &[&str] = &[
     "token",
     "username",
     "url",
+    "cluster_urls",
     "database_url",
+    "previous_secrets",
 ];
 
 /// Where configuration comes from.

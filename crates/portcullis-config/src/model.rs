@@ -108,14 +108,47 @@ pub struct AuthConfig {
     pub login_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionStoreKind {
+    /// In this process: lost on restart, not shared between replicas.
     Memory,
+    /// In Redis, shared by every replica.
+    Redis(RedisConfig),
+}
+
+/// Where the Redis session store is. `Debug` never prints the URLs (they may hold a
+/// password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://`; one URL, or the seed nodes of a cluster.
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    /// CA certificates (PEM) to trust for `rediss://` instead of the system store.
+    pub ca_file: Option<PathBuf>,
+    pub key_prefix: String,
+    /// Longest wait for Redis before a request fails closed.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("urls", &format!("[{} redacted]", self.urls.len()))
+            .field("cluster", &self.cluster)
+            .field("ca_file", &self.ca_file)
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub store: SessionStoreKind,
+    /// Earlier cookie secrets, still accepted for reading sealed records and login state
+    /// (the current `cookie_secret` seals). For rotating the secret without logging
+    /// everyone out.
+    pub previous_secrets: Vec<SecretString>,
     pub cookie_name: String,
     /// Absolute lifetime of a session.
     pub lifetime: Duration,
@@ -231,17 +264,8 @@ impl Config {
             );
         }
         let session = SessionConfig {
-            store: match r.string("session.store").as_deref() {
-                None | Some("memory") => SessionStoreKind::Memory,
-                Some(other) => {
-                    r.error(
-                        "session.store",
-                        format!("`{other}` is not a session store"),
-                        "write memory",
-                    );
-                    SessionStoreKind::Memory
-                }
-            },
+            store: read_store(r),
+            previous_secrets: read_previous_secrets(r),
             cookie_name: read_cookie_name(r),
             lifetime,
             idle_timeout,
@@ -290,6 +314,96 @@ impl Config {
             log,
         }
     }
+}
+
+fn read_store(r: &Reader<'_>) -> SessionStoreKind {
+    let redis_settings_given =
+        r.is_set("session.redis.url") || r.is_set("session.redis.cluster_urls");
+    match r.string("session.store").as_deref() {
+        None | Some("memory") => {
+            for key in ["url", "cluster_urls", "ca_file", "key_prefix", "timeout"] {
+                r.mark_known(&format!("session.redis.{key}"));
+            }
+            if redis_settings_given {
+                r.error(
+                    "session.store",
+                    "is memory (the default) while session.redis is configured",
+                    "set SESSION__STORE=redis to use Redis, or remove the Redis settings",
+                );
+            }
+            SessionStoreKind::Memory
+        }
+        Some("redis") => {
+            let single = r.string("session.redis.url");
+            let cluster = r
+                .list("session.redis.cluster_urls")
+                .filter(|l| !l.is_empty());
+            let (urls, is_cluster, key) = match (single, cluster) {
+                (Some(url), None) => (vec![url], false, "session.redis.url"),
+                (None, Some(urls)) => (urls, true, "session.redis.cluster_urls"),
+                (Some(_), Some(_)) => {
+                    r.error(
+                        "session.redis.cluster_urls",
+                        "is set together with session.redis.url",
+                        "set session.redis.url for one Redis server, or session.redis.cluster_urls for the seed nodes of a Redis Cluster, not both",
+                    );
+                    (Vec::new(), false, "session.redis.url")
+                }
+                (None, None) => {
+                    r.error(
+                        "session.redis.url",
+                        "is missing, and session.store is redis",
+                        "set SESSION__REDIS__URL to redis://[user:password@]host:6379[/db] (rediss:// for TLS), or SESSION__REDIS__CLUSTER_URLS to the cluster's seed nodes",
+                    );
+                    (Vec::new(), false, "session.redis.url")
+                }
+            };
+            for url in &urls {
+                // Never echo the URL: it may carry a password.
+                let scheme_ok = url.starts_with("redis://") || url.starts_with("rediss://");
+                if !scheme_ok
+                    || crate::Url::parse(url)
+                        .map(|u| u.host().is_none())
+                        .unwrap_or(true)
+                {
+                    r.error(
+                        key,
+                        "holds a value that is not a redis:// or rediss:// URL with a host",
+                        "write redis://[user:password@]host:port[/db], or rediss:// for TLS",
+                    );
+                }
+            }
+            SessionStoreKind::Redis(RedisConfig {
+                urls,
+                cluster: is_cluster,
+                ca_file: r.string("session.redis.ca_file").map(PathBuf::from),
+                key_prefix: r
+                    .string("session.redis.key_prefix")
+                    .unwrap_or_else(|| "portcullis".into()),
+                timeout: r.duration("session.redis.timeout", Duration::from_secs(2)),
+            })
+        }
+        Some(other) => {
+            r.error(
+                "session.store",
+                format!("`{other}` is not a session store"),
+                "write memory (one replica) or redis (several replicas)",
+            );
+            SessionStoreKind::Memory
+        }
+    }
+}
+
+fn read_previous_secrets(r: &Reader<'_>) -> Vec<SecretString> {
+    let secrets = r.list("session.previous_secrets").unwrap_or_default();
+    if secrets.iter().any(|s| s.len() < MIN_SECRET_BYTES) {
+        r.error(
+            "session.previous_secrets",
+            format!("holds a secret shorter than {MIN_SECRET_BYTES} bytes"),
+            "list the earlier cookie secrets exactly as they were (each at least 32 bytes)",
+        );
+    }
+    secrets.into_iter().map(SecretString::from).collect()
 }
 
 fn read_cookie_name(r: &Reader<'_>) -> String {

@@ -197,13 +197,14 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A list, written either as a YAML sequence or as one comma-separated string
-    /// (`OAUTH_SCOPES=openid,email`). Blank items are dropped.
+    /// A list, written either as a YAML sequence or as one string separated by commas or
+    /// newlines (`OAUTH_SCOPES=openid,email`, or a secret file with one item per line).
+    /// Blank items are dropped.
     pub fn list(&self, key: &str) -> Option<Vec<String>> {
         let node = self.node(key)?;
         let items: Vec<String> = match &node.value {
             Value::Scalar(s) => s
-                .split(',')
+                .split([',', '\n'])
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)

@@ -365,3 +365,86 @@ fn the_implicit_flow_is_refused_until_it_is_implemented() {
     assert_eq!(errs[0].env, "AUTH__OPENID_CONNECT__FLOW");
     assert!(errs[0].fix.contains("write code"));
 }
+
+#[test]
+fn the_redis_store_is_configured_by_url_or_cluster_seeds() {
+    let config = load_env(&[
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("SESSION__STORE", "redis"),
+        (
+            "SESSION__REDIS__URL",
+            "rediss://portcullis:pw@redis.internal:6380/2",
+        ),
+    ])
+    .expect("valid");
+    let SessionStoreKind::Redis(redis) = &config.session.store else {
+        panic!("not redis: {:?}", config.session.store);
+    };
+    assert_eq!(
+        redis.urls,
+        vec!["rediss://portcullis:pw@redis.internal:6380/2"]
+    );
+    assert!(!redis.cluster);
+    assert_eq!(redis.key_prefix, "portcullis");
+    assert!(
+        !format!("{config:?}").contains("pw@"),
+        "the Redis password reached Debug"
+    );
+
+    let config = load_env(&[
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("SESSION__STORE", "redis"),
+        (
+            "SESSION__REDIS__CLUSTER_URLS",
+            "redis://a:7000,redis://b:7001",
+        ),
+    ])
+    .expect("valid");
+    let SessionStoreKind::Redis(redis) = &config.session.store else {
+        panic!("not redis");
+    };
+    assert!(redis.cluster);
+    assert_eq!(redis.urls.len(), 2);
+}
+
+#[test]
+fn redis_mistakes_are_named_without_printing_the_url() {
+    let errs = errors(load_env(&[
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("SESSION__STORE", "redis"),
+        ("SESSION__REDIS__URL", "http://user:hunter2@redis:6379"),
+    ]));
+    assert_eq!(errs[0].env, "SESSION__REDIS__URL");
+    assert!(!errs[0].to_string().contains("hunter2"), "{}", errs[0]);
+    let errs = errors(load_env(&[
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("SESSION__STORE", "redis"),
+    ]));
+    assert_eq!(errs[0].env, "SESSION__REDIS__URL");
+    assert!(errs[0].fix.contains("redis://"));
+    let errs = errors(load_env(&[
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("SESSION__REDIS__URL", "redis://redis:6379"),
+    ]));
+    assert_eq!(errs[0].env, "SESSION__STORE", "{errs:?}");
+}
+
+#[test]
+fn previous_secrets_come_from_a_file_one_per_line() {
+    let file =
+        temp_file("0123456789abcdef0123456789abcdef-old1\n0123456789abcdef0123456789abcdef-old2\n");
+    let config = load_env(&[
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        (
+            "SESSION__PREVIOUS_SECRETS_FILE",
+            file.path().to_str().unwrap(),
+        ),
+    ])
+    .expect("valid");
+    assert_eq!(config.session.previous_secrets.len(), 2);
+    let errs = errors(load_env(&[
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("SESSION__PREVIOUS_SECRETS", "short"),
+    ]));
+    assert_eq!(errs[0].env, "SESSION__PREVIOUS_SECRETS");
+}

@@ -14,14 +14,15 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use portcullis_config::{Config, ExposeSecret};
+use portcullis_config::{Config, ExposeSecret, SessionStoreKind};
 use portcullis_core::Identity;
 use portcullis_core::html::escape;
 use portcullis_identity::{IdentityError, OidcProvider};
 use portcullis_policy::{Policy, PolicyDecision};
 use portcullis_session::cookie::{self, CookieSpec};
 use portcullis_session::{
-    AnyStore, MemoryStore, SessionData, SessionId, SessionLimits, SessionStore,
+    AnyStore, MemoryStore, RedisSettings, RedisStore, SessionData, SessionId, SessionLimits,
+    SessionStore,
 };
 use serde_json::json;
 
@@ -59,6 +60,8 @@ pub enum AppError {
     Upstream(#[from] crate::upstream::UpstreamSetupError),
     #[error("authentication is on but {0} is not configured")]
     Missing(&'static str),
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// Everything needed when authentication is on.
@@ -85,7 +88,40 @@ pub struct App {
     auth: Option<Auth>,
     tracker: Tracker,
     metrics: Metrics,
+    store_outage: OutageLog,
     max_body_bytes: usize,
+}
+
+/// Logs a session-store outage once per interval with the number of requests refused,
+/// instead of one line per request.
+#[derive(Default)]
+struct OutageLog {
+    last_report: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl OutageLog {
+    const EVERY_SECS: u64 = 10;
+
+    fn report(&self, error: &ProxyError) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let refused = self.refused.fetch_add(1, Relaxed) + 1;
+        let now = portcullis_core::time::unix_now();
+        let last = self.last_report.load(Relaxed);
+        if now >= last + Self::EVERY_SECS
+            && self
+                .last_report
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.refused.store(0, Relaxed);
+            tracing::error!(
+                error = %error,
+                refused,
+                "session store unavailable: refusing requests that need a session (fail closed)"
+            );
+        }
+    }
 }
 
 fn wants_html(headers: &HeaderMap) -> bool {
@@ -172,6 +208,7 @@ impl App {
             auth,
             tracker: Tracker::default(),
             metrics: Metrics::default(),
+            store_outage: OutageLog::default(),
             max_body_bytes: config.server.max_body_bytes,
         })
     }
@@ -193,7 +230,42 @@ impl App {
             lifetime: config.session.lifetime,
             idle_timeout: config.session.idle_timeout,
         };
-        let memory = Arc::new(MemoryStore::new(limits, config.session.max_sessions));
+        let secrets: Vec<&[u8]> = std::iter::once(secret.expose_secret().as_bytes())
+            .chain(
+                config
+                    .session
+                    .previous_secrets
+                    .iter()
+                    .map(|s| s.expose_secret().as_bytes()),
+            )
+            .collect();
+        let (sessions, memory) = match &config.session.store {
+            SessionStoreKind::Memory => {
+                let memory = Arc::new(MemoryStore::new(limits, config.session.max_sessions));
+                (AnyStore::Memory(memory.clone()), Some(memory))
+            }
+            SessionStoreKind::Redis(redis) => {
+                let ca_pem = match &redis.ca_file {
+                    Some(path) => Some(std::fs::read(path).map_err(|e| {
+                        AppError::Setup(format!(
+                            "cannot read session.redis.ca_file {}: {e}",
+                            path.display()
+                        ))
+                    })?),
+                    None => None,
+                };
+                let settings = RedisSettings {
+                    urls: redis.urls.clone(),
+                    cluster: redis.cluster,
+                    ca_pem,
+                    key_prefix: redis.key_prefix.clone(),
+                    timeout: redis.timeout,
+                };
+                let store = RedisStore::new(&settings, &secrets, limits)
+                    .map_err(|e| AppError::Setup(format!("session.redis: {e}")))?;
+                (AnyStore::Redis(Arc::new(store)), None)
+            }
+        };
         let secure = config.secure_cookies();
         let callback_path = config.callback_path();
         let callback_alias = match callback_path.strip_suffix('/') {
@@ -220,20 +292,15 @@ impl App {
             .collect();
         Ok(Auth {
             providers,
-            sessions: AnyStore::Memory(memory.clone()),
-            memory: Some(memory),
+            sessions,
+            memory,
             policy: Policy::new(&config.auth.allowed_users),
             session_cookie: CookieSpec {
                 name: config.session.cookie_name.clone(),
                 secure,
                 max_age: config.session.lifetime,
             },
-            login: LoginCookies::new(
-                secret.expose_secret().as_bytes(),
-                secure,
-                &callback_path,
-                config.auth.login_timeout,
-            ),
+            login: LoginCookies::new(&secrets, secure, &callback_path, config.auth.login_timeout),
             redirect_url: redirect.to_string(),
             callback_path,
             callback_alias,
@@ -371,7 +438,8 @@ impl App {
                     return self.challenge(auth, &req, html).await;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "session store unavailable: refusing the request");
+                    inc(&self.metrics.store_errors);
+                    self.store_outage.report(&e);
                     return e.into_response(html, LOGIN_PATH);
                 }
             }

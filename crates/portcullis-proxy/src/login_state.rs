@@ -88,9 +88,11 @@ pub fn is_login_cookie(name: &str) -> bool {
 }
 
 impl LoginCookies {
-    pub fn new(secret: &[u8], secure: bool, callback_path: &str, ttl: Duration) -> Self {
+    /// `secrets`: the current cookie secret first (it seals), then earlier ones (still
+    /// opened, so a login in flight survives a secret rotation).
+    pub fn new(secrets: &[&[u8]], secure: bool, callback_path: &str, ttl: Duration) -> Self {
         LoginCookies {
-            sealer: Sealer::new(&[secret], "portcullis login state v1"),
+            sealer: Sealer::new(secrets, "portcullis login state v1"),
             secure,
             path: callback_path.to_string(),
             ttl,
@@ -159,7 +161,7 @@ mod tests {
     use http::HeaderValue;
 
     fn cookies() -> LoginCookies {
-        LoginCookies::new(&[7u8; 32], true, "/cb", Duration::from_secs(600))
+        LoginCookies::new(&[&[7u8; 32]], true, "/cb", Duration::from_secs(600))
     }
 
     fn login(issued_at: u64) -> LoginState {
@@ -210,7 +212,7 @@ mod tests {
         twin.replace_range(40.., "AAA");
         assert_eq!(c.take(&h, &twin).unwrap_err(), LoginStateError::Invalid);
         // A cookie sealed under another secret.
-        let stranger = LoginCookies::new(&[8u8; 32], true, "/cb", Duration::from_secs(600));
+        let stranger = LoginCookies::new(&[&[8u8; 32]], true, "/cb", Duration::from_secs(600));
         let forged = request_with(&stranger.set(&l));
         assert_eq!(
             c.take(&forged, &l.state).unwrap_err(),

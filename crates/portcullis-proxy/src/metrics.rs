@@ -10,6 +10,7 @@ pub struct Metrics {
     pub challenged: AtomicU64,
     pub denied: AtomicU64,
     pub upstream_errors: AtomicU64,
+    pub store_errors: AtomicU64,
     pub logins_succeeded: AtomicU64,
     pub logins_failed: AtomicU64,
     pub logins_refused: AtomicU64,
@@ -34,6 +35,7 @@ impl Metrics {
             ("challenged", &self.challenged),
             ("denied", &self.denied),
             ("upstream_error", &self.upstream_errors),
+            ("session_store_unavailable", &self.store_errors),
         ] {
             let _ = writeln!(
                 out,

@@ -45,8 +45,8 @@ pub struct RedisSettings {
 }
 
 enum Target {
-    Single(redis::Client),
-    Cluster(ClusterClient),
+    Single(Box<redis::Client>),
+    Cluster(Box<ClusterClient>),
 }
 
 /// A multiplexed connection to either kind; cheap to clone.
@@ -131,7 +131,7 @@ impl RedisStore {
             if settings.ca_pem.is_some() {
                 builder = builder.certs(certs(&settings.ca_pem));
             }
-            Target::Cluster(builder.build().map_err(unavailable)?)
+            Target::Cluster(Box::new(builder.build().map_err(unavailable)?))
         } else {
             let url = settings
                 .urls
@@ -142,7 +142,7 @@ impl RedisStore {
                 None => redis::Client::open(url.as_str()),
             }
             .map_err(unavailable)?;
-            Target::Single(client)
+            Target::Single(Box::new(client))
         };
         Ok(RedisStore {
             target,

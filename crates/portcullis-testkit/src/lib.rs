@@ -56,12 +56,28 @@ fn require(binary: &str) {
     );
 }
 
-/// Sends one inline command and returns the first line of the answer.
+/// Sends one inline command (after AUTH and SELECT when given) and returns the answer.
 fn redis_command(port: u16, password: Option<&str>, command: &str) -> std::io::Result<String> {
+    redis_command_in(port, password, None, command)
+}
+
+fn redis_command_in(
+    port: u16,
+    password: Option<&str>,
+    db: Option<u32>,
+    command: &str,
+) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut preamble = Vec::new();
     if let Some(pw) = password {
-        stream.write_all(format!("AUTH {pw}\r\n").as_bytes())?;
+        preamble.push(format!("AUTH {pw}"));
+    }
+    if let Some(db) = db {
+        preamble.push(format!("SELECT {db}"));
+    }
+    for line in preamble {
+        stream.write_all(format!("{line}\r\n").as_bytes())?;
         let mut buf = [0u8; 64];
         let _ = stream.read(&mut buf)?;
     }
@@ -71,6 +87,97 @@ fn redis_command(port: u16, password: Option<&str>, command: &str) -> std::io::R
     Ok(String::from_utf8_lossy(&buf[..n]).to_string())
 }
 
+/// A private certificate authority and a server certificate it signed for 127.0.0.1 and
+/// localhost, made with `openssl` in a temporary directory.
+pub struct TestCa {
+    dir: TempDir,
+}
+
+impl TestCa {
+    pub fn generate() -> TestCa {
+        require("openssl");
+        let dir = TempDir::new("ca");
+        let run = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl runs");
+            assert!(status.success(), "openssl {args:?} failed");
+        };
+        std::fs::write(
+            dir.path().join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write extensions");
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=portcullis-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ]);
+        TestCa { dir }
+    }
+
+    pub fn ca_pem(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.path().join("server.pem")
+    }
+
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+}
+
+/// How readiness is probed.
+enum Probe {
+    Plain { password: Option<String> },
+    Tls { ca: PathBuf },
+}
+
 /// One `redis-server`, persisting to an append-only file in its own directory so that a
 /// stop and start keeps its data (as a production Redis would).
 pub struct RedisServer {
@@ -78,7 +185,7 @@ pub struct RedisServer {
     pub port: u16,
     dir: TempDir,
     extra: Vec<String>,
-    password: Option<String>,
+    probe: Probe,
 }
 
 impl RedisServer {
@@ -95,16 +202,50 @@ impl RedisServer {
             port: free_port(),
             dir: TempDir::new("redis"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            password: password.map(str::to_string),
+            probe: Probe::Plain {
+                password: password.map(str::to_string),
+            },
+        };
+        server.launch();
+        server
+    }
+
+    /// A server that only speaks TLS, with the certificate `ca` issued.
+    pub fn start_tls(ca: &TestCa) -> RedisServer {
+        require("redis-server");
+        require("redis-cli");
+        let port = free_port();
+        let path = |p: PathBuf| p.to_str().expect("utf-8 temp path").to_string();
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir: TempDir::new("redis-tls"),
+            extra: vec![
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                path(ca.server_cert()),
+                "--tls-key-file".into(),
+                path(ca.server_key()),
+                "--tls-ca-cert-file".into(),
+                path(ca.ca_pem()),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+            probe: Probe::Tls { ca: ca.ca_pem() },
         };
         server.launch();
         server
     }
 
     fn launch(&mut self) {
+        let plain_port = match self.probe {
+            Probe::Plain { .. } => self.port,
+            Probe::Tls { .. } => 0,
+        };
         let child = Command::new("redis-server")
             .arg("--port")
-            .arg(self.port.to_string())
+            .arg(plain_port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
             .args(["--appendfsync", "always", "--protected-mode", "no"])
             .arg("--dir")
@@ -121,9 +262,18 @@ impl RedisServer {
     fn wait_until_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(answer) = redis_command(self.port, self.password.as_deref(), "PING")
-                && answer.starts_with("+PONG")
-            {
+            let up = match &self.probe {
+                Probe::Plain { password } => redis_command(self.port, password.as_deref(), "PING")
+                    .is_ok_and(|answer| answer.starts_with("+PONG")),
+                Probe::Tls { ca } => Command::new("redis-cli")
+                    .arg("--tls")
+                    .arg("--cacert")
+                    .arg(ca)
+                    .args(["-p", &self.port.to_string(), "PING"])
+                    .output()
+                    .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("PONG")),
+            };
+            if up {
                 return;
             }
             assert!(
@@ -139,9 +289,22 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Runs an inline command and returns the raw answer.
+    /// Runs an inline command (plain servers only) and returns the raw answer.
     pub fn command(&self, command: &str) -> String {
-        redis_command(self.port, self.password.as_deref(), command).expect("redis answers")
+        let password = match &self.probe {
+            Probe::Plain { password } => password.as_deref(),
+            Probe::Tls { .. } => panic!("inline commands are for plain servers"),
+        };
+        redis_command(self.port, password, command).expect("redis answers")
+    }
+
+    /// Runs an inline command in database `db` (plain servers only).
+    pub fn command_in(&self, db: u32, command: &str) -> String {
+        let password = match &self.probe {
+            Probe::Plain { password } => password.as_deref(),
+            Probe::Tls { .. } => panic!("inline commands are for plain servers"),
+        };
+        redis_command_in(self.port, password, Some(db), command).expect("redis answers")
     }
 
     /// Stops the server (its data is on disk) and waits until the port is closed.

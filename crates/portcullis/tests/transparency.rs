@@ -169,32 +169,8 @@ async fn http2_by_prior_knowledge_shares_the_port_and_host_follows_one_rule() {
 
 #[tokio::test]
 async fn tls_offers_http2_by_alpn_and_http1_too() {
-    let dir = std::env::temp_dir().join(format!("portcullis-tls-{}", free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-addext", "extendedKeyUsage=serverAuth"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(status.success());
+    let ca = portcullis_testkit::TestCa::generate();
+    let (cert, key) = (ca.server_cert(), ca.server_key());
     let upstream = EchoUpstream::start().await;
     let p = Portcullis::builder()
         .env("UPSTREAM_URL", upstream.url())
@@ -202,7 +178,7 @@ async fn tls_offers_http2_by_alpn_and_http1_too() {
         .env("TLS__KEY_FILE", key.to_str().unwrap())
         .start_tls()
         .await;
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca.ca_pem()).unwrap()).unwrap();
     let url = format!("https://localhost:{}/tls", p.addr.port());
     let h2 = reqwest::Client::builder()
         .tls_certs_only([ca.clone()])
@@ -219,7 +195,6 @@ async fn tls_offers_http2_by_alpn_and_http1_too() {
         .unwrap();
     let resp = h1.get(&url).send().await.unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_11);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
