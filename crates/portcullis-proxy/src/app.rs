@@ -733,13 +733,29 @@ impl App {
                 &json!({"message": "Logged out successfully"}),
             ));
         };
+        // `?everywhere=true` ends every session of the user, on every device and replica.
+        let everywhere = query_param(req, "everywhere").is_some_and(|v| v == "true" || v == "1");
+        let mut ended = 0;
         if let Some(id) = session_cookie_value(req.headers(), &auth.session_cookie.name)
             .and_then(SessionId::parse)
         {
-            auth.sessions.delete(&id).await?;
+            match auth.sessions.load(&id).await? {
+                Some(session) if everywhere => {
+                    ended = auth
+                        .sessions
+                        .revoke_user(&session.identity.user_key())
+                        .await?;
+                    tracing::info!(user = %session.identity.display(), sessions = ended, "logged out everywhere");
+                }
+                Some(_) => {
+                    auth.sessions.delete(&id).await?;
+                    ended = 1;
+                }
+                None => {}
+            }
             inc(&self.metrics.logouts);
         }
-        let body = json!({"message": "Logged out successfully"});
+        let body = json!({"message": "Logged out successfully", "sessions_ended": ended});
         let resp = if wants_html(req.headers()) {
             pages::page(
                 StatusCode::OK,

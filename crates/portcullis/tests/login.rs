@@ -299,7 +299,10 @@ async fn me_reports_the_user_and_logout_ends_the_session_on_the_server() {
         .request("POST", &p.url("/api/v1/auth/logout"), Some(&[]))
         .await;
     assert_eq!(out.status, 200);
-    assert_eq!(out.json(), json!({"message": "Logged out successfully"}));
+    assert_eq!(
+        out.json(),
+        json!({"message": "Logged out successfully", "sessions_ended": 1})
+    );
     assert!(
         out.headers["set-cookie"]
             .to_str()

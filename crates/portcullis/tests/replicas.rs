@@ -362,3 +362,47 @@ async fn rediss_with_a_private_ca_works_only_when_the_ca_is_configured() {
     );
     assert_eq!(browser.get(&untrusting.url("/tls")).await.status, 503);
 }
+
+#[tokio::test]
+async fn logout_everywhere_ends_every_session_of_the_user_on_every_replica() {
+    let redis = RedisServer::start();
+    let fleet = Fleet::new(
+        2,
+        &[
+            ("SESSION__STORE", "redis"),
+            ("SESSION__REDIS__URL", &redis.url()),
+        ],
+    )
+    .await;
+    let a = fleet.replica(0).await;
+    let b = fleet.replica(1).await;
+    // Frank on his laptop (through A) and his phone (through B); Grace elsewhere.
+    let laptop = Browser::new();
+    log_in(&laptop, &a, "frank").await;
+    let phone = Browser::new();
+    log_in(&phone, &b, "frank").await;
+    let grace = Browser::new();
+    log_in(&grace, &b, "grace").await;
+    let phone_cookie = phone.cookie("127.0.0.1", "session_token").unwrap();
+
+    let mut laptop = laptop;
+    laptop.accept = "application/json".into();
+    let out = laptop
+        .request(
+            "POST",
+            &a.url("/api/v1/auth/logout?everywhere=true"),
+            Some(&[]),
+        )
+        .await;
+    assert_eq!(out.status, 200);
+    assert_eq!(out.json()["sessions_ended"], 2);
+    let phone_again = json_browser();
+    phone_again.set_cookie("127.0.0.1", "session_token", &phone_cookie);
+    assert_eq!(phone_again.get(&b.url("/x")).await.status, 401);
+    assert_eq!(phone_again.get(&a.url("/x")).await.status, 401);
+    assert_eq!(
+        grace.get(&a.url("/x")).await.status,
+        200,
+        "another user was logged out"
+    );
+}

@@ -1,0 +1,169 @@
+"""Shared pieces of the benchmarks: servers pinned to cores, wrk runs checked for clean
+200s, CPU and memory accounting from /proc, release binaries."""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DURATION = int(os.environ.get("DURATION", "10"))
+CONNECTIONS = int(os.environ.get("CONNECTIONS", "64"))
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+SESSIONS = int(os.environ.get("SESSIONS", "100000"))
+LOAD_CORE, SERVER_CORE = "0", "1" if os.cpu_count() and os.cpu_count() > 1 else "0"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SMALL_BODY = "hello from the upstream\n"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def need(tool, package):
+    if shutil.which(tool):
+        return
+    print(f"installing {package} (for {tool})", file=sys.stderr)
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
+
+
+def build():
+    binary = os.environ.get("PORTCULLIS_BIN")
+    flood = os.environ.get("LOGIN_FLOOD_BIN")
+    if binary and flood:
+        return binary, flood
+    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "portcullis", "--bin", "portcullis",
+                    "--example", "login_flood"], cwd=ROOT, check=True)
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    return os.path.join(target, "release", "portcullis"), os.path.join(target, "release", "examples", "login_flood")
+
+
+def pinned(core, argv):
+    return ["taskset", "-c", core] + argv
+
+
+def wait_http(url, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.05)
+    raise SystemExit(f"{url} did not come up")
+
+
+def proc_cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total
+
+
+def proc_status(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])  # kB
+    return 0
+
+
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def nginx(work, name, server_block):
+    conf = os.path.join(work, f"{name}.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes 1;
+daemon off;
+pid {work}/{name}.pid;
+error_log {work}/{name}-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {work}/{name}-body;
+    proxy_temp_path {work}/{name}-proxy;
+    fastcgi_temp_path {work}/{name}-fastcgi;
+    uwsgi_temp_path {work}/{name}-uwsgi;
+    scgi_temp_path {work}/{name}-scgi;
+    {server_block}
+}}
+""")
+    proc = subprocess.Popen(pinned(SERVER_CORE, ["nginx", "-p", work, "-c", conf]))
+    return proc
+
+
+def parse_size(text):
+    number, unit = re.match(r"([\d.]+)([KMGT]?B)", text).groups()
+    return float(number) * {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}[unit]
+
+
+def parse_latency(text):
+    number, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def run_wrk(url, cookie):
+    out = subprocess.run(pinned(LOAD_CORE, ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency",
+                                            "-H", f"Cookie: {cookie}", url]),
+                         capture_output=True, text=True, check=True).stdout
+    result = {}
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+), ([\d.]+\w+) read", out)
+    result["requests"] = int(m.group(1))
+    result["bytes"] = parse_size(m.group(4))
+    result["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    for pct in ("50", "99"):
+        result[f"p{pct}"] = parse_latency(re.search(rf"\s{pct}%\s+([\d.]+\w+)", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["non2xx"] = int(bad.group(1)) if bad else 0
+    result["raw"] = out
+    return result
+
+
+def wire_size(port, path, cookie):
+    """The exact size of one 200 response (status line, headers, body) on the wire."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise SystemExit(f"port {port} {path}: expected a 200, got {head.splitlines()[0]!r}")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+        while len(body) < length:
+            body += s.recv(65536)
+        return len(head) + 4 + length
+
+
+def measure(label, url, cookie, pids, expected_bytes):
+    before = proc_cpu_ticks(pids)
+    r = run_wrk(url, cookie)
+    after = proc_cpu_ticks(pids)
+    r["cpu_us"] = (after - before) / CLK_TCK * 1e6 / max(r["requests"], 1)
+    per_response = r["bytes"] / max(r["requests"], 1)
+    # wrk counts redirects as successes, so a lost session would look like a speed-up (or,
+    # for a small body, a slow-down): every response must be the size of a real 200. wrk
+    # rounds its byte count, hence the tolerance; a redirect differs by far more.
+    if r["non2xx"] or abs(per_response - expected_bytes) > 0.05 * expected_bytes:
+        print(r["raw"], file=sys.stderr)
+        raise SystemExit(f"{label} {url}: {r['non2xx']} non-2xx, {per_response:.0f} bytes per response "
+                         f"where a 200 is {expected_bytes}: not a clean run")
+    return r
+
+
