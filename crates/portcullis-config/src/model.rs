@@ -33,7 +33,31 @@ pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub session: SessionConfig,
+    pub scim: ScimConfig,
     pub log: LogConfig,
+}
+
+/// SCIM provisioning.
+#[derive(Debug, Clone)]
+pub struct ScimConfig {
+    pub enabled: bool,
+    /// `sqlite://<path>` (default) or `postgres://...`; may hold a password.
+    pub database_url: SecretString,
+    pub endpoints: Vec<ScimEndpointConfig>,
+}
+
+/// One SCIM root (`/v1/scim/v2/<name>`) and its credential.
+#[derive(Debug, Clone)]
+pub struct ScimEndpointConfig {
+    pub name: String,
+    /// HTTP Basic user name and password (Okta).
+    pub basic: Option<(String, SecretString)>,
+    /// Static bearer token (Entra).
+    pub token: Option<SecretString>,
+    /// Admit at login only users provisioned here and active.
+    pub required: bool,
+    /// The login provider whose users this directory describes.
+    pub provider: String,
 }
 
 #[derive(Debug, Clone)]
@@ -100,8 +124,11 @@ pub struct AuthConfig {
     pub providers: Vec<ProviderConfig>,
     /// The callback URL registered at the provider; its path is the callback route.
     pub redirect_url: Option<Url>,
-    /// Emails or user names admitted; empty admits every authenticated user.
+    /// Emails or user names admitted; with `allowed_groups` empty too, every
+    /// authenticated user is admitted.
     pub allowed_users: Vec<String>,
+    /// Groups (from the provider) or teams (from SCIM) whose members are admitted.
+    pub allowed_groups: Vec<String>,
     /// Hosts (besides the public one) that an absolute post-login return URL may name.
     pub allowed_redirect_hosts: Vec<String>,
     /// How long a started login may take before its state cookie expires.
@@ -184,6 +211,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "auth",
     "oauth",
     "session",
+    "scim",
     "log_level",
     "log_format",
 ];
@@ -309,10 +337,122 @@ impl Config {
                 max_body_bytes: r.number("server.max_body_bytes", 1024 * 1024) as usize,
                 workers: r.number("server.workers", 0) as usize,
             },
+            scim: read_scim(r),
             auth,
             session,
             log,
         }
+    }
+}
+
+/// The shortest SCIM password or token accepted, in bytes.
+pub const MIN_SCIM_SECRET_BYTES: usize = 16;
+
+fn read_scim(r: &Reader<'_>) -> ScimConfig {
+    let enabled = r.bool("scim.enabled", false);
+    let required = r.bool("scim.required", false);
+    let database_url = r
+        .secret("scim.database_url")
+        .unwrap_or_else(|| SecretString::from("sqlite://portcullis-scim.db"));
+    {
+        use secrecy::ExposeSecret;
+        let url = database_url.expose_secret().to_ascii_lowercase();
+        if !(url.starts_with("sqlite://")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            r.error(
+                "scim.database_url",
+                "is neither a sqlite:// nor a postgres:// URL",
+                "write sqlite:///var/lib/portcullis/scim.db (one replica) or postgres://user:password@host/db (several replicas)",
+            );
+        }
+    }
+    let mut endpoints = Vec::new();
+    for name in r.keys("scim.endpoints") {
+        let base = format!("scim.endpoints.{name}");
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !valid_name {
+            r.error(
+                &base,
+                format!("`{name}` is not a usable endpoint name"),
+                "use lowercase letters, digits, - and _ (it becomes /v1/scim/v2/<name>)",
+            );
+        }
+        let username = r.string(&format!("{base}.username"));
+        let password = r.secret(&format!("{base}.password"));
+        let token = r.secret(&format!("{base}.token"));
+        let basic = match (username, password) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (None, None) => None,
+            (Some(_), None) => {
+                r.error(
+                    &format!("{base}.password"),
+                    "is missing while a username is set",
+                    "set the provisioning password too (or use a token instead)",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                r.error(
+                    &format!("{base}.username"),
+                    "is missing while a password is set",
+                    "set the provisioning user name too",
+                );
+                None
+            }
+        };
+        {
+            use secrecy::ExposeSecret;
+            if let Some((_, p)) = &basic
+                && p.expose_secret().len() < MIN_SCIM_SECRET_BYTES
+            {
+                r.error(&format!("{base}.password"), format!("is shorter than {MIN_SCIM_SECRET_BYTES} bytes"), "use at least 16 random characters, for example the output of `openssl rand -base64 24`");
+            }
+            if let Some(t) = &token
+                && t.expose_secret().len() < MIN_SCIM_SECRET_BYTES
+            {
+                r.error(&format!("{base}.token"), format!("is shorter than {MIN_SCIM_SECRET_BYTES} bytes"), "use at least 16 random characters, for example the output of `openssl rand -base64 24`");
+            }
+        }
+        if basic.is_none()
+            && token.is_none()
+            && !r.is_set(&format!("{base}.password"))
+            && !r.is_set(&format!("{base}.username"))
+        {
+            r.error(&format!("{base}.token"), "is missing: the endpoint has no credential", "set a token (Microsoft Entra uses a bearer token) or a username and password (Okta uses HTTP Basic)");
+        }
+        endpoints.push(ScimEndpointConfig {
+            required: r.bool(&format!("{base}.required"), required),
+            provider: r
+                .string(&format!("{base}.provider"))
+                .unwrap_or_else(|| name.clone()),
+            basic,
+            token,
+            name,
+        });
+    }
+    if enabled && endpoints.is_empty() {
+        r.error(
+            "scim.endpoints",
+            "is empty, and scim.enabled is true",
+            "configure at least one endpoint, e.g. SCIM__ENDPOINTS__OKTA__USERNAME and SCIM__ENDPOINTS__OKTA__PASSWORD, or SCIM__ENDPOINTS__MICROSOFT__TOKEN",
+        );
+    }
+    if !enabled && !endpoints.is_empty() {
+        r.error(
+            "scim.enabled",
+            "is false while SCIM endpoints are configured",
+            "set SCIM__ENABLED=true to serve them, or remove the endpoints",
+        );
+    }
+    ScimConfig {
+        enabled,
+        database_url,
+        endpoints,
     }
 }
 
@@ -643,6 +783,7 @@ fn read_auth(r: &Reader<'_>, public_url: Option<&Url>) -> AuthConfig {
         providers,
         redirect_url,
         allowed_users: r.list("oauth.allowed_users").unwrap_or_default(),
+        allowed_groups: r.list("auth.allowed_groups").unwrap_or_default(),
         allowed_redirect_hosts: r
             .list("auth.allowed_redirect_hosts")
             .unwrap_or_default()

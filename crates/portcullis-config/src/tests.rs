@@ -448,3 +448,78 @@ fn previous_secrets_come_from_a_file_one_per_line() {
     ]));
     assert_eq!(errs[0].env, "SESSION__PREVIOUS_SECRETS");
 }
+
+#[test]
+fn scim_endpoints_come_from_the_documented_variables_and_files() {
+    let password = temp_file("okta-provisioning-password\n");
+    let config = load_env(&[
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("SCIM__ENABLED", "true"),
+        ("SCIM__DATABASE_URL", "postgres://portcullis:pw@db/scim"),
+        ("SCIM__REQUIRED", "true"),
+        ("SCIM__ENDPOINTS__OKTA__USERNAME", "okta-provisioner"),
+        (
+            "SCIM__ENDPOINTS__OKTA__PASSWORD_FILE",
+            password.path().to_str().unwrap(),
+        ),
+        (
+            "SCIM__ENDPOINTS__MICROSOFT__TOKEN",
+            "0123456789abcdef-entra-token",
+        ),
+        ("SCIM__ENDPOINTS__MICROSOFT__PROVIDER", "entra"),
+        ("SCIM__ENDPOINTS__MICROSOFT__REQUIRED", "false"),
+        ("AUTH__ALLOWED_GROUPS", "Platform,SRE"),
+    ])
+    .expect("valid");
+    assert!(config.scim.enabled);
+    let okta = config
+        .scim
+        .endpoints
+        .iter()
+        .find(|e| e.name == "okta")
+        .unwrap();
+    assert_eq!(okta.basic.as_ref().unwrap().0, "okta-provisioner");
+    assert_eq!(
+        okta.basic.as_ref().unwrap().1.expose_secret(),
+        "okta-provisioning-password"
+    );
+    assert!(okta.required);
+    assert_eq!(okta.provider, "okta");
+    let ms = config
+        .scim
+        .endpoints
+        .iter()
+        .find(|e| e.name == "microsoft")
+        .unwrap();
+    assert!(ms.token.is_some() && !ms.required);
+    assert_eq!(ms.provider, "entra");
+    assert_eq!(config.auth.allowed_groups, vec!["Platform", "SRE"]);
+    assert!(!format!("{config:?}").contains("entra-token"));
+    assert!(!format!("{config:?}").contains("pw@db"));
+}
+
+#[test]
+fn scim_mistakes_are_named() {
+    let errs = errors(load_env(&[
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("SCIM__ENABLED", "true"),
+        ("SCIM__ENDPOINTS__OKTA__USERNAME", "okta"),
+        ("SCIM__ENDPOINTS__MICROSOFT__TOKEN", "short"),
+        ("SCIM__DATABASE_URL", "mysql://x"),
+    ]));
+    let keys: Vec<&str> = errs.iter().map(|e| e.env.as_str()).collect();
+    assert!(
+        keys.contains(&"SCIM__ENDPOINTS__OKTA__PASSWORD"),
+        "{errs:#?}"
+    );
+    assert!(
+        keys.contains(&"SCIM__ENDPOINTS__MICROSOFT__TOKEN"),
+        "{errs:#?}"
+    );
+    assert!(keys.contains(&"SCIM__DATABASE_URL"), "{errs:#?}");
+    let errs = errors(load_env(&[
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("SCIM__ENABLED", "true"),
+    ]));
+    assert_eq!(errs[0].env, "SCIM__ENDPOINTS");
+}

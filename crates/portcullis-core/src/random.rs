@@ -36,3 +36,33 @@ mod tests {
         assert_ne!(a, b);
     }
 }
+
+/// A random (version 4) UUID in its usual text form, for ids of provisioned resources.
+pub fn uuid_v4() -> String {
+    let mut b = bytes::<16>();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+#[cfg(test)]
+mod uuid_tests {
+    use super::uuid_v4;
+
+    #[test]
+    fn uuids_have_the_v4_shape() {
+        let u = uuid_v4();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"));
+        assert_ne!(u, uuid_v4());
+    }
+}

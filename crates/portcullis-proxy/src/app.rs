@@ -15,14 +15,13 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use portcullis_config::{Config, ExposeSecret, SessionStoreKind};
-use portcullis_core::Identity;
 use portcullis_core::html::escape;
 use portcullis_identity::{IdentityError, OidcProvider};
-use portcullis_policy::{Policy, PolicyDecision};
+use portcullis_policy::{Policy, PolicyDecision, Provisioning, Subject};
 use portcullis_session::cookie::{self, CookieSpec};
 use portcullis_session::{
-    AnyStore, MemoryStore, RedisSettings, RedisStore, SessionData, SessionId, SessionLimits,
-    SessionStore,
+    AnyStore, DirectoryUser, MemoryStore, RedisSettings, RedisStore, SessionData, SessionId,
+    SessionLimits, SessionStore,
 };
 use serde_json::json;
 
@@ -33,6 +32,7 @@ use crate::login_state::{LoginCookies, LoginState, is_login_cookie};
 use crate::metrics::{Metrics, inc};
 use crate::pages::{self, Action};
 use crate::return_to::{self, ReturnRules};
+use crate::scim::{Provisioned, SCIM_PREFIX, Scim};
 use crate::shutdown::Tracker;
 use crate::upstream::Upstream;
 use crate::{hop, redact};
@@ -81,6 +81,8 @@ struct Auth {
 }
 
 pub struct App {
+    /// SCIM provisioning, when enabled.
+    scim: Option<Scim>,
     /// One upstream client (and connection pool) per server worker, so a pooled
     /// connection is always driven by the thread that uses it.
     upstreams: Vec<Upstream>,
@@ -185,7 +187,7 @@ fn strip_own_cookies(headers: &mut HeaderMap, session_cookie: &str) {
 impl App {
     /// Builds the application from a validated configuration for `workers` server
     /// workers. `http` is the outbound client for identity-provider calls.
-    pub fn new(
+    pub async fn new(
         config: &Config,
         http: portcullis_identity::http::HttpClient,
         workers: usize,
@@ -202,10 +204,21 @@ impl App {
         } else {
             None
         };
+        let scim = if config.scim.enabled {
+            let sessions = auth.as_ref().map(|a| a.sessions.clone());
+            Some(
+                Scim::open(config, sessions)
+                    .await
+                    .map_err(AppError::Setup)?,
+            )
+        } else {
+            None
+        };
         Ok(App {
             upstreams,
             trusted: TrustedProxies::new(config.trusted_proxies.clone()),
             auth,
+            scim,
             tracker: Tracker::default(),
             metrics: Metrics::default(),
             store_outage: OutageLog::default(),
@@ -294,7 +307,7 @@ impl App {
             providers,
             sessions,
             memory,
-            policy: Policy::new(&config.auth.allowed_users),
+            policy: Policy::new(&config.auth.allowed_users, &config.auth.allowed_groups),
             session_cookie: CookieSpec {
                 name: config.session.cookie_name.clone(),
                 secure,
@@ -334,6 +347,21 @@ impl App {
         let path = req.uri().path();
         let method = req.method();
         let read_only = method == Method::GET || method == Method::HEAD;
+        if let Some(scim) = &self.scim
+            && path.starts_with(SCIM_PREFIX)
+        {
+            let origin =
+                forwarding::resolve(conn.peer, conn.tls, req.headers(), req.uri(), &self.trusted);
+            let host = origin
+                .host
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost")
+                .to_string();
+            return scim
+                .handle(req, &format!("{}://{host}", origin.proto))
+                .await;
+        }
         let result = match path {
             HEALTHZ_PATH if read_only => Ok(pages::text(StatusCode::OK, "ok\n")),
             READYZ_PATH if read_only => Ok(self.readyz().await),
@@ -386,6 +414,17 @@ impl App {
                 Err(e) => {
                     ready = false;
                     checks.insert("sessions".into(), json!(e.to_string()));
+                }
+            }
+        }
+        if let Some(scim) = &self.scim {
+            match scim.ready().await {
+                Ok(()) => {
+                    checks.insert("directory".into(), json!("ok"));
+                }
+                Err(e) => {
+                    ready = false;
+                    checks.insert("directory".into(), json!(e));
                 }
             }
         }
@@ -444,7 +483,11 @@ impl App {
                 }
             }
             if let Some(session) = &who
-                && let PolicyDecision::Deny(reason) = auth.policy.decide(&session.identity)
+                && let PolicyDecision::Deny(reason) = auth.policy.decide(&Subject {
+                    identity: &session.identity,
+                    teams: &session.teams,
+                    provisioning: Provisioning::NotChecked,
+                })
             {
                 inc(&self.metrics.denied);
                 tracing::warn!(user = %session.identity.display(), client = %origin.client_ip, "User not allowed: {}", session.identity.display());
@@ -461,7 +504,7 @@ impl App {
             strip_own_cookies(headers, &auth.session_cookie.name);
         }
         if let Some(session) = &who {
-            redact::set_identity_headers(headers, &session.identity);
+            redact::set_identity_headers(headers, &session.identity, session.all_groups());
         }
         let upstream = &self.upstreams[conn.worker % self.upstreams.len()];
         match upstream
@@ -690,8 +733,43 @@ impl App {
                     tracing::warn!(provider = %provider.name(), "Failed to get user info: {other}")
                 }
             })?;
-        if let PolicyDecision::Deny(reason) = auth.policy.decide(&identity) {
-            tracing::warn!(user = %identity.display(), provider = %identity.provider, "User not allowed: {}", identity.display());
+        let (provisioning, directory_user, teams) = match &self.scim {
+            None => (Provisioning::NotChecked, None, Vec::new()),
+            Some(scim) => match scim.at_login(&identity).await {
+                Err(e) => {
+                    tracing::error!(error = %e, "the SCIM directory is unavailable: refusing the login");
+                    return Err(ProxyError::DirectoryUnavailable);
+                }
+                Ok(Provisioned::NotLinked) => (Provisioning::NotChecked, None, Vec::new()),
+                Ok(Provisioned::Unknown { required }) => (
+                    if required {
+                        Provisioning::Missing
+                    } else {
+                        Provisioning::NotChecked
+                    },
+                    None,
+                    Vec::new(),
+                ),
+                Ok(Provisioned::Found { tenant, user }) => (
+                    if user.active {
+                        Provisioning::Active
+                    } else {
+                        Provisioning::Inactive
+                    },
+                    Some(DirectoryUser {
+                        tenant,
+                        id: user.id,
+                    }),
+                    user.groups,
+                ),
+            },
+        };
+        if let PolicyDecision::Deny(reason) = auth.policy.decide(&Subject {
+            identity: &identity,
+            teams: &teams,
+            provisioning,
+        }) {
+            tracing::warn!(user = %identity.display(), provider = %identity.provider, reason = %reason, "User not allowed: {}", identity.display());
             return Err(ProxyError::Denied {
                 who: identity.display().to_string(),
                 reason: reason.to_string(),
@@ -704,10 +782,10 @@ impl App {
             let _ = auth.sessions.delete(&old).await;
         }
         let who = identity.display().to_string();
-        let id = auth
-            .sessions
-            .create(SessionData::new(identity, auth.lifetime))
-            .await?;
+        let mut data = SessionData::new(identity, auth.lifetime);
+        data.directory_user = directory_user;
+        data.teams = teams;
+        let id = auth.sessions.create(data).await?;
         tracing::info!(user = %who, provider = %provider.name(), "login succeeded");
         Ok(with_cookie(
             pages::redirect(&login.return_to),
@@ -721,7 +799,7 @@ impl App {
             None => None,
         };
         Ok(match session {
-            Some(s) => pages::json(StatusCode::OK, &identity_json(&s.identity)),
+            Some(s) => pages::json(StatusCode::OK, &session_json(&s)),
             None => pages::json_error(StatusCode::UNAUTHORIZED, "unauthenticated", "no session"),
         })
     }
@@ -794,14 +872,17 @@ fn login_link(provider: Option<&str>, return_to: &str) -> String {
     format!("{LOGIN_PATH}?{}", query.finish())
 }
 
-pub fn identity_json(who: &Identity) -> serde_json::Value {
+/// What `/api/v1/auth/me` answers: the identity, with the provider's groups and the
+/// directory's teams together under `groups`.
+pub fn session_json(session: &SessionData) -> serde_json::Value {
+    let who = &session.identity;
     json!({
         "id": who.id,
         "email": who.email,
         "name": who.name,
         "username": who.username,
         "provider": who.provider,
-        "groups": who.groups,
+        "groups": session.all_groups().collect::<Vec<_>>(),
     })
 }
 

@@ -30,6 +30,8 @@ pub enum ProxyError {
     Identity(#[from] IdentityError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("the provisioning directory is unavailable")]
+    DirectoryUnavailable,
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -111,6 +113,13 @@ impl ProxyError {
                 "provider_error",
                 "Your profile could not be read",
                 "The identity provider did not return your profile. Try again in a moment.".to_string(),
+                true,
+            ),
+            ProxyError::DirectoryUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "directory_unavailable",
+                "Sign-in is temporarily unavailable",
+                "Portcullis cannot reach its user directory to check your account. Try again in a moment.".to_string(),
                 true,
             ),
             ProxyError::Store(_) => (

@@ -16,6 +16,7 @@ mod metrics;
 mod pages;
 mod redact;
 pub mod return_to;
+mod scim;
 mod server;
 mod shutdown;
 mod upstream;

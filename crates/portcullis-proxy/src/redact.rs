@@ -67,10 +67,15 @@ fn value(text: &str) -> Option<HeaderValue> {
     HeaderValue::from_bytes(text.as_bytes()).ok()
 }
 
-/// Sets the identity headers for `who` on a request bound for the upstream. A field whose
-/// value cannot be represented (a claim with a control character) is left out, never
-/// passed through mangled.
-pub fn set_identity_headers(headers: &mut HeaderMap, who: &Identity) {
+/// Sets the identity headers for `who` on a request bound for the upstream; `groups` are
+/// the provider's groups and the directory's teams. A field whose value cannot be
+/// represented (a claim with a control character) is left out, never passed through
+/// mangled.
+pub fn set_identity_headers<'g>(
+    headers: &mut HeaderMap,
+    who: &Identity,
+    groups: impl Iterator<Item = &'g str>,
+) {
     let mut set = |name: HeaderName, text: Option<&str>| {
         if let Some(v) = text.filter(|t| !t.is_empty()).and_then(value) {
             headers.insert(name, v);
@@ -80,8 +85,9 @@ pub fn set_identity_headers(headers: &mut HeaderMap, who: &Identity) {
     set(EMAIL, who.email.as_deref());
     set(PREFERRED_USERNAME, who.username.as_deref());
     set(PROVIDER, Some(&who.provider));
-    if !who.groups.is_empty() {
-        set(GROUPS, Some(&who.groups.join(",")));
+    let joined = groups.collect::<Vec<_>>().join(",");
+    if !joined.is_empty() {
+        set(GROUPS, Some(&joined));
     }
 }
 
@@ -131,7 +137,7 @@ mod tests {
     #[test]
     fn identity_headers_are_set_from_the_identity() {
         let mut h = HeaderMap::new();
-        set_identity_headers(&mut h, &who());
+        set_identity_headers(&mut h, &who(), who().groups.iter().map(String::as_str));
         assert_eq!(h[USER], "sub-1");
         assert_eq!(h[EMAIL], "alice@example.com");
         assert_eq!(h[PREFERRED_USERNAME], "alice");
@@ -144,7 +150,7 @@ mod tests {
         let mut evil = who();
         evil.email = Some("a@example.com\r\nX-Forwarded-User: admin".into());
         let mut h = HeaderMap::new();
-        set_identity_headers(&mut h, &evil);
+        set_identity_headers(&mut h, &evil, std::iter::empty());
         assert!(h.get(EMAIL).is_none());
         assert_eq!(h[USER], "sub-1");
     }
@@ -154,7 +160,7 @@ mod tests {
         let mut who = who();
         who.username = Some("zoë".into());
         let mut h = HeaderMap::new();
-        set_identity_headers(&mut h, &who);
+        set_identity_headers(&mut h, &who, std::iter::empty());
         assert_eq!(h[PREFERRED_USERNAME].as_bytes(), "zoë".as_bytes());
     }
 }

@@ -194,6 +194,49 @@ pub async fn concurrent_refreshes_of_one_session_keep_it_whole<S: SessionStore>(
     );
 }
 
+/// A provisioned user's sessions are indexed by the directory user, and a team change
+/// reaches every one of them (and no one else's).
+pub async fn teams_change_on_every_session_of_a_provisioned_user<S: SessionStore>(store: &S) {
+    let linked = |name: &str| {
+        let mut data = SessionData::new(identity(name), LONG.lifetime);
+        data.directory_user = Some(crate::DirectoryUser {
+            tenant: "okta".into(),
+            id: format!("dir-{name}"),
+        });
+        data.teams = vec!["old-team".into()];
+        data
+    };
+    let a = store.create(linked("nina")).await.unwrap();
+    let b = store.create(linked("nina")).await.unwrap();
+    let other = store.create(linked("omar")).await.unwrap();
+    let key = crate::DirectoryUser::index_key("okta", "dir-nina");
+    assert_eq!(
+        store
+            .set_user_teams(&key, vec!["new-team".into()])
+            .await
+            .unwrap(),
+        2
+    );
+    for id in [&a, &b] {
+        assert_eq!(
+            store.load(id).await.unwrap().unwrap().teams,
+            vec!["new-team".to_string()]
+        );
+    }
+    assert_eq!(
+        store.load(&other).await.unwrap().unwrap().teams,
+        vec!["old-team".to_string()]
+    );
+    // Revocation by the directory user ends both sessions.
+    assert_eq!(store.revoke_user(&key).await.unwrap(), 2);
+    assert!(store.load(&a).await.unwrap().is_none());
+    assert_eq!(
+        store.set_user_teams(&key, vec!["x".into()]).await.unwrap(),
+        0,
+        "a revoked session came back"
+    );
+}
+
 pub async fn concurrent_loads_of_one_session_all_succeed<S: SessionStore>(store: Arc<S>) {
     let id = store
         .create(SessionData::new(identity("grace"), LONG.lifetime))
@@ -266,6 +309,11 @@ mod memory {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_refreshes_of_one_session_keep_it_whole() {
         super::concurrent_refreshes_of_one_session_keep_it_whole(Arc::new(store(LONG))).await;
+    }
+
+    #[tokio::test]
+    async fn teams_change_on_every_session_of_a_provisioned_user() {
+        super::teams_change_on_every_session_of_a_provisioned_user(&store(LONG)).await;
     }
 }
 
@@ -355,6 +403,12 @@ mod redis {
     }
 
     #[tokio::test]
+    async fn teams_change_on_every_session_of_a_provisioned_user() {
+        let server = RedisServer::start();
+        super::teams_change_on_every_session_of_a_provisioned_user(&store(&server, LONG)).await;
+    }
+
+    #[tokio::test]
     async fn a_cluster_passes_the_same_checks() {
         let cluster = RedisCluster::start();
         let s = store_at(cluster.urls(), true, LONG);
@@ -362,6 +416,7 @@ mod redis {
         super::unknown_ids_load_as_none(&s).await;
         super::delete_ends_only_that_session(&s).await;
         super::revoke_user_ends_every_session_of_that_user_only(&s).await;
+        super::teams_change_on_every_session_of_a_provisioned_user(&s).await;
         super::concurrent_refreshes_of_one_session_keep_it_whole(Arc::new(s)).await;
     }
 

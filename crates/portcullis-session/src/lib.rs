@@ -31,6 +31,27 @@ pub struct SessionData {
     pub created_at: u64,
     /// Unix seconds; the session ends then whatever its use.
     pub expires_at: u64,
+    /// The provisioned (SCIM) user this session belongs to, if any.
+    #[serde(default)]
+    pub directory_user: Option<DirectoryUser>,
+    /// The user's teams: the groups of the directory, kept apart from the groups the
+    /// identity provider reported so a membership change can replace them.
+    #[serde(default)]
+    pub teams: Vec<String>,
+}
+
+/// A provisioned user: the SCIM endpoint (tenant) and the user's id there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryUser {
+    pub tenant: String,
+    pub id: String,
+}
+
+impl DirectoryUser {
+    /// The key a linked session is indexed under.
+    pub fn index_key(tenant: &str, id: &str) -> String {
+        format!("scim:{tenant}:{id}")
+    }
 }
 
 impl SessionData {
@@ -41,7 +62,29 @@ impl SessionData {
             identity,
             created_at: now,
             expires_at: now.saturating_add(lifetime.as_secs()),
+            directory_user: None,
+            teams: Vec::new(),
         }
+    }
+
+    /// The key under which the session is indexed for "every session of this user": the
+    /// provisioned user when there is one, else the provider and subject.
+    pub fn index_key(&self) -> String {
+        match &self.directory_user {
+            Some(d) => DirectoryUser::index_key(&d.tenant, &d.id),
+            None => self.identity.user_key(),
+        }
+    }
+
+    /// The provider's groups and the directory's teams, each once.
+    pub fn all_groups(&self) -> impl Iterator<Item = &str> {
+        let groups = self.identity.groups.iter().map(String::as_str);
+        let teams = self
+            .teams
+            .iter()
+            .map(String::as_str)
+            .filter(|t| !self.identity.groups.iter().any(|g| g == t));
+        groups.chain(teams)
     }
 }
 
@@ -92,10 +135,18 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Ends one session. Deleting an unknown session is not an error.
     fn delete(&self, id: &SessionId) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Ends every session of the user whose [`Identity::user_key`] is `user_key`, and
+    /// Ends every session indexed under `user_key` (see [`SessionData::index_key`]), and
     /// returns how many there were.
     fn revoke_user(&self, user_key: &str)
     -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// Sets the teams of every live session indexed under `user_key`; returns how many
+    /// were updated. Sessions that ended meanwhile are not brought back.
+    fn set_user_teams(
+        &self,
+        user_key: &str,
+        teams: Vec<String>,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
     /// Whether the store can serve requests now (for `/readyz`).
     fn ready(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -145,6 +196,17 @@ impl SessionStore for AnyStore {
         match self {
             AnyStore::Memory(s) => s.revoke_user(user_key).await,
             AnyStore::Redis(s) => s.revoke_user(user_key).await,
+        }
+    }
+
+    async fn set_user_teams(
+        &self,
+        user_key: &str,
+        teams: Vec<String>,
+    ) -> Result<usize, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.set_user_teams(user_key, teams).await,
+            AnyStore::Redis(s) => s.set_user_teams(user_key, teams).await,
         }
     }
 

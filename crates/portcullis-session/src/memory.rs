@@ -82,7 +82,7 @@ impl MemoryStore {
         self.sessions.retain(|key, entry| {
             let live = self.is_live(entry, now);
             if !live {
-                dead.push((*key, entry.data.identity.user_key()));
+                dead.push((*key, entry.data.index_key()));
             }
             live
         });
@@ -107,7 +107,7 @@ impl MemoryStore {
 
     fn remove(&self, key: &SessionKey) {
         if let Some((_, entry)) = self.sessions.remove(key) {
-            self.unindex(&entry.data.identity.user_key(), key);
+            self.unindex(&entry.data.index_key(), key);
         }
     }
 
@@ -142,7 +142,7 @@ impl SessionStore for MemoryStore {
         self.make_room();
         let id = SessionId::generate();
         let key = id.key();
-        let user = data.identity.user_key();
+        let user = data.index_key();
         self.sessions.insert(
             key,
             Entry {
@@ -203,6 +203,28 @@ impl SessionStore for MemoryStore {
             }
         }
         Ok(revoked)
+    }
+
+    async fn set_user_teams(
+        &self,
+        user_key: &str,
+        teams: Vec<String>,
+    ) -> Result<usize, StoreError> {
+        let keys: Vec<SessionKey> = self
+            .by_user
+            .get(user_key)
+            .map(|k| k.iter().copied().collect())
+            .unwrap_or_default();
+        let mut updated = 0;
+        for key in keys {
+            if let Some(mut entry) = self.sessions.get_mut(&key) {
+                let mut data = (*entry.data).clone();
+                data.teams = teams.clone();
+                entry.data = Arc::new(data);
+                updated += 1;
+            }
+        }
+        Ok(updated)
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

@@ -249,7 +249,7 @@ impl SessionStore for RedisStore {
         )
         .await?;
         // The user's index lives on its own key (its own cluster slot): one pipeline.
-        let index = self.user_index_key(&data.identity.user_key());
+        let index = self.user_index_key(&data.index_key());
         let member = id.key().to_hex();
         let mut pipe = redis::pipe();
         pipe.cmd("ZADD")
@@ -336,6 +336,39 @@ impl SessionStore for RedisStore {
                 .await?;
         }
         Ok(revoked)
+    }
+
+    async fn set_user_teams(
+        &self,
+        user_key: &str,
+        teams: Vec<String>,
+    ) -> Result<usize, StoreError> {
+        let index = self.user_index_key(user_key);
+        let members: Vec<String> = self
+            .run(redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1))
+            .await?;
+        let mut updated = 0;
+        for member in members {
+            let key = format!("{}:session:{member}", self.prefix);
+            let sealed: Option<String> = self.run(redis::cmd("GET").arg(&key)).await?;
+            let Some(mut data) = sealed.and_then(|s| self.open(&key, &s)) else {
+                continue;
+            };
+            data.teams = teams.clone();
+            let resealed = self.seal(&key, &data)?;
+            // XX KEEPTTL: never revive a session that ended, never reset its idle timer.
+            let done: Option<String> = self
+                .run(
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(resealed)
+                        .arg("XX")
+                        .arg("KEEPTTL"),
+                )
+                .await?;
+            updated += usize::from(done.is_some());
+        }
+        Ok(updated)
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

@@ -80,7 +80,9 @@ pub async fn run_with(config: Config, listener: TcpListener) -> anyhow::Result<E
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let app = App::new(&config, outbound_client()?, workers).context("cannot start")?;
+    let app = App::new(&config, outbound_client()?, workers)
+        .await
+        .context("cannot start")?;
     let tls = match &config.tls {
         Some(t) => Some(portcullis_proxy::load_tls(&t.cert_file, &t.key_file)?),
         None => None,
