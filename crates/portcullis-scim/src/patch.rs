@@ -103,6 +103,15 @@ impl PatchRequest {
     ) -> Result<(), ScimError> {
         for (op, path, value) in &self.ops {
             match path {
+                // The path is a schema extension itself: the whole extension object.
+                Some(path)
+                    if kind
+                        .extension
+                        .is_some_and(|(urn, _)| path.eq_ignore_ascii_case(urn)) =>
+                {
+                    let (urn, _) = kind.extension.expect("checked just above");
+                    apply_extension(kind, doc, urn, *op, value.as_ref())?;
+                }
                 Some(path) => {
                     let path = parse_patch_path(path)?;
                     apply_path(kind, doc, *op, &path, value.as_ref())?;
@@ -112,6 +121,41 @@ impl PatchRequest {
         }
         Ok(())
     }
+}
+
+/// An operation on a whole extension: remove drops it, add merges into it, replace
+/// replaces it.
+fn apply_extension(
+    kind: &ResourceKind,
+    doc: &mut Map<String, Value>,
+    urn: &str,
+    op: Op,
+    value: Option<&Value>,
+) -> Result<(), ScimError> {
+    if op == Op::Replace || op == Op::Remove {
+        doc.retain(|k, _| !k.eq_ignore_ascii_case(urn));
+    }
+    if op == Op::Remove {
+        return Ok(());
+    }
+    let Some(Value::Object(values)) = value else {
+        return Err(ScimError::invalid_value(format!(
+            "{urn} takes an object of its attributes"
+        )));
+    };
+    for (sub, sv) in values {
+        let path = PatchPath {
+            attr: AttrPath {
+                urn: Some(urn.to_string()),
+                name: sub.clone(),
+                sub: None,
+            },
+            filter: None,
+            sub_after_filter: None,
+        };
+        apply_path(kind, doc, op, &path, Some(sv))?;
+    }
+    Ok(())
 }
 
 /// A path-less add or replace: each key of the value object is an attribute, an

@@ -552,8 +552,6 @@ pub fn render_user(
     for (k, v) in &user.attributes {
         out.insert(k.clone(), v.clone());
     }
-    out.entry("active".to_string())
-        .or_insert(json!(user.active()));
     if !groups.is_empty() {
         out.insert(
             "groups".into(),

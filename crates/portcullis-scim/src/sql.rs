@@ -524,11 +524,15 @@ impl<'k> Translator<'k> {
     }
 }
 
+/// Writes the SQL for one sub-attribute test (a comparison, or presence when `None`).
+type SubAttributeTest<'t> =
+    dyn Fn(&mut Sql, &str, Option<(CompareOp, &Value)>) -> Result<(), ScimError> + 't;
+
 /// A filter inside `attr[...]`, whose paths are sub-attributes of one value.
 fn value_filter_sql(
     sql: &mut Sql,
     filter: &Filter,
-    test: &dyn Fn(&mut Sql, &str, Option<(CompareOp, &Value)>) -> Result<(), ScimError>,
+    test: &SubAttributeTest<'_>,
 ) -> Result<(), ScimError> {
     match filter {
         Filter::And(l, r) | Filter::Or(l, r) => {

@@ -333,6 +333,15 @@ fn group_from_row(row: &AnyRow) -> Result<GroupRecord, ScimError> {
     })
 }
 
+/// Which table a listing reads and how its rows become records.
+struct Listing<T> {
+    from: &'static str,
+    alias: &'static str,
+    columns: &'static str,
+    kind: &'static schema::ResourceKind,
+    map: fn(&AnyRow) -> Result<T, ScimError>,
+}
+
 /// Page bounds: SCIM's 1-based `startIndex` and a `count` of at most `MAX_RESULTS`.
 fn page(sql: &mut Sql, start: usize, count: usize) {
     sql.push(" LIMIT ");
@@ -685,16 +694,19 @@ impl SqlDirectory {
 
     async fn count_and_page<T>(
         &self,
-        from: &str,
-        alias: &'static str,
-        columns: &str,
-        kind: &schema::ResourceKind,
+        listing: Listing<T>,
         tenant: &str,
         filter: Option<&Filter>,
         start: usize,
         count: usize,
-        map: fn(&AnyRow) -> Result<T, ScimError>,
     ) -> Result<(usize, Vec<T>), ScimError> {
+        let Listing {
+            from,
+            alias,
+            columns,
+            kind,
+            map,
+        } = listing;
         let mut where_sql = self.sql();
         where_sql.push(&format!(" FROM {from} {alias} WHERE {alias}.tenant = "));
         where_sql.text(tenant);
@@ -862,18 +874,15 @@ impl DirectoryStore for SqlDirectory {
         start: usize,
         count: usize,
     ) -> Result<(usize, Vec<UserRecord>), ScimError> {
-        self.count_and_page(
-            "scim_users",
-            "u",
-            self.user_columns(),
-            &schema::USER,
-            tenant,
-            filter,
-            start,
-            count,
-            user_from_row,
-        )
-        .await
+        let listing = Listing {
+            from: "scim_users",
+            alias: "u",
+            columns: self.user_columns(),
+            kind: &schema::USER,
+            map: user_from_row,
+        };
+        self.count_and_page(listing, tenant, filter, start, count)
+            .await
     }
 
     async fn create_group(
@@ -990,18 +999,15 @@ impl DirectoryStore for SqlDirectory {
         count: usize,
         members: bool,
     ) -> Result<(usize, Vec<GroupRecord>), ScimError> {
+        let listing = Listing {
+            from: "scim_groups",
+            alias: "g",
+            columns: self.group_columns(),
+            kind: &schema::GROUP,
+            map: group_from_row,
+        };
         let (total, mut groups) = self
-            .count_and_page(
-                "scim_groups",
-                "g",
-                self.group_columns(),
-                &schema::GROUP,
-                tenant,
-                filter,
-                start,
-                count,
-                group_from_row,
-            )
+            .count_and_page(listing, tenant, filter, start, count)
             .await?;
         if members && !groups.is_empty() {
             let ids: Vec<String> = groups.iter().map(|g| g.id.clone()).collect();
