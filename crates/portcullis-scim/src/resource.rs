@@ -388,6 +388,12 @@ impl Projection {
         })
     }
 
+    /// Whether the projection keeps the top-level attribute `name` (so it is worth loading).
+    pub fn wants(&self, name: &str) -> bool {
+        let named = |paths: &[AttrPath]| paths.iter().any(|p| p.name.eq_ignore_ascii_case(name));
+        !named(&self.exclude) && (self.include.is_empty() || named(&self.include))
+    }
+
     /// Applies the projection to a rendered resource. `id`, `schemas` and `meta` always stay.
     pub fn apply(
         &self,
@@ -598,11 +604,17 @@ pub fn render_group(group: &GroupRecord, base: &str) -> Map<String, Value> {
                     .iter()
                     .map(|m| {
                         let endpoint = if m.kind == "Group" { "Groups" } else { "Users" };
-                        let mut v = json!({"value": m.value, "$ref": format!("{base}/{endpoint}/{}", m.value), "type": m.kind});
+                        let mut v = Map::new();
+                        v.insert("value".into(), Value::String(m.value.clone()));
+                        v.insert(
+                            "$ref".into(),
+                            Value::String(format!("{base}/{endpoint}/{}", m.value)),
+                        );
+                        v.insert("type".into(), Value::String(m.kind.clone()));
                         if let Some(d) = &m.display {
-                            v["display"] = json!(d);
+                            v.insert("display".into(), Value::String(d.clone()));
                         }
-                        v
+                        Value::Object(v)
                     })
                     .collect(),
             ),

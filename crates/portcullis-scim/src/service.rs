@@ -10,6 +10,7 @@
 //! (the session store is down), the answer is 503 so the provider retries; the retry
 //! revokes again, since revocation follows the stored state, not the transition.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -266,13 +267,14 @@ impl ListQuery {
 }
 
 fn list_response(total: usize, start: usize, resources: Vec<Value>) -> Value {
-    json!({
-        "schemas": [schema::LIST_RESPONSE],
-        "totalResults": total,
-        "startIndex": start,
-        "itemsPerPage": resources.len(),
-        "Resources": resources,
-    })
+    let mut out = Map::new();
+    out.insert("schemas".into(), json!([schema::LIST_RESPONSE]));
+    out.insert("totalResults".into(), json!(total));
+    out.insert("startIndex".into(), json!(start));
+    out.insert("itemsPerPage".into(), json!(resources.len()));
+    // Moved in, not through `json!` (which would serialize a deep copy of every resource).
+    out.insert("Resources".into(), Value::Array(resources));
+    Value::Object(out)
 }
 
 fn parse_body(req: &ScimRequest<'_>) -> Result<Value, ScimError> {
@@ -514,23 +516,20 @@ impl<D: DirectoryStore, H: AccessHooks> ScimService<D, H> {
                 .list_users(tenant, q.filter.as_ref(), q.start, q.count)
                 .await?;
             total = t;
+            // Every listed user's groups in one query, and none when they are not asked for.
+            let mut groups = if q.projection.wants("groups") && !users.is_empty() {
+                let ids: Vec<String> = users.iter().map(|u| u.id.clone()).collect();
+                self.store.groups_of_users(tenant, &ids).await?
+            } else {
+                HashMap::new()
+            };
             for u in &users {
-                resources.push(
-                    self.render(tenant, base, kind, Some(u), None, &q.projection)
-                        .await?,
-                );
+                let mine = groups.remove(&u.id).unwrap_or_default();
+                let rendered = render_user(u, &mine, base);
+                resources.push(Value::Object(q.projection.apply(kind, rendered)));
             }
         } else {
-            let wants_members = !q
-                .projection
-                .exclude
-                .iter()
-                .any(|p| p.name.eq_ignore_ascii_case("members"))
-                && (q.projection.include.is_empty()
-                    || q.projection
-                        .include
-                        .iter()
-                        .any(|p| p.name.eq_ignore_ascii_case("members")));
+            let wants_members = q.projection.wants("members");
             let (t, groups) = self
                 .store
                 .list_groups(tenant, q.filter.as_ref(), q.start, q.count, wants_members)

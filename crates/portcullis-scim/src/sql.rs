@@ -197,6 +197,7 @@ enum MultiSource<'a> {
 struct Translator<'k> {
     kind: &'k ResourceKind,
     alias: &'static str,
+    tenant: &'k str,
 }
 
 impl<'k> Translator<'k> {
@@ -421,24 +422,32 @@ impl<'k> Translator<'k> {
                 attr.name
             )));
         };
-        sql.push("EXISTS (SELECT 1 FROM ");
+        // Emails and members have their own indexed tables: an uncorrelated subquery lets
+        // a lookup by value start from that index instead of probing every resource.
         match source {
-            MultiSource::Emails => sql.push(&format!(
-                "scim_user_emails x WHERE x.tenant = {a}.tenant AND x.user_id = {a}.id"
-            )),
-            MultiSource::Members => sql.push(&format!(
-                "scim_group_members x WHERE x.tenant = {a}.tenant AND x.group_id = {a}.id"
-            )),
+            MultiSource::Emails => {
+                sql.push(&format!(
+                    "{a}.id IN (SELECT x.user_id FROM scim_user_emails x WHERE x.tenant = "
+                ));
+                sql.text(self.tenant);
+            }
+            MultiSource::Members => {
+                sql.push(&format!(
+                    "{a}.id IN (SELECT x.group_id FROM scim_group_members x WHERE x.tenant = "
+                ));
+                sql.text(self.tenant);
+            }
             MultiSource::JsonArray(path) => {
+                sql.push("EXISTS (SELECT 1 FROM ");
                 let doc = format!("{a}.attributes");
                 match sql.dialect {
                     Dialect::Sqlite => {
                         let p: String = path.iter().map(|k| format!(".\"{k}\"")).collect();
-                        sql.push(&format!("json_each({doc}, '${p}') x WHERE 1 = 1"))
+                        sql.push(&format!("json_each({doc}, '${p}') x WHERE 1 = 1"));
                     }
                     Dialect::Postgres => {
                         let arr = self.json_expr(sql.dialect, &doc, path, false);
-                        sql.push(&format!("jsonb_array_elements(CASE WHEN jsonb_typeof({arr}) = 'array' THEN {arr} ELSE '[]'::jsonb END) x WHERE 1 = 1"))
+                        sql.push(&format!("jsonb_array_elements(CASE WHEN jsonb_typeof({arr}) = 'array' THEN {arr} ELSE '[]'::jsonb END) x WHERE 1 = 1"));
                     }
                 }
             }
@@ -559,15 +568,21 @@ fn value_filter_sql(
     }
 }
 
-/// Appends ` AND (<filter>)` for resources of `kind` aliased `alias`.
+/// Appends ` AND (<filter>)` for resources of `kind` aliased `alias` in `tenant`.
 pub fn push_filter(
     sql: &mut Sql,
     kind: &ResourceKind,
     alias: &'static str,
+    tenant: &str,
     filter: &Filter,
 ) -> Result<(), ScimError> {
     sql.push(" AND ");
-    Translator { kind, alias }.filter(sql, filter)
+    Translator {
+        kind,
+        alias,
+        tenant,
+    }
+    .filter(sql, filter)
 }
 
 #[cfg(test)]
@@ -578,7 +593,7 @@ mod tests {
     fn translate(dialect: Dialect, kind: &ResourceKind, filter: &str) -> Result<Sql, ScimError> {
         let f = parse_filter(filter)?;
         let mut sql = Sql::new(dialect);
-        push_filter(&mut sql, kind, "u", &f)?;
+        push_filter(&mut sql, kind, "u", "tenant", &f)?;
         Ok(sql)
     }
 
@@ -617,13 +632,17 @@ mod tests {
         .unwrap();
         assert!(
             sql.text
-                .contains("EXISTS (SELECT 1 FROM scim_user_emails x"),
+                .contains("u.id IN (SELECT x.user_id FROM scim_user_emails x WHERE x.tenant = ?"),
             "{}",
             sql.text
         );
         assert_eq!(
             sql.binds,
-            vec![Bind::Text("work".into()), Bind::Text("a@b.c".into())]
+            vec![
+                Bind::Text("tenant".into()),
+                Bind::Text("work".into()),
+                Bind::Text("a@b.c".into())
+            ]
         );
         let sql = translate(
             Dialect::Postgres,
@@ -632,7 +651,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            sql.text.contains("x.value_lower") && sql.text.contains("LIKE $1 ESCAPE"),
+            sql.text.contains("x.value_lower") && sql.text.contains("LIKE $2 ESCAPE"),
             "{}",
             sql.text
         );
