@@ -20,8 +20,11 @@ pub const MIN_SECRET_BYTES: usize = 32;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen_addr: SocketAddr,
-    /// The app behind Portcullis.
+    /// The app behind Portcullis; `None` only with `forward_auth_only`.
     pub upstream_url: Option<Url>,
+    /// Answer forward-auth checks (and serve login, SCIM, health) without proxying to an
+    /// app: the deployment behind an ingress's `auth-url`.
+    pub forward_auth_only: bool,
     pub upstream: UpstreamConfig,
     /// The externally visible origin of Portcullis (`https://app.example.com`).
     pub public_url: Option<Url>,
@@ -177,6 +180,9 @@ pub struct SessionConfig {
     /// everyone out.
     pub previous_secrets: Vec<SecretString>,
     pub cookie_name: String,
+    /// `Domain` of the session cookie, for one Portcullis serving the apps of several
+    /// subdomains through forward-auth; `None`: host-only.
+    pub cookie_domain: Option<String>,
     /// Absolute lifetime of a session.
     pub lifetime: Duration,
     /// A session unused for this long ends.
@@ -201,6 +207,7 @@ pub struct LogConfig {
 pub const TOP_LEVEL_KEYS: &[&str] = &[
     "listen_addr",
     "upstream_url",
+    "forward_auth_only",
     "upstream",
     "public_url",
     "cookie_secret",
@@ -257,11 +264,12 @@ impl Config {
         let tls = read_tls(r);
         let trusted_proxies = read_cidrs(r, "trusted_proxies");
         let auth = read_auth(r, public_url.as_ref());
-        if upstream_url.is_none() && !r.is_set("upstream_url") {
+        let forward_auth_only = r.bool("forward_auth_only", false);
+        if upstream_url.is_none() && !r.is_set("upstream_url") && !forward_auth_only {
             r.error(
                 "upstream_url",
                 "is missing",
-                "set UPSTREAM_URL to the app Portcullis protects, such as http://127.0.0.1:3000",
+                "set UPSTREAM_URL to the app Portcullis protects, such as http://127.0.0.1:3000 (or FORWARD_AUTH_ONLY=true when a proxy in front asks /api/v1/auth/verify instead)",
             );
         }
         if auth.enabled {
@@ -295,6 +303,7 @@ impl Config {
             store: read_store(r),
             previous_secrets: read_previous_secrets(r),
             cookie_name: read_cookie_name(r),
+            cookie_domain: read_cookie_domain(r, &auth, public_url.as_ref()),
             lifetime,
             idle_timeout,
             max_sessions: r.number("session.max_sessions", 200_000) as usize,
@@ -317,6 +326,7 @@ impl Config {
         Config {
             listen_addr: r.socket_addr("listen_addr", "0.0.0.0:8080"),
             upstream_url,
+            forward_auth_only,
             upstream: UpstreamConfig {
                 connect_timeout: r.duration("upstream.connect_timeout", Duration::from_secs(5)),
                 response_timeout: r.duration("upstream.response_timeout", Duration::from_secs(60)),
@@ -563,6 +573,48 @@ fn read_cookie_name(r: &Reader<'_>) -> String {
         return "session_token".into();
     }
     name
+}
+
+/// `session.cookie_domain`: a parent domain of the public host (a browser ignores a
+/// cookie whose domain does not cover the host that set it).
+fn read_cookie_domain(
+    r: &Reader<'_>,
+    auth: &AuthConfig,
+    public_url: Option<&Url>,
+) -> Option<String> {
+    let raw = r.string("session.cookie_domain")?;
+    let domain = raw.trim().trim_start_matches('.').to_ascii_lowercase();
+    let well_formed = domain.contains('.')
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !well_formed {
+        r.error(
+            "session.cookie_domain",
+            format!("`{raw}` is not a domain name"),
+            "write the parent domain of your apps, such as example.com",
+        );
+        return None;
+    }
+    let public_host = public_url
+        .or(auth.redirect_url.as_ref())
+        .and_then(|u| u.host_str())
+        .map(str::to_ascii_lowercase);
+    if let Some(host) = public_host
+        && host != domain
+        && !host.ends_with(&format!(".{domain}"))
+    {
+        r.error(
+            "session.cookie_domain",
+            format!("`{domain}` does not contain the public host {host}, so browsers would drop the cookie"),
+            format!("use {host} or one of its parent domains"),
+        );
+        return None;
+    }
+    Some(domain)
 }
 
 fn read_tls(r: &Reader<'_>) -> Option<TlsConfig> {

@@ -310,6 +310,40 @@ fn upstream_url_is_required() {
     let errs = errors(load_env(&[]));
     assert_eq!(errs.len(), 1);
     assert_eq!(errs[0].env, "UPSTREAM_URL");
+    assert!(errs[0].fix.contains("FORWARD_AUTH_ONLY"), "{:?}", errs[0]);
+}
+
+#[test]
+fn forward_auth_only_needs_no_upstream() {
+    let mut vars = flat_oidc();
+    vars.retain(|(k, _)| *k != "UPSTREAM_URL");
+    vars.push(("FORWARD_AUTH_ONLY", "true"));
+    let config = load_env(&vars).expect("valid");
+    assert!(config.forward_auth_only);
+    assert!(config.upstream_url.is_none());
+}
+
+#[test]
+fn the_cookie_domain_must_cover_the_public_host() {
+    let mut vars = flat_oidc();
+    vars.push(("SESSION__COOKIE_DOMAIN", ".Example.com"));
+    vars.retain(|(k, _)| *k != "OAUTH_REDIRECT_URL");
+    vars.push((
+        "OAUTH_REDIRECT_URL",
+        "https://auth.example.com/api/v1/auth/callback",
+    ));
+    let config = load_env(&vars).expect("valid");
+    assert_eq!(config.session.cookie_domain.as_deref(), Some("example.com"));
+
+    vars.retain(|(k, _)| *k != "SESSION__COOKIE_DOMAIN");
+    vars.push(("SESSION__COOKIE_DOMAIN", "example.org"));
+    let errs = errors(load_env(&vars));
+    assert_eq!(errs[0].key, "session.cookie_domain");
+    assert!(errs[0].fix.contains("auth.example.com"), "{:?}", errs[0]);
+
+    vars.retain(|(k, _)| *k != "SESSION__COOKIE_DOMAIN");
+    vars.push(("SESSION__COOKIE_DOMAIN", "localhost; Secure"));
+    assert_eq!(errors(load_env(&vars))[0].key, "session.cookie_domain");
 }
 
 #[test]

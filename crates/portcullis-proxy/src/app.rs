@@ -37,6 +37,8 @@ use crate::shutdown::Tracker;
 use crate::upstream::Upstream;
 use crate::{hop, redact};
 
+mod forward_auth;
+
 pub const STATUS_PATH: &str = "/api/v1/auth/status";
 pub const LOGIN_PATH: &str = "/api/v1/auth/login";
 pub const ME_PATH: &str = "/api/v1/auth/me";
@@ -78,13 +80,16 @@ struct Auth {
     callback_alias: String,
     return_rules: ReturnRules,
     lifetime: Duration,
+    /// Where users reach Portcullis (`public_url`, else the redirect URL's origin).
+    public_origin: Option<url::Url>,
 }
 
 pub struct App {
     /// SCIM provisioning, when enabled.
     scim: Option<Scim>,
     /// One upstream client (and connection pool) per server worker, so a pooled
-    /// connection is always driven by the thread that uses it.
+    /// connection is always driven by the thread that uses it. Empty when Portcullis
+    /// only answers forward-auth.
     upstreams: Vec<Upstream>,
     trusted: TrustedProxies,
     auth: Option<Auth>,
@@ -192,13 +197,13 @@ impl App {
         http: portcullis_identity::http::HttpClient,
         workers: usize,
     ) -> Result<App, AppError> {
-        let upstream_url = config
-            .upstream_url
-            .as_ref()
-            .ok_or(AppError::Missing("upstream_url"))?;
-        let upstreams = (0..workers.max(1))
-            .map(|_| Upstream::new(upstream_url, &config.upstream))
-            .collect::<Result<Vec<_>, _>>()?;
+        let upstreams = match &config.upstream_url {
+            Some(url) => (0..workers.max(1))
+                .map(|_| Upstream::new(url, &config.upstream))
+                .collect::<Result<Vec<_>, _>>()?,
+            None if config.forward_auth_only => Vec::new(),
+            None => return Err(AppError::Missing("upstream_url")),
+        };
         let auth = if config.auth.enabled {
             Some(Self::build_auth(config, http)?)
         } else {
@@ -286,6 +291,11 @@ impl App {
             _ => format!("{callback_path}/"),
         };
         let mut allowed_hosts = config.auth.allowed_redirect_hosts.clone();
+        if let Some(domain) = &config.session.cookie_domain {
+            // The session cookie reaches every host under the domain anyway.
+            allowed_hosts.push(domain.clone());
+            allowed_hosts.push(format!(".{domain}"));
+        }
         if let Some(origin) = config.public_origin()
             && let Some(host) = origin.host_str()
         {
@@ -312,6 +322,7 @@ impl App {
                 name: config.session.cookie_name.clone(),
                 secure,
                 max_age: config.session.lifetime,
+                domain: config.session.cookie_domain.clone(),
             },
             login: LoginCookies::new(&secrets, secure, &callback_path, config.auth.login_timeout),
             redirect_url: redirect.to_string(),
@@ -319,6 +330,7 @@ impl App {
             callback_alias,
             return_rules: ReturnRules { allowed_hosts },
             lifetime: config.session.lifetime,
+            public_origin: config.public_origin(),
         })
     }
 
@@ -361,6 +373,9 @@ impl App {
             return scim
                 .handle(req, &format!("{}://{host}", origin.proto))
                 .await;
+        }
+        if forward_auth::is_verify_path(path) {
+            return self.verify(conn, req).await;
         }
         let result = match path {
             HEALTHZ_PATH if read_only => Ok(pages::text(StatusCode::OK, "ok\n")),
@@ -466,6 +481,13 @@ impl App {
 
     async fn protected(&self, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let html = wants_html(req.headers());
+        if self.upstreams.is_empty() {
+            return pages::json_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "this Portcullis answers forward-auth only (/api/v1/auth/verify); it proxies to no app",
+            );
+        }
         let origin =
             forwarding::resolve(conn.peer, conn.tls, req.headers(), req.uri(), &self.trusted);
         let mut who: Option<Arc<SessionData>> = None;
@@ -504,7 +526,12 @@ impl App {
             strip_own_cookies(headers, &auth.session_cookie.name);
         }
         if let Some(session) = &who {
-            redact::set_identity_headers(headers, &session.identity, session.all_groups());
+            redact::set_identity_headers(
+                headers,
+                &redact::FORWARDED,
+                &session.identity,
+                session.all_groups(),
+            );
         }
         let upstream = &self.upstreams[conn.worker % self.upstreams.len()];
         match upstream

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Default)]
 pub struct Metrics {
     pub forwarded: AtomicU64,
+    /// Forward-auth checks answered "allowed".
+    pub verified: AtomicU64,
     pub challenged: AtomicU64,
     pub denied: AtomicU64,
     pub upstream_errors: AtomicU64,
@@ -27,11 +29,12 @@ impl Metrics {
         let mut out = String::with_capacity(1024);
         let _ = writeln!(
             out,
-            "# HELP portcullis_requests_total Protected requests by outcome."
+            "# HELP portcullis_requests_total Protected requests and forward-auth checks by outcome."
         );
         let _ = writeln!(out, "# TYPE portcullis_requests_total counter");
         for (outcome, c) in [
             ("forwarded", &self.forwarded),
+            ("verified", &self.verified),
             ("challenged", &self.challenged),
             ("denied", &self.denied),
             ("upstream_error", &self.upstream_errors),

@@ -16,6 +16,33 @@ pub const PREFERRED_USERNAME: HeaderName =
 pub const GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
 pub const PROVIDER: HeaderName = HeaderName::from_static("x-forwarded-provider");
 
+/// The names under which an identity is handed on.
+pub struct IdentityHeaders {
+    pub user: HeaderName,
+    pub email: HeaderName,
+    pub preferred_username: HeaderName,
+    pub groups: HeaderName,
+    pub provider: Option<HeaderName>,
+}
+
+/// On requests forwarded to the upstream.
+pub const FORWARDED: IdentityHeaders = IdentityHeaders {
+    user: USER,
+    email: EMAIL,
+    preferred_username: PREFERRED_USERNAME,
+    groups: GROUPS,
+    provider: Some(PROVIDER),
+};
+
+/// On the answers of the forward-auth endpoint, for the proxy in front to copy.
+pub const AUTH_REQUEST: IdentityHeaders = IdentityHeaders {
+    user: HeaderName::from_static("x-auth-request-user"),
+    email: HeaderName::from_static("x-auth-request-email"),
+    preferred_username: HeaderName::from_static("x-auth-request-preferred-username"),
+    groups: HeaderName::from_static("x-auth-request-groups"),
+    provider: None,
+};
+
 /// Every name Portcullis owns, lowercase with dashes. The `x-auth-request-*` names are
 /// the forward-auth answers; a client must not be able to pre-set those either.
 const OWNED: &[&str] = &[
@@ -67,12 +94,12 @@ fn value(text: &str) -> Option<HeaderValue> {
     HeaderValue::from_bytes(text.as_bytes()).ok()
 }
 
-/// Sets the identity headers for `who` on a request bound for the upstream; `groups` are
-/// the provider's groups and the directory's teams. A field whose value cannot be
-/// represented (a claim with a control character) is left out, never passed through
-/// mangled.
+/// Sets the identity headers for `who` under `names`; `groups` are the provider's groups
+/// and the directory's teams. A field whose value cannot be represented (a claim with a
+/// control character) is left out, never passed through mangled.
 pub fn set_identity_headers<'g>(
     headers: &mut HeaderMap,
+    names: &IdentityHeaders,
     who: &Identity,
     groups: impl Iterator<Item = &'g str>,
 ) {
@@ -81,13 +108,15 @@ pub fn set_identity_headers<'g>(
             headers.insert(name, v);
         }
     };
-    set(USER, Some(&who.id));
-    set(EMAIL, who.email.as_deref());
-    set(PREFERRED_USERNAME, who.username.as_deref());
-    set(PROVIDER, Some(&who.provider));
+    set(names.user.clone(), Some(&who.id));
+    set(names.email.clone(), who.email.as_deref());
+    set(names.preferred_username.clone(), who.username.as_deref());
+    if let Some(provider) = &names.provider {
+        set(provider.clone(), Some(&who.provider));
+    }
     let joined = groups.collect::<Vec<_>>().join(",");
     if !joined.is_empty() {
-        set(GROUPS, Some(&joined));
+        set(names.groups.clone(), Some(&joined));
     }
 }
 
@@ -137,7 +166,12 @@ mod tests {
     #[test]
     fn identity_headers_are_set_from_the_identity() {
         let mut h = HeaderMap::new();
-        set_identity_headers(&mut h, &who(), who().groups.iter().map(String::as_str));
+        set_identity_headers(
+            &mut h,
+            &FORWARDED,
+            &who(),
+            who().groups.iter().map(String::as_str),
+        );
         assert_eq!(h[USER], "sub-1");
         assert_eq!(h[EMAIL], "alice@example.com");
         assert_eq!(h[PREFERRED_USERNAME], "alice");
@@ -150,7 +184,7 @@ mod tests {
         let mut evil = who();
         evil.email = Some("a@example.com\r\nX-Forwarded-User: admin".into());
         let mut h = HeaderMap::new();
-        set_identity_headers(&mut h, &evil, std::iter::empty());
+        set_identity_headers(&mut h, &FORWARDED, &evil, std::iter::empty());
         assert!(h.get(EMAIL).is_none());
         assert_eq!(h[USER], "sub-1");
     }
@@ -160,7 +194,7 @@ mod tests {
         let mut who = who();
         who.username = Some("zoë".into());
         let mut h = HeaderMap::new();
-        set_identity_headers(&mut h, &who, std::iter::empty());
+        set_identity_headers(&mut h, &FORWARDED, &who, std::iter::empty());
         assert_eq!(h[PREFERRED_USERNAME].as_bytes(), "zoë".as_bytes());
     }
 }

@@ -23,7 +23,7 @@ const DECODE_LAYERS: usize = 4;
 #[derive(Debug, Clone, Default)]
 pub struct ReturnRules {
     /// Lowercase host names allowed in absolute URLs, with `:port` when the port is not
-    /// the scheme's default.
+    /// the scheme's default; `.example.com` allows every subdomain of example.com.
     pub allowed_hosts: Vec<String>,
 }
 
@@ -99,7 +99,12 @@ fn absolute(raw: &str, rules: &ReturnRules) -> Option<String> {
     };
     // `app.example.com` allows only the scheme's default port; other ports must be
     // listed as `host:port`.
-    let allowed = rules.allowed_hosts.contains(&with_port);
+    let allowed = rules.allowed_hosts.iter().any(|allowed| {
+        *allowed == with_port
+            || (allowed.starts_with('.')
+                && url.port().is_none()
+                && host.ends_with(allowed.as_str()))
+    });
     // The path part must itself be a safe relative path in every layer.
     let path_ok = layers(url.path())
         .iter()
@@ -113,7 +118,29 @@ mod tests {
 
     fn rules() -> ReturnRules {
         ReturnRules {
-            allowed_hosts: vec!["app.example.com".into(), "other.example.com:8443".into()],
+            allowed_hosts: vec![
+                "app.example.com".into(),
+                "other.example.com:8443".into(),
+                ".apps.example.org".into(),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_leading_dot_allows_subdomains_only() {
+        for ok in [
+            "https://grafana.apps.example.org/d/1",
+            "https://a.b.apps.example.org/",
+        ] {
+            assert_eq!(validate(ok, &rules()).as_deref(), Some(ok), "{ok}");
+        }
+        for bad in [
+            "https://apps.example.org/",
+            "https://evilapps.example.org/",
+            "https://grafana.apps.example.org.evil.com/",
+            "https://grafana.apps.example.org:8443/",
+        ] {
+            assert_eq!(validate(bad, &rules()), None, "{bad}");
         }
     }
 

@@ -14,6 +14,9 @@ pub struct CookieSpec {
     pub secure: bool,
     /// `Max-Age` of a fresh session cookie: the session lifetime.
     pub max_age: Duration,
+    /// `Domain`, when the cookie must reach sibling hosts (forward-auth for several
+    /// subdomains); `None` keeps it host-only.
+    pub domain: Option<String>,
 }
 
 impl CookieSpec {
@@ -24,7 +27,7 @@ impl CookieSpec {
             self.name,
             value,
             self.max_age.as_secs(),
-            if self.secure { "; Secure" } else { "" }
+            self.tail()
         )
     }
 
@@ -33,8 +36,20 @@ impl CookieSpec {
         format!(
             "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{}",
             self.name,
-            if self.secure { "; Secure" } else { "" }
+            self.tail()
         )
+    }
+
+    fn tail(&self) -> String {
+        let mut tail = String::new();
+        if let Some(domain) = &self.domain {
+            tail.push_str("; Domain=");
+            tail.push_str(domain);
+        }
+        if self.secure {
+            tail.push_str("; Secure");
+        }
+        tail
     }
 }
 
@@ -81,6 +96,7 @@ mod tests {
             name: "session_token".into(),
             secure: true,
             max_age: Duration::from_secs(3600),
+            domain: None,
         };
         assert_eq!(
             spec.set("abc"),
@@ -92,6 +108,14 @@ mod tests {
         };
         assert!(!plain.set("abc").contains("Secure"));
         assert!(plain.clear().contains("Max-Age=0"));
+        let shared = CookieSpec {
+            domain: Some("example.com".into()),
+            ..plain
+        };
+        assert_eq!(
+            shared.clear(),
+            "session_token=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax; Domain=example.com"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Real peers for tests, started on free loopback ports and stopped when dropped:
-//! `redis-server` (Debian's package) alone or as a three-node Redis Cluster.
+//! `redis-server` (Debian's package) alone or as a three-node Redis Cluster, PostgreSQL,
+//! nginx and Caddy.
 //!
 //! Nothing here is faked: tests talk to the real servers. The binaries must be installed
 //! (the project's `scripts/test` installs them).
@@ -560,5 +561,117 @@ impl Drop for PostgresServer {
             }
             let _ = child.wait();
         }
+    }
+}
+
+/// Waits until something accepts TCP connections on `port`, or panics naming `what` and
+/// its log.
+fn wait_listening(port: u16, what: &str, log: &std::path::Path, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || Instant::now() > deadline {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("{what} did not start listening on port {port} ({exited:?}):\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Real nginx (Debian's package) serving the given `http { }` contents, with every path
+/// it writes in a temporary directory.
+pub struct Nginx {
+    child: Child,
+    dir: TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx with `server_blocks` inside `http { }`; `port` is one it listens on,
+    /// waited for.
+    pub fn start(server_blocks: &str, port: u16) -> Nginx {
+        require("nginx");
+        let dir = TempDir::new("nginx");
+        let d = dir.path().display();
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{\n    access_log {d}/access.log;\n    client_body_temp_path {d}/body;\n    \
+                 proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    \
+                 scgi_temp_path {d}/scgi;\n{server_blocks}\n}}\n"
+            ),
+        )
+        .expect("write nginx.conf");
+        let mut child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx starts");
+        wait_listening(port, "nginx", &dir.path().join("error.log"), &mut child);
+        Nginx { child, dir }
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Real Caddy (Debian's package) running a Caddyfile, its admin API off and its data
+/// and config directories in a temporary directory.
+pub struct Caddy {
+    child: Child,
+    dir: TempDir,
+}
+
+impl Caddy {
+    /// Starts Caddy on `caddyfile` (site blocks; the global options that keep it
+    /// self-contained are prepended); `port` is one it listens on, waited for.
+    pub fn start(caddyfile: &str, port: u16) -> Caddy {
+        require("caddy");
+        let dir = TempDir::new("caddy");
+        let file = dir.path().join("Caddyfile");
+        std::fs::write(
+            &file,
+            format!("{{\n\tadmin off\n\tauto_https off\n}}\n\n{caddyfile}\n"),
+        )
+        .expect("write the Caddyfile");
+        let log = dir.path().join("caddy.log");
+        let out = std::fs::File::create(&log).expect("create the log");
+        let mut child = Command::new("caddy")
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&file)
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path().join("data"))
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .stdout(out.try_clone().expect("clone the log"))
+            .stderr(out)
+            .spawn()
+            .expect("caddy starts");
+        wait_listening(port, "caddy", &log, &mut child);
+        Caddy { child, dir }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("caddy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Caddy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

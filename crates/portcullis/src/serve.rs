@@ -97,7 +97,7 @@ pub async fn run_with(config: Config, listener: TcpListener) -> anyhow::Result<E
         addr = %addr,
         tls = tls.is_some(),
         workers,
-        upstream = %config.upstream_url.as_ref().map(|u| u.as_str()).unwrap_or(""),
+        upstream = %config.upstream_url.as_ref().map(|u| u.as_str()).unwrap_or("none (forward-auth only)"),
         "listening on {}", addr
     );
     app.start_background();

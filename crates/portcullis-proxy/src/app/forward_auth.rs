@@ -1,0 +1,366 @@
+//! Forward-auth: `/api/v1/auth/verify` answers the question a proxy in front asks before
+//! it lets a request through to an app Portcullis does not itself proxy.
+//!
+//! The callers differ in what they do with the answer:
+//! - nginx `auth_request` (and ingress-nginx's `auth-url`) accepts only 2xx, 401 and 403,
+//!   and never shows our answer to the browser; a 401 is turned into a redirect by the
+//!   proxy's own `error_page`/`auth-signin`. So a missing session is always a 401 for it,
+//!   carrying the login URL in `X-Auth-Request-Login` for `auth_request_set`.
+//! - Traefik `forwardAuth`, Caddy `forward_auth` and Envoy `ext_authz` hand a non-2xx
+//!   answer to the browser as it is. For them a browser navigation without a session gets
+//!   the 302 to the login directly. They are recognised by what they send: Traefik and
+//!   Caddy the original URI in `X-Forwarded-Uri` (believed only from trusted proxies),
+//!   Envoy the original path appended to this one (path-prefix mode).
+//!
+//! An allowed request gets `200` with the `X-Auth-Request-*` identity headers (Envoy
+//! counts only 200 as allowed). The answer never sets a cookie: nginx would pass on only
+//! one `Set-Cookie` of a subrequest, so the login's cookies travel on the login and
+//! callback responses, which the proxy in front routes to Portcullis directly.
+//!
+//! Query parameters (`allowed_groups`, `allowed_emails`) narrow the policy for one
+//! location, so one Portcullis serves many apps; they can only narrow it. An unknown
+//! parameter is refused rather than ignored: a misspelt `allowed_group` must not open a
+//! location to everyone.
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use portcullis_policy::{Policy, PolicyDecision, Provisioning, Subject};
+use serde_json::json;
+
+use super::{App, Auth, ConnInfo, LOGIN_PATH, denied_response, login_link, wants_html};
+use crate::body::ProxyBody;
+use crate::forwarding::{self, Origin, X_FORWARDED_URI};
+use crate::metrics::inc;
+use crate::pages::{self, Action};
+use crate::redact;
+use crate::return_to;
+
+pub const VERIFY_PATH: &str = "/api/v1/auth/verify";
+
+/// The login URL for the proxy in front, on a 401.
+pub const X_AUTH_REQUEST_LOGIN: HeaderName = HeaderName::from_static("x-auth-request-login");
+
+const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+const X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
+const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+const X_AUTH_REQUEST_REDIRECT: HeaderName = HeaderName::from_static("x-auth-request-redirect");
+
+/// Whether `path` is the forward-auth endpoint or (Envoy's path-prefix mode) below it.
+pub fn is_verify_path(path: &str) -> bool {
+    path.strip_prefix(VERIFY_PATH)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// What the caller told us about the request it is asking about.
+#[derive(Debug, PartialEq, Eq)]
+struct Original {
+    /// Where that request was going: an absolute URL or a path, not yet validated.
+    url: Option<String>,
+    /// Its method, when the caller says.
+    method: Option<String>,
+    /// The caller hands our non-2xx answer to the browser as it is.
+    relays_answer: bool,
+}
+
+/// The per-location settings from the query string.
+#[derive(Debug, Default)]
+struct Location {
+    allowed_groups: Vec<String>,
+    allowed_emails: Vec<String>,
+    /// `redirect=true|false`: force or forbid the 302 for browsers.
+    redirect: Option<bool>,
+}
+
+fn header_str<'a>(req: &'a Request<Incoming>, name: &HeaderName) -> Option<&'a str> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+fn parse_location(query: &str) -> Result<Location, String> {
+    let mut location = Location::default();
+    let list = |v: &str| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "allowed_groups" => location.allowed_groups.extend(list(&value)),
+            "allowed_emails" => location.allowed_emails.extend(list(&value)),
+            "redirect" => {
+                location.redirect = Some(match &*value {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    other => {
+                        return Err(format!(
+                            "redirect={other}: write redirect=true or redirect=false"
+                        ));
+                    }
+                })
+            }
+            other => {
+                return Err(format!(
+                    "unknown parameter `{other}`: /api/v1/auth/verify takes allowed_groups, allowed_emails and redirect"
+                ));
+            }
+        }
+    }
+    Ok(location)
+}
+
+/// The per-location settings, unless the query string is really the original request's:
+/// always in Envoy's path-prefix mode, and with Caddy, whose `uri` rewrite keeps the
+/// original query when the configured URI has none (it then equals `X-Forwarded-Uri`'s).
+fn location(req: &Request<Incoming>, origin: &Origin) -> Result<Location, String> {
+    if req.uri().path() != VERIFY_PATH {
+        return Ok(Location::default());
+    }
+    let query = req.uri().query().unwrap_or("");
+    if !query.is_empty()
+        && origin.via_trusted_proxy
+        && header_str(req, &X_FORWARDED_URI)
+            .and_then(|uri| uri.split_once('?'))
+            .is_some_and(|(_, original)| original == query)
+    {
+        return Ok(Location::default());
+    }
+    parse_location(query)
+}
+
+fn original(req: &Request<Incoming>, origin: &Origin) -> Original {
+    let host = origin.host.as_ref().and_then(|h| h.to_str().ok());
+    let absolute = |path: &str| match host {
+        Some(host) => format!("{}://{host}{path}", origin.proto),
+        None => path.to_string(),
+    };
+    // Envoy, path-prefix mode: the original path (and query) follows ours.
+    let path = req.uri().path();
+    if path.len() > VERIFY_PATH.len() {
+        let rest = &req.uri().path_and_query().map_or(path, |pq| pq.as_str())[VERIFY_PATH.len()..];
+        return Original {
+            url: Some(absolute(rest)),
+            method: Some(req.method().to_string()),
+            relays_answer: true,
+        };
+    }
+    // Traefik and Caddy; origin.proto and origin.host already come from their
+    // X-Forwarded-Proto and X-Forwarded-Host when (and only when) the peer is trusted.
+    if origin.via_trusted_proxy
+        && let Some(uri) = header_str(req, &X_FORWARDED_URI)
+    {
+        return Original {
+            url: Some(absolute(uri)),
+            method: header_str(req, &X_FORWARDED_METHOD).map(str::to_string),
+            relays_answer: true,
+        };
+    }
+    // nginx: ingress-nginx sends both (X-Original-URL absolute, X-Auth-Request-Redirect
+    // the request URI); a hand-written config sends what its author chose. Either only
+    // picks where this browser lands after logging in, and is validated like any other
+    // return path, so it is read from any peer.
+    let url = header_str(req, &X_ORIGINAL_URL)
+        .or_else(|| header_str(req, &X_AUTH_REQUEST_REDIRECT))
+        .map(str::to_string);
+    Original {
+        url,
+        method: header_str(req, &X_ORIGINAL_METHOD).map(str::to_string),
+        relays_answer: false,
+    }
+}
+
+impl App {
+    pub(super) async fn verify(
+        &self,
+        conn: &ConnInfo,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let Some(auth) = &self.auth else {
+            // Open mode lets everything through, here as on the proxied path.
+            return pages::text(StatusCode::OK, "");
+        };
+        let html = wants_html(req.headers());
+        let origin =
+            forwarding::resolve(conn.peer, conn.tls, req.headers(), req.uri(), &self.trusted);
+        let location = match location(&req, &origin) {
+            Ok(location) => location,
+            Err(problem) => {
+                tracing::error!(problem = %problem, "forward-auth request refused: fix the URL the proxy in front calls");
+                return pages::json_error(StatusCode::BAD_REQUEST, "invalid_request", &problem);
+            }
+        };
+        let session = match self.authenticate(auth, req.headers()).await {
+            Ok(Some(session)) => session,
+            Ok(None) => {
+                inc(&self.metrics.challenged);
+                return self.verify_challenge(auth, &req, &origin, &location, html);
+            }
+            Err(e) => {
+                inc(&self.metrics.store_errors);
+                self.store_outage.report(&e);
+                return e.into_response(html, LOGIN_PATH);
+            }
+        };
+        let subject = Subject {
+            identity: &session.identity,
+            teams: &session.teams,
+            provisioning: Provisioning::NotChecked,
+        };
+        let here = Policy::new(&location.allowed_emails, &location.allowed_groups);
+        let decision = match auth.policy.decide(&subject) {
+            PolicyDecision::Allow => here.decide(&subject),
+            deny => deny,
+        };
+        if let PolicyDecision::Deny(reason) = decision {
+            inc(&self.metrics.denied);
+            let who = session.identity.display();
+            tracing::warn!(user = %who, client = %origin.client_ip, location = ?req.uri().query(), "User not allowed: {who}");
+            return denied_response(&reason.to_string(), html);
+        }
+        inc(&self.metrics.verified);
+        let mut resp = pages::text(StatusCode::OK, "");
+        redact::set_identity_headers(
+            resp.headers_mut(),
+            &redact::AUTH_REQUEST,
+            &session.identity,
+            session.all_groups(),
+        );
+        resp
+    }
+
+    /// No session: where to log in, as a 302 for callers that relay it to a browser
+    /// navigation, else as a 401.
+    fn verify_challenge(
+        &self,
+        auth: &Auth,
+        req: &Request<Incoming>,
+        origin: &Origin,
+        location: &Location,
+        html: bool,
+    ) -> Response<ProxyBody> {
+        let original = original(req, origin);
+        let return_to = original
+            .url
+            .as_deref()
+            .and_then(|url| {
+                let valid = return_to::validate(url, &auth.return_rules);
+                if valid.is_none() {
+                    tracing::warn!(url, "forward-auth: the original URL is not an allowed return address (add its host to auth.allowed_redirect_hosts); returning to / after login");
+                }
+                valid
+            })
+            .map(|url| same_origin_path(url, auth.public_origin.as_ref()))
+            .unwrap_or_else(|| "/".into());
+        let login = match &auth.public_origin {
+            Some(public) => format!(
+                "{}{}",
+                public.as_str().trim_end_matches('/'),
+                login_link(None, &return_to)
+            ),
+            None => login_link(None, &return_to),
+        };
+        let method = original.method.as_deref().unwrap_or(req.method().as_str());
+        let navigates = method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD");
+        let redirect = location
+            .redirect
+            .unwrap_or(original.relays_answer && html && navigates);
+        let mut resp = if redirect {
+            pages::redirect(&login)
+        } else if html {
+            pages::page(
+                StatusCode::UNAUTHORIZED,
+                "Sign in required",
+                "You need to sign in to continue.",
+                Some(Action {
+                    label: "Sign in",
+                    href: &login,
+                }),
+            )
+        } else {
+            let mut r = pages::json(
+                StatusCode::UNAUTHORIZED,
+                &json!({"error": "unauthenticated", "message": "sign in required", "login_url": login}),
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"portcullis\""),
+            );
+            r
+        };
+        if let Ok(v) = HeaderValue::from_str(&login) {
+            resp.headers_mut().insert(X_AUTH_REQUEST_LOGIN, v);
+        }
+        resp
+    }
+}
+
+/// An absolute return URL on Portcullis's own public origin becomes a path, so the
+/// login does not depend on the host being listed; any other stays absolute.
+fn same_origin_path(url: String, public: Option<&url::Url>) -> String {
+    let (Some(public), Ok(parsed)) = (public, url::Url::parse(&url)) else {
+        return url;
+    };
+    if parsed.origin() == public.origin() {
+        let mut path = parsed.path().to_string();
+        if let Some(q) = parsed.query() {
+            path.push('?');
+            path.push_str(q);
+        }
+        return path;
+    }
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_and_envoys_prefixed_paths_are_recognised() {
+        assert!(is_verify_path("/api/v1/auth/verify"));
+        assert!(is_verify_path("/api/v1/auth/verify/"));
+        assert!(is_verify_path("/api/v1/auth/verify/app/page"));
+        assert!(!is_verify_path("/api/v1/auth/verifyx"));
+        assert!(!is_verify_path("/api/v1/auth/veri"));
+    }
+
+    #[test]
+    fn location_parameters_narrow_and_unknown_ones_are_refused() {
+        let l =
+            parse_location("allowed_groups=admins,%20sre&allowed_groups=ops&allowed_emails=a@x.io")
+                .unwrap();
+        assert_eq!(l.allowed_groups, vec!["admins", "sre", "ops"]);
+        assert_eq!(l.allowed_emails, vec!["a@x.io"]);
+        assert_eq!(l.redirect, None);
+        assert_eq!(
+            parse_location("redirect=false").unwrap().redirect,
+            Some(false)
+        );
+        assert!(
+            parse_location("allowed_group=admins")
+                .unwrap_err()
+                .contains("allowed_group")
+        );
+        assert!(parse_location("redirect=maybe").is_err());
+        assert!(parse_location("").is_ok());
+    }
+
+    #[test]
+    fn a_return_url_on_the_public_origin_becomes_a_path() {
+        let public = url::Url::parse("https://auth.example.com/").unwrap();
+        assert_eq!(
+            same_origin_path("https://auth.example.com/a/b?c=d".into(), Some(&public)),
+            "/a/b?c=d"
+        );
+        assert_eq!(
+            same_origin_path("https://app.example.com/a".into(), Some(&public)),
+            "https://app.example.com/a"
+        );
+        assert_eq!(same_origin_path("/a".into(), Some(&public)), "/a");
+    }
+}

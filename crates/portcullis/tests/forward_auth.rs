@@ -1,0 +1,489 @@
+//! Forward-auth: real nginx (`auth_request`) and real Caddy (`forward_auth`) in front of
+//! an app, each running the configuration in `examples/` as written (only addresses
+//! changed), asking a running Portcullis; and the exact header exchanges of Traefik's
+//! `forwardAuth` and Envoy's `ext_authz`, which cannot be installed here.
+
+mod support;
+
+use portcullis_testkit::{Caddy, Nginx};
+use serde_json::Value;
+use support::*;
+
+const PORTCULLIS_IN_EXAMPLES: &str = "127.0.0.1:4180";
+const APP_IN_EXAMPLES: &str = "127.0.0.1:3000";
+
+fn example(path: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn header<'a>(echo: &'a Value, name: &str) -> Option<&'a str> {
+    echo["headers"][name][0].as_str()
+}
+
+/// Portcullis answering forward-auth only (no upstream of its own) for a proxy in front
+/// at `front_port`, with the development provider.
+struct Setup {
+    upstream: EchoUpstream,
+    _idp: portcullis_devidp::DevIdp,
+    portcullis: Portcullis,
+    front: String,
+}
+
+async fn setup(extra: &[(&str, &str)]) -> Setup {
+    let upstream = EchoUpstream::start().await;
+    let front_port = free_port();
+    let front = format!("http://127.0.0.1:{front_port}");
+    let redirect = format!("{front}/api/v1/auth/callback");
+    let idp = dev_idp(vec![redirect.clone()]).await;
+    let mut builder = Portcullis::builder()
+        .env("FORWARD_AUTH_ONLY", "true")
+        .env("OAUTH_ENABLED", "true")
+        .env("OAUTH_PROVIDER", "oidc")
+        .env("OAUTH_ISSUER_URL", idp.issuer())
+        .env("OAUTH_CLIENT_ID", "portcullis")
+        .env("OAUTH_CLIENT_SECRET", "dev-secret")
+        .env("OAUTH_REDIRECT_URL", redirect)
+        .env("COOKIE_SECRET", SECRET)
+        .env("TRUSTED_PROXIES", "127.0.0.1/32");
+    for (k, v) in extra {
+        builder = builder.env(k, *v);
+    }
+    let portcullis = builder.wait_ready().start().await;
+    Setup {
+        upstream,
+        _idp: idp,
+        portcullis,
+        front,
+    }
+}
+
+impl Setup {
+    fn front_port(&self) -> u16 {
+        self.front.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// An example file with the addresses of this setup in place of the example's.
+    fn adapt(&self, text: &str) -> String {
+        text.replace(PORTCULLIS_IN_EXAMPLES, &self.portcullis.addr.to_string())
+            .replace(APP_IN_EXAMPLES, &self.upstream.addr.to_string())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.front)
+    }
+}
+
+/// A request with extra headers (a forged identity, say) and the browser's cookie.
+async fn get_with(browser: &Browser, url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let host = url::Url::parse(url).unwrap();
+    let cookie = browser
+        .cookie(host.host_str().unwrap(), "session_token")
+        .map(|v| format!("session_token={v}"))
+        .unwrap_or_default();
+    let mut req = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(url)
+        .header("cookie", cookie);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+const FORGED: &[(&str, &str)] = &[
+    ("X-Forwarded-User", "mallory"),
+    ("x-forwarded-email", "mallory@evil.example"),
+    ("X-Forwarded-Preferred-Username", "root"),
+    ("X-Forwarded-Groups", "wheel"),
+];
+
+#[tokio::test]
+async fn nginx_auth_request_sends_browsers_to_log_in_and_passes_the_user_to_the_app() {
+    let s = setup(&[]).await;
+    let conf = s.adapt(&example("examples/nginx/portcullis.conf")).replace(
+        "listen 80;",
+        &format!("listen 127.0.0.1:{};", s.front_port()),
+    );
+    let nginx = Nginx::start(&conf, s.front_port());
+
+    // No session: nginx turns the 401 into a redirect to the login, which returns to the
+    // original URL, query string and all.
+    let browser = Browser::new();
+    let first = browser
+        .get(&s.url("/reports/q1?year=2026&team=a%26b"))
+        .await;
+    assert_eq!(first.status, 302, "{first:?}\n{}", nginx.error_log());
+    let login = first.location().unwrap();
+    assert!(
+        login.starts_with(&s.url("/api/v1/auth/login?rd=")),
+        "{login}"
+    );
+    let form = browser.follow(first).await;
+    let landed = dev_idp_sign_in(&browser, &form, "alice", "admins, devs").await;
+    assert_eq!(landed.status, 200, "{landed:?}");
+    assert_eq!(
+        landed.url.as_str(),
+        s.url("/reports/q1?year=2026&team=a%26b")
+    );
+    let echo = landed.json();
+    assert_eq!(echo["path"], "/reports/q1");
+    assert_eq!(
+        header(&echo, "x-forwarded-email"),
+        Some("alice@example.com")
+    );
+    assert_eq!(
+        header(&echo, "x-forwarded-preferred-username"),
+        Some("alice")
+    );
+    assert_eq!(header(&echo, "x-forwarded-groups"), Some("admins,devs"));
+    assert!(header(&echo, "x-forwarded-user").is_some_and(|u| !u.is_empty()));
+    // Identity headers a client sends are replaced by the real ones.
+    let (status, body) = get_with(&browser, &s.url("/whoami"), FORGED).await;
+    assert_eq!(status, 200, "{body}");
+    let echo: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        header(&echo, "x-forwarded-email"),
+        Some("alice@example.com")
+    );
+    assert_eq!(
+        header(&echo, "x-forwarded-preferred-username"),
+        Some("alice")
+    );
+    assert_eq!(header(&echo, "x-forwarded-groups"), Some("admins,devs"));
+    assert_ne!(header(&echo, "x-forwarded-user"), Some("mallory"));
+    assert_eq!(
+        echo["headers"]["x-forwarded-user"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Without a session, forged headers get nowhere near the app.
+    let stranger = Browser::new();
+    let (status, _) = get_with(&stranger, &s.url("/whoami"), FORGED).await;
+    assert_eq!(status, 302);
+
+    // Logging out through nginx ends it: the next request is sent to log in again.
+    let out = browser
+        .request("POST", &s.url("/api/v1/auth/logout"), None)
+        .await;
+    assert_eq!(out.status, 200, "{out:?}");
+    let again = browser.get(&s.url("/reports")).await;
+    assert_eq!(again.status, 302);
+    drop(nginx);
+}
+
+#[tokio::test]
+async fn caddy_forward_auth_redirects_browsers_itself_and_passes_the_user_to_the_app() {
+    let s = setup(&[]).await;
+    let caddyfile = s
+        .adapt(&example("examples/caddy/Caddyfile"))
+        .replace("app.example.com {", &format!("{} {{", s.front));
+    let caddy = Caddy::start(&caddyfile, s.front_port());
+
+    let browser = Browser::new();
+    let first = browser.get(&s.url("/reports/q1?year=2026")).await;
+    // Portcullis's own 302, relayed by Caddy, to the login on the public origin.
+    assert_eq!(first.status, 302, "{first:?}\n{}", caddy.log());
+    let login = first.location().unwrap();
+    assert!(
+        login.starts_with(&s.url("/api/v1/auth/login?rd=")),
+        "{login}"
+    );
+    assert!(login.contains("%2Freports%2Fq1%3Fyear%3D2026"), "{login}");
+    let form = browser.follow(first).await;
+    let landed = dev_idp_sign_in(&browser, &form, "bob", "ops").await;
+    assert_eq!(landed.status, 200, "{landed:?}");
+    assert_eq!(landed.url.as_str(), s.url("/reports/q1?year=2026"));
+    let echo = landed.json();
+    assert_eq!(header(&echo, "x-forwarded-email"), Some("bob@example.com"));
+    assert_eq!(header(&echo, "x-forwarded-groups"), Some("ops"));
+
+    let (status, body) = get_with(&browser, &s.url("/whoami"), FORGED).await;
+    assert_eq!(status, 200, "{body}");
+    let echo: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(header(&echo, "x-forwarded-email"), Some("bob@example.com"));
+    assert_eq!(header(&echo, "x-forwarded-preferred-username"), Some("bob"));
+    assert_eq!(header(&echo, "x-forwarded-groups"), Some("ops"));
+    assert_ne!(header(&echo, "x-forwarded-user"), Some("mallory"));
+
+    // An API client without a session gets the 401 JSON, relayed as it is.
+    let api = reqwest::Client::new()
+        .get(s.url("/api/data"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 401);
+    let body: Value = api.json().await.unwrap();
+    assert_eq!(body["error"], "unauthenticated");
+}
+
+/// Logs `user` in directly at a Portcullis that has an upstream of its own (so it is its
+/// own public origin) and returns the browser.
+async fn logged_in(setup: &DevSetup, user: &str, groups: &str) -> Browser {
+    let browser = Browser::new();
+    let form = browser.navigate(&setup.portcullis.url("/")).await;
+    let landed = dev_idp_sign_in(&browser, &form, user, groups).await;
+    assert_eq!(landed.status, 200, "{landed:?}");
+    browser
+}
+
+async fn verify(
+    p: &Portcullis,
+    path: &str,
+    cookie: Option<&str>,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut req = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(p.url(path));
+    if let Some(c) = cookie {
+        req = req.header("cookie", format!("session_token={c}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+const BROWSER_ACCEPT: (&str, &str) = ("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
+
+/// What Traefik's forwardAuth sends: the original request's method, scheme, host, URI
+/// and client chain in X-Forwarded-*, plus the client's own headers.
+fn traefik(method: &'static str, uri: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![
+        BROWSER_ACCEPT,
+        ("x-forwarded-method", method),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "app.example.com"),
+        ("x-forwarded-uri", uri),
+        ("x-forwarded-for", "203.0.113.7"),
+    ]
+}
+
+#[tokio::test]
+async fn traefiks_header_exchange_gets_a_redirect_back_to_the_original_url() {
+    let s = with_dev_idp(&[
+        ("TRUSTED_PROXIES", "127.0.0.1/32"),
+        ("AUTH__ALLOWED_REDIRECT_HOSTS", "app.example.com"),
+    ])
+    .await;
+    let p = &s.portcullis;
+    let resp = verify(
+        p,
+        "/api/v1/auth/verify",
+        None,
+        &traefik("GET", "/dash/1?tab=a%20b"),
+    )
+    .await;
+    assert_eq!(resp.status(), 302);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let login = url::Url::parse(&location).unwrap();
+    assert_eq!(
+        login.origin(),
+        url::Url::parse(&p.url("/")).unwrap().origin()
+    );
+    assert_eq!(login.path(), "/api/v1/auth/login");
+    let rd: Vec<(String, String)> = login.query_pairs().into_owned().collect();
+    assert!(
+        rd.contains(&(
+            "rd".into(),
+            "https://app.example.com/dash/1?tab=a%20b".into()
+        )),
+        "{location}"
+    );
+    // Nothing is set in the browser by the check itself.
+    assert!(resp.headers().get("set-cookie").is_none());
+
+    // A form post without a session is not turned into a GET of the login: 401.
+    let resp = verify(p, "/api/v1/auth/verify", None, &traefik("POST", "/dash/1")).await;
+    assert_eq!(resp.status(), 401);
+    // Neither is an API call.
+    let mut api = traefik("GET", "/api/items");
+    api[0] = ("accept", "application/json");
+    assert_eq!(
+        verify(p, "/api/v1/auth/verify", None, &api).await.status(),
+        401
+    );
+
+    // Following the login lands on the original URL.
+    let browser = logged_in(&s, "carol", "admins").await;
+    let cookie = browser.cookie("127.0.0.1", "session_token").unwrap();
+    let resp = verify(
+        p,
+        "/api/v1/auth/verify",
+        Some(&cookie),
+        &traefik("GET", "/dash/1"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers();
+    assert_eq!(h["x-auth-request-email"], "carol@example.com");
+    assert_eq!(h["x-auth-request-preferred-username"], "carol");
+    assert_eq!(h["x-auth-request-groups"], "admins");
+    assert!(!h["x-auth-request-user"].is_empty());
+    assert!(h.get("set-cookie").is_none());
+
+    // The login itself accepts the absolute return URL for the allowed host.
+    let start = browser.get(&location).await;
+    assert_eq!(start.status, 302);
+}
+
+#[tokio::test]
+async fn forwarded_headers_from_an_untrusted_peer_are_not_believed() {
+    // No TRUSTED_PROXIES: X-Forwarded-Uri and friends are a client's claims.
+    let s = with_dev_idp(&[("AUTH__ALLOWED_REDIRECT_HOSTS", "app.example.com")]).await;
+    let resp = verify(
+        &s.portcullis,
+        "/api/v1/auth/verify",
+        None,
+        &traefik("GET", "/dash/1"),
+    )
+    .await;
+    assert_eq!(resp.status(), 401);
+    let login = resp.headers()["x-auth-request-login"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(!login.contains("app.example.com"), "{login}");
+    // A client cannot pre-set the answer headers either: they are the answer's, and an
+    // unauthenticated answer has none.
+    let resp = verify(
+        &s.portcullis,
+        "/api/v1/auth/verify",
+        None,
+        &[("x-auth-request-user", "mallory")],
+    )
+    .await;
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers().get("x-auth-request-user").is_none());
+}
+
+#[tokio::test]
+async fn envoy_path_prefix_mode_checks_the_original_path() {
+    let s = with_dev_idp(&[]).await;
+    let p = &s.portcullis;
+    // Envoy sends the original method and path after the prefix, and the Host.
+    let resp = verify(
+        p,
+        "/api/v1/auth/verify/orders/7?view=full",
+        None,
+        &[BROWSER_ACCEPT],
+    )
+    .await;
+    assert_eq!(
+        resp.status(),
+        302,
+        "Envoy relays the answer: browsers are redirected"
+    );
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let login = url::Url::parse(&location).unwrap();
+    let rd: Vec<(String, String)> = login.query_pairs().into_owned().collect();
+    assert!(
+        rd.contains(&("rd".into(), "/orders/7?view=full".into())),
+        "{location}"
+    );
+    let resp = verify(
+        p,
+        "/api/v1/auth/verify/orders/7",
+        None,
+        &[("accept", "application/json")],
+    )
+    .await;
+    assert_eq!(resp.status(), 401);
+
+    let browser = logged_in(&s, "dave", "").await;
+    let cookie = browser.cookie("127.0.0.1", "session_token").unwrap();
+    // The original query string is the app's, never taken for verify's own parameters.
+    let resp = verify(
+        p,
+        "/api/v1/auth/verify/orders/7?allowed_group=x&redirect=maybe",
+        Some(&cookie),
+        &[],
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "Envoy counts only 200 as allowed");
+    assert_eq!(resp.headers()["x-auth-request-email"], "dave@example.com");
+    assert!(resp.headers().get("x-auth-request-groups").is_none());
+}
+
+#[tokio::test]
+async fn query_parameters_narrow_the_policy_per_location() {
+    let s = with_dev_idp(&[]).await;
+    let p = &s.portcullis;
+    let browser = logged_in(&s, "erin", "devs, sre").await;
+    let cookie = browser.cookie("127.0.0.1", "session_token").unwrap();
+    let status = |path: &'static str| {
+        let cookie = cookie.clone();
+        async move { verify(p, path, Some(&cookie), &[]).await.status().as_u16() }
+    };
+    assert_eq!(status("/api/v1/auth/verify").await, 200);
+    assert_eq!(status("/api/v1/auth/verify?allowed_groups=sre").await, 200);
+    assert_eq!(
+        status("/api/v1/auth/verify?allowed_groups=SRE,admins").await,
+        200
+    );
+    assert_eq!(
+        status("/api/v1/auth/verify?allowed_groups=admins").await,
+        403
+    );
+    assert_eq!(
+        status("/api/v1/auth/verify?allowed_emails=erin@example.com").await,
+        200
+    );
+    assert_eq!(
+        status("/api/v1/auth/verify?allowed_emails=frank@example.com").await,
+        403
+    );
+    assert_eq!(
+        status("/api/v1/auth/verify?allowed_emails=frank@example.com&allowed_groups=devs").await,
+        200
+    );
+    // A misspelt parameter must not silently open the location.
+    let resp = verify(
+        p,
+        "/api/v1/auth/verify?allowed_group=admins",
+        Some(&cookie),
+        &[],
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("allowed_group"),
+        "{body}"
+    );
+    assert!(p.logs().contains("User not allowed: erin"), "{}", p.logs());
+    // HEAD and other methods are answered too (Envoy forwards the original method).
+    let resp = reqwest::Client::new()
+        .post(p.url("/api/v1/auth/verify"))
+        .header("cookie", format!("session_token={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn a_forward_auth_only_portcullis_proxies_nothing() {
+    let s = setup(&[]).await;
+    let resp = reqwest::get(s.portcullis.url("/anything")).await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = reqwest::get(s.portcullis.url("/api/v1/auth/status"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        s.portcullis.logs().contains("forward-auth only"),
+        "{}",
+        s.portcullis.logs()
+    );
+}
