@@ -38,6 +38,9 @@ pub struct Config {
     pub session: SessionConfig,
     pub scim: ScimConfig,
     pub log: LogConfig,
+    /// Extra CA certificates (PEM) trusted for calls to identity providers, besides the
+    /// system's.
+    pub outbound_ca_file: Option<PathBuf>,
 }
 
 /// SCIM provisioning.
@@ -219,6 +222,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "oauth",
     "session",
     "scim",
+    "outbound",
     "log_level",
     "log_format",
 ];
@@ -325,6 +329,7 @@ impl Config {
         };
         Config {
             listen_addr: r.socket_addr("listen_addr", "0.0.0.0:8080"),
+            outbound_ca_file: r.string("outbound.ca_file").map(PathBuf::from),
             upstream_url,
             forward_auth_only,
             upstream: UpstreamConfig {

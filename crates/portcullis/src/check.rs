@@ -53,7 +53,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     static_checks(&config, &mut report);
     if !args.offline {
         for provider in &config.auth.providers {
-            probe_provider(provider, &mut report).await;
+            probe_provider(&config, provider, &mut report).await;
         }
     }
     if report.failures == 0 {
@@ -127,7 +127,11 @@ fn static_checks(config: &Config, report: &mut Report) {
     }
 }
 
-async fn probe_provider(provider: &portcullis_config::ProviderConfig, report: &mut Report) {
+async fn probe_provider(
+    config: &portcullis_config::Config,
+    provider: &portcullis_config::ProviderConfig,
+    report: &mut Report,
+) {
     let portcullis_config::ProviderKind::Oidc { discovery_url } = &provider.kind;
     let key = if provider.name == "oidc" {
         "oauth.issuer_url (OAUTH_ISSUER_URL)".to_string()
@@ -138,13 +142,13 @@ async fn probe_provider(provider: &portcullis_config::ProviderConfig, report: &m
             provider.name.to_uppercase()
         )
     };
-    let http = match outbound_client() {
+    let http = match outbound_client(config) {
         Ok(h) => h,
         Err(e) => {
             report.fail(
                 "outbound HTTP client",
                 &format!("{e:#}"),
-                "check HTTPS_PROXY / GLOBAL_AGENT_HTTPS_PROXY and the CA bundle",
+                "check HTTPS_PROXY / GLOBAL_AGENT_HTTPS_PROXY and outbound.ca_file (OUTBOUND__CA_FILE)",
             );
             return;
         }

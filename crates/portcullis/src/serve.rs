@@ -39,10 +39,11 @@ pub fn env_vars() -> Vec<(String, String)> {
     std::env::vars().collect()
 }
 
-pub fn outbound_client() -> anyhow::Result<portcullis_identity::http::HttpClient> {
+pub fn outbound_client(config: &Config) -> anyhow::Result<portcullis_identity::http::HttpClient> {
     let vars = env_vars();
     let settings = OutboundSettings {
         proxies: ProxyEnv::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+        ca_file: config.outbound_ca_file.clone(),
         ..OutboundSettings::default()
     };
     portcullis_identity::http::client(&settings).context("cannot build the outbound HTTP client")
@@ -80,7 +81,7 @@ pub async fn run_with(config: Config, listener: TcpListener) -> anyhow::Result<E
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let app = App::new(&config, outbound_client()?, workers)
+    let app = App::new(&config, outbound_client(&config)?, workers)
         .await
         .context("cannot start")?;
     let tls = match &config.tls {

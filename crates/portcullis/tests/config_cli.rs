@@ -245,3 +245,74 @@ async fn check_reads_a_config_file() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn an_extra_ca_bundle_is_trusted_for_the_provider() {
+    // A provider on TLS with a certificate from a private CA (nginx serving a discovery
+    // document and keys): trusted only once outbound.ca_file names that CA.
+    let ca = portcullis_testkit::TestCa::generate();
+    let port = free_port();
+    let issuer = format!("https://127.0.0.1:{port}");
+    let root = portcullis_testkit::TempDir::new("tls-issuer");
+    let well_known = root.path().join(".well-known");
+    std::fs::create_dir_all(&well_known).unwrap();
+    std::fs::write(
+        well_known.join("openid-configuration"),
+        serde_json::json!({
+            "issuer": issuer,
+            "authorization_endpoint": format!("{issuer}/authorize"),
+            "token_endpoint": format!("{issuer}/token"),
+            "jwks_uri": format!("{issuer}/jwks.json"),
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(root.path().join("jwks.json"), r#"{"keys":[]}"#).unwrap();
+    let _nginx = portcullis_testkit::Nginx::start(
+        &format!(
+            "server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {}; \
+             root {}; default_type application/json; }}",
+            ca.server_cert().display(),
+            ca.server_key().display(),
+            root.path().display()
+        ),
+        port,
+    );
+    let base = [
+        ("OAUTH_ENABLED", "true"),
+        ("OAUTH_ISSUER_URL", issuer.as_str()),
+        ("OAUTH_CLIENT_ID", "c"),
+        (
+            "OAUTH_REDIRECT_URL",
+            "https://app.example.com/api/v1/auth/callback",
+        ),
+        ("COOKIE_SECRET", SECRET),
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+    ];
+    // nginx is its own process: nothing in this test's runtime needs to keep running.
+    let (code, out) = run_portcullis(&["check"], &base);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL  oauth.issuer_url"), "{out}");
+
+    let ca_file = ca.ca_pem().display().to_string();
+    let mut vars = base.to_vec();
+    vars.push(("OUTBOUND__CA_FILE", ca_file.as_str()));
+    let (_, out) = run_portcullis(&["check"], &vars);
+    // Both the discovery document and the key set were fetched over the private CA's
+    // TLS (the key set is empty on purpose; that is what is left to complain about).
+    assert!(
+        out.contains("ok    oidc: discovery document of issuer"),
+        "{out}"
+    );
+    assert!(out.contains("holds no usable signing key"), "{out}");
+
+    // A bundle that cannot be read is named.
+    let mut vars = base.to_vec();
+    vars.push(("OUTBOUND__CA_FILE", "/nonexistent/ca.pem"));
+    let (code, out) = run_portcullis(&["check"], &vars);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("/nonexistent/ca.pem"), "{out}");
+}
