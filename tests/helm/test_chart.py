@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""The Helm chart and the Kubernetes examples, checked without a cluster.
+
+For the chart's every example values file (charts/portcullis/ci/) and the sidecar
+example chart: `helm lint --strict`, `helm template`, every rendered manifest validated
+against the Kubernetes schemas offline (kubernetes-validate, pinned), the security
+settings and probes asserted, and, most of all, the configuration the chart renders
+handed to the real `portcullis check --offline` (secrets resolved from the rendered or
+example Secret), so a chart that Portcullis would refuse to start with fails here.
+
+usage: test_chart.py PORTCULLIS_BINARY
+"""
+import os
+import subprocess
+import sys
+
+import kubernetes_validate
+import yaml
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CHART = os.path.join(ROOT, "charts", "portcullis")
+K8S_VERSION = "1.34.0"
+# Values an existingSecret would hold in a real cluster.
+EXISTING_SECRET = {
+    "cookie-secret": "a-cookie-secret-of-at-least-32-bytes-long",
+    "oauth-client-secret": "client-secret",
+    "redis-url": "redis://redis.cache.svc.cluster.local:6379",
+    "scim-database-url": "postgres://portcullis:pw@db.example.com/portcullis",
+    "scim-okta-password": "okta-provisioning-password",
+    "scim-microsoft-token": "entra-provisioning-token-0123456789",
+}
+
+failures = []
+
+
+def check(condition, message):
+    if not condition:
+        failures.append(message)
+        print(f"FAIL  {message}")
+
+
+def run(args, **kw):
+    return subprocess.run(args, capture_output=True, text=True, **kw)
+
+
+def render(chart, values=None, sets=()):
+    args = ["helm", "template", "release", chart]
+    if values:
+        args += ["-f", values]
+    for s in sets:
+        args += ["--set", s]
+    out = run(args)
+    return out.returncode, out.stdout, out.stderr
+
+
+def docs(text):
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def validate(label, manifests):
+    for m in manifests:
+        kind = m["kind"]
+        try:
+            kubernetes_validate.validate(m, K8S_VERSION, strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            # Custom resources (ServiceMonitor, HTTPRoute): no schema in the package.
+            check(kind in ("ServiceMonitor", "HTTPRoute"), f"{label}: no schema for {kind}")
+        except kubernetes_validate.ValidationError as e:
+            check(False, f"{label}: {kind} {m['metadata']['name']}: {e.message} at {list(e.path)}")
+
+
+def container_env(container, secrets):
+    env = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        else:
+            ref = e["valueFrom"]["secretKeyRef"]
+            value = secrets.get(ref["name"], {}).get(ref["key"])
+            if value is None and not ref.get("optional"):
+                check(False, f"env {e['name']}: Secret {ref['name']} has no key {ref['key']}")
+            if value is not None:
+                env[e["name"]] = value
+    return env
+
+
+def portcullis_accepts(label, binary, env):
+    env = dict(env, PATH=os.environ["PATH"])
+    out = run([binary, "check", "--offline"], env=env)
+    check(out.returncode == 0, f"{label}: portcullis check refused the rendered configuration:\n{out.stdout}{out.stderr}")
+
+
+def secrets_of(manifests):
+    found = {}
+    for m in manifests:
+        if m["kind"] == "Secret":
+            found[m["metadata"]["name"]] = m.get("stringData", {})
+    return found
+
+
+def assert_container(label, c):
+    sc = c["securityContext"]
+    check(sc.get("readOnlyRootFilesystem") is True, f"{label}: root filesystem not read-only")
+    check(sc.get("allowPrivilegeEscalation") is False, f"{label}: privilege escalation allowed")
+    check(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{label}: capabilities not dropped")
+    check(c["livenessProbe"]["httpGet"]["path"] == "/healthz", f"{label}: liveness probe not /healthz")
+    check(c["readinessProbe"]["httpGet"]["path"] == "/readyz", f"{label}: readiness probe not /readyz")
+    check(c["ports"][0]["name"] == "http", f"{label}: port not named http")
+
+
+def assert_pod(label, spec):
+    psc = spec["securityContext"]
+    check(psc.get("runAsNonRoot") is True and psc.get("runAsUser", 0) != 0, f"{label}: pod may run as root")
+
+
+def chart_case(binary, values):
+    label = os.path.relpath(values, ROOT)
+    out = run(["helm", "lint", "--strict", CHART, "-f", values])
+    check(out.returncode == 0, f"{label}: helm lint --strict:\n{out.stdout}{out.stderr}")
+    code, text, err = render(CHART, values)
+    check(code == 0, f"{label}: helm template failed: {err}")
+    if code != 0:
+        return
+    manifests = docs(text)
+    validate(label, manifests)
+    kinds = [m["kind"] for m in manifests]
+    deployment = next(m for m in manifests if m["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]
+    annotations = pod["metadata"].get("annotations", {})
+    check("checksum/config" in annotations, f"{label}: no checksum/config annotation")
+    assert_pod(label, pod["spec"])
+    container = pod["spec"]["containers"][0]
+    assert_container(label, container)
+    secrets = secrets_of(manifests)
+    with open(values) as f:
+        given = yaml.safe_load(f)
+    existing = given.get("secrets", {}).get("existingSecret")
+    if existing:
+        check("Secret" not in kinds, f"{label}: a Secret is created although existingSecret is set")
+        secrets[existing] = EXISTING_SECRET
+    env = container_env(container, secrets)
+    portcullis_accepts(label, binary, env)
+    print(f"ok    {label}: {len(manifests)} manifests ({', '.join(sorted(set(kinds)))}), "
+          f"{len(env)} environment variables accepted by portcullis check")
+    return given, manifests, env
+
+
+def main():
+    binary = os.path.abspath(sys.argv[1])
+    cases = {}
+    ci = os.path.join(CHART, "ci")
+    for name in sorted(os.listdir(ci)):
+        cases[name] = chart_case(binary, os.path.join(ci, name))
+
+    # What each example is for.
+    _, manifests, env = cases["gateway-values.yaml"]
+    check(env.get("GLOBAL_AGENT_HTTPS_PROXY") == "http://proxy.corp.example.com:3128", "gateway: no outbound proxy")
+    check(env.get("OUTBOUND__CA_FILE") == "/etc/portcullis/ca/ca.crt", "gateway: CA bundle not configured")
+    check(env.get("SESSION__REDIS__URL", "").startswith("redis://"), "gateway: no Redis URL from the Secret")
+    deployment = next(m for m in manifests if m["kind"] == "Deployment")
+    check("replicas" not in deployment["spec"], "gateway: replicas set although the HPA scales")
+    mounts = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    check(any(m["mountPath"] == "/etc/portcullis/ca" for m in mounts), "gateway: CA bundle not mounted")
+    for kind in ("Ingress", "HorizontalPodAutoscaler", "ServiceMonitor", "PodDisruptionBudget"):
+        check(any(m["kind"] == kind for m in manifests), f"gateway: no {kind}")
+
+    _, manifests, env = cases["forward-auth-values.yaml"]
+    check(env.get("FORWARD_AUTH_ONLY") == "true" and "UPSTREAM_URL" not in env, "forward-auth: not forward-auth only")
+    check(env.get("SCIM__ENDPOINTS__MICROSOFT__TOKEN") == EXISTING_SECRET["scim-microsoft-token"], "forward-auth: Entra token not from the Secret")
+    check(env.get("SCIM__ENDPOINTS__OKTA__USERNAME") == "okta-provisioning", "forward-auth: Okta user name missing")
+    check(env.get("SCIM__DATABASE_URL", "").startswith("postgres://"), "forward-auth: SCIM not on PostgreSQL")
+    check(env.get("SESSION__COOKIE_DOMAIN") == "apps.example.com", "forward-auth: no cookie domain")
+    notes = run(["helm", "install", "release", CHART, "--dry-run=client", "-f", os.path.join(ci, "forward-auth-values.yaml")])
+    check("nginx.ingress.kubernetes.io/auth-url" in notes.stdout and "/api/v1/auth/verify" in notes.stdout,
+          f"forward-auth: the notes do not print the ingress-nginx annotations:\n{notes.stdout[-2000:]}{notes.stderr}")
+
+    _, manifests, env = cases["minimal-values.yaml"]
+    check(env.get("SCIM__DATABASE_URL") == "sqlite:///var/lib/portcullis/scim.db", "minimal: SQLite not on the volume")
+    check(any(m["kind"] == "PersistentVolumeClaim" for m in manifests), "minimal: no volume for SQLite")
+    check(any(m["kind"] == "HTTPRoute" for m in manifests), "minimal: no HTTPRoute")
+    deployment = next(m for m in manifests if m["kind"] == "Deployment")
+    check(deployment["spec"].get("strategy", {}).get("type") == "Recreate", "minimal: SQLite volume with a rolling update")
+
+    # A config change rolls the pods; a secret change of the chart-made Secret too.
+    minimal = os.path.join(ci, "minimal-values.yaml")
+    annotations = []
+    for sets in ((), ("config.oauth.client_id=other",), ("secrets.clientSecret=rotated",)):
+        _, text, _ = render(CHART, minimal, sets)
+        pod = next(m for m in docs(text) if m["kind"] == "Deployment")["spec"]["template"]
+        annotations.append(pod["metadata"]["annotations"])
+    check(annotations[0]["checksum/config"] != annotations[1]["checksum/config"], "a config change does not roll the pods")
+    check(annotations[0]["checksum/secret"] != annotations[2]["checksum/secret"], "a secret change does not roll the pods")
+
+    # Mistakes are refused with the key and the fix.
+    for sets, expected in (
+        (("mode=bogus",), "write gateway, forward-auth, or sidecar"),
+        (("config.upstream_url=",), "config.upstream_url is empty"),
+        (("secrets.cookieSecret=",), "secrets.cookieSecret is empty"),
+        (("replicaCount=3",), "replicaCount > 1"),
+    ):
+        code, _, err = render(CHART, minimal, sets)
+        check(code != 0 and expected in err, f"helm template --set {sets} should fail with {expected!r}: {err}")
+
+    # The sidecar, included by another chart.
+    sidecar = os.path.join(ROOT, "examples", "kubernetes", "sidecar-chart")
+    out = run(["helm", "dependency", "update", sidecar])
+    check(out.returncode == 0, f"sidecar chart: helm dependency update: {out.stderr}")
+    out = run(["helm", "lint", "--strict", sidecar])
+    check(out.returncode == 0, f"sidecar chart: helm lint --strict:\n{out.stdout}{out.stderr}")
+    code, text, err = render(sidecar)
+    check(code == 0, f"sidecar chart: helm template: {err}")
+    manifests = docs(text)
+    validate("sidecar chart", manifests)
+    check([m["kind"] for m in manifests].count("Deployment") == 1, "sidecar chart: the Portcullis chart deployed itself too")
+    deployment = next(m for m in manifests if m["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    names = [c["name"] for c in pod["containers"]]
+    check(names == ["app", "portcullis"], f"sidecar chart: containers {names}")
+    portcullis = pod["containers"][1]
+    assert_pod("sidecar chart", pod)
+    assert_container("sidecar chart", portcullis)
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in portcullis["env"] if "valueFrom" in e}
+    check(refs.get("COOKIE_SECRET") == {"name": "my-app-oauth", "key": "cookie-secret"}, f"sidecar chart: COOKIE_SECRET ref {refs.get('COOKIE_SECRET')}")
+    check(refs.get("OAUTH_CLIENT_SECRET", {}).get("key") == "oauth-client-secret", "sidecar chart: no client secret ref")
+    env = container_env(portcullis, {"my-app-oauth": EXISTING_SECRET})
+    check(env.get("UPSTREAM_URL") == "http://127.0.0.1:3000", "sidecar chart: Portcullis does not forward to the app on localhost")
+    service = next(m for m in manifests if m["kind"] == "Service")
+    check(service["spec"]["ports"][0]["targetPort"] == "http", "sidecar chart: the Service does not point at Portcullis")
+    portcullis_accepts("sidecar chart", binary, env)
+    print(f"ok    sidecar chart: containers {names}, Service -> portcullis")
+
+    # The plain manifests of examples/kubernetes.
+    for name in ("sidecar.yaml", "ingress-nginx.yaml"):
+        path = os.path.join(ROOT, "examples", "kubernetes", name)
+        with open(path) as f:
+            manifests = docs(f.read())
+        validate(name, manifests)
+        secrets = secrets_of(manifests)
+        for m in manifests:
+            if m["kind"] == "Deployment":
+                for c in m["spec"]["template"]["spec"]["containers"]:
+                    if c["name"] == "portcullis":
+                        assert_container(name, c)
+                        portcullis_accepts(name, binary, container_env(c, secrets))
+            if m["kind"] == "Ingress":
+                ann = m["metadata"].get("annotations", {})
+                if "nginx.ingress.kubernetes.io/auth-url" in ann:
+                    check(ann["nginx.ingress.kubernetes.io/auth-url"].split("?")[0].endswith("/api/v1/auth/verify"), f"{name}: auth-url")
+                    check("/api/v1/auth/login" in ann["nginx.ingress.kubernetes.io/auth-signin"], f"{name}: auth-signin")
+        print(f"ok    examples/kubernetes/{name}: {len(manifests)} manifests")
+
+    if failures:
+        print(f"\n{len(failures)} chart checks failed")
+        sys.exit(1)
+    print("\nchart checks passed")
+
+
+if __name__ == "__main__":
+    main()
