@@ -249,6 +249,31 @@ def main():
                     check("/api/v1/auth/login" in ann["nginx.ingress.kubernetes.io/auth-signin"], f"{name}: auth-signin")
         print(f"ok    examples/kubernetes/{name}: {len(manifests)} manifests")
 
+    # docker compose: the environment as compose would resolve it from .env.example.
+    compose_dir = os.path.join(ROOT, "examples", "docker-compose")
+    dotenv = {}
+    with open(os.path.join(compose_dir, ".env.example")) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                key, _, value = line.partition("=")
+                dotenv[key] = value
+    with open(os.path.join(compose_dir, "docker-compose.yml")) as f:
+        compose = yaml.safe_load(f)
+    env = {}
+    for key, value in compose["services"]["portcullis"]["environment"].items():
+        for name, sub in dotenv.items():
+            value = value.replace("${%s}" % name, sub)
+        check("${" not in value, f"docker-compose: {key} refers to a variable .env.example lacks")
+        env[key] = value
+    portcullis_accepts("docker-compose", binary, env)
+    labels = compose["services"]["traefik-protected-app"]["labels"]
+    prefix = "traefik.http.middlewares.portcullis.forwardauth."
+    check(labels[prefix + "address"].endswith(":8080/api/v1/auth/verify"), "traefik labels: address")
+    answered = {"X-Auth-Request-User", "X-Auth-Request-Email", "X-Auth-Request-Preferred-Username", "X-Auth-Request-Groups"}
+    check(set(labels[prefix + "authResponseHeaders"].split(",")) == answered, "traefik labels: authResponseHeaders")
+    print("ok    examples/docker-compose: environment accepted by portcullis check; Traefik labels")
+
     if failures:
         print(f"\n{len(failures)} chart checks failed")
         sys.exit(1)
