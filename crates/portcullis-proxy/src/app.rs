@@ -574,26 +574,9 @@ impl App {
                 _ => pages::redirect(&login_link(None, &return_to)),
             }
         } else if html {
-            let href = login_link(None, &return_to);
-            pages::page(
-                StatusCode::UNAUTHORIZED,
-                "Sign in required",
-                "You need to sign in to continue.",
-                Some(Action {
-                    label: "Sign in",
-                    href: &href,
-                }),
-            )
+            unauthenticated(true, &login_link(None, &return_to))
         } else {
-            let mut r = pages::json(
-                StatusCode::UNAUTHORIZED,
-                &json!({"error": "unauthenticated", "message": "sign in required", "login_url": LOGIN_PATH}),
-            );
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"portcullis\""),
-            );
-            r
+            unauthenticated(false, LOGIN_PATH)
         };
         if had_cookie {
             resp = with_cookie(resp, &auth.session_cookie.clear());
@@ -911,6 +894,31 @@ pub fn session_json(session: &SessionData) -> serde_json::Value {
         "provider": who.provider,
         "groups": session.all_groups().collect::<Vec<_>>(),
     })
+}
+
+/// `401` for a request without a session that is not sent to log in: a page with a
+/// sign-in link for browsers, JSON naming the login URL for anything else.
+fn unauthenticated(html: bool, login_href: &str) -> Response<ProxyBody> {
+    if html {
+        return pages::page(
+            StatusCode::UNAUTHORIZED,
+            "Sign in required",
+            "You need to sign in to continue.",
+            Some(Action {
+                label: "Sign in",
+                href: login_href,
+            }),
+        );
+    }
+    let mut r = pages::json(
+        StatusCode::UNAUTHORIZED,
+        &json!({"error": "unauthenticated", "message": "sign in required", "login_url": login_href}),
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"portcullis\""),
+    );
+    r
 }
 
 fn denied_response(reason: &str, html: bool) -> Response<ProxyBody> {

@@ -242,16 +242,12 @@ impl SqlDirectory {
             writes: AtomicU64::new(0),
         };
         dir.migrate().await?;
-        dir.refresh_statistics().await;
+        refresh_statistics(&dir.pool, dir.dialect).await;
         Ok(dir)
     }
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
-    }
-
-    async fn refresh_statistics(&self) {
-        refresh_statistics(&self.pool, self.dialect).await
     }
 
     /// Counts a committed write; now and then refreshes the planner's statistics.

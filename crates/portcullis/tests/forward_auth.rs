@@ -74,24 +74,28 @@ impl Setup {
     }
 }
 
-/// A request with extra headers (a forged identity, say) and the browser's cookie.
+/// A GET with the browser's session cookie and extra headers (a forged identity, say).
 async fn get_with(browser: &Browser, url: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let host = url::Url::parse(url).unwrap();
-    let cookie = browser
-        .cookie(host.host_str().unwrap(), "session_token")
-        .map(|v| format!("session_token={v}"))
-        .unwrap_or_default();
+    let cookie = browser.cookie(host.host_str().unwrap(), "session_token");
+    let resp = request(url, cookie.as_deref(), headers).await;
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// One GET, redirects not followed, with a session cookie and extra headers.
+async fn request(url: &str, cookie: Option<&str>, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut req = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
-        .get(url)
-        .header("cookie", cookie);
+        .get(url);
+    if let Some(c) = cookie {
+        req = req.header("cookie", format!("session_token={c}"));
+    }
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = req.send().await.unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap())
+    req.send().await.unwrap()
 }
 
 const FORGED: &[(&str, &str)] = &[
@@ -240,18 +244,7 @@ async fn verify(
     cookie: Option<&str>,
     headers: &[(&str, &str)],
 ) -> reqwest::Response {
-    let mut req = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-        .get(p.url(path));
-    if let Some(c) = cookie {
-        req = req.header("cookie", format!("session_token={c}"));
-    }
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req.send().await.unwrap()
+    request(&p.url(path), cookie, headers).await
 }
 
 const BROWSER_ACCEPT: (&str, &str) = ("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
@@ -332,9 +325,15 @@ async fn traefiks_header_exchange_gets_a_redirect_back_to_the_original_url() {
     assert!(!h["x-auth-request-user"].is_empty());
     assert!(h.get("set-cookie").is_none());
 
-    // The login itself accepts the absolute return URL for the allowed host.
-    let start = browser.get(&location).await;
-    assert_eq!(start.status, 302);
+    // That login, completed, returns the browser to the original URL on the app's host.
+    let to_idp = browser.navigate(&location).await;
+    let callback = callback_url_for(&browser, &to_idp, "carol").await;
+    let done = browser.get(&callback).await;
+    assert_eq!(done.status, 302, "{done:?}");
+    assert_eq!(
+        done.location().as_deref(),
+        Some("https://app.example.com/dash/1?tab=a%20b")
+    );
 }
 
 #[tokio::test]

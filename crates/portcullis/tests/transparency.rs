@@ -20,8 +20,7 @@ async fn open_mode(upstream: &EchoUpstream, extra: &[(&str, &str)]) -> Portculli
     b.start().await
 }
 
-async fn echo(p: &Portcullis, req: reqwest::RequestBuilder) -> Value {
-    let _ = p;
+async fn echo(req: reqwest::RequestBuilder) -> Value {
     let resp = req.send().await.unwrap();
     assert_eq!(resp.status(), 200);
     resp.json().await.unwrap()
@@ -33,7 +32,6 @@ async fn method_path_query_and_headers_pass_unchanged() {
     let p = open_mode(&upstream, &[]).await;
     let http = reqwest::Client::new();
     let e = echo(
-        &p,
         http.request(reqwest::Method::PATCH, p.url("/a/b%20c/%2F/d?x=1&y=%2F&z"))
             .header("x-app-header", "kept")
             .header("authorization", "Basic dTpw")
@@ -57,7 +55,7 @@ async fn the_upstream_url_path_is_a_prefix() {
         .env("UPSTREAM_URL", format!("{}/base/", upstream.url()))
         .start()
         .await;
-    let e = echo(&p, reqwest::Client::new().get(p.url("/x?y=1"))).await;
+    let e = echo(reqwest::Client::new().get(p.url("/x?y=1"))).await;
     assert_eq!(e["path"], "/base/x");
     assert_eq!(e["query"], "y=1");
 }
@@ -111,7 +109,7 @@ async fn forwarded_headers_are_believed_only_from_trusted_proxies() {
             .header("x-forwarded-host", "bank.example.com")
             .header("forwarded", "for=6.6.6.6")
     };
-    let e = echo(&untrusting, spoof(&untrusting)).await;
+    let e = echo(spoof(&untrusting)).await;
     assert_eq!(e["headers"]["x-forwarded-for"][0], "127.0.0.1");
     assert_eq!(e["headers"]["x-forwarded-proto"][0], "http");
     assert_eq!(
@@ -125,7 +123,7 @@ async fn forwarded_headers_are_believed_only_from_trusted_proxies() {
         &[("TRUSTED_PROXIES", "127.0.0.1/32, 10.0.0.0/8")],
     )
     .await;
-    let e = echo(&trusting, spoof(&trusting)).await;
+    let e = echo(spoof(&trusting)).await;
     assert_eq!(e["headers"]["x-forwarded-for"][0], "6.6.6.6, 127.0.0.1");
     assert_eq!(e["headers"]["x-forwarded-proto"][0], "https");
     assert_eq!(e["headers"]["x-forwarded-host"][0], "bank.example.com");
@@ -149,7 +147,7 @@ async fn http2_by_prior_knowledge_shares_the_port_and_host_follows_one_rule() {
     assert_eq!(version, http::Version::HTTP_2);
     // The upstream is spoken to over HTTP/1.1 whatever the client used.
     assert_eq!(h2["version"], "HTTP/1.1");
-    let h1 = echo(&p, reqwest::Client::new().get(p.url("/h1"))).await;
+    let h1 = echo(reqwest::Client::new().get(p.url("/h1"))).await;
     // Same Host for both: the upstream's own authority; the client's goes in X-Forwarded-Host.
     assert_eq!(h2["headers"]["host"][0], upstream.addr.to_string());
     assert_eq!(h1["headers"]["host"][0], upstream.addr.to_string());
@@ -158,11 +156,7 @@ async fn http2_by_prior_knowledge_shares_the_port_and_host_follows_one_rule() {
 
     let preserving = open_mode(&upstream, &[("UPSTREAM__PRESERVE_HOST", "true")]).await;
     let (_, h2) = h2c_get(&preserving, "/h2").await;
-    let h1 = echo(
-        &preserving,
-        reqwest::Client::new().get(preserving.url("/h1")),
-    )
-    .await;
+    let h1 = echo(reqwest::Client::new().get(preserving.url("/h1"))).await;
     assert_eq!(h2["headers"]["host"][0], preserving.addr.to_string());
     assert_eq!(h1["headers"]["host"][0], preserving.addr.to_string());
 }
@@ -328,13 +322,13 @@ async fn upstream_connections_are_reused_and_never_poisoned() {
     let p = open_mode(&upstream, &[("SERVER__WORKERS", "1")]).await;
     let http = reqwest::Client::new();
     let peer = |e: &Value| e["peer"].as_str().unwrap().to_string();
-    let first = echo(&p, http.get(p.url("/a"))).await;
+    let first = echo(http.get(p.url("/a"))).await;
     // Sequential requests, whatever the client connection, ride one upstream connection,
     // also after a chunked response.
     for path in ["/b", "/c"] {
         let other_client = reqwest::Client::new();
         assert_eq!(
-            peer(&echo(&p, other_client.get(p.url(path))).await),
+            peer(&echo(other_client.get(p.url(path))).await),
             peer(&first)
         );
     }
@@ -349,7 +343,7 @@ async fn upstream_connections_are_reused_and_never_poisoned() {
     );
     assert_eq!(chunked.bytes().await.unwrap().len(), 200_000);
     assert_eq!(
-        peer(&echo(&p, http.get(p.url("/d"))).await),
+        peer(&echo(http.get(p.url("/d"))).await),
         peer(&first),
         "chunked response cost the connection"
     );
@@ -372,7 +366,7 @@ async fn upstream_connections_are_reused_and_never_poisoned() {
     drop(stream);
     tokio::time::sleep(Duration::from_millis(100)).await;
     for _ in 0..5 {
-        let e = echo(&p, reqwest::Client::new().get(p.url("/after-abandon"))).await;
+        let e = echo(reqwest::Client::new().get(p.url("/after-abandon"))).await;
         assert_eq!(e["path"], "/after-abandon");
     }
 
@@ -381,7 +375,7 @@ async fn upstream_connections_are_reused_and_never_poisoned() {
     assert_eq!(closing.text().await.unwrap(), "closing");
     for _ in 0..3 {
         assert_eq!(
-            echo(&p, http.get(p.url("/after-close"))).await["path"],
+            echo(http.get(p.url("/after-close"))).await["path"],
             "/after-close"
         );
     }

@@ -22,17 +22,18 @@
 //! parameter is refused rather than ignored: a misspelt `allowed_group` must not open a
 //! location to everyone.
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use portcullis_policy::{Policy, PolicyDecision, Provisioning, Subject};
-use serde_json::json;
 
-use super::{App, Auth, ConnInfo, LOGIN_PATH, denied_response, login_link, wants_html};
+use super::{
+    App, Auth, ConnInfo, LOGIN_PATH, denied_response, login_link, unauthenticated, wants_html,
+};
 use crate::body::ProxyBody;
 use crate::forwarding::{self, Origin, X_FORWARDED_URI};
 use crate::metrics::inc;
-use crate::pages::{self, Action};
+use crate::pages;
 use crate::redact;
 use crate::return_to;
 
@@ -271,26 +272,8 @@ impl App {
             .unwrap_or(original.relays_answer && html && navigates);
         let mut resp = if redirect {
             pages::redirect(&login)
-        } else if html {
-            pages::page(
-                StatusCode::UNAUTHORIZED,
-                "Sign in required",
-                "You need to sign in to continue.",
-                Some(Action {
-                    label: "Sign in",
-                    href: &login,
-                }),
-            )
         } else {
-            let mut r = pages::json(
-                StatusCode::UNAUTHORIZED,
-                &json!({"error": "unauthenticated", "message": "sign in required", "login_url": login}),
-            );
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"portcullis\""),
-            );
-            r
+            unauthenticated(html, &login)
         };
         if let Ok(v) = HeaderValue::from_str(&login) {
             resp.headers_mut().insert(X_AUTH_REQUEST_LOGIN, v);
