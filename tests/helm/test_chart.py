@@ -274,6 +274,30 @@ def main():
     check(set(labels[prefix + "authResponseHeaders"].split(",")) == answered, "traefik labels: authResponseHeaders")
     print("ok    examples/docker-compose: environment accepted by portcullis check; Traefik labels")
 
+    # Envoy cannot be installed here: its exchange with Portcullis is tested in
+    # crates/portcullis/tests/forward_auth.rs; this checks the example asks for exactly it.
+    with open(os.path.join(ROOT, "examples", "envoy", "envoy.yaml")) as f:
+        envoy = yaml.safe_load(f)
+    manager = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    filters = {f["name"]: f.get("typed_config", {}) for f in manager["http_filters"]}
+    authz = filters.get("envoy.filters.http.ext_authz", {})
+    service = authz.get("http_service", {})
+    check(service.get("path_prefix") == "/api/v1/auth/verify", "envoy: path_prefix")
+    check(authz.get("failure_mode_allow") is False, "envoy: fails closed")
+    sent = {p["exact"] for p in service["authorization_request"]["allowed_headers"]["patterns"]}
+    check({"cookie", "accept"} <= sent, "envoy: the session cookie and Accept reach the check")
+    copied = {p["exact"] for p in service["authorization_response"]["allowed_upstream_headers"]["patterns"]}
+    check(copied == {h.lower() for h in answered}, "envoy: every X-Auth-Request header is copied")
+    clusters = {c["name"]: c for c in envoy["static_resources"]["clusters"]}
+    check(service["server_uri"]["cluster"] in clusters, "envoy: the check's cluster exists")
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    auth_route = next(r for r in routes if r["match"].get("prefix") == "/api/v1/auth/")
+    check(routes[0] is auth_route, "envoy: /api/v1/auth/ is matched before the app")
+    check(auth_route["route"]["cluster"] == service["server_uri"]["cluster"], "envoy: login goes to Portcullis")
+    check(auth_route["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["disabled"] is True,
+          "envoy: the login itself is not checked")
+    print("ok    examples/envoy: ext_authz path prefix, headers, login route")
+
     if failures:
         print(f"\n{len(failures)} chart checks failed")
         sys.exit(1)

@@ -23,6 +23,10 @@ pub struct IdentityHeaders {
     pub preferred_username: HeaderName,
     pub groups: HeaderName,
     pub provider: Option<HeaderName>,
+    /// Send every header, empty when the identity lacks the field. A proxy that copies
+    /// the answer's headers onto the request (Envoy's `allowed_upstream_headers`) only
+    /// replaces a client's forged copy with one the answer carries.
+    pub always: bool,
 }
 
 /// On requests forwarded to the upstream.
@@ -32,6 +36,7 @@ pub const FORWARDED: IdentityHeaders = IdentityHeaders {
     preferred_username: PREFERRED_USERNAME,
     groups: GROUPS,
     provider: Some(PROVIDER),
+    always: false,
 };
 
 /// On the answers of the forward-auth endpoint, for the proxy in front to copy.
@@ -41,6 +46,7 @@ pub const AUTH_REQUEST: IdentityHeaders = IdentityHeaders {
     preferred_username: HeaderName::from_static("x-auth-request-preferred-username"),
     groups: HeaderName::from_static("x-auth-request-groups"),
     provider: None,
+    always: true,
 };
 
 /// Every name Portcullis owns, lowercase with dashes. The `x-auth-request-*` names are
@@ -103,11 +109,17 @@ pub fn set_identity_headers<'g>(
     who: &Identity,
     groups: impl Iterator<Item = &'g str>,
 ) {
-    let mut set = |name: HeaderName, text: Option<&str>| {
-        if let Some(v) = text.filter(|t| !t.is_empty()).and_then(value) {
-            headers.insert(name, v);
-        }
-    };
+    let mut set =
+        |name: HeaderName, text: Option<&str>| match text.filter(|t| !t.is_empty()).and_then(value)
+        {
+            Some(v) => {
+                headers.insert(name, v);
+            }
+            None if names.always => {
+                headers.insert(name, HeaderValue::from_static(""));
+            }
+            None => {}
+        };
     set(names.user.clone(), Some(&who.id));
     set(names.email.clone(), who.email.as_deref());
     set(names.preferred_username.clone(), who.username.as_deref());
@@ -115,9 +127,7 @@ pub fn set_identity_headers<'g>(
         set(provider.clone(), Some(&who.provider));
     }
     let joined = groups.collect::<Vec<_>>().join(",");
-    if !joined.is_empty() {
-        set(names.groups.clone(), Some(&joined));
-    }
+    set(names.groups.clone(), Some(&joined));
 }
 
 #[cfg(test)]
@@ -196,5 +206,22 @@ mod tests {
         let mut h = HeaderMap::new();
         set_identity_headers(&mut h, &FORWARDED, &who, std::iter::empty());
         assert_eq!(h[PREFERRED_USERNAME].as_bytes(), "zoë".as_bytes());
+    }
+
+    #[test]
+    fn forward_auth_answers_every_header_even_when_empty() {
+        let mut bare = who();
+        bare.email = None;
+        bare.username = Some("evil\nname".into());
+        let mut h = HeaderMap::new();
+        set_identity_headers(&mut h, &AUTH_REQUEST, &bare, std::iter::empty());
+        assert_eq!(h["x-auth-request-user"], "sub-1");
+        assert_eq!(h["x-auth-request-email"], "");
+        assert_eq!(h["x-auth-request-preferred-username"], "");
+        assert_eq!(h["x-auth-request-groups"], "");
+        // The upstream's headers are left out instead.
+        let mut h = HeaderMap::new();
+        set_identity_headers(&mut h, &FORWARDED, &bare, std::iter::empty());
+        assert!(h.get(EMAIL).is_none() && h.get(GROUPS).is_none());
     }
 }

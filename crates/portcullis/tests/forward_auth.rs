@@ -411,7 +411,9 @@ async fn envoy_path_prefix_mode_checks_the_original_path() {
     .await;
     assert_eq!(resp.status(), 200, "Envoy counts only 200 as allowed");
     assert_eq!(resp.headers()["x-auth-request-email"], "dave@example.com");
-    assert!(resp.headers().get("x-auth-request-groups").is_none());
+    // Every identity header is answered, empty when the user has none, so a proxy that
+    // copies the answer's headers (Envoy) overwrites a client's forged copy.
+    assert_eq!(resp.headers()["x-auth-request-groups"], "");
 }
 
 #[tokio::test]
@@ -485,4 +487,107 @@ async fn a_forward_auth_only_portcullis_proxies_nothing() {
         "{}",
         s.portcullis.logs()
     );
+}
+
+/// `examples/nginx/shared-auth-host.conf`: one sign-in at the auth host, a session cookie
+/// for the parent domain, and two apps on subdomains that both see it (one narrowed to a
+/// group). The browser resolves the example's names to loopback and honours `Domain=`.
+#[tokio::test]
+async fn one_sign_in_serves_every_app_under_the_cookie_domain() {
+    let app1 = EchoUpstream::start().await;
+    let app2 = EchoUpstream::start().await;
+    let port = free_port();
+    let at = |host: &str, path: &str| format!("http://{host}.example.test:{port}{path}");
+    let redirect = at("auth", "/api/v1/auth/callback");
+    let idp = dev_idp(vec![redirect.clone()]).await;
+    let portcullis = Portcullis::builder()
+        .env("FORWARD_AUTH_ONLY", "true")
+        .env("OAUTH_ENABLED", "true")
+        .env("OAUTH_PROVIDER", "oidc")
+        .env("OAUTH_ISSUER_URL", idp.issuer())
+        .env("OAUTH_CLIENT_ID", "portcullis")
+        .env("OAUTH_CLIENT_SECRET", "dev-secret")
+        .env("PUBLIC_URL", at("auth", ""))
+        .env("OAUTH_REDIRECT_URL", &redirect)
+        .env("COOKIE_SECRET", SECRET)
+        .env("SESSION__COOKIE_DOMAIN", "example.test")
+        // Hosts with a port must be listed with it; on port 443 the domain alone does.
+        .env(
+            "AUTH__ALLOWED_REDIRECT_HOSTS",
+            format!("app1.example.test:{port},app2.example.test:{port}"),
+        )
+        .env("TRUSTED_PROXIES", "127.0.0.1/32")
+        .wait_ready()
+        .start()
+        .await;
+    let conf = example("examples/nginx/shared-auth-host.conf")
+        .replace(PORTCULLIS_IN_EXAMPLES, &portcullis.addr.to_string())
+        .replace(APP_IN_EXAMPLES, &app1.addr.to_string())
+        .replace("127.0.0.1:3001", &app2.addr.to_string())
+        .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
+        .replace(".example.com;", ".example.test;");
+    let nginx = Nginx::start(&conf, port);
+    let browser = Browser::resolving(&[
+        "auth.example.test",
+        "app1.example.test",
+        "app2.example.test",
+    ]);
+
+    // app1 without a session: to the sign-in host, and back to app1 after the login.
+    let first = browser.get(&at("app1", "/inbox?page=2")).await;
+    assert_eq!(first.status, 302, "{first:?}\n{}", nginx.error_log());
+    assert!(
+        first
+            .location()
+            .unwrap()
+            .starts_with(&at("auth", "/api/v1/auth/login?rd=")),
+        "{first:?}"
+    );
+    let form = browser.follow(first).await;
+    let landed = dev_idp_sign_in(&browser, &form, "alice", "admins").await;
+    assert_eq!(landed.status, 200, "{landed:?}\n{}", nginx.error_log());
+    assert_eq!(landed.url.as_str(), at("app1", "/inbox?page=2"));
+    assert_eq!(
+        header(&landed.json(), "x-forwarded-email"),
+        Some("alice@example.com")
+    );
+
+    // The cookie was set for the domain, so app2 lets alice in without a second login.
+    let session = browser.cookie("example.test", "session_token");
+    assert!(session.is_some(), "the session cookie is a domain cookie");
+    let other = browser.get(&at("app2", "/settings")).await;
+    assert_eq!(other.status, 200, "{other:?}");
+    assert_eq!(header(&other.json(), "x-forwarded-groups"), Some("admins"));
+
+    // app2 is narrowed to admins: a user without that group is refused there, not at app1.
+    let bob = Browser::resolving(&[
+        "auth.example.test",
+        "app1.example.test",
+        "app2.example.test",
+    ]);
+    let form = bob.navigate(&at("app1", "/")).await;
+    let landed = dev_idp_sign_in(&bob, &form, "bob", "devs").await;
+    assert_eq!(landed.status, 200, "{landed:?}");
+    assert_eq!(bob.get(&at("app2", "/")).await.status, 403);
+
+    // Logging out at the auth host ends the session for every app.
+    let out = browser
+        .request("POST", &at("auth", "/api/v1/auth/logout"), None)
+        .await;
+    assert_eq!(out.status, 200, "{out:?}");
+    assert_eq!(browser.get(&at("app1", "/")).await.status, 302);
+    assert_eq!(browser.get(&at("app2", "/")).await.status, 302);
+
+    // A host outside the domain never gets the cookie: the browser would not send it, and
+    // Portcullis would not send a browser back there after a login either.
+    let to_idp = browser
+        .navigate(&at(
+            "auth",
+            "/api/v1/auth/login?rd=http%3A%2F%2Fevil.example.org%2F",
+        ))
+        .await;
+    let callback = callback_url_for(&browser, &to_idp, "alice").await;
+    let done = browser.get(&callback).await;
+    assert_eq!(done.location().as_deref(), Some("/"));
+    drop(nginx);
 }

@@ -14,6 +14,50 @@ async fn log_in(browser: &Browser, p: &Portcullis, path: &str, user: &str, group
     dev_idp_sign_in(browser, &form, user, groups).await
 }
 
+/// `examples/local-dev/portcullis.yaml` as written, only the dev server's port changed.
+#[tokio::test]
+async fn the_local_dev_example_runs_as_written() {
+    let upstream = EchoUpstream::start().await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let example = std::fs::read_to_string(root.join("examples/local-dev/portcullis.yaml")).unwrap();
+    assert!(example.contains("http://127.0.0.1:5173"));
+    let dir = portcullis_testkit::TempDir::new("local-dev");
+    let config = dir.path().join("portcullis.yaml");
+    std::fs::write(
+        &config,
+        example.replace("http://127.0.0.1:5173", &upstream.url()),
+    )
+    .unwrap();
+    let port = free_port();
+    let p = Portcullis::builder()
+        .arg("dev")
+        .arg("--config")
+        .arg(config.display().to_string())
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .port(port)
+        .wait_ready()
+        .start()
+        .await;
+
+    let browser = Browser::new();
+    let landed = log_in(&browser, &p, "/src/main.ts", "alice", "developers").await;
+    assert_eq!(landed.status, 200, "{landed:?}");
+    let echo = landed.json();
+    assert_eq!(echo["path"], "/src/main.ts");
+    assert_eq!(header(&echo, "x-forwarded-groups"), Some("developers"));
+    // preserve_host: the dev server sees the address the browser used.
+    assert_eq!(
+        header(&echo, "host"),
+        Some(format!("127.0.0.1:{port}").as_str())
+    );
+
+    // The example's access rule: without the group, refused.
+    let other = Browser::new();
+    let refused = log_in(&other, &p, "/", "bob", "sales").await;
+    assert_eq!(refused.status, 403, "{refused:?}");
+}
+
 #[tokio::test]
 async fn the_dev_quickstart_logs_in_through_the_embedded_provider() {
     let upstream = EchoUpstream::start().await;

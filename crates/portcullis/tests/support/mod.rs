@@ -406,14 +406,23 @@ pub fn run_portcullis(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
 
 #[derive(Debug, Clone)]
 struct StoredCookie {
+    /// The host that set it, or the `Domain` it was set for.
     host: String,
+    /// Sent to subdomains of `host` too (`Domain=` was given).
+    domain: bool,
     name: String,
     value: String,
     path: String,
 }
 
-/// Just enough of a browser: cookies per host (ignoring the port, as browsers do),
-/// redirects, and HTML forms.
+impl StoredCookie {
+    fn matches(&self, host: &str) -> bool {
+        self.host == host || (self.domain && host.ends_with(&format!(".{}", self.host)))
+    }
+}
+
+/// Just enough of a browser: cookies per host (ignoring the port, as browsers do) or per
+/// domain (`Domain=`), redirects, and HTML forms.
 pub struct Browser {
     http: reqwest::Client,
     jar: Mutex<Vec<StoredCookie>>,
@@ -491,11 +500,18 @@ fn attr(tag: &str, name: &str) -> Option<String> {
 
 impl Browser {
     pub fn new() -> Self {
+        Self::resolving(&[])
+    }
+
+    /// A browser that finds each of `hosts` (say `app1.example.test`) on 127.0.0.1.
+    pub fn resolving(hosts: &[&str]) -> Self {
+        let mut http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+        for host in hosts {
+            // Port 0: the URL's own port is used.
+            http = http.resolve(host, ([127, 0, 0, 1], 0).into());
+        }
         Browser {
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
+            http: http.build().unwrap(),
             jar: Mutex::new(Vec::new()),
             accept: "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8".into(),
         }
@@ -506,7 +522,7 @@ impl Browser {
             .lock()
             .unwrap()
             .iter()
-            .find(|c| c.host == host && c.name == name)
+            .find(|c| c.matches(host) && c.name == name)
             .map(|c| c.value.clone())
     }
 
@@ -515,6 +531,7 @@ impl Browser {
         jar.retain(|c| !(c.host == host && c.name == name));
         jar.push(StoredCookie {
             host: host.into(),
+            domain: false,
             name: name.into(),
             value: value.into(),
             path: "/".into(),
@@ -530,7 +547,7 @@ impl Browser {
         let jar = self.jar.lock().unwrap();
         let pairs: Vec<String> = jar
             .iter()
-            .filter(|c| c.host == host && url.path().starts_with(&c.path))
+            .filter(|c| c.matches(host) && url.path().starts_with(&c.path))
             .map(|c| format!("{}={}", c.name, c.value))
             .collect();
         (!pairs.is_empty()).then(|| pairs.join("; "))
@@ -547,19 +564,37 @@ impl Browser {
             };
             let mut path = "/".to_string();
             let mut expired = false;
+            let mut cookie_host = host.clone();
+            let mut domain = false;
             for attr in parts {
                 let attr = attr.trim();
                 if let Some(p) = attr.strip_prefix("Path=") {
                     path = p.to_string();
                 }
+                if let Some(d) = attr.strip_prefix("Domain=") {
+                    let d = d.trim_start_matches('.').to_ascii_lowercase();
+                    // RFC 6265 §5.3 step 6: a domain that does not cover the host is ignored.
+                    if host != d && !host.ends_with(&format!(".{d}")) {
+                        expired = true;
+                        continue;
+                    }
+                    cookie_host = d;
+                    domain = true;
+                }
                 if attr == "Max-Age=0" {
                     expired = true;
                 }
             }
-            jar.retain(|c| !(c.host == host && c.name == name.trim() && c.path == path));
+            jar.retain(|c| {
+                !(c.host == cookie_host
+                    && c.domain == domain
+                    && c.name == name.trim()
+                    && c.path == path)
+            });
             if !expired {
                 jar.push(StoredCookie {
-                    host: host.clone(),
+                    host: cookie_host,
+                    domain,
                     name: name.trim().to_string(),
                     value: value.trim().to_string(),
                     path,
