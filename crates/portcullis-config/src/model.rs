@@ -104,10 +104,74 @@ pub enum Flow {
     Implicit,
 }
 
+/// How a provider is talked to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderKind {
-    /// Any OpenID Connect provider found by discovery.
+    /// Any OpenID Connect provider found by discovery (Okta, Auth0, Google, ADFS, custom).
     Oidc { discovery_url: Url },
+    /// Microsoft Entra ID: OpenID Connect with tenant checks and group overage.
+    Entra(EntraConfig),
+    /// GitHub or GitHub Enterprise: OAuth 2.0 and the REST API (not OpenID Connect).
+    GitHub(GitHubConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntraConfig {
+    pub discovery_url: Url,
+    /// A tenant id or domain, or `common` / `organizations` (multi-tenant).
+    pub tenant: String,
+    /// For a multi-tenant app: the tenants (`tid`) whose users may sign in.
+    pub allowed_tenants: Vec<String>,
+    /// Microsoft Graph, for the groups of a user in too many to fit the token.
+    pub graph_url: Url,
+}
+
+impl EntraConfig {
+    /// Whether the app accepts several tenants (so `tid` is checked against a list).
+    pub fn multi_tenant(&self) -> bool {
+        is_multi_tenant(&self.tenant)
+    }
+}
+
+fn is_multi_tenant(tenant: &str) -> bool {
+    matches!(
+        tenant.to_ascii_lowercase().as_str(),
+        "common" | "organizations" | "consumers"
+    )
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitHubConfig {
+    /// Where browsers authorize (`https://github.com`, or the Enterprise server).
+    pub web_url: Url,
+    /// The REST API (`https://api.github.com/`, or `<server>/api/v3/`).
+    pub api_url: Url,
+    /// Members of any of these organizations are admitted (empty: no restriction).
+    pub orgs: Vec<String>,
+    /// Members of any of these teams (`org:team`, by slug) are admitted.
+    pub teams: Vec<String>,
+}
+
+/// Which claims an identity's fields come from, each a list tried in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimMapping {
+    pub id: Vec<String>,
+    pub email: Vec<String>,
+    pub username: Vec<String>,
+    pub name: Vec<String>,
+    pub groups: String,
+}
+
+impl ClaimMapping {
+    fn standard() -> Self {
+        ClaimMapping {
+            id: vec!["sub".into()],
+            email: vec!["email".into()],
+            username: vec!["preferred_username".into()],
+            name: vec!["name".into()],
+            groups: "groups".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +186,27 @@ pub struct ProviderConfig {
     /// Extra authorization request parameters (`audience` for Auth0).
     pub auth_url_params: Vec<(String, String)>,
     pub flow: Flow,
+    pub claims: ClaimMapping,
+    /// Google: only accounts of this Workspace domain (`hd` claim).
+    pub hosted_domain: Option<String>,
+}
+
+impl ProviderConfig {
+    /// A generic OpenID Connect provider with the standard claims.
+    pub fn oidc(name: &str, display_name: &str, discovery_url: Url, client_id: &str) -> Self {
+        ProviderConfig {
+            name: name.into(),
+            display_name: display_name.into(),
+            kind: ProviderKind::Oidc { discovery_url },
+            client_id: client_id.into(),
+            client_secret: None,
+            scopes: DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect(),
+            auth_url_params: Vec::new(),
+            flow: Flow::Code,
+            claims: ClaimMapping::standard(),
+            hosted_domain: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -669,6 +754,7 @@ fn read_cidrs(r: &Reader<'_>, key: &str) -> Vec<IpNet> {
 }
 
 const DEFAULT_SCOPES: &[&str] = &["openid", "email", "profile"];
+const GITHUB_SCOPES: &[&str] = &["read:user", "user:email"];
 
 fn read_flow(r: &Reader<'_>, key: &str, default: Flow) -> Flow {
     match r.string(key).map(|s| s.to_ascii_lowercase()).as_deref() {
@@ -693,6 +779,310 @@ fn read_flow(r: &Reader<'_>, key: &str, default: Flow) -> Flow {
     }
 }
 
+/// What a provider's name says about how to talk to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    GitHub,
+    Entra,
+    Google,
+    Adfs,
+    Generic,
+}
+
+fn family(name: &str) -> Family {
+    match name {
+        "github" => Family::GitHub,
+        "microsoft" | "entra" | "azure" => Family::Entra,
+        "google" => Family::Google,
+        "adfs" => Family::Adfs,
+        _ => Family::Generic,
+    }
+}
+
+/// Where a provider's settings are: `auth.openid_connect.<name>.<field>` (nested), or
+/// the flat `oauth.<field>` names of the design documents.
+struct ProviderKeys {
+    prefix: String,
+    flat: bool,
+}
+
+impl ProviderKeys {
+    fn key(&self, field: &str) -> String {
+        if !self.flat {
+            return format!("{}.{field}", self.prefix);
+        }
+        let flat = match field {
+            "discovery_url" => "issuer_url".to_string(),
+            "web_url" => "github_url".into(),
+            "api_url" => "github_api_url".into(),
+            "orgs" => "github_orgs".into(),
+            "teams" => "github_teams".into(),
+            other => match other.strip_prefix("claims.") {
+                Some(claim) => format!("{claim}_claim"),
+                None => other.into(),
+            },
+        };
+        format!("oauth.{flat}")
+    }
+}
+
+const PROVIDER_FIELDS: &[&str] = &[
+    "client_id",
+    "client_secret",
+    "discovery_url",
+    "display_name",
+    "scopes",
+    "flow",
+    "hosted_domain",
+    "tenant_id",
+    "allowed_tenants",
+    "graph_url",
+    "web_url",
+    "api_url",
+    "orgs",
+    "teams",
+    "claims.id",
+    "claims.email",
+    "claims.username",
+    "claims.name",
+    "claims.groups",
+];
+
+fn read_provider(
+    r: &Reader<'_>,
+    keys: &ProviderKeys,
+    name: &str,
+    fam: Family,
+    default_flow: Flow,
+) -> Option<ProviderConfig> {
+    let key = |field: &str| keys.key(field);
+    let client_id = r.required_string(
+        &key("client_id"),
+        "set it to the client id the provider issued for Portcullis",
+    );
+    let client_secret = r.secret(&key("client_secret"));
+    let explicit_scopes = r.list(&key("scopes"));
+    let display_name = r
+        .string(&key("display_name"))
+        .unwrap_or_else(|| default_display_name(name));
+    let flow = read_flow(r, &key("flow"), default_flow);
+    let auth_url_params = if keys.flat {
+        Vec::new()
+    } else {
+        r.string_map(&key("auth_url_params"))
+    };
+    let claims = read_claims(r, keys, fam);
+    let hosted_domain = r
+        .string(&key("hosted_domain"))
+        .map(|d| d.trim().to_ascii_lowercase());
+    if hosted_domain.is_some() && fam != Family::Google {
+        r.error(
+            &key("hosted_domain"),
+            "applies to Google only",
+            "remove it, or restrict users with oauth.allowed_users / auth.allowed_groups",
+        );
+    }
+    let discovery_fix = "set it to the provider's issuer or discovery URL, such as https://example.okta.com/.well-known/openid-configuration";
+    let discovery_url = r.url(&key("discovery_url"), discovery_fix);
+    let kind = match fam {
+        Family::GitHub => {
+            if flow == Flow::Implicit {
+                r.error(
+                    &key("flow"),
+                    "is implicit, which GitHub does not offer",
+                    "remove it: GitHub logins use the code flow",
+                );
+            }
+            let web_url = r
+                .url(
+                    &key("web_url"),
+                    "set it to your GitHub Enterprise server, such as https://github.example.com",
+                )
+                .unwrap_or_else(|| Url::parse("https://github.com").expect("valid"));
+            let api_url = r
+                .url(
+                    &key("api_url"),
+                    "set it to the REST API base, such as https://github.example.com/api/v3",
+                )
+                .unwrap_or_else(|| default_github_api(&web_url));
+            let orgs: Vec<String> = r
+                .list(&key("orgs"))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| o.to_ascii_lowercase())
+                .collect();
+            let mut teams = Vec::new();
+            for team in r.list(&key("teams")).unwrap_or_default() {
+                match team.split_once([':', '/']) {
+                    Some((org, slug)) if !org.is_empty() && !slug.is_empty() => {
+                        teams.push(format!("{}:{}", org, slug).to_ascii_lowercase())
+                    }
+                    _ => r.error(
+                        &key("teams"),
+                        format!("`{team}` does not name an organization and a team"),
+                        "write each team as org:team-slug (or org/team-slug)",
+                    ),
+                }
+            }
+            ProviderKind::GitHub(GitHubConfig {
+                web_url: with_trailing_slash(web_url),
+                api_url: with_trailing_slash(api_url),
+                orgs,
+                teams,
+            })
+        }
+        Family::Entra => {
+            // The tenant: configured, else read from a login.microsoftonline.com-style
+            // discovery URL (`/<tenant>/v2.0/...`).
+            let tenant = r.string(&key("tenant_id")).or_else(|| {
+                discovery_url
+                    .as_ref()
+                    .and_then(|u| u.path_segments()?.next().map(str::to_string))
+                    .filter(|t| !t.is_empty() && !t.starts_with('.'))
+            });
+            if tenant.is_none() && discovery_url.is_none() && !r.is_set(&key("discovery_url")) {
+                r.error(
+                    &key("tenant_id"),
+                    "is missing",
+                    "set it to your directory (tenant) id from the Entra app registration's overview page",
+                );
+            }
+            let tenant = tenant.unwrap_or_default();
+            let allowed_tenants: Vec<String> = r
+                .list(&key("allowed_tenants"))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| t.to_ascii_lowercase())
+                .collect();
+            if is_multi_tenant(&tenant) && allowed_tenants.is_empty() {
+                r.error(
+                    &key("allowed_tenants"),
+                    format!("is empty, and the tenant is `{tenant}`, which would admit users of every Microsoft tenant"),
+                    "list the tenant ids whose users may sign in, or set the tenant id to your own tenant",
+                );
+            }
+            let discovery_url = discovery_url.unwrap_or_else(|| {
+                Url::parse(&format!(
+                    "https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration"
+                ))
+                .unwrap_or_else(|_| Url::parse("https://login.microsoftonline.com/invalid/v2.0").expect("valid"))
+            });
+            let graph_url = r
+                .url(
+                    &key("graph_url"),
+                    "set it to Microsoft Graph's base URL, such as https://graph.microsoft.com",
+                )
+                .unwrap_or_else(|| Url::parse("https://graph.microsoft.com/").expect("valid"));
+            ProviderKind::Entra(EntraConfig {
+                discovery_url,
+                tenant,
+                allowed_tenants,
+                graph_url: with_trailing_slash(graph_url),
+            })
+        }
+        Family::Google => ProviderKind::Oidc {
+            discovery_url: discovery_url
+                .unwrap_or_else(|| Url::parse("https://accounts.google.com").expect("valid")),
+        },
+        Family::Adfs | Family::Generic => {
+            if discovery_url.is_none() && !r.is_set(&key("discovery_url")) {
+                r.error(&key("discovery_url"), "is missing", discovery_fix);
+            }
+            ProviderKind::Oidc {
+                discovery_url: discovery_url?,
+            }
+        }
+    };
+    for field in ["tenant_id", "allowed_tenants", "graph_url"] {
+        if fam != Family::Entra && r.is_set(&key(field)) {
+            r.error(&key(field), "applies to Microsoft Entra only", "remove it");
+        }
+    }
+    for field in ["web_url", "api_url", "orgs", "teams"] {
+        if fam != Family::GitHub && r.is_set(&key(field)) {
+            r.error(&key(field), "applies to GitHub only", "remove it");
+        }
+    }
+    let scopes = match (explicit_scopes, &kind) {
+        (Some(scopes), _) => scopes,
+        (None, ProviderKind::GitHub(gh)) => {
+            let mut s: Vec<String> = GITHUB_SCOPES.iter().map(|s| s.to_string()).collect();
+            if !gh.orgs.is_empty() || !gh.teams.is_empty() {
+                s.push("read:org".into());
+            }
+            s
+        }
+        (None, _) => DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect(),
+    };
+    Some(ProviderConfig {
+        name: name.to_string(),
+        display_name,
+        kind,
+        client_id: client_id?,
+        client_secret,
+        scopes,
+        auth_url_params,
+        flow,
+        claims,
+        hosted_domain,
+    })
+}
+
+fn default_github_api(web: &Url) -> Url {
+    if web.host_str() == Some("github.com") {
+        Url::parse("https://api.github.com/").expect("valid")
+    } else {
+        with_trailing_slash(web.clone())
+            .join("api/v3/")
+            .expect("a relative path joins")
+    }
+}
+
+fn with_trailing_slash(mut url: Url) -> Url {
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    url
+}
+
+fn read_claims(r: &Reader<'_>, keys: &ProviderKeys, fam: Family) -> ClaimMapping {
+    let mut m = ClaimMapping::standard();
+    let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    match fam {
+        // Entra: `oid` is the user's id across every app of the tenant (`sub` differs per
+        // app); the email is often only in `preferred_username` or `upn`.
+        Family::Entra => {
+            m.id = list(&["oid", "sub"]);
+            m.email = list(&["email", "preferred_username", "upn"]);
+            m.username = list(&["preferred_username", "upn"]);
+        }
+        // ADFS issues `upn` (and `unique_name`) rather than the standard claims.
+        Family::Adfs => {
+            m.email = list(&["email", "upn"]);
+            m.username = list(&["upn", "unique_name", "preferred_username"]);
+            m.name = list(&["name", "unique_name"]);
+        }
+        _ => {}
+    }
+    if let Some(v) = r.list(&keys.key("claims.id")) {
+        m.id = v;
+    }
+    if let Some(v) = r.list(&keys.key("claims.email")) {
+        m.email = v;
+    }
+    if let Some(v) = r.list(&keys.key("claims.username")) {
+        m.username = v;
+    }
+    if let Some(v) = r.list(&keys.key("claims.name")) {
+        m.name = v;
+    }
+    if let Some(v) = r.string(&keys.key("claims.groups")) {
+        m.groups = v;
+    }
+    m
+}
+
 fn read_auth(r: &Reader<'_>, public_url: Option<&Url>) -> AuthConfig {
     let flat_enabled = r.bool("oauth.enabled", false);
     let default_flow = read_flow(r, "auth.openid_connect.flow", Flow::Code);
@@ -703,111 +1093,66 @@ fn read_auth(r: &Reader<'_>, public_url: Option<&Url>) -> AuthConfig {
         if name == "flow" {
             continue;
         }
-        let base = format!("auth.openid_connect.{name}");
-        if !r.bool(&format!("{base}.enabled"), false) {
+        let keys = ProviderKeys {
+            prefix: format!("auth.openid_connect.{name}"),
+            flat: false,
+        };
+        if !r.bool(&keys.key("enabled"), false) {
             // Read (and so accept) the other keys of a disabled provider.
-            for key in [
-                "client_id",
-                "client_secret",
-                "discovery_url",
-                "display_name",
-                "scopes",
-                "flow",
-            ] {
-                r.mark_known(&format!("{base}.{key}"));
+            for field in PROVIDER_FIELDS {
+                r.mark_known(&keys.key(field));
             }
-            r.string_map(&format!("{base}.auth_url_params"));
+            r.string_map(&keys.key("auth_url_params"));
             continue;
         }
-        let client_id = r.required_string(
-            &format!("{base}.client_id"),
-            "set it to the client id the provider issued for Portcullis",
-        );
-        let discovery_url = r.url(
-            &format!("{base}.discovery_url"),
-            "set it to the provider's issuer or discovery URL, such as https://example.okta.com/.well-known/openid-configuration",
-        );
-        if discovery_url.is_none() && !r.is_set(&format!("{base}.discovery_url")) {
-            r.error(
-                &format!("{base}.discovery_url"),
-                "is missing",
-                "set it to the provider's issuer or discovery URL, such as https://example.okta.com/.well-known/openid-configuration",
-            );
-        }
-        let display_name = r
-            .string(&format!("{base}.display_name"))
-            .unwrap_or_else(|| default_display_name(&name));
-        if let (Some(client_id), Some(discovery_url)) = (client_id, discovery_url) {
-            providers.push(ProviderConfig {
-                display_name,
-                kind: ProviderKind::Oidc { discovery_url },
-                client_id,
-                client_secret: r.secret(&format!("{base}.client_secret")),
-                scopes: r
-                    .list(&format!("{base}.scopes"))
-                    .unwrap_or_else(|| DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect()),
-                auth_url_params: r.string_map(&format!("{base}.auth_url_params")),
-                flow: read_flow(r, &format!("{base}.flow"), default_flow),
-                name,
-            });
+        if let Some(p) = read_provider(r, &keys, &name, family(&name), default_flow) {
+            providers.push(p);
         }
     }
 
     // The flat dialect: OAUTH_*.
     let flat_provider = r.string("oauth.provider").map(|p| p.to_ascii_lowercase());
-    let issuer = r.url(
-        "oauth.issuer_url",
-        "set it to the provider's issuer URL, such as https://login.example.com/realms/main",
-    );
-    let flat_scopes = r.list("oauth.scopes");
-    let flat_client_id = r.string("oauth.client_id");
-    let flat_client_secret = r.secret("oauth.client_secret");
+    let flat = ProviderKeys {
+        prefix: "oauth".into(),
+        flat: true,
+    };
     if flat_enabled {
-        let kind = flat_provider
+        let chosen = flat_provider
             .clone()
-            .or_else(|| issuer.as_ref().map(|_| "oidc".to_string()));
-        match kind.as_deref() {
+            .or_else(|| r.is_set("oauth.issuer_url").then(|| "oidc".to_string()));
+        match chosen.as_deref() {
             None => r.error(
                 "oauth.provider",
                 "is missing, and OAUTH_ENABLED is true",
-                "set OAUTH_PROVIDER=oidc and OAUTH_ISSUER_URL to your provider's issuer URL",
+                "set OAUTH_PROVIDER to github, entra, or oidc (with OAUTH_ISSUER_URL)",
             ),
-            Some("oidc") => {
-                if issuer.is_none() && !r.is_set("oauth.issuer_url") {
-                    r.error(
-                        "oauth.issuer_url",
-                        "is missing, and OAUTH_PROVIDER is oidc",
-                        "set it to the provider's issuer URL (its discovery document is at <issuer>/.well-known/openid-configuration)",
-                    );
-                }
-                if flat_client_id.is_none() {
-                    r.error(
-                        "oauth.client_id",
-                        "is missing, and OAUTH_ENABLED is true",
-                        "set OAUTH_CLIENT_ID to the client id the provider issued for Portcullis",
-                    );
-                }
-                if let (Some(discovery_url), Some(client_id)) = (issuer, flat_client_id) {
-                    providers.push(ProviderConfig {
-                        name: "oidc".into(),
-                        display_name: "OpenID Connect".into(),
-                        kind: ProviderKind::Oidc { discovery_url },
-                        client_id,
-                        client_secret: flat_client_secret,
-                        scopes: flat_scopes.unwrap_or_else(|| {
-                            DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect()
-                        }),
-                        auth_url_params: Vec::new(),
-                        flow: default_flow,
-                    });
+            Some(named) if providers.iter().any(|p| p.name == named) => {
+                // A provider enabled in the nested dialect: the flat keys add nothing.
+                for field in PROVIDER_FIELDS {
+                    r.mark_known(&flat.key(field));
                 }
             }
-            Some(named) if providers.iter().any(|p| p.name == named) => {}
+            Some(name @ ("github" | "entra" | "oidc")) => {
+                let fam = match name {
+                    "oidc" => Family::Generic,
+                    other => family(other),
+                };
+                if let Some(mut p) = read_provider(r, &flat, name, fam, default_flow) {
+                    if name == "oidc" && !r.is_set("oauth.display_name") {
+                        p.display_name = "OpenID Connect".into();
+                    }
+                    providers.push(p);
+                }
+            }
             Some(other) => r.error(
                 "oauth.provider",
                 format!("`{other}` is not a provider this build knows"),
-                "set OAUTH_PROVIDER=oidc with OAUTH_ISSUER_URL, or name a provider enabled under auth.openid_connect",
+                "write github, entra or oidc (with OAUTH_ISSUER_URL), or name a provider enabled under auth.openid_connect",
             ),
+        }
+    } else {
+        for field in PROVIDER_FIELDS {
+            r.mark_known(&flat.key(field));
         }
     }
 
@@ -856,7 +1201,9 @@ fn default_display_name(name: &str) -> String {
         "auth0" => "Auth0".into(),
         "google" => "Google".into(),
         "okta" => "Okta".into(),
-        "microsoft" => "Microsoft".into(),
+        "microsoft" | "entra" | "azure" => "Microsoft".into(),
+        "github" => "GitHub".into(),
+        "adfs" => "ADFS".into(),
         "custom" => "Custom OAuth".into(),
         other => {
             let mut chars = other.chars();

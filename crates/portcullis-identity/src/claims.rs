@@ -6,6 +6,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use portcullis_config::ClaimMapping;
 use portcullis_core::Identity;
 
 /// An ID token's claims after signature and standard-claim checks.
@@ -60,28 +61,41 @@ fn string_list_claim(claims: &Map<String, Value>, name: &str) -> Vec<String> {
     }
 }
 
-/// Builds the identity from a subject and its claims (ID token claims, possibly completed
-/// by userinfo).
+/// The first of `names` that holds a usable string.
+fn first_claim(claims: &Map<String, Value>, names: &[String]) -> Option<String> {
+    names.iter().find_map(|n| string_claim(claims, n))
+}
+
+/// Builds the identity from verified claims (an ID token's, possibly completed by
+/// userinfo) under the provider's claim mapping. `subject` is the token's `sub`, used when
+/// no mapped id claim is present. An email taken from a fallback claim (`upn`,
+/// `preferred_username`) must at least look like an address.
 pub fn identity_from_claims(
     provider: &str,
     subject: &str,
     claims: &Map<String, Value>,
+    mapping: &ClaimMapping,
 ) -> Identity {
     let email_unverified = matches!(claims.get("email_verified"), Some(Value::Bool(false)))
         || matches!(claims.get("email_verified"), Some(Value::String(s)) if s.eq_ignore_ascii_case("false"));
-    let email = if email_unverified {
-        None
-    } else {
-        string_claim(claims, "email")
-    };
+    let email = mapping.email.iter().find_map(|name| {
+        if name == "email" && email_unverified {
+            return None;
+        }
+        string_claim(claims, name).filter(|v| name == "email" || looks_like_email(v))
+    });
     Identity {
-        id: subject.to_string(),
+        id: first_claim(claims, &mapping.id).unwrap_or_else(|| subject.to_string()),
         email,
-        name: string_claim(claims, "name"),
-        username: string_claim(claims, "preferred_username"),
-        groups: string_list_claim(claims, "groups"),
+        name: first_claim(claims, &mapping.name),
+        username: first_claim(claims, &mapping.username),
+        groups: string_list_claim(claims, &mapping.groups),
         provider: provider.to_string(),
     }
+}
+
+fn looks_like_email(v: &str) -> bool {
+    matches!(v.split_once('@'), Some((local, domain)) if !local.is_empty() && domain.contains('.'))
 }
 
 #[cfg(test)]
@@ -93,13 +107,67 @@ mod tests {
         v.as_object().cloned().unwrap()
     }
 
+    fn standard() -> ClaimMapping {
+        ClaimMapping {
+            id: vec!["sub".into()],
+            email: vec!["email".into()],
+            username: vec!["preferred_username".into()],
+            name: vec!["name".into()],
+            groups: "groups".into(),
+        }
+    }
+
+    fn entra() -> ClaimMapping {
+        ClaimMapping {
+            id: vec!["oid".into(), "sub".into()],
+            email: vec!["email".into(), "preferred_username".into(), "upn".into()],
+            username: vec!["preferred_username".into(), "upn".into()],
+            ..standard()
+        }
+    }
+
+    #[test]
+    fn entra_takes_the_id_from_oid_and_the_email_from_fallbacks() {
+        let claims = map(
+            json!({"sub": "pairwise", "oid": "0000-aaaa", "preferred_username": "bob@contoso.com"}),
+        );
+        let who = identity_from_claims("entra", "pairwise", &claims, &entra());
+        assert_eq!(who.id, "0000-aaaa");
+        assert_eq!(who.email.as_deref(), Some("bob@contoso.com"));
+        // A user name that is no address is not taken for an email.
+        let claims =
+            map(json!({"oid": "1", "preferred_username": "bob", "upn": "bob@contoso.com"}));
+        let who = identity_from_claims("entra", "s", &claims, &entra());
+        assert_eq!(who.email.as_deref(), Some("bob@contoso.com"));
+        let claims = map(json!({"oid": "1", "preferred_username": "bob"}));
+        assert_eq!(
+            identity_from_claims("entra", "s", &claims, &entra()).email,
+            None
+        );
+        // Without oid, the subject.
+        let claims = map(json!({"email": "c@contoso.com"}));
+        assert_eq!(
+            identity_from_claims("entra", "s-9", &claims, &entra()).id,
+            "s-9"
+        );
+    }
+
+    #[test]
+    fn an_unverified_email_is_not_replaced_by_a_fallback_claim_of_the_same_user() {
+        let claims = map(
+            json!({"email": "ceo@example.com", "email_verified": false, "upn": "me@corp.example"}),
+        );
+        let who = identity_from_claims("x", "s", &claims, &entra());
+        assert_eq!(who.email.as_deref(), Some("me@corp.example"));
+    }
+
     #[test]
     fn standard_claims_become_the_identity() {
         let claims = map(json!({
             "email": "alice@example.com", "email_verified": true, "name": "Alice",
             "preferred_username": "alice", "groups": ["admins", "", "devs"]
         }));
-        let who = identity_from_claims("oidc", "sub-1", &claims);
+        let who = identity_from_claims("oidc", "sub-1", &claims, &standard());
         assert_eq!(who.id, "sub-1");
         assert_eq!(who.email.as_deref(), Some("alice@example.com"));
         assert_eq!(who.username.as_deref(), Some("alice"));
@@ -111,14 +179,17 @@ mod tests {
     fn an_unverified_email_is_not_trusted() {
         for flag in [json!(false), json!("false")] {
             let claims = map(json!({"email": "ceo@example.com", "email_verified": flag}));
-            assert_eq!(identity_from_claims("p", "s", &claims).email, None);
+            assert_eq!(
+                identity_from_claims("p", "s", &claims, &standard()).email,
+                None
+            );
         }
     }
 
     #[test]
     fn wrongly_typed_claims_are_ignored_not_trusted() {
         let claims = map(json!({"email": ["a@example.com"], "groups": 7, "name": ""}));
-        let who = identity_from_claims("p", "s", &claims);
+        let who = identity_from_claims("p", "s", &claims, &standard());
         assert_eq!(who.email, None);
         assert!(who.groups.is_empty());
         assert_eq!(who.name, None);

@@ -13,6 +13,9 @@ use crate::IdentityError;
 
 const WELL_KNOWN: &str = "/.well-known/openid-configuration";
 
+/// The placeholder in the issuer of Entra's multi-tenant discovery documents.
+pub const TENANT_TEMPLATE: &str = "{tenantid}";
+
 /// The parts of a discovery document Portcullis uses.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct ProviderMetadata {
@@ -57,6 +60,7 @@ impl ProviderMetadata {
         http: &reqwest::Client,
         provider: &str,
         configured: &Url,
+        multi_tenant: bool,
     ) -> Result<ProviderMetadata, IdentityError> {
         let url = discovery_document_url(configured);
         let unavailable = |reason: String| IdentityError::ProviderUnavailable {
@@ -77,7 +81,14 @@ impl ProviderMetadata {
             .await
             .map_err(|e| unavailable(format!("{url} is not a discovery document: {e}")))?;
         let expected = expected_issuer(configured);
-        if metadata.issuer.trim_end_matches('/') != expected.trim_end_matches('/') {
+        // Entra's multi-tenant endpoints (`common`, `organizations`) publish an issuer
+        // template, `https://login.microsoftonline.com/{tenantid}/v2.0`, filled in from
+        // each token's `tid`; the host must still be the one configured.
+        let template_ok = multi_tenant
+            && metadata.issuer.contains(TENANT_TEMPLATE)
+            && Url::parse(&metadata.issuer.replace(TENANT_TEMPLATE, "t"))
+                .is_ok_and(|u| u.origin() == configured.origin());
+        if !template_ok && metadata.issuer.trim_end_matches('/') != expected.trim_end_matches('/') {
             return Err(unavailable(format!(
                 "the discovery document at {url} names the issuer {:?}, not {expected:?}; set the issuer/discovery URL to exactly the provider's issuer",
                 metadata.issuer

@@ -22,6 +22,11 @@ pub enum IdentityError {
     #[error("invalid ID token: {0}")]
     InvalidToken(String),
 
+    /// The provider vouched for the user, but a provider-level restriction refuses them
+    /// (another Entra tenant, another Google domain, not in the GitHub organizations).
+    #[error("{reason}")]
+    NotAllowed { who: String, reason: String },
+
     /// The userinfo endpoint failed or contradicted the ID token.
     #[error("{0}")]
     UserInfo(String),

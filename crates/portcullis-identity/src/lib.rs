@@ -9,14 +9,19 @@
 mod claims;
 mod discovery;
 mod error;
+mod github;
+mod graph;
 pub mod http;
 mod jwks;
 mod oidc;
 pub mod pkce;
+mod provider;
 
 pub use claims::{IdTokenClaims, identity_from_claims};
 pub use discovery::{ProviderMetadata, discovery_document_url, expected_issuer};
 pub use error::IdentityError;
+pub use github::GitHubProvider;
 pub use jwks::JwksCache;
 pub use oidc::{AuthorizationRequest, OidcProvider, TokenResponse};
 pub use portcullis_core::Identity;
+pub use provider::Provider;

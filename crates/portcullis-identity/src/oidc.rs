@@ -15,14 +15,14 @@ use arc_swap::ArcSwapOption;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::{Algorithm, Validation};
-use portcullis_config::{ExposeSecret, ProviderConfig, ProviderKind};
+use portcullis_config::{EntraConfig, ExposeSecret, ProviderConfig, ProviderKind};
 use portcullis_core::{Identity, constant_time_eq};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use url::Url;
 
 use crate::claims::{IdTokenClaims, identity_from_claims};
-use crate::discovery::{ProviderMetadata, error_chain};
+use crate::discovery::{ProviderMetadata, TENANT_TEMPLATE, error_chain};
 use crate::jwks::JwksCache;
 use crate::{IdentityError, pkce};
 
@@ -120,6 +120,8 @@ struct Discovered {
 pub struct OidcProvider {
     config: ProviderConfig,
     discovery_url: Url,
+    /// Set for Microsoft Entra: tenant checks and group overage.
+    entra: Option<EntraConfig>,
     http: reqwest::Client,
     discovered: ArcSwapOption<Discovered>,
     last_attempt: tokio::sync::Mutex<Option<Instant>>,
@@ -127,21 +129,27 @@ pub struct OidcProvider {
 }
 
 impl OidcProvider {
-    pub fn new(config: ProviderConfig, http: reqwest::Client) -> Self {
-        let ProviderKind::Oidc { discovery_url } = &config.kind;
+    /// An OpenID Connect provider; `None` for a kind that is not OpenID Connect (GitHub).
+    pub fn new(config: ProviderConfig, http: reqwest::Client) -> Option<Self> {
+        let (discovery_url, entra) = match &config.kind {
+            ProviderKind::Oidc { discovery_url } => (discovery_url.clone(), None),
+            ProviderKind::Entra(entra) => (entra.discovery_url.clone(), Some(entra.clone())),
+            ProviderKind::GitHub(_) => return None,
+        };
         for (name, _) in &config.auth_url_params {
             if RESERVED_PARAMS.contains(&name.as_str()) {
                 tracing::warn!(provider = %config.name, param = %name, "auth_url_params cannot override a protocol parameter; ignoring it");
             }
         }
-        OidcProvider {
-            discovery_url: discovery_url.clone(),
+        Some(OidcProvider {
+            discovery_url,
+            entra,
             config,
             http,
             discovered: ArcSwapOption::empty(),
             last_attempt: tokio::sync::Mutex::new(None),
             jwks_min_refetch: Duration::from_secs(10),
-        }
+        })
     }
 
     /// Sets how often an unknown `kid` may trigger a key refetch (tests shorten it).
@@ -194,8 +202,14 @@ impl OidcProvider {
     }
 
     async fn discover(&self) -> Result<Discovered, IdentityError> {
-        let metadata =
-            ProviderMetadata::fetch(&self.http, &self.config.name, &self.discovery_url).await?;
+        let multi_tenant = self.entra.as_ref().is_some_and(EntraConfig::multi_tenant);
+        let metadata = ProviderMetadata::fetch(
+            &self.http,
+            &self.config.name,
+            &self.discovery_url,
+            multi_tenant,
+        )
+        .await?;
         let published: Vec<Algorithm> = metadata
             .id_token_signing_alg_values_supported
             .iter()
@@ -290,6 +304,12 @@ impl OidcProvider {
                 if !RESERVED_PARAMS.contains(&name.as_str()) {
                     q.append_pair(name, value);
                 }
+            }
+            // Google preselects accounts of the domain; the `hd` claim is still checked.
+            if let Some(domain) = &self.config.hosted_domain
+                && !self.config.auth_url_params.iter().any(|(n, _)| n == "hd")
+            {
+                q.append_pair("hd", domain);
             }
         }
         Ok(AuthorizationRequest {
@@ -410,7 +430,10 @@ impl OidcProvider {
         }
         let key = d.jwks.key_for(header.kid.as_deref(), header.alg).await?;
         let mut validation = Validation::new(header.alg);
-        validation.set_issuer(&[&d.metadata.issuer]);
+        let issuer_template = d.metadata.issuer.contains(TENANT_TEMPLATE);
+        if !issuer_template {
+            validation.set_issuer(&[&d.metadata.issuer]);
+        }
         validation.set_audience(&[&self.config.client_id]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = LEEWAY_SECS;
@@ -438,6 +461,34 @@ impl OidcProvider {
         }
         if claims.sub.is_empty() {
             return Err(IdentityError::invalid("empty subject"));
+        }
+        let not_allowed = |reason: String| {
+            let who = ["email", "preferred_username", "upn"]
+                .iter()
+                .find_map(|c| claims.other.get(*c).and_then(Value::as_str))
+                .unwrap_or(&claims.sub)
+                .to_string();
+            IdentityError::NotAllowed { who, reason }
+        };
+        if let Some(entra) = &self.entra {
+            check_tenant(entra, &d.metadata.issuer, &claims).map_err(not_allowed)?;
+        } else if issuer_template {
+            return Err(IdentityError::invalid("the issuer is a template"));
+        }
+        if let Some(domain) = &self.config.hosted_domain {
+            match claims.other.get("hd").and_then(Value::as_str) {
+                Some(hd) if hd.eq_ignore_ascii_case(domain) => {}
+                Some(hd) => {
+                    return Err(not_allowed(format!(
+                        "the account belongs to the Google domain {hd}, not {domain}"
+                    )));
+                }
+                None => {
+                    return Err(not_allowed(format!(
+                        "the account is not a {domain} Google Workspace account"
+                    )));
+                }
+            }
         }
         if let Some(expected) = expected_nonce {
             match claims.nonce.as_deref() {
@@ -505,12 +556,78 @@ impl OidcProvider {
                 merged.entry(k).or_insert(v);
             }
         }
-        Ok(identity_from_claims(
-            &self.config.name,
-            &claims.sub,
-            &merged,
-        ))
+        let mut identity =
+            identity_from_claims(&self.config.name, &claims.sub, &merged, &self.config.claims);
+        if let Some(entra) = &self.entra
+            && crate::graph::has_group_overage(&merged, &self.config.claims.groups)
+        {
+            match crate::graph::transitive_groups(
+                &self.http,
+                &entra.graph_url,
+                &tokens.access_token,
+            )
+            .await
+            {
+                Ok(groups) => {
+                    tracing::info!(provider = %self.config.name, groups = groups.len(), "group overage: groups read from Microsoft Graph");
+                    identity.groups = groups;
+                }
+                Err(reason) => {
+                    // Never guess: the user gets no groups, so a group rule refuses them.
+                    tracing::warn!(provider = %self.config.name, user = %identity.display(), "group overage: cannot read the groups from Microsoft Graph, so the user has no groups: {reason}");
+                    identity.groups.clear();
+                }
+            }
+        }
+        Ok(identity)
     }
+}
+
+/// Entra: the token must come from the configured tenant, or (multi-tenant) from one of
+/// the allowed tenants, with the issuer that tenant's template names.
+fn check_tenant(entra: &EntraConfig, issuer: &str, claims: &IdTokenClaims) -> Result<(), String> {
+    let tid = claims
+        .other
+        .get("tid")
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase);
+    let needs_tid = entra.multi_tenant() || is_tenant_id(&entra.tenant);
+    let Some(tid) = tid else {
+        // With a tenant named by domain (or only a discovery URL), the exact issuer check
+        // already binds the token to that tenant.
+        return if needs_tid {
+            Err("the token names no Microsoft tenant (tid)".into())
+        } else {
+            Ok(())
+        };
+    };
+    if entra.multi_tenant() {
+        if !entra.allowed_tenants.contains(&tid) {
+            return Err(format!(
+                "the Microsoft tenant {tid} is not an allowed tenant"
+            ));
+        }
+    } else if is_tenant_id(&entra.tenant) && !entra.tenant.eq_ignore_ascii_case(&tid) {
+        return Err(format!(
+            "the account belongs to the Microsoft tenant {tid}, not the configured one"
+        ));
+    }
+    if issuer.contains(TENANT_TEMPLATE) && claims.iss != issuer.replace(TENANT_TEMPLATE, &tid) {
+        return Err("the token's issuer does not belong to its tenant".into());
+    }
+    Ok(())
+}
+
+/// A tenant given as its id (a GUID) rather than a domain name.
+fn is_tenant_id(tenant: &str) -> bool {
+    tenant.len() == 36
+        && tenant.bytes().enumerate().all(|(i, b)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        })
 }
 
 fn describe_jwt_error(e: &jsonwebtoken::errors::Error) -> String {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use portcullis_config::{Flow, ProviderConfig, ProviderKind, SecretString, Url};
+use portcullis_config::{ProviderConfig, SecretString, Url};
 use portcullis_devidp::{Client, DevIdp, SigningKey};
 use portcullis_identity::{IdentityError, OidcProvider};
 use serde_json::{Value, json};
@@ -33,22 +33,18 @@ async fn idp() -> DevIdp {
 
 fn provider_for(issuer: &str, secret: Option<&str>) -> OidcProvider {
     let config = ProviderConfig {
-        name: "dev".into(),
-        display_name: "Dev".into(),
-        kind: ProviderKind::Oidc {
-            discovery_url: Url::parse(issuer).unwrap(),
-        },
-        client_id: CLIENT.into(),
         client_secret: secret.map(|s| SecretString::from(s.to_string())),
         scopes: vec!["openid".into(), "email".into()],
         auth_url_params: vec![
             ("prompt".into(), "login".into()),
             ("state".into(), "evil".into()),
         ],
-        flow: Flow::Code,
+        ..ProviderConfig::oidc("dev", "Dev", Url::parse(issuer).unwrap(), CLIENT)
     };
     let http = portcullis_identity::http::client(&Default::default()).unwrap();
-    OidcProvider::new(config, http).with_jwks_min_refetch(Duration::from_millis(200))
+    OidcProvider::new(config, http)
+        .expect("an OpenID Connect provider")
+        .with_jwks_min_refetch(Duration::from_millis(200))
 }
 
 fn http() -> reqwest::Client {

@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use portcullis_config::{Config, ExposeSecret, SessionStoreKind};
 use portcullis_core::html::escape;
-use portcullis_identity::{IdentityError, OidcProvider};
+use portcullis_identity::{IdentityError, Provider};
 use portcullis_policy::{Policy, PolicyDecision, Provisioning, Subject};
 use portcullis_session::cookie::{self, CookieSpec};
 use portcullis_session::{
@@ -68,7 +68,7 @@ pub enum AppError {
 
 /// Everything needed when authentication is on.
 struct Auth {
-    providers: Vec<Arc<OidcProvider>>,
+    providers: Vec<Arc<Provider>>,
     sessions: AnyStore,
     memory: Option<Arc<MemoryStore>>,
     policy: Policy,
@@ -310,7 +310,7 @@ impl App {
             .iter()
             .map(|p| {
                 tracing::info!(provider = %p.name, "OAuth enabled with provider: {}", p.name);
-                Arc::new(OidcProvider::new(p.clone(), http.clone()))
+                Arc::new(Provider::new(p.clone(), http.clone()))
             })
             .collect();
         Ok(Auth {
@@ -587,7 +587,7 @@ impl App {
     async fn start_login(
         &self,
         auth: &Auth,
-        provider: &OidcProvider,
+        provider: &Provider,
         return_to: String,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let request = provider.authorization_request(&auth.redirect_url).await?;
@@ -726,22 +726,30 @@ impl App {
         let code = param("code").filter(|c| !c.is_empty()).ok_or_else(|| {
             ProxyError::BadLogin("The identity provider sent no authorization code.".into())
         })?;
-        let tokens = provider
-            .exchange_code(code, &login.pkce_verifier, &auth.redirect_url)
+        let (identity, _tokens) = provider
+            .finish_login(code, &login.pkce_verifier, &auth.redirect_url, &login.nonce)
             .await
-            .inspect_err(|e| {
-                tracing::warn!(provider = %provider.name(), "OAuth token exchange failed: {e}");
-            })?;
-        let identity = provider
-            .identity(&tokens, &login.nonce)
-            .await
-            .inspect_err(|e| match e {
-                IdentityError::InvalidToken(reason) => {
-                    tracing::warn!(provider = %provider.name(), "ID token rejected: {reason}")
+            .map_err(|e| {
+                let name = provider.name();
+                match e {
+                    IdentityError::TokenExchange { .. } => {
+                        tracing::warn!(provider = %name, "OAuth token exchange failed: {e}")
+                    }
+                    IdentityError::InvalidToken(ref reason) => {
+                        tracing::warn!(provider = %name, "ID token rejected: {reason}")
+                    }
+                    IdentityError::NotAllowed { ref who, ref reason } => {
+                        tracing::warn!(provider = %name, user = %who, reason = %reason, "User not allowed: {who}");
+                        return ProxyError::Denied {
+                            who: who.clone(),
+                            reason: reason.clone(),
+                        };
+                    }
+                    IdentityError::ProviderUnavailable { .. } | IdentityError::UserInfo(_) => {
+                        tracing::warn!(provider = %name, "Failed to get user info: {e}")
+                    }
                 }
-                other => {
-                    tracing::warn!(provider = %provider.name(), "Failed to get user info: {other}")
-                }
+                ProxyError::Identity(e)
             })?;
         let (provisioning, directory_user, teams) = match &self.scim {
             None => (Provisioning::NotChecked, None, Vec::new()),

@@ -73,7 +73,8 @@ impl ProxyError {
                 format!("The identity provider did not sign you in: {why}."),
                 true,
             ),
-            ProxyError::Denied { who, reason } => (
+            ProxyError::Denied { who, reason }
+            | ProxyError::Identity(IdentityError::NotAllowed { who, reason }) => (
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "Access denied",

@@ -132,8 +132,33 @@ async fn probe_provider(
     provider: &portcullis_config::ProviderConfig,
     report: &mut Report,
 ) {
-    let portcullis_config::ProviderKind::Oidc { discovery_url } = &provider.kind;
-    let key = if provider.name == "oidc" {
+    use portcullis_config::ProviderKind;
+    // What to reach: the discovery document (OpenID Connect), or GitHub's REST API.
+    let (discovery_url, multi_tenant) = match &provider.kind {
+        ProviderKind::Oidc { discovery_url } => (discovery_url, false),
+        ProviderKind::Entra(entra) => (&entra.discovery_url, entra.multi_tenant()),
+        ProviderKind::GitHub(github) => (&github.api_url, false),
+    };
+    let github = matches!(provider.kind, ProviderKind::GitHub(_));
+    let flat = ["oidc", "github", "entra"].contains(&provider.name.as_str())
+        && config
+            .auth
+            .providers
+            .iter()
+            .filter(|p| p.name == provider.name)
+            .count()
+            == 1;
+    let key = if github {
+        if flat {
+            "oauth.github_api_url (OAUTH_GITHUB_API_URL)".to_string()
+        } else {
+            format!(
+                "auth.openid_connect.{0}.api_url (AUTH__OPENID_CONNECT__{1}__API_URL)",
+                provider.name,
+                provider.name.to_uppercase()
+            )
+        }
+    } else if flat {
         "oauth.issuer_url (OAUTH_ISSUER_URL)".to_string()
     } else {
         format!(
@@ -153,7 +178,11 @@ async fn probe_provider(
             return;
         }
     };
-    let doc_url = discovery_document_url(discovery_url);
+    let doc_url = if github {
+        discovery_url.to_string()
+    } else {
+        discovery_document_url(discovery_url)
+    };
     // The Date header of the provider's own answer tells how far apart the clocks are.
     match http.get(&doc_url).send().await {
         Ok(resp) => {
@@ -186,23 +215,35 @@ async fn probe_provider(
         Err(e) => {
             report.fail(
                 &key,
-                &format!("the discovery document {doc_url} is unreachable: {}", chain(&e)),
+                &format!(
+                    "{} {doc_url} is unreachable: {}",
+                    if github { "the API" } else { "the discovery document" },
+                    chain(&e)
+                ),
                 "check the URL, DNS, and the outbound proxy (HTTPS_PROXY / GLOBAL_AGENT_HTTPS_PROXY, NO_PROXY)",
             );
             return;
         }
     }
-    let metadata = match ProviderMetadata::fetch(&http, &provider.name, discovery_url).await {
-        Ok(m) => m,
-        Err(e) => {
-            report.fail(
-                &key,
-                &e.to_string(),
-                "set it to exactly the provider's issuer or discovery URL",
-            );
-            return;
-        }
-    };
+    if github {
+        report.ok(&format!(
+            "{}: GitHub API reachable at {doc_url}",
+            provider.name
+        ));
+        return;
+    }
+    let metadata =
+        match ProviderMetadata::fetch(&http, &provider.name, discovery_url, multi_tenant).await {
+            Ok(m) => m,
+            Err(e) => {
+                report.fail(
+                    &key,
+                    &e.to_string(),
+                    "set it to exactly the provider's issuer or discovery URL",
+                );
+                return;
+            }
+        };
     report.ok(&format!(
         "{}: discovery document of issuer {}",
         provider.name, metadata.issuer

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use portcullis_config::{Flow, ProviderConfig, ProviderKind, SecretString, Url};
+use portcullis_config::{ProviderConfig, SecretString, Url};
 use portcullis_devidp::{Client, DevIdp};
 
 use crate::cli::{DevArgs, DevIdpArgs};
@@ -94,16 +94,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     config.auth.enabled = true;
     config.auth.redirect_url = Some(redirect);
     config.auth.providers = vec![ProviderConfig {
-        name: "dev".into(),
-        display_name: "Development IdP".into(),
-        kind: ProviderKind::Oidc {
-            discovery_url: Url::parse(idp.issuer())?,
-        },
-        client_id: CLIENT_ID.into(),
         client_secret: Some(SecretString::from(client_secret)),
-        scopes: vec!["openid".into(), "email".into(), "profile".into()],
-        auth_url_params: Vec::new(),
-        flow: Flow::Code,
+        ..ProviderConfig::oidc(
+            "dev",
+            "Development IdP",
+            Url::parse(idp.issuer())?,
+            CLIENT_ID,
+        )
     }];
 
     eprintln!(

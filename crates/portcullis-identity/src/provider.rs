@@ -1,0 +1,97 @@
+//! One configured identity provider, whatever protocol it speaks: the proxy starts a
+//! login, finishes it with the code, and gets an [`Identity`] back.
+
+use std::sync::Arc;
+
+use portcullis_config::ProviderConfig;
+use portcullis_core::Identity;
+
+use crate::IdentityError;
+use crate::github::GitHubProvider;
+use crate::oidc::{AuthorizationRequest, OidcProvider, TokenResponse};
+
+pub enum Provider {
+    Oidc(Arc<OidcProvider>),
+    GitHub(Box<GitHubProvider>),
+}
+
+impl Provider {
+    pub fn new(config: ProviderConfig, http: reqwest::Client) -> Provider {
+        match GitHubProvider::new(config.clone(), http.clone()) {
+            Some(github) => Provider::GitHub(Box::new(github)),
+            None => Provider::Oidc(Arc::new(
+                OidcProvider::new(config, http).expect("every other kind is OpenID Connect"),
+            )),
+        }
+    }
+
+    pub fn config(&self) -> &ProviderConfig {
+        match self {
+            Provider::Oidc(p) => p.config(),
+            Provider::GitHub(p) => p.config(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config().name
+    }
+
+    pub fn display_name(&self) -> &str {
+        &self.config().display_name
+    }
+
+    /// Whether the provider's metadata and keys are loaded (GitHub has none to load).
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Provider::Oidc(p) => p.is_ready(),
+            Provider::GitHub(_) => true,
+        }
+    }
+
+    /// Background discovery and key refresh, for the providers that have them.
+    pub fn spawn_maintenance(&self) -> Option<tokio::task::JoinHandle<()>> {
+        match self {
+            Provider::Oidc(p) => Some(p.spawn_maintenance()),
+            Provider::GitHub(_) => None,
+        }
+    }
+
+    pub fn as_oidc(&self) -> Option<&Arc<OidcProvider>> {
+        match self {
+            Provider::Oidc(p) => Some(p),
+            Provider::GitHub(_) => None,
+        }
+    }
+
+    pub async fn authorization_request(
+        &self,
+        redirect_uri: &str,
+    ) -> Result<AuthorizationRequest, IdentityError> {
+        match self {
+            Provider::Oidc(p) => p.authorization_request(redirect_uri).await,
+            Provider::GitHub(p) => Ok(p.authorization_request(redirect_uri)),
+        }
+    }
+
+    /// Exchanges the code and returns who the provider vouched for, with the tokens.
+    pub async fn finish_login(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        redirect_uri: &str,
+        nonce: &str,
+    ) -> Result<(Identity, TokenResponse), IdentityError> {
+        match self {
+            Provider::Oidc(p) => {
+                let tokens = p.exchange_code(code, pkce_verifier, redirect_uri).await?;
+                let identity = p.identity(&tokens, nonce).await?;
+                Ok((identity, tokens))
+            }
+            Provider::GitHub(p) => {
+                let tokens = p.exchange_code(code, pkce_verifier, redirect_uri).await?;
+                let identity = p.identity(&tokens).await?;
+                Ok((identity, tokens))
+            }
+        }
+    }
+}
