@@ -6,6 +6,11 @@
 //                     "redirect_uris": ["http://127.0.0.1:8080/api/v1/auth/callback"]}],
 //                     "groups": {"alice": ["admins"]}}'
 //
+// Optional: "accounts": {"alice": {<extra claims>}} merged into an account's claims (an
+// Entra-like `tid` and `oid`, `_claim_names` for group overage, Google's `hd`, ADFS's
+// `upn`); "idTokenClaims": true to put every released claim into the ID token too, as
+// Entra and Google do (oidc-provider otherwise keeps scope claims for userinfo).
+//
 // Prints "listening <issuer>" once it accepts connections.
 import Provider from 'oidc-provider';
 
@@ -13,6 +18,11 @@ const config = JSON.parse(process.argv[2] ?? '{}');
 const port = config.port ?? 9000;
 const issuer = `http://127.0.0.1:${port}`;
 const groups = config.groups ?? {};
+const accounts = config.accounts ?? {};
+// Claims released with the `openid` scope: the subject plus whatever extra claims the
+// test's accounts carry.
+const extra = [...new Set(Object.values(accounts).flatMap((a) => Object.keys(a)))]
+  .filter((c) => !c.startsWith('_'));
 
 const provider = new Provider(issuer, {
   clients: config.clients ?? [],
@@ -23,13 +33,14 @@ const provider = new Provider(issuer, {
     keys: ['portcullis-test-provider-cookie-key'],
   },
   claims: {
-    openid: ['sub'],
+    openid: ['sub', ...extra],
     email: ['email', 'email_verified'],
     profile: ['name', 'preferred_username'],
     groups: ['groups'],
   },
   scopes: ['openid', 'email', 'profile', 'groups', 'offline_access'],
   features: { devInteractions: { enabled: true } },
+  conformIdTokenClaims: !config.idTokenClaims,
   async findAccount(ctx, id) {
     const login = String(id);
     return {
@@ -42,6 +53,7 @@ const provider = new Provider(issuer, {
           name: login,
           preferred_username: login.split('@')[0],
           groups: groups[login] ?? [],
+          ...(accounts[login] ?? {}),
         };
       },
     };

@@ -25,6 +25,8 @@ pub const SECRET: &str = "test-cookie-secret-0123456789abcdef";
 
 pub use portcullis_testkit::free_port;
 
+pub mod fakes;
+
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -774,12 +776,29 @@ impl Drop for OidcProvider {
 }
 
 impl OidcProvider {
-    /// Starts it with one confidential client; `config` may add `groups`.
+    /// Starts it with one confidential client and the groups of each account.
     pub async fn start(
         client_id: &str,
         client_secret: &str,
         redirect_uris: &[&str],
         groups: Value,
+    ) -> OidcProvider {
+        Self::start_with(
+            client_id,
+            client_secret,
+            redirect_uris,
+            json!({"groups": groups}),
+        )
+        .await
+    }
+
+    /// Starts it with one confidential client; `options` adds `groups`, `accounts` (extra
+    /// claims per account) and `idTokenClaims` (see tests/oidc-provider/server.mjs).
+    pub async fn start_with(
+        client_id: &str,
+        client_secret: &str,
+        redirect_uris: &[&str],
+        options: Value,
     ) -> OidcProvider {
         let dir = workspace_root().join("tests/oidc-provider");
         assert!(
@@ -787,7 +806,7 @@ impl OidcProvider {
             "the test OpenID provider is not installed: run scripts/test (it runs `npm ci` in tests/oidc-provider)"
         );
         let port = free_port();
-        let config = json!({
+        let mut config = json!({
             "port": port,
             "clients": [{
                 "client_id": client_id,
@@ -796,8 +815,10 @@ impl OidcProvider {
                 "grant_types": ["authorization_code", "refresh_token"],
                 "response_types": ["code"],
             }],
-            "groups": groups,
         });
+        if let (Some(config), Some(options)) = (config.as_object_mut(), options.as_object()) {
+            config.extend(options.clone());
+        }
         let mut child = Command::new("node")
             .arg(dir.join("server.mjs"))
             .arg(config.to_string())
