@@ -16,7 +16,9 @@ import Provider from 'oidc-provider';
 
 const config = JSON.parse(process.argv[2] ?? '{}');
 const port = config.port ?? 9000;
-const issuer = `http://127.0.0.1:${port}`;
+// "issuer" (optional): the public address when a TLS proxy is in front; the proxy's
+// X-Forwarded-Proto is then trusted.
+const issuer = config.issuer ?? `http://127.0.0.1:${port}`;
 const groups = config.groups ?? {};
 const accounts = config.accounts ?? {};
 // Claims released with the `openid` scope: the subject plus whatever extra claims the
@@ -60,6 +62,8 @@ const provider = new Provider(issuer, {
   },
   ttl: { AccessToken: 3600, AuthorizationCode: 60, IdToken: 3600, Interaction: 600, Session: 3600, Grant: 3600 },
 });
+
+if (config.issuer) provider.proxy = true;
 
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
 

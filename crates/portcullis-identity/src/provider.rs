@@ -10,6 +10,16 @@ use crate::IdentityError;
 use crate::github::GitHubProvider;
 use crate::oidc::{AuthorizationRequest, OidcProvider, TokenResponse};
 
+/// Which step of finishing a login failed: the design documents tell operators to look
+/// for "OAuth token exchange failed" and "Failed to get user info" separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginStep {
+    /// Exchanging the authorization code at the token endpoint.
+    TokenExchange,
+    /// Learning who the user is: ID token, userinfo, GitHub's API, Microsoft Graph.
+    Identity,
+}
+
 pub enum Provider {
     Oidc(Arc<OidcProvider>),
     GitHub(Box<GitHubProvider>),
@@ -80,16 +90,24 @@ impl Provider {
         pkce_verifier: &str,
         redirect_uri: &str,
         nonce: &str,
-    ) -> Result<(Identity, TokenResponse), IdentityError> {
+    ) -> Result<(Identity, TokenResponse), (LoginStep, IdentityError)> {
+        let exchange = |e| (LoginStep::TokenExchange, e);
+        let identify = |e| (LoginStep::Identity, e);
         match self {
             Provider::Oidc(p) => {
-                let tokens = p.exchange_code(code, pkce_verifier, redirect_uri).await?;
-                let identity = p.identity(&tokens, nonce).await?;
+                let tokens = p
+                    .exchange_code(code, pkce_verifier, redirect_uri)
+                    .await
+                    .map_err(exchange)?;
+                let identity = p.identity(&tokens, nonce).await.map_err(identify)?;
                 Ok((identity, tokens))
             }
             Provider::GitHub(p) => {
-                let tokens = p.exchange_code(code, pkce_verifier, redirect_uri).await?;
-                let identity = p.identity(&tokens).await?;
+                let tokens = p
+                    .exchange_code(code, pkce_verifier, redirect_uri)
+                    .await
+                    .map_err(exchange)?;
+                let identity = p.identity(&tokens).await.map_err(identify)?;
                 Ok((identity, tokens))
             }
         }

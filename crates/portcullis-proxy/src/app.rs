@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use portcullis_config::{Config, ExposeSecret, SessionStoreKind};
 use portcullis_core::html::escape;
-use portcullis_identity::{IdentityError, Provider};
+use portcullis_identity::{IdentityError, LoginStep, Provider};
 use portcullis_policy::{Policy, PolicyDecision, Provisioning, Subject};
 use portcullis_session::cookie::{self, CookieSpec};
 use portcullis_session::{
@@ -729,9 +729,12 @@ impl App {
         let (identity, _tokens) = provider
             .finish_login(code, &login.pkce_verifier, &auth.redirect_url, &login.nonce)
             .await
-            .map_err(|e| {
+            .map_err(|(step, e)| {
                 let name = provider.name();
                 match e {
+                    _ if step == LoginStep::TokenExchange => {
+                        tracing::warn!(provider = %name, "OAuth token exchange failed: {e}")
+                    }
                     IdentityError::TokenExchange { .. } => {
                         tracing::warn!(provider = %name, "OAuth token exchange failed: {e}")
                     }

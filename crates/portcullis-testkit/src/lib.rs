@@ -675,3 +675,60 @@ impl Drop for Caddy {
         let _ = self.child.wait();
     }
 }
+
+/// Real tinyproxy (Debian's package): a forward proxy on loopback, logging every
+/// connection and request it relays.
+pub struct Tinyproxy {
+    child: Child,
+    dir: TempDir,
+    pub port: u16,
+}
+
+impl Tinyproxy {
+    pub fn start() -> Tinyproxy {
+        require("tinyproxy");
+        let dir = TempDir::new("tinyproxy");
+        let port = free_port();
+        let conf = dir.path().join("tinyproxy.conf");
+        let log = dir.path().join("tinyproxy.log");
+        // No ConnectPort line: CONNECT is allowed to every port.
+        std::fs::write(
+            &conf,
+            format!(
+                "Port {port}\nListen 127.0.0.1\nTimeout 30\nLogFile \"{}\"\nLogLevel Connect\nMaxClients 50\nAllow 127.0.0.1\n",
+                log.display()
+            ),
+        )
+        .expect("write tinyproxy.conf");
+        let mut child = Command::new("tinyproxy")
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tinyproxy starts");
+        wait_listening(port, "tinyproxy", &log, &mut child);
+        Tinyproxy { child, dir, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tinyproxy.log")).unwrap_or_default()
+    }
+
+    /// Stops the proxy (as when it goes away under a running Portcullis).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -618,3 +618,112 @@ async fn several_providers_at_once_each_sign_in_and_record_their_name() {
     let unknown = third.get(&p.url("/api/v1/auth/login?provider=nope")).await;
     assert_eq!(unknown.status, 400);
 }
+
+// ---------------------------------------------------------------------------------------
+// Outbound calls: an HTTPS proxy, a private CA, an unreachable provider
+
+#[tokio::test]
+async fn provider_calls_go_through_the_https_proxy_and_trust_the_extra_ca() {
+    use portcullis_testkit::{Nginx, TestCa, Tinyproxy};
+    // oidc-provider behind nginx on TLS, with a certificate from a private CA.
+    let ca = TestCa::generate();
+    let tls_port = free_port();
+    let issuer = format!("https://127.0.0.1:{tls_port}");
+    let upstream = EchoUpstream::start().await;
+    let port = free_port();
+    let op = OidcProvider::start_with(
+        "proxied-client",
+        "proxied-secret",
+        &[&redirect_for(port)],
+        json!({"issuer": issuer}),
+    )
+    .await;
+    let _nginx = Nginx::start(
+        &format!(
+            "server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {}; ssl_certificate_key {};\n\
+             location / {{ proxy_pass http://127.0.0.1:{}; proxy_set_header Host $http_host;\n\
+             proxy_set_header X-Forwarded-Proto https; }} }}",
+            ca.server_cert().display(),
+            ca.server_key().display(),
+            op.port
+        ),
+        tls_port,
+    );
+    let mut proxy = Tinyproxy::start();
+    let p = Env::new(&[
+        ("OAUTH_ENABLED", "true"),
+        ("OAUTH_PROVIDER", "oidc"),
+        ("OAUTH_CLIENT_ID", "proxied-client"),
+        ("OAUTH_CLIENT_SECRET", "proxied-secret"),
+    ])
+    .set("OAUTH_ISSUER_URL", issuer.clone())
+    .set("OAUTH_REDIRECT_URL", redirect_for(port))
+    .set("OUTBOUND__CA_FILE", ca.ca_pem().display().to_string())
+    // The name the design documents use; HTTPS_PROXY works the same way.
+    .set("GLOBAL_AGENT_HTTPS_PROXY", proxy.url())
+    .start(port, &upstream)
+    .await;
+
+    let alice = Browser::new();
+    let login = alice.navigate(&p.url("/")).await;
+    assert!(login.url.as_str().starts_with(&issuer), "{}", login.url);
+    let landed = op_sign_in(&alice, &login, "alice").await;
+    assert_eq!(landed.status, 200, "{landed:?}\n{}", p.logs());
+    // Discovery, keys, token and userinfo all went through the proxy, as CONNECT tunnels
+    // to the provider (the TLS inside was checked against the private CA).
+    let log = proxy.log();
+    let tunnels = log
+        .lines()
+        .filter(|l| l.contains(&format!("CONNECT 127.0.0.1:{tls_port}")))
+        .count();
+    assert!(tunnels >= 1, "no tunnel to the provider:\n{log}");
+
+    // The proxy goes away. A new sign-in cannot be completed (the code cannot be
+    // exchanged): a clear 502 page, not a hang or a 500...
+    proxy.stop();
+    let bob = Browser::new();
+    let login = bob.navigate(&p.url("/")).await;
+    let failed = op_sign_in(&bob, &login, "bob").await;
+    assert_eq!(failed.status, 502, "{failed:?}");
+    assert!(
+        failed.body.contains("cannot reach the identity provider"),
+        "{}",
+        failed.body
+    );
+    assert!(
+        p.logs().contains("OAuth token exchange failed"),
+        "{}",
+        p.logs()
+    );
+    // ...while the sessions that exist keep working.
+    assert_eq!(alice.get(&p.url("/still-here")).await.status, 200);
+}
+
+#[tokio::test]
+async fn no_proxy_keeps_provider_calls_direct_even_with_a_proxy_set() {
+    use portcullis_testkit::Tinyproxy;
+    let proxy = Tinyproxy::start();
+    let upstream = EchoUpstream::start().await;
+    let port = free_port();
+    let op = OidcProvider::start("np-client", "np-secret", &[&redirect_for(port)], json!({})).await;
+    let p = Env::new(&[
+        ("OAUTH_ENABLED", "true"),
+        ("OAUTH_PROVIDER", "oidc"),
+        ("OAUTH_CLIENT_ID", "np-client"),
+        ("OAUTH_CLIENT_SECRET", "np-secret"),
+        ("NO_PROXY", "127.0.0.1"),
+    ])
+    .set("OAUTH_ISSUER_URL", op.issuer.clone())
+    .set("OAUTH_REDIRECT_URL", redirect_for(port))
+    .set("HTTP_PROXY", proxy.url())
+    .start(port, &upstream)
+    .await;
+    let browser = Browser::new();
+    let login = browser.navigate(&p.url("/")).await;
+    assert_eq!(op_sign_in(&browser, &login, "alice").await.status, 200);
+    assert!(
+        !proxy.log().contains("Request (file descriptor"),
+        "NO_PROXY ignored:\n{}",
+        proxy.log()
+    );
+}

@@ -513,7 +513,8 @@ impl Browser {
             http = http.resolve(host, ([127, 0, 0, 1], 0).into());
         }
         Browser {
-            http: http.build().unwrap(),
+            // Test providers behind TLS use certificates of a throwaway CA.
+            http: http.tls_danger_accept_invalid_certs(true).build().unwrap(),
             jar: Mutex::new(Vec::new()),
             accept: "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8".into(),
         }
@@ -766,6 +767,8 @@ pub async fn dev_idp_sign_in(browser: &Browser, page: &Page, user: &str, groups:
 pub struct OidcProvider {
     child: Child,
     pub issuer: String,
+    /// Where it listens (plain http), whatever its issuer says.
+    pub port: u16,
 }
 
 impl Drop for OidcProvider {
@@ -837,9 +840,14 @@ impl OidcProvider {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let issuer = options["issuer"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
         OidcProvider {
             child,
-            issuer: format!("http://127.0.0.1:{port}"),
+            issuer,
+            port,
         }
     }
 }
