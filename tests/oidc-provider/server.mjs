@@ -11,7 +11,13 @@
 // `upn`); "idTokenClaims": true to put every released claim into the ID token too, as
 // Entra and Google do (oidc-provider otherwise keeps scope claims for userinfo).
 //
-// Prints "listening <issuer>" once it accepts connections.
+// "accessTokenTtl": seconds an access token lives (default 3600), for refresh tests.
+//
+// Test controls: `GET /test/disable?login=alice` disables an account (its refresh tokens
+// are refused from then on, as when an administrator blocks a user).
+//
+// Prints "listening <issuer>" once it accepts connections, and "grant <type>" for every
+// token granted.
 import Provider from 'oidc-provider';
 
 const config = JSON.parse(process.argv[2] ?? '{}');
@@ -21,6 +27,7 @@ const port = config.port ?? 9000;
 const issuer = config.issuer ?? `http://127.0.0.1:${port}`;
 const groups = config.groups ?? {};
 const accounts = config.accounts ?? {};
+const disabled = new Set();
 // Claims released with the `openid` scope: the subject plus whatever extra claims the
 // test's accounts carry.
 const extra = [...new Set(Object.values(accounts).flatMap((a) => Object.keys(a)))]
@@ -45,6 +52,7 @@ const provider = new Provider(issuer, {
   conformIdTokenClaims: !config.idTokenClaims,
   async findAccount(ctx, id) {
     const login = String(id);
+    if (disabled.has(login)) return undefined;
     return {
       accountId: login,
       async claims() {
@@ -60,12 +68,23 @@ const provider = new Provider(issuer, {
       },
     };
   },
-  ttl: { AccessToken: 3600, AuthorizationCode: 60, IdToken: 3600, Interaction: 600, Session: 3600, Grant: 3600 },
+  ttl: { AccessToken: config.accessTokenTtl ?? 3600, AuthorizationCode: 60, IdToken: 3600, Interaction: 600, Session: 3600, Grant: 3600 },
 });
 
 if (config.issuer) provider.proxy = true;
 
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
+provider.on('grant.success', (ctx) => console.log(`grant ${ctx.oidc.params.grant_type}`));
+provider.on('grant.error', (ctx, err) => console.log(`grant error ${ctx.oidc.params?.grant_type} ${err.error}`));
+
+provider.use(async (ctx, next) => {
+  if (ctx.path === '/test/disable') {
+    disabled.add(String(ctx.query.login));
+    ctx.body = 'disabled';
+    return;
+  }
+  await next();
+});
 
 provider.listen(port, '127.0.0.1', () => {
   console.log(`listening ${issuer}`);

@@ -189,6 +189,9 @@ pub struct ProviderConfig {
     pub claims: ClaimMapping,
     /// Google: only accounts of this Workspace domain (`hd` claim).
     pub hosted_domain: Option<String>,
+    /// Audiences a bearer token from this provider may be issued for (`aud`); the
+    /// client id when not configured.
+    pub audiences: Vec<String>,
 }
 
 impl ProviderConfig {
@@ -205,6 +208,7 @@ impl ProviderConfig {
             flow: Flow::Code,
             claims: ClaimMapping::standard(),
             hosted_domain: None,
+            audiences: vec![client_id.into()],
         }
     }
 }
@@ -224,6 +228,19 @@ pub struct AuthConfig {
     pub allowed_redirect_hosts: Vec<String>,
     /// How long a started login may take before its state cookie expires.
     pub login_timeout: Duration,
+    /// Admit requests carrying `Authorization: Bearer <JWT>` from a configured provider.
+    pub bearer_tokens: bool,
+    /// Pass the session's access token to the upstream as `X-Forwarded-Access-Token`.
+    pub pass_access_token: bool,
+    /// Pass the session's ID token to the upstream as `Authorization: Bearer`.
+    pub pass_id_token: bool,
+    /// Refresh a session's tokens this long before the access token expires.
+    pub refresh_before: Duration,
+    /// On logout, also end the session at the provider (RP-initiated logout).
+    pub provider_logout: bool,
+    /// Where the provider sends the browser after its logout; the public origin when
+    /// not set.
+    pub post_logout_redirect_url: Option<Url>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -846,6 +863,7 @@ const PROVIDER_FIELDS: &[&str] = &[
     "claims.username",
     "claims.name",
     "claims.groups",
+    "audiences",
 ];
 
 fn read_provider(
@@ -1014,11 +1032,16 @@ fn read_provider(
         }
         (None, _) => DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect(),
     };
+    let client_id = client_id?;
+    let audiences = r
+        .list(&key("audiences"))
+        .unwrap_or_else(|| vec![client_id.clone()]);
     Some(ProviderConfig {
         name: name.to_string(),
         display_name,
         kind,
-        client_id: client_id?,
+        audiences,
+        client_id,
         client_secret,
         scopes,
         auth_url_params,
@@ -1193,6 +1216,15 @@ fn read_auth(r: &Reader<'_>, public_url: Option<&Url>) -> AuthConfig {
             .map(|h| h.to_ascii_lowercase())
             .collect(),
         login_timeout: r.duration("auth.login_timeout", Duration::from_secs(600)),
+        bearer_tokens: r.bool("auth.bearer_tokens", false),
+        pass_access_token: r.bool("auth.pass_access_token", false),
+        pass_id_token: r.bool("auth.pass_id_token", false),
+        refresh_before: r.duration("auth.refresh_before", Duration::from_secs(60)),
+        provider_logout: r.bool("auth.provider_logout", false),
+        post_logout_redirect_url: r.url(
+            "auth.post_logout_redirect_url",
+            "set it to where the provider should send the browser after logging out, such as https://app.example.com/",
+        ),
     }
 }
 

@@ -24,4 +24,4 @@ pub use github::GitHubProvider;
 pub use jwks::JwksCache;
 pub use oidc::{AuthorizationRequest, OidcProvider, TokenResponse};
 pub use portcullis_core::Identity;
-pub use provider::{LoginStep, Provider};
+pub use provider::{LoginStep, Provider, unverified_issuer};

@@ -336,6 +336,37 @@ impl OidcProvider {
         pkce_verifier: &str,
         redirect_uri: &str,
     ) -> Result<TokenResponse, IdentityError> {
+        self.token_request(vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", pkce_verifier),
+        ])
+        .await
+    }
+
+    /// Uses a refresh token (RFC 6749 §6). A refusal (`invalid_grant`: the token was
+    /// revoked, or the user disabled) is a [`IdentityError::TokenExchange`] with
+    /// `client_fault` set.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenResponse, IdentityError> {
+        let tokens = self
+            .token_request(vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+            ])
+            .await?;
+        // OpenID Connect Core §12.2: an ID token in the answer must be verifiable, with
+        // no nonce.
+        if let Some(id_token) = tokens.id_token.as_deref() {
+            self.verify_id_token(id_token, None).await?;
+        }
+        Ok(tokens)
+    }
+
+    async fn token_request(
+        &self,
+        mut form: Vec<(&str, &str)>,
+    ) -> Result<TokenResponse, IdentityError> {
         let d = self.discovered().await?;
         let Some(endpoint) = d.metadata.token_endpoint.as_deref() else {
             return Err(IdentityError::ProviderUnavailable {
@@ -343,12 +374,6 @@ impl OidcProvider {
                 reason: "the provider publishes no token_endpoint".into(),
             });
         };
-        let mut form: Vec<(&str, &str)> = vec![
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", redirect_uri),
-            ("code_verifier", pkce_verifier),
-        ];
         let mut request = self
             .http
             .post(endpoint)
@@ -419,6 +444,53 @@ impl OidcProvider {
         token: &str,
         expected_nonce: Option<&str>,
     ) -> Result<IdTokenClaims, IdentityError> {
+        let audience = std::slice::from_ref(&self.config.client_id);
+        self.verify_jwt(token, audience, expected_nonce, true).await
+    }
+
+    /// The issuer this provider's tokens carry (a template for Entra multi-tenant), once
+    /// discovery has loaded.
+    pub fn issuer(&self) -> Option<String> {
+        self.discovered
+            .load()
+            .as_ref()
+            .map(|d| d.metadata.issuer.clone())
+    }
+
+    /// Whether a token claiming `iss` could come from this provider.
+    pub fn issued(&self, iss: &str) -> bool {
+        let Some(issuer) = self.issuer() else {
+            return false;
+        };
+        match issuer.split_once(TENANT_TEMPLATE) {
+            Some((head, tail)) => iss.starts_with(head) && iss.ends_with(tail),
+            None => iss == issuer,
+        }
+    }
+
+    /// Verifies a bearer token sent by an API client or CLI: a JWT signed by this
+    /// provider for one of the configured audiences, checked exactly like an ID token
+    /// (signature, issuer, expiry, tenant and domain rules) except for the nonce, and
+    /// turned into an identity by the same claim mapping.
+    pub async fn verify_bearer(&self, token: &str) -> Result<Identity, IdentityError> {
+        let claims = self
+            .verify_jwt(token, &self.config.audiences, None, false)
+            .await?;
+        Ok(identity_from_claims(
+            &self.config.name,
+            &claims.sub,
+            &claims.other,
+            &self.config.claims,
+        ))
+    }
+
+    async fn verify_jwt(
+        &self,
+        token: &str,
+        audiences: &[String],
+        expected_nonce: Option<&str>,
+        id_token: bool,
+    ) -> Result<IdTokenClaims, IdentityError> {
         let d = self.discovered().await?;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| IdentityError::invalid(format!("malformed token header: {e}")))?;
@@ -434,24 +506,28 @@ impl OidcProvider {
         if !issuer_template {
             validation.set_issuer(&[&d.metadata.issuer]);
         }
-        validation.set_audience(&[&self.config.client_id]);
+        validation.set_audience(audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
         let claims = jsonwebtoken::decode::<IdTokenClaims>(token, &key, &validation)
             .map_err(|e| IdentityError::invalid(describe_jwt_error(&e)))?
             .claims;
-        let audiences = claims.aud.as_slice();
-        match claims.azp.as_deref() {
-            Some(azp) if azp != self.config.client_id => {
-                return Err(IdentityError::invalid("azp names another client"));
+        // OpenID Connect Core §3.1.3.7 (ID tokens only): with several audiences, `azp`
+        // must name this client. An access token's `azp` is the client that requested
+        // it, often another one (a CLI), so it is not checked for bearer tokens.
+        if id_token {
+            match claims.azp.as_deref() {
+                Some(azp) if azp != self.config.client_id => {
+                    return Err(IdentityError::invalid("azp names another client"));
+                }
+                None if claims.aud.as_slice().len() > 1 => {
+                    return Err(IdentityError::invalid(
+                        "several audiences but no azp naming this client",
+                    ));
+                }
+                _ => {}
             }
-            None if audiences.len() > 1 => {
-                return Err(IdentityError::invalid(
-                    "several audiences but no azp naming this client",
-                ));
-            }
-            _ => {}
         }
         let now = portcullis_core::time::unix_now();
         if claims.iat.is_some_and(|iat| iat > now + LEEWAY_SECS) {

@@ -112,4 +112,37 @@ impl Provider {
             }
         }
     }
+
+    /// Refreshes the tokens (OpenID Connect providers; GitHub's OAuth app tokens do not
+    /// expire).
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+    ) -> Option<Result<TokenResponse, IdentityError>> {
+        match self {
+            Provider::Oidc(p) => Some(p.refresh(refresh_token).await),
+            Provider::GitHub(_) => None,
+        }
+    }
+
+    /// Where the browser ends its session at the provider (RP-initiated logout), if the
+    /// provider publishes it.
+    pub async fn end_session_endpoint(&self) -> Option<String> {
+        match self {
+            Provider::Oidc(p) => p.metadata().await.ok()?.end_session_endpoint,
+            Provider::GitHub(_) => None,
+        }
+    }
+}
+
+/// The `iss` a JWT claims, read without verifying anything: only to pick the provider
+/// whose keys then verify it.
+pub fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("iss")?.as_str().map(str::to_string)
 }

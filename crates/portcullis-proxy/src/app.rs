@@ -17,11 +17,11 @@ use hyper::body::Incoming;
 use portcullis_config::{Config, ExposeSecret, SessionStoreKind};
 use portcullis_core::html::escape;
 use portcullis_identity::{IdentityError, LoginStep, Provider};
-use portcullis_policy::{Policy, PolicyDecision, Provisioning, Subject};
+use portcullis_policy::{Policy, PolicyDecision, Subject};
 use portcullis_session::cookie::{self, CookieSpec};
 use portcullis_session::{
-    AnyStore, DirectoryUser, MemoryStore, RedisSettings, RedisStore, SessionData, SessionId,
-    SessionLimits, SessionStore,
+    AnyStore, MemoryStore, RedisSettings, RedisStore, SessionData, SessionId, SessionLimits,
+    SessionStore,
 };
 use serde_json::json;
 
@@ -32,12 +32,15 @@ use crate::login_state::{LoginCookies, LoginState, is_login_cookie};
 use crate::metrics::{Metrics, inc};
 use crate::pages::{self, Action};
 use crate::return_to::{self, ReturnRules};
-use crate::scim::{Provisioned, SCIM_PREFIX, Scim};
+use crate::scim::{SCIM_PREFIX, Scim};
 use crate::shutdown::Tracker;
 use crate::upstream::Upstream;
 use crate::{hop, redact};
 
+mod authn;
 mod forward_auth;
+
+use authn::{Principal, RefreshLocks, session_tokens};
 
 pub const STATUS_PATH: &str = "/api/v1/auth/status";
 pub const LOGIN_PATH: &str = "/api/v1/auth/login";
@@ -82,6 +85,13 @@ struct Auth {
     lifetime: Duration,
     /// Where users reach Portcullis (`public_url`, else the redirect URL's origin).
     public_origin: Option<url::Url>,
+    bearer_tokens: bool,
+    pass_access_token: bool,
+    pass_id_token: bool,
+    refresh_before: Duration,
+    refreshing: RefreshLocks,
+    provider_logout: bool,
+    post_logout_redirect: Option<String>,
 }
 
 pub struct App {
@@ -331,6 +341,18 @@ impl App {
             return_rules: ReturnRules { allowed_hosts },
             lifetime: config.session.lifetime,
             public_origin: config.public_origin(),
+            bearer_tokens: config.auth.bearer_tokens,
+            pass_access_token: config.auth.pass_access_token,
+            pass_id_token: config.auth.pass_id_token,
+            refresh_before: config.auth.refresh_before,
+            refreshing: RefreshLocks::default(),
+            provider_logout: config.auth.provider_logout,
+            post_logout_redirect: config
+                .auth
+                .post_logout_redirect_url
+                .as_ref()
+                .or(config.public_origin().as_ref())
+                .map(|u| u.to_string()),
         })
     }
 
@@ -465,20 +487,6 @@ impl App {
         resp
     }
 
-    /// The session behind the request's cookie, if it is live.
-    async fn authenticate(
-        &self,
-        auth: &Auth,
-        headers: &HeaderMap,
-    ) -> Result<Option<Arc<SessionData>>, ProxyError> {
-        let Some(id) =
-            session_cookie_value(headers, &auth.session_cookie.name).and_then(SessionId::parse)
-        else {
-            return Ok(None);
-        };
-        Ok(auth.sessions.load(&id).await?)
-    }
-
     async fn protected(&self, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let html = wants_html(req.headers());
         if self.upstreams.is_empty() {
@@ -490,29 +498,26 @@ impl App {
         }
         let origin =
             forwarding::resolve(conn.peer, conn.tls, req.headers(), req.uri(), &self.trusted);
-        let mut who: Option<Arc<SessionData>> = None;
+        let mut who: Option<Principal> = None;
         if let Some(auth) = &self.auth {
             match self.authenticate(auth, req.headers()).await {
-                Ok(Some(session)) => who = Some(session),
+                Ok(Some(principal)) => who = Some(principal),
                 Ok(None) => {
                     inc(&self.metrics.challenged);
                     return self.challenge(auth, &req, html).await;
                 }
-                Err(e) => {
-                    inc(&self.metrics.store_errors);
-                    self.store_outage.report(&e);
-                    return e.into_response(html, LOGIN_PATH);
-                }
+                Err(e) => return self.authentication_failed(e, html),
             }
-            if let Some(session) = &who
+            if let Some(principal) = &who
                 && let PolicyDecision::Deny(reason) = auth.policy.decide(&Subject {
-                    identity: &session.identity,
-                    teams: &session.teams,
-                    provisioning: Provisioning::NotChecked,
+                    identity: principal.identity(),
+                    teams: principal.teams(),
+                    provisioning: principal.provisioning(),
                 })
             {
                 inc(&self.metrics.denied);
-                tracing::warn!(user = %session.identity.display(), client = %origin.client_ip, "User not allowed: {}", session.identity.display());
+                let user = principal.identity().display();
+                tracing::warn!(user = %user, client = %origin.client_ip, "User not allowed: {user}");
                 return denied_response(&reason.to_string(), html);
             }
         }
@@ -525,13 +530,21 @@ impl App {
         if let Some(auth) = &self.auth {
             strip_own_cookies(headers, &auth.session_cookie.name);
         }
-        if let Some(session) = &who {
+        if let Some(principal) = &who {
             redact::set_identity_headers(
                 headers,
                 &redact::FORWARDED,
-                &session.identity,
-                session.all_groups(),
+                principal.identity(),
+                principal.all_groups(),
             );
+            if let (Some(auth), Some(tokens)) = (&self.auth, principal.tokens()) {
+                redact::set_token_headers(
+                    headers,
+                    auth.pass_access_token
+                        .then_some(tokens.access_token.as_str()),
+                    tokens.id_token.as_deref().filter(|_| auth.pass_id_token),
+                );
+            }
         }
         let upstream = &self.upstreams[conn.worker % self.upstreams.len()];
         match upstream
@@ -548,6 +561,23 @@ impl App {
                 e.into_response(html, LOGIN_PATH)
             }
         }
+    }
+
+    /// The answer when authenticating could not be done: a refused bearer token, or a
+    /// session store that cannot be reached (fail closed).
+    fn authentication_failed(&self, e: ProxyError, html: bool) -> Response<ProxyBody> {
+        match e {
+            ProxyError::BadBearer(ref reason) => {
+                inc(&self.metrics.challenged);
+                tracing::info!(reason = %reason, "bearer token refused");
+            }
+            ProxyError::Store(_) => {
+                inc(&self.metrics.store_errors);
+                self.store_outage.report(&e);
+            }
+            _ => {}
+        }
+        e.into_response(html, LOGIN_PATH)
     }
 
     /// What an unauthenticated request gets: a browser is sent to log in, anything else
@@ -726,7 +756,7 @@ impl App {
         let code = param("code").filter(|c| !c.is_empty()).ok_or_else(|| {
             ProxyError::BadLogin("The identity provider sent no authorization code.".into())
         })?;
-        let (identity, _tokens) = provider
+        let (identity, tokens) = provider
             .finish_login(code, &login.pkce_verifier, &auth.redirect_url, &login.nonce)
             .await
             .map_err(|(step, e)| {
@@ -754,37 +784,7 @@ impl App {
                 }
                 ProxyError::Identity(e)
             })?;
-        let (provisioning, directory_user, teams) = match &self.scim {
-            None => (Provisioning::NotChecked, None, Vec::new()),
-            Some(scim) => match scim.at_login(&identity).await {
-                Err(e) => {
-                    tracing::error!(error = %e, "the SCIM directory is unavailable: refusing the login");
-                    return Err(ProxyError::DirectoryUnavailable);
-                }
-                Ok(Provisioned::NotLinked) => (Provisioning::NotChecked, None, Vec::new()),
-                Ok(Provisioned::Unknown { required }) => (
-                    if required {
-                        Provisioning::Missing
-                    } else {
-                        Provisioning::NotChecked
-                    },
-                    None,
-                    Vec::new(),
-                ),
-                Ok(Provisioned::Found { tenant, user }) => (
-                    if user.active {
-                        Provisioning::Active
-                    } else {
-                        Provisioning::Inactive
-                    },
-                    Some(DirectoryUser {
-                        tenant,
-                        id: user.id,
-                    }),
-                    user.groups,
-                ),
-            },
-        };
+        let (provisioning, directory_user, teams) = self.directory_view(&identity).await?;
         if let PolicyDecision::Deny(reason) = auth.policy.decide(&Subject {
             identity: &identity,
             teams: &teams,
@@ -806,6 +806,7 @@ impl App {
         let mut data = SessionData::new(identity, auth.lifetime);
         data.directory_user = directory_user;
         data.teams = teams;
+        data.tokens = session_tokens(auth, &tokens);
         let id = auth.sessions.create(data).await?;
         tracing::info!(user = %who, provider = %provider.name(), "login succeeded");
         Ok(with_cookie(
@@ -815,12 +816,12 @@ impl App {
     }
 
     async fn me(&self, req: &Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
-        let session = match &self.auth {
+        let principal = match &self.auth {
             Some(auth) => self.authenticate(auth, req.headers()).await?,
             None => None,
         };
-        Ok(match session {
-            Some(s) => pages::json(StatusCode::OK, &session_json(&s)),
+        Ok(match principal {
+            Some(p) => pages::json(StatusCode::OK, &principal_json(&p)),
             None => pages::json_error(StatusCode::UNAUTHORIZED, "unauthenticated", "no session"),
         })
     }
@@ -835,28 +836,39 @@ impl App {
         // `?everywhere=true` ends every session of the user, on every device and replica.
         let everywhere = query_param(req, "everywhere").is_some_and(|v| v == "true" || v == "1");
         let mut ended = 0;
+        let mut provider_logout = None;
         if let Some(id) = session_cookie_value(req.headers(), &auth.session_cookie.name)
             .and_then(SessionId::parse)
         {
-            match auth.sessions.load(&id).await? {
-                Some(session) if everywhere => {
+            if let Some(session) = auth.sessions.load(&id).await? {
+                if everywhere {
                     ended = auth
                         .sessions
                         .revoke_user(&session.identity.user_key())
                         .await?;
                     tracing::info!(user = %session.identity.display(), sessions = ended, "logged out everywhere");
-                }
-                Some(_) => {
+                } else {
                     auth.sessions.delete(&id).await?;
                     ended = 1;
                 }
-                None => {}
+                if auth.provider_logout {
+                    provider_logout = self.provider_logout_url(auth, &session).await;
+                }
             }
             inc(&self.metrics.logouts);
         }
-        let body = json!({"message": "Logged out successfully", "sessions_ended": ended});
-        let resp = if wants_html(req.headers()) {
-            pages::page(
+        let mut body = json!({"message": "Logged out successfully", "sessions_ended": ended});
+        if let Some(url) = &provider_logout {
+            body["logout_url"] = json!(url);
+        }
+        let resp = match (&provider_logout, wants_html(req.headers())) {
+            // A browser's sign-out form: on to the provider, which comes back after.
+            (Some(url), true) => {
+                let mut r = pages::redirect(url);
+                *r.status_mut() = StatusCode::SEE_OTHER;
+                r
+            }
+            (None, true) => pages::page(
                 StatusCode::OK,
                 "Signed out",
                 "You are signed out.",
@@ -864,11 +876,32 @@ impl App {
                     label: "Sign in again",
                     href: LOGIN_PATH,
                 }),
-            )
-        } else {
-            pages::json(StatusCode::OK, &body)
+            ),
+            (_, false) => pages::json(StatusCode::OK, &body),
         };
         Ok(with_cookie(resp, &auth.session_cookie.clear()))
+    }
+
+    /// OpenID Connect RP-Initiated Logout 1.0: the provider's `end_session_endpoint`
+    /// with the session's ID token as hint, our client id, and where to come back to.
+    async fn provider_logout_url(&self, auth: &Auth, session: &SessionData) -> Option<String> {
+        let provider = auth
+            .providers
+            .iter()
+            .find(|p| p.name() == session.identity.provider)?;
+        let endpoint = provider.end_session_endpoint().await?;
+        let mut url = url::Url::parse(&endpoint).ok()?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(hint) = session.tokens.as_ref().and_then(|t| t.id_token.as_deref()) {
+                q.append_pair("id_token_hint", hint);
+            }
+            q.append_pair("client_id", &provider.config().client_id);
+            if let Some(back) = &auth.post_logout_redirect {
+                q.append_pair("post_logout_redirect_uri", back);
+            }
+        }
+        Some(url.into())
     }
 }
 
@@ -895,15 +928,15 @@ fn login_link(provider: Option<&str>, return_to: &str) -> String {
 
 /// What `/api/v1/auth/me` answers: the identity, with the provider's groups and the
 /// directory's teams together under `groups`.
-pub fn session_json(session: &SessionData) -> serde_json::Value {
-    let who = &session.identity;
+fn principal_json(principal: &Principal) -> serde_json::Value {
+    let who = principal.identity();
     json!({
         "id": who.id,
         "email": who.email,
         "name": who.name,
         "username": who.username,
         "provider": who.provider,
-        "groups": session.all_groups().collect::<Vec<_>>(),
+        "groups": principal.all_groups().collect::<Vec<_>>(),
     })
 }
 

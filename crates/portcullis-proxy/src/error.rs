@@ -38,6 +38,9 @@ pub enum ProxyError {
     MethodNotAllowed(&'static str),
     #[error("request body too large")]
     PayloadTooLarge,
+    /// An `Authorization: Bearer` token that did not verify.
+    #[error("bearer token refused: {0}")]
+    BadBearer(String),
 }
 
 impl ProxyError {
@@ -144,6 +147,13 @@ impl ProxyError {
                 "This endpoint does not accept that method.".to_string(),
                 false,
             ),
+            ProxyError::BadBearer(reason) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "Access token refused",
+                format!("The bearer token was refused: {reason}."),
+                false,
+            ),
             ProxyError::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -161,6 +171,18 @@ impl ProxyError {
         } else {
             pages::json_error(status, code, &message)
         };
+        if let ProxyError::BadBearer(reason) = &self {
+            // RFC 6750 §3: the error, and a description without quotes or backslashes.
+            let description: String = reason
+                .chars()
+                .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+                .collect();
+            if let Ok(v) = http::HeaderValue::from_str(&format!(
+                "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{description}\""
+            )) {
+                resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+            }
+        }
         if let ProxyError::MethodNotAllowed(allow) = self
             && let Ok(v) = http::HeaderValue::from_str(allow)
         {

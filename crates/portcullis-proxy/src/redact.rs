@@ -130,6 +130,22 @@ pub fn set_identity_headers<'g>(
     set(names.groups.clone(), Some(&joined));
 }
 
+/// The session's tokens for an upstream that asked for them: the access token as
+/// `X-Forwarded-Access-Token`, the ID token as `Authorization: Bearer` (replacing what the
+/// client sent; Portcullis's own session cookie never travels on).
+pub fn set_token_headers(
+    headers: &mut HeaderMap,
+    access_token: Option<&str>,
+    id_token: Option<&str>,
+) {
+    if let Some(v) = access_token.and_then(value) {
+        headers.insert(HeaderName::from_static("x-forwarded-access-token"), v);
+    }
+    if let Some(v) = id_token.and_then(|t| value(&format!("Bearer {t}"))) {
+        headers.insert(http::header::AUTHORIZATION, v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,6 +38,44 @@ pub struct SessionData {
     /// identity provider reported so a membership change can replace them.
     #[serde(default)]
     pub teams: Vec<String>,
+    /// The provider's tokens, kept only when something needs them (refresh, passing
+    /// them to the upstream, logging out at the provider).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<SessionTokens>,
+}
+
+/// Tokens from the provider. `Debug` never prints them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionTokens {
+    pub access_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+    /// When the access token expires (unix seconds), if the provider said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+impl std::fmt::Debug for SessionTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionTokens")
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("has_id_token", &self.id_token.is_some())
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionTokens {
+    /// Whether the access token should be refreshed now (`before` its expiry), which
+    /// needs a refresh token.
+    pub fn refresh_due(&self, before: Duration, now: u64) -> bool {
+        self.refresh_token.is_some()
+            && self
+                .expires_at
+                .is_some_and(|exp| exp.saturating_sub(before.as_secs()) <= now)
+    }
 }
 
 /// A provisioned user: the SCIM endpoint (tenant) and the user's id there.
@@ -64,6 +102,7 @@ impl SessionData {
             expires_at: now.saturating_add(lifetime.as_secs()),
             directory_user: None,
             teams: Vec::new(),
+            tokens: None,
         }
     }
 

@@ -25,11 +25,9 @@
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use portcullis_policy::{Policy, PolicyDecision, Provisioning, Subject};
+use portcullis_policy::{Policy, PolicyDecision, Subject};
 
-use super::{
-    App, Auth, ConnInfo, LOGIN_PATH, denied_response, login_link, unauthenticated, wants_html,
-};
+use super::{App, Auth, ConnInfo, denied_response, login_link, unauthenticated, wants_html};
 use crate::body::ProxyBody;
 use crate::forwarding::{self, Origin, X_FORWARDED_URI};
 use crate::metrics::inc;
@@ -195,22 +193,18 @@ impl App {
                 return pages::json_error(StatusCode::BAD_REQUEST, "invalid_request", &problem);
             }
         };
-        let session = match self.authenticate(auth, req.headers()).await {
-            Ok(Some(session)) => session,
+        let principal = match self.authenticate(auth, req.headers()).await {
+            Ok(Some(principal)) => principal,
             Ok(None) => {
                 inc(&self.metrics.challenged);
                 return self.verify_challenge(auth, &req, &origin, &location, html);
             }
-            Err(e) => {
-                inc(&self.metrics.store_errors);
-                self.store_outage.report(&e);
-                return e.into_response(html, LOGIN_PATH);
-            }
+            Err(e) => return self.authentication_failed(e, html),
         };
         let subject = Subject {
-            identity: &session.identity,
-            teams: &session.teams,
-            provisioning: Provisioning::NotChecked,
+            identity: principal.identity(),
+            teams: principal.teams(),
+            provisioning: principal.provisioning(),
         };
         let here = Policy::new(&location.allowed_emails, &location.allowed_groups);
         let decision = match auth.policy.decide(&subject) {
@@ -219,7 +213,7 @@ impl App {
         };
         if let PolicyDecision::Deny(reason) = decision {
             inc(&self.metrics.denied);
-            let who = session.identity.display();
+            let who = principal.identity().display();
             tracing::warn!(user = %who, client = %origin.client_ip, location = ?req.uri().query(), "User not allowed: {who}");
             return denied_response(&reason.to_string(), html);
         }
@@ -228,8 +222,8 @@ impl App {
         redact::set_identity_headers(
             resp.headers_mut(),
             &redact::AUTH_REQUEST,
-            &session.identity,
-            session.all_groups(),
+            principal.identity(),
+            principal.all_groups(),
         );
         resp
     }

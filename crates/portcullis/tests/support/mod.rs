@@ -766,6 +766,7 @@ pub async fn dev_idp_sign_in(browser: &Browser, page: &Page, user: &str, groups:
 /// The real third-party provider: npm `oidc-provider`, run by Node.
 pub struct OidcProvider {
     child: Child,
+    output: Arc<Mutex<String>>,
     pub issuer: String,
     /// Where it listens (plain http), whatever its issuer says.
     pub port: u16,
@@ -773,12 +774,28 @@ pub struct OidcProvider {
 
 impl Drop for OidcProvider {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("oidc-provider output:\n{}", self.logs());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
 impl OidcProvider {
+    /// What it printed (`grant refresh_token` lines, errors).
+    pub fn logs(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// How many tokens it granted with `grant_type`.
+    pub fn grants(&self, grant_type: &str) -> usize {
+        self.logs()
+            .lines()
+            .filter(|l| *l == format!("grant {grant_type}"))
+            .count()
+    }
+
     /// Starts it with one confidential client and the groups of each account.
     pub async fn start(
         client_id: &str,
@@ -846,6 +863,7 @@ impl OidcProvider {
             .unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
         OidcProvider {
             child,
+            output,
             issuer,
             port,
         }

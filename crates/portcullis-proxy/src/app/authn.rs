@@ -1,0 +1,303 @@
+//! Authenticate: who a request belongs to. A session cookie points into the session
+//! store; an `Authorization: Bearer <JWT>` (when bearer tokens are on) is verified against
+//! the provider that issued it. A bearer request never falls back to the cookie or to
+//! anonymous: a token that fails verification is a 401.
+//!
+//! Sessions with a refresh token are refreshed here, before the access token expires: one
+//! refresh per session at a time in this process (concurrent requests wait for it and
+//! use its result); a refresh the provider refuses ends the session.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use http::HeaderMap;
+use portcullis_core::Identity;
+use portcullis_identity::{IdentityError, TokenResponse, unverified_issuer};
+use portcullis_policy::Provisioning;
+use portcullis_session::{DirectoryUser, SessionData, SessionId, SessionStore, SessionTokens};
+
+use super::{App, Auth, session_cookie_value};
+use crate::error::ProxyError;
+
+/// Who a request belongs to.
+pub(super) enum Principal {
+    /// A browser's session.
+    Session(Arc<SessionData>),
+    /// An API client's verified bearer token.
+    Bearer(Box<BearerUser>),
+}
+
+pub(super) struct BearerUser {
+    pub identity: Identity,
+    pub teams: Vec<String>,
+    pub provisioning: Provisioning,
+}
+
+impl Principal {
+    pub fn identity(&self) -> &Identity {
+        match self {
+            Principal::Session(s) => &s.identity,
+            Principal::Bearer(b) => &b.identity,
+        }
+    }
+
+    pub fn teams(&self) -> &[String] {
+        match self {
+            Principal::Session(s) => &s.teams,
+            Principal::Bearer(b) => &b.teams,
+        }
+    }
+
+    /// Sessions are revoked when the directory deactivates their user, so their status
+    /// needs no lookup; a bearer token was looked up for this request.
+    pub fn provisioning(&self) -> Provisioning {
+        match self {
+            Principal::Session(_) => Provisioning::NotChecked,
+            Principal::Bearer(b) => b.provisioning,
+        }
+    }
+
+    /// The provider's groups and the directory's teams, each once.
+    pub fn all_groups(&self) -> impl Iterator<Item = &str> {
+        let identity = self.identity();
+        let groups = identity.groups.iter().map(String::as_str);
+        let teams = self
+            .teams()
+            .iter()
+            .map(String::as_str)
+            .filter(|t| !identity.groups.iter().any(|g| g == t));
+        groups.chain(teams)
+    }
+
+    pub fn tokens(&self) -> Option<&SessionTokens> {
+        match self {
+            Principal::Session(s) => s.tokens.as_ref(),
+            Principal::Bearer(_) => None,
+        }
+    }
+}
+
+/// One lock per session being refreshed, so concurrent requests refresh once.
+#[derive(Default)]
+pub(super) struct RefreshLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl RefreshLocks {
+    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.0
+            .lock()
+            .expect("refresh lock table poisoned")
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn release(&self, key: &str) {
+        self.0
+            .lock()
+            .expect("refresh lock table poisoned")
+            .remove(key);
+    }
+}
+
+/// The bearer token of an `Authorization` header, if that is what it holds.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Keeps the tokens a session needs later.
+pub(super) fn session_tokens(auth: &Auth, tokens: &TokenResponse) -> Option<SessionTokens> {
+    let wanted = tokens.refresh_token.is_some()
+        || auth.pass_access_token
+        || auth.pass_id_token
+        || auth.provider_logout;
+    wanted.then(|| SessionTokens {
+        access_token: tokens.access_token.clone(),
+        refresh_token: tokens.refresh_token.clone(),
+        id_token: tokens.id_token.clone(),
+        expires_at: tokens
+            .expires_in
+            .map(|s| portcullis_core::time::unix_now().saturating_add(s)),
+    })
+}
+
+impl App {
+    /// The principal behind the request, if any: its bearer token when bearer tokens are
+    /// on and it sends one, else its session cookie.
+    pub(super) async fn authenticate(
+        &self,
+        auth: &Auth,
+        headers: &HeaderMap,
+    ) -> Result<Option<Principal>, ProxyError> {
+        if auth.bearer_tokens
+            && let Some(token) = bearer_token(headers)
+        {
+            return self.authenticate_bearer(auth, token).await.map(Some);
+        }
+        let Some(id) =
+            session_cookie_value(headers, &auth.session_cookie.name).and_then(SessionId::parse)
+        else {
+            return Ok(None);
+        };
+        let Some(session) = auth.sessions.load(&id).await? else {
+            return Ok(None);
+        };
+        let now = portcullis_core::time::unix_now();
+        if session
+            .tokens
+            .as_ref()
+            .is_some_and(|t| t.refresh_due(auth.refresh_before, now))
+        {
+            return self.refresh(auth, &id, session).await;
+        }
+        Ok(Some(Principal::Session(session)))
+    }
+
+    async fn authenticate_bearer(&self, auth: &Auth, token: &str) -> Result<Principal, ProxyError> {
+        let refuse = |reason: String| ProxyError::BadBearer(reason);
+        let iss =
+            unverified_issuer(token).ok_or_else(|| refuse("not a JWT with an issuer".into()))?;
+        let provider = auth
+            .providers
+            .iter()
+            .filter_map(|p| p.as_oidc())
+            .find(|p| p.issued(&iss))
+            .ok_or_else(|| refuse("issued by no configured provider".into()))?;
+        let identity = provider.verify_bearer(token).await.map_err(|e| match e {
+            IdentityError::ProviderUnavailable { .. } => ProxyError::Identity(e),
+            other => refuse(other.to_string()),
+        })?;
+        let (provisioning, _, teams) = self.directory_view(&identity).await?;
+        Ok(Principal::Bearer(Box::new(BearerUser {
+            identity,
+            teams,
+            provisioning,
+        })))
+    }
+
+    /// What the directory says about a signing-in identity: its provisioning status, the
+    /// directory user it is, and its teams.
+    pub(super) async fn directory_view(
+        &self,
+        identity: &Identity,
+    ) -> Result<(Provisioning, Option<DirectoryUser>, Vec<String>), ProxyError> {
+        use crate::scim::Provisioned;
+        let Some(scim) = &self.scim else {
+            return Ok((Provisioning::NotChecked, None, Vec::new()));
+        };
+        Ok(match scim.at_login(identity).await {
+            Err(e) => {
+                tracing::error!(error = %e, "the SCIM directory is unavailable: refusing the sign-in");
+                return Err(ProxyError::DirectoryUnavailable);
+            }
+            Ok(Provisioned::NotLinked) => (Provisioning::NotChecked, None, Vec::new()),
+            Ok(Provisioned::Unknown { required }) => (
+                if required {
+                    Provisioning::Missing
+                } else {
+                    Provisioning::NotChecked
+                },
+                None,
+                Vec::new(),
+            ),
+            Ok(Provisioned::Found { tenant, user }) => (
+                if user.active {
+                    Provisioning::Active
+                } else {
+                    Provisioning::Inactive
+                },
+                Some(DirectoryUser {
+                    tenant,
+                    id: user.id,
+                }),
+                user.groups,
+            ),
+        })
+    }
+
+    /// Refreshes a session whose access token is about to expire. Returns the session to
+    /// use, or `None` when the provider refused (the session is ended).
+    async fn refresh(
+        &self,
+        auth: &Auth,
+        id: &SessionId,
+        seen: Arc<SessionData>,
+    ) -> Result<Option<Principal>, ProxyError> {
+        let key = id.key().to_hex();
+        let lock = auth.refreshing.lock_for(&key);
+        let guard = lock.lock().await;
+        let result = self.refresh_locked(auth, id, seen).await;
+        drop(guard);
+        auth.refreshing.release(&key);
+        result
+    }
+
+    async fn refresh_locked(
+        &self,
+        auth: &Auth,
+        id: &SessionId,
+        seen: Arc<SessionData>,
+    ) -> Result<Option<Principal>, ProxyError> {
+        // Another request may have refreshed (or ended) the session while this one
+        // waited: use what it stored.
+        let Some(current) = auth.sessions.load(id).await? else {
+            return Ok(None);
+        };
+        if current.tokens != seen.tokens {
+            return Ok(Some(Principal::Session(current)));
+        }
+        let Some(old) = current.tokens.clone() else {
+            return Ok(Some(Principal::Session(current)));
+        };
+        let Some(refresh_token) = old.refresh_token.as_deref() else {
+            return Ok(Some(Principal::Session(current)));
+        };
+        let who = current.identity.display().to_string();
+        let Some(provider) = auth
+            .providers
+            .iter()
+            .find(|p| p.name() == current.identity.provider)
+        else {
+            return Ok(Some(Principal::Session(current)));
+        };
+        match provider.refresh(refresh_token).await {
+            None => Ok(Some(Principal::Session(current))),
+            Some(Ok(tokens)) => {
+                let mut data = (*current).clone();
+                data.tokens = Some(SessionTokens {
+                    access_token: tokens.access_token,
+                    // RFC 6749 §6: a new refresh token replaces the old, else it stays.
+                    refresh_token: tokens.refresh_token.or(old.refresh_token),
+                    id_token: tokens.id_token.or(old.id_token),
+                    expires_at: tokens
+                        .expires_in
+                        .map(|s| portcullis_core::time::unix_now().saturating_add(s)),
+                });
+                if !auth.sessions.update(id, data.clone()).await? {
+                    return Ok(None);
+                }
+                tracing::debug!(user = %who, provider = %provider.name(), "session tokens refreshed");
+                Ok(Some(Principal::Session(Arc::new(data))))
+            }
+            Some(Err(IdentityError::TokenExchange {
+                client_fault: true,
+                error,
+                ..
+            })) => {
+                tracing::warn!(user = %who, provider = %provider.name(), error = %error, "the provider refused to refresh the session's tokens: session ended");
+                auth.sessions.delete(id).await?;
+                Ok(None)
+            }
+            Some(Err(e)) => {
+                // Unreachable or confused provider: not a refusal. Keep the session and
+                // try again with the next request.
+                tracing::warn!(user = %who, provider = %provider.name(), error = %e, "token refresh failed; keeping the session and retrying later");
+                Ok(Some(Principal::Session(current)))
+            }
+        }
+    }
+}

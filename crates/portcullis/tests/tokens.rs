@@ -1,0 +1,505 @@
+//! Tokens after login, against the real `oidc-provider`: bearer JWTs for API clients and
+//! CLIs, refreshing a session before its access token expires (and ending it when the
+//! provider refuses), logging out at the provider, and passing tokens to the upstream.
+
+mod support;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use support::*;
+
+const APP: (&str, &str) = ("portcullis-app", "portcullis-app-secret");
+const CLI: (&str, &str) = ("team-cli", "team-cli-secret");
+const OTHER: (&str, &str) = ("other-app", "other-app-secret");
+/// Where the test's own code flows "return" (never contacted: the code is read from the
+/// redirect).
+const CLI_REDIRECT: &str = "http://127.0.0.1:9/cli-callback";
+
+fn header<'a>(echo: &'a Value, name: &str) -> Option<&'a str> {
+    echo["headers"][name][0].as_str()
+}
+
+fn client(id: &str, secret: &str, redirects: &[&str]) -> Value {
+    json!({
+        "client_id": id,
+        "client_secret": secret,
+        "redirect_uris": redirects,
+        "post_logout_redirect_uris": redirects.iter().map(|r| r.replace("/api/v1/auth/callback", "/")).collect::<Vec<_>>(),
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+    })
+}
+
+/// oidc-provider with the app's client, a CLI's client and an unrelated app's client.
+async fn provider(redirect: &str, extra: Value) -> OidcProvider {
+    let mut options = json!({
+        "idTokenClaims": true,
+        "groups": {"alice": ["eng"]},
+        "clients": [
+            client(APP.0, APP.1, &[redirect]),
+            client(CLI.0, CLI.1, &[CLI_REDIRECT]),
+            client(OTHER.0, OTHER.1, &[CLI_REDIRECT]),
+        ],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        options[k] = v.clone();
+    }
+    OidcProvider::start_with(APP.0, APP.1, &[redirect], options).await
+}
+
+/// Signs in at oidc-provider's forms, following redirects until the browser would be
+/// sent to `until`; returns that URL.
+async fn sign_in_until(browser: &Browser, start: &str, user: &str, until: &str) -> url::Url {
+    let mut page = browser.get(start).await;
+    for _ in 0..20 {
+        if let Some(location) = page.location() {
+            let next = page.url.join(&location).unwrap();
+            if next.as_str().starts_with(until) {
+                return next;
+            }
+            page = browser.get(next.as_str()).await;
+            continue;
+        }
+        let (action, mut fields) = page.form();
+        if page.body.contains("name=\"login\"") {
+            fields.retain(|(k, _)| k != "login" && k != "password");
+            fields.push(("login".into(), user.into()));
+            fields.push(("password".into(), "anything".into()));
+        }
+        page = browser
+            .request("POST", action.as_str(), Some(&fields))
+            .await;
+    }
+    panic!("never redirected to {until}: {page:?}");
+}
+
+/// What a CLI does: a code flow of its own client (with PKCE), then the token request.
+/// Returns the token answer (id_token, access_token).
+async fn cli_tokens(op: &OidcProvider, (id, secret): (&str, &str), user: &str) -> Value {
+    let verifier = "cli-verifier-0123456789-0123456789-0123456789";
+    let challenge = URL_SAFE_NO_PAD.encode(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()).as_ref(),
+    );
+    let mut authorize = url::Url::parse(&format!("{}/auth", op.issuer)).unwrap();
+    authorize
+        .query_pairs_mut()
+        .append_pair("client_id", id)
+        .append_pair("response_type", "code")
+        .append_pair("scope", "openid email profile groups")
+        .append_pair("redirect_uri", CLI_REDIRECT)
+        .append_pair("state", "cli-state")
+        .append_pair("nonce", "cli-nonce")
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    let back = sign_in_until(&Browser::new(), authorize.as_str(), user, CLI_REDIRECT).await;
+    let code = back
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .expect("a code");
+    reqwest::Client::new()
+        .post(format!("{}/token", op.issuer))
+        .basic_auth(id, Some(secret))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", CLI_REDIRECT),
+            ("code_verifier", verifier),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn portcullis(
+    op: &OidcProvider,
+    port: u16,
+    upstream: &EchoUpstream,
+    env: &[(&str, &str)],
+) -> Portcullis {
+    let mut b = Portcullis::builder()
+        .port(port)
+        .env("AUTH__OPENID_CONNECT__CORP__ENABLED", "true")
+        .env("AUTH__OPENID_CONNECT__CORP__CLIENT_ID", APP.0)
+        .env("AUTH__OPENID_CONNECT__CORP__CLIENT_SECRET", APP.1)
+        .env(
+            "AUTH__OPENID_CONNECT__CORP__DISCOVERY_URL",
+            op.issuer.clone(),
+        )
+        .env(
+            "OAUTH_REDIRECT_URL",
+            format!("http://127.0.0.1:{port}/api/v1/auth/callback"),
+        )
+        .env("UPSTREAM_URL", upstream.url())
+        .env("COOKIE_SECRET", SECRET);
+    for (k, v) in env {
+        b = b.env(k, *v);
+    }
+    b.wait_ready().start().await
+}
+
+async fn get(url: &str, headers: &[(&str, String)]) -> reqwest::Response {
+    let mut req = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(url)
+        .header("accept", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_cli_with_a_bearer_token_is_admitted_and_every_bad_token_is_a_401() {
+    let upstream = EchoUpstream::start().await;
+    let port = free_port();
+    let op = provider(
+        &format!("http://127.0.0.1:{port}/api/v1/auth/callback"),
+        json!({}),
+    )
+    .await;
+    let p = portcullis(
+        &op,
+        port,
+        &upstream,
+        &[
+            ("AUTH__BEARER_TOKENS", "true"),
+            (
+                "AUTH__OPENID_CONNECT__CORP__AUDIENCES",
+                "portcullis-app,team-cli",
+            ),
+        ],
+    )
+    .await;
+    let tokens = cli_tokens(&op, CLI, "alice").await;
+    let id_token = tokens["id_token"]
+        .as_str()
+        .expect("an ID token")
+        .to_string();
+    let bearer = |t: &str| vec![("authorization", format!("Bearer {t}"))];
+
+    let ok = get(&p.url("/api/items"), &bearer(&id_token)).await;
+    assert_eq!(ok.status(), 200);
+    let echo: Value = ok.json().await.unwrap();
+    assert_eq!(
+        header(&echo, "x-forwarded-email"),
+        Some("alice@example.com")
+    );
+    assert_eq!(header(&echo, "x-forwarded-groups"), Some("eng"));
+    assert_eq!(header(&echo, "x-forwarded-provider"), Some("corp"));
+    let me: Value = get(&p.url("/api/v1/auth/me"), &bearer(&id_token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["email"], "alice@example.com");
+    // Forward-auth accepts it too.
+    let verified = get(&p.url("/api/v1/auth/verify"), &bearer(&id_token)).await;
+    assert_eq!(verified.status(), 200);
+    assert_eq!(
+        verified.headers()["x-auth-request-email"],
+        "alice@example.com"
+    );
+
+    // Each of these is a 401 with RFC 6750's error, never a pass-through or a login.
+    let other_audience = cli_tokens(&op, OTHER, "alice").await["id_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut forged = id_token.clone().into_bytes();
+    let last = forged.len() - 5;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let parts: Vec<&str> = id_token.split('.').collect();
+    let unsigned = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        parts[1]
+    );
+    let mut claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    claims["iss"] = json!("https://evil.example");
+    let foreign = format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        parts[2]
+    );
+    for (what, token) in [
+        ("another client's token", other_audience.as_str()),
+        ("a forged signature", forged.as_str()),
+        ("alg none", unsigned.as_str()),
+        ("an unknown issuer", foreign.as_str()),
+        ("not a JWT", "opaque-token"),
+    ] {
+        let resp = get(&p.url("/api/items"), &bearer(token)).await;
+        assert_eq!(resp.status(), 401, "{what}");
+        let challenge = resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            challenge.contains("error=\"invalid_token\""),
+            "{what}: {challenge}"
+        );
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_token", "{what}");
+    }
+
+    // A bad token is refused even with a good session cookie next to it: no fallback.
+    let browser = Browser::new();
+    let landed = sign_in_until_app(&browser, &p, "alice").await;
+    assert_eq!(landed.status, 200);
+    let cookie = browser.cookie("127.0.0.1", "session_token").unwrap();
+    let mixed = get(
+        &p.url("/api/items"),
+        &[
+            ("authorization", format!("Bearer {forged}")),
+            ("cookie", format!("session_token={cookie}")),
+        ],
+    )
+    .await;
+    assert_eq!(mixed.status(), 401);
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_ignored_unless_turned_on() {
+    let upstream = EchoUpstream::start().await;
+    let port = free_port();
+    let op = provider(
+        &format!("http://127.0.0.1:{port}/api/v1/auth/callback"),
+        json!({}),
+    )
+    .await;
+    let p = portcullis(&op, port, &upstream, &[]).await;
+    let id_token = cli_tokens(&op, CLI, "alice").await["id_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let resp = get(
+        &p.url("/api/items"),
+        &[("authorization", format!("Bearer {id_token}"))],
+    )
+    .await;
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "unauthenticated");
+}
+
+/// Signs in through Portcullis and lands on the app.
+async fn sign_in_until_app(browser: &Browser, p: &Portcullis, user: &str) -> Page {
+    let back = sign_in_until(browser, &p.url("/"), user, &p.url("/api/v1/auth/callback")).await;
+    browser.navigate(back.as_str()).await
+}
+
+#[tokio::test]
+async fn sessions_refresh_once_before_expiry_and_end_when_the_provider_refuses() {
+    let upstream = EchoUpstream::start().await;
+    let port = free_port();
+    // Access tokens live 60 s; Portcullis refreshes 58 s before expiry, so 2 s after a
+    // login the session is due.
+    let op = provider(
+        &format!("http://127.0.0.1:{port}/api/v1/auth/callback"),
+        json!({"accessTokenTtl": 60}),
+    )
+    .await;
+    let p = portcullis(
+        &op,
+        port,
+        &upstream,
+        &[
+            (
+                "AUTH__OPENID_CONNECT__CORP__SCOPES",
+                "openid,email,profile,offline_access",
+            ),
+            (
+                "AUTH__OPENID_CONNECT__CORP__AUTH_URL_PARAMS__PROMPT",
+                "consent",
+            ),
+            ("AUTH__REFRESH_BEFORE", "58s"),
+        ],
+    )
+    .await;
+    let browser = Browser::new();
+    let landed = sign_in_until_app(&browser, &p, "alice").await;
+    assert_eq!(landed.status, 200, "{landed:?}\n{}", p.logs());
+    assert_eq!(op.grants("authorization_code"), 1, "{}", op.logs());
+    assert_eq!(op.grants("refresh_token"), 0);
+
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Many requests at once: one refresh.
+    let cookie = browser.cookie("127.0.0.1", "session_token").unwrap();
+    let requests = (0..8).map(|i| {
+        let url = p.url(&format!("/page/{i}"));
+        let cookie = cookie.clone();
+        async move {
+            get(&url, &[("cookie", format!("session_token={cookie}"))])
+                .await
+                .status()
+        }
+    });
+    let statuses = futures_join_all(requests).await;
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "{statuses:?}\n{}",
+        p.logs()
+    );
+    assert_eq!(op.grants("refresh_token"), 1, "{}", op.logs());
+
+    // The administrator disables alice: the next refresh is refused and the session ends.
+    reqwest::get(format!("{}/test/disable?login=alice", op.issuer))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let after = browser.get(&p.url("/page/after")).await;
+    assert_eq!(after.status, 302, "{after:?}\n{}", p.logs());
+    assert!(
+        after.location().unwrap().starts_with(&op.issuer),
+        "{after:?}"
+    );
+    assert!(
+        p.logs()
+            .contains("refused to refresh the session's tokens: session ended"),
+        "{}",
+        p.logs()
+    );
+    // The old cookie is dead for good.
+    let api = get(
+        &p.url("/api/x"),
+        &[("cookie", format!("session_token={cookie}"))],
+    )
+    .await;
+    assert_eq!(api.status(), 401);
+}
+
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn logout_also_ends_the_session_at_the_provider_when_asked() {
+    let upstream = EchoUpstream::start().await;
+    let port = free_port();
+    let op = provider(
+        &format!("http://127.0.0.1:{port}/api/v1/auth/callback"),
+        json!({}),
+    )
+    .await;
+    let p = portcullis(&op, port, &upstream, &[("AUTH__PROVIDER_LOGOUT", "true")]).await;
+    let browser = Browser::new();
+    assert_eq!(sign_in_until_app(&browser, &p, "alice").await.status, 200);
+
+    // A browser's sign-out form goes on to the provider's end_session_endpoint.
+    let out = browser
+        .request("POST", &p.url("/api/v1/auth/logout"), None)
+        .await;
+    assert_eq!(out.status, 303, "{out:?}");
+    let end = url::Url::parse(&out.location().unwrap()).unwrap();
+    assert!(end.as_str().starts_with(&op.issuer), "{end}");
+    let q: std::collections::HashMap<_, _> = end.query_pairs().into_owned().collect();
+    assert_eq!(q["client_id"], APP.0);
+    assert_eq!(q["post_logout_redirect_uri"], p.url("/"));
+    assert!(q.contains_key("id_token_hint"));
+    // The provider asks to confirm, then sends the browser back to the app, where it
+    // has to sign in again (at the provider: its session ended too, so the login form).
+    let confirm = browser.navigate(end.as_str()).await;
+    let (action, fields) = confirm.form();
+    let mut fields = fields;
+    fields.push(("logout".into(), "yes".into()));
+    let back = browser
+        .request("POST", action.as_str(), Some(&fields))
+        .await;
+    assert_eq!(
+        back.location().as_deref(),
+        Some(p.url("/").as_str()),
+        "{back:?}"
+    );
+    let again = browser.navigate(&p.url("/")).await;
+    assert!(again.body.contains("name=\"login\""), "{again:?}");
+
+    // An API client gets the URL instead of a redirect.
+    let mut json_client = Browser::new();
+    assert_eq!(sign_in_until_app(&json_client, &p, "bob").await.status, 200);
+    json_client.accept = "application/json".into();
+    let out = json_client
+        .request("POST", &p.url("/api/v1/auth/logout"), None)
+        .await;
+    assert_eq!(out.status, 200);
+    let body = out.json();
+    assert_eq!(body["message"], "Logged out successfully");
+    assert!(
+        body["logout_url"].as_str().unwrap().starts_with(&op.issuer),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn tokens_reach_the_upstream_only_when_configured() {
+    let upstream = EchoUpstream::start().await;
+    let port = free_port();
+    let op = provider(
+        &format!("http://127.0.0.1:{port}/api/v1/auth/callback"),
+        json!({}),
+    )
+    .await;
+    let p = portcullis(
+        &op,
+        port,
+        &upstream,
+        &[
+            ("AUTH__PASS_ACCESS_TOKEN", "true"),
+            ("AUTH__PASS_ID_TOKEN", "true"),
+        ],
+    )
+    .await;
+    let browser = Browser::new();
+    let landed = sign_in_until_app(&browser, &p, "alice").await;
+    let echo = landed.json();
+    let access = header(&echo, "x-forwarded-access-token").expect("access token passed");
+    assert!(!access.is_empty());
+    let authorization = header(&echo, "authorization").expect("ID token passed");
+    let jwt = authorization.strip_prefix("Bearer ").unwrap();
+    assert_eq!(jwt.split('.').count(), 3);
+
+    // Off by default; and a client cannot send its own X-Forwarded-Access-Token through.
+    let upstream2 = EchoUpstream::start().await;
+    let port2 = free_port();
+    let op2 = provider(
+        &format!("http://127.0.0.1:{port2}/api/v1/auth/callback"),
+        json!({}),
+    )
+    .await;
+    let p2 = portcullis(&op2, port2, &upstream2, &[]).await;
+    let browser = Browser::new();
+    sign_in_until_app(&browser, &p2, "alice").await;
+    let cookie = browser.cookie("127.0.0.1", "session_token").unwrap();
+    let echo: Value = get(
+        &p2.url("/x"),
+        &[
+            ("cookie", format!("session_token={cookie}")),
+            ("x-forwarded-access-token", "forged".into()),
+        ],
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(header(&echo, "x-forwarded-access-token"), None);
+    assert_eq!(header(&echo, "authorization"), None);
+}
