@@ -73,6 +73,14 @@ const provider = new Provider(issuer, {
 
 if (config.issuer) provider.proxy = true;
 
+// oidc-provider's documented development override: implicit-flow web clients may use
+// plain-http loopback redirect URIs (refused by default).
+const { invalidate: originalInvalidate } = provider.Client.Schema.prototype;
+provider.Client.Schema.prototype.invalidate = function invalidate(message, code) {
+  if (code === 'implicit-force-https' || code === 'implicit-forbid-localhost') return;
+  originalInvalidate.call(this, message);
+};
+
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
 provider.on('grant.success', (ctx) => console.log(`grant ${ctx.oidc.params.grant_type}`));
 provider.on('grant.error', (ctx, err) => console.log(`grant error ${ctx.oidc.params?.grant_type} ${err.error}`));

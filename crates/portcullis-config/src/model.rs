@@ -100,8 +100,18 @@ pub struct ServerConfig {
 pub enum Flow {
     /// Authorization code with PKCE: the default.
     Code,
-    /// `response_type=id_token` (not yet accepted by configuration).
+    /// `response_type=id_token`, answered by `form_post` or, for providers that only
+    /// return a fragment, through the page at the implicit redirect path.
     Implicit,
+}
+
+/// How the provider returns the implicit flow's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseMode {
+    /// A form the browser posts to the callback (the default).
+    FormPost,
+    /// The URL fragment of the redirect page, which posts it to the callback.
+    Fragment,
 }
 
 /// How a provider is talked to.
@@ -186,6 +196,8 @@ pub struct ProviderConfig {
     /// Extra authorization request parameters (`audience` for Auth0).
     pub auth_url_params: Vec<(String, String)>,
     pub flow: Flow,
+    /// For the implicit flow.
+    pub response_mode: ResponseMode,
     pub claims: ClaimMapping,
     /// Google: only accounts of this Workspace domain (`hd` claim).
     pub hosted_domain: Option<String>,
@@ -206,6 +218,7 @@ impl ProviderConfig {
             scopes: DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect(),
             auth_url_params: Vec::new(),
             flow: Flow::Code,
+            response_mode: ResponseMode::FormPost,
             claims: ClaimMapping::standard(),
             hosted_domain: None,
             audiences: vec![client_id.into()],
@@ -241,6 +254,9 @@ pub struct AuthConfig {
     /// Where the provider sends the browser after its logout; the public origin when
     /// not set.
     pub post_logout_redirect_url: Option<Url>,
+    /// The page that posts an implicit-flow fragment to the callback (register it at
+    /// providers with `response_mode: fragment`).
+    pub implicit_redirect_url: Option<Url>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -777,14 +793,7 @@ fn read_flow(r: &Reader<'_>, key: &str, default: Flow) -> Flow {
     match r.string(key).map(|s| s.to_ascii_lowercase()).as_deref() {
         None => default,
         Some("code") => Flow::Code,
-        Some("implicit") => {
-            r.error(
-                key,
-                "the implicit flow is not available in this version of Portcullis",
-                "write code (authorization code with PKCE, which every provider supports)",
-            );
-            default
-        }
+        Some("implicit") => Flow::Implicit,
         Some(other) => {
             r.error(
                 key,
@@ -864,6 +873,7 @@ const PROVIDER_FIELDS: &[&str] = &[
     "claims.name",
     "claims.groups",
     "audiences",
+    "response_mode",
 ];
 
 fn read_provider(
@@ -884,6 +894,22 @@ fn read_provider(
         .string(&key("display_name"))
         .unwrap_or_else(|| default_display_name(name));
     let flow = read_flow(r, &key("flow"), default_flow);
+    let response_mode = match r
+        .string(&key("response_mode"))
+        .map(|m| m.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("form_post") => ResponseMode::FormPost,
+        Some("fragment") => ResponseMode::Fragment,
+        Some(other) => {
+            r.error(
+                &key("response_mode"),
+                format!("`{other}` is not a response mode for the implicit flow"),
+                "write form_post (the default) or fragment",
+            );
+            ResponseMode::FormPost
+        }
+    };
     let auth_url_params = if keys.flat {
         Vec::new()
     } else {
@@ -1041,6 +1067,7 @@ fn read_provider(
         display_name,
         kind,
         audiences,
+        response_mode,
         client_id,
         client_secret,
         scopes,
@@ -1206,7 +1233,6 @@ fn read_auth(r: &Reader<'_>, public_url: Option<&Url>) -> AuthConfig {
     AuthConfig {
         enabled,
         providers,
-        redirect_url,
         allowed_users: r.list("oauth.allowed_users").unwrap_or_default(),
         allowed_groups: r.list("auth.allowed_groups").unwrap_or_default(),
         allowed_redirect_hosts: r
@@ -1225,7 +1251,36 @@ fn read_auth(r: &Reader<'_>, public_url: Option<&Url>) -> AuthConfig {
             "auth.post_logout_redirect_url",
             "set it to where the provider should send the browser after logging out, such as https://app.example.com/",
         ),
+        implicit_redirect_url: read_implicit_redirect(r, redirect_url.as_ref()),
+        redirect_url,
     }
+}
+
+/// The implicit flow's fragment page: configured, else beside the callback (the design
+/// documents register `/v1/oauth/redirect/` next to `/v1/oauth/callback/`).
+fn read_implicit_redirect(r: &Reader<'_>, callback: Option<&Url>) -> Option<Url> {
+    let key = "auth.implicit_redirect_url";
+    let configured = r.url(
+        key,
+        "set it to the fragment page's URL on this host, such as https://app.example.com/v1/oauth/redirect/",
+    );
+    let callback = callback?;
+    if let Some(url) = configured {
+        if url.origin() != callback.origin() {
+            r.error(
+                key,
+                "is on another origin than the callback",
+                "use a path on the callback's host: the page posts the answer to the callback on its own origin only",
+            );
+        }
+        return Some(url);
+    }
+    let path = callback.path();
+    let derived = match path.rfind("callback") {
+        Some(i) => format!("{}redirect{}", &path[..i], &path[i + "callback".len()..]),
+        None => "/api/v1/auth/redirect".into(),
+    };
+    callback.join(&derived).ok()
 }
 
 fn default_display_name(name: &str) -> String {

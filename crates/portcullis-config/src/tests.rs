@@ -391,13 +391,58 @@ fn yaml_syntax_errors_are_reported_with_the_file() {
 }
 
 #[test]
-fn the_implicit_flow_is_refused_until_it_is_implemented() {
+fn the_implicit_flow_is_chosen_globally_or_per_provider_with_its_redirect_page() {
+    let config = load_env(&[
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("COOKIE_SECRET", "0123456789abcdef0123456789abcdef"),
+        ("AUTH__OPENID_CONNECT__FLOW", "implicit"),
+        ("AUTH__OPENID_CONNECT__OKTA__ENABLED", "true"),
+        ("AUTH__OPENID_CONNECT__OKTA__CLIENT_ID", "o"),
+        (
+            "AUTH__OPENID_CONNECT__OKTA__DISCOVERY_URL",
+            "https://x.okta.com",
+        ),
+        ("AUTH__OPENID_CONNECT__AZ__ENABLED", "true"),
+        ("AUTH__OPENID_CONNECT__AZ__CLIENT_ID", "a"),
+        ("AUTH__OPENID_CONNECT__AZ__FLOW", "code"),
+        (
+            "AUTH__OPENID_CONNECT__AZ__DISCOVERY_URL",
+            "https://az.example.com",
+        ),
+        ("AUTH__OPENID_CONNECT__OKTA__RESPONSE_MODE", "fragment"),
+        (
+            "OAUTH_REDIRECT_URL",
+            "https://houston.example.com/v1/oauth/callback/",
+        ),
+    ])
+    .expect("valid");
+    let okta = config
+        .auth
+        .providers
+        .iter()
+        .find(|p| p.name == "okta")
+        .unwrap();
+    assert_eq!(okta.flow, Flow::Implicit);
+    assert_eq!(okta.response_mode, ResponseMode::Fragment);
+    let az = config
+        .auth
+        .providers
+        .iter()
+        .find(|p| p.name == "az")
+        .unwrap();
+    assert_eq!(az.flow, Flow::Code);
+    // The fragment page sits beside the callback, as the design documents register it.
+    assert_eq!(
+        config.auth.implicit_redirect_url.unwrap().as_str(),
+        "https://houston.example.com/v1/oauth/redirect/"
+    );
+
     let errs = errors(load_env(&[
         ("UPSTREAM_URL", "http://127.0.0.1:3000"),
-        ("AUTH__OPENID_CONNECT__FLOW", "implicit"),
+        ("AUTH__OPENID_CONNECT__FLOW", "hybrid"),
     ]));
     assert_eq!(errs[0].env, "AUTH__OPENID_CONNECT__FLOW");
-    assert!(errs[0].fix.contains("write code"));
+    assert!(errs[0].fix.contains("implicit"));
 }
 
 #[test]

@@ -113,6 +113,18 @@ impl Provider {
         }
     }
 
+    /// Finishes an implicit-flow login from the ID token the browser brought.
+    pub async fn finish_implicit(
+        &self,
+        id_token: &str,
+        nonce: &str,
+    ) -> Result<Identity, IdentityError> {
+        match self {
+            Provider::Oidc(p) => p.implicit_identity(id_token, nonce).await,
+            Provider::GitHub(_) => Err(IdentityError::invalid("GitHub has no implicit flow")),
+        }
+    }
+
     /// Refreshes the tokens (OpenID Connect providers; GitHub's OAuth app tokens do not
     /// expire).
     pub async fn refresh(

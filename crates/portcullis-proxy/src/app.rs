@@ -14,7 +14,7 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use portcullis_config::{Config, ExposeSecret, SessionStoreKind};
+use portcullis_config::{Config, ExposeSecret, Flow, ResponseMode, SessionStoreKind};
 use portcullis_core::html::escape;
 use portcullis_identity::{IdentityError, LoginStep, Provider};
 use portcullis_policy::{Policy, PolicyDecision, Subject};
@@ -92,6 +92,8 @@ struct Auth {
     refreshing: RefreshLocks,
     provider_logout: bool,
     post_logout_redirect: Option<String>,
+    /// The implicit flow's fragment page, served only when a provider uses it.
+    implicit_redirect: Option<(String, String)>,
 }
 
 pub struct App {
@@ -353,6 +355,14 @@ impl App {
                 .as_ref()
                 .or(config.public_origin().as_ref())
                 .map(|u| u.to_string()),
+            implicit_redirect: config
+                .auth
+                .providers
+                .iter()
+                .any(|p| p.flow == Flow::Implicit && p.response_mode == ResponseMode::Fragment)
+                .then_some(config.auth.implicit_redirect_url.as_ref())
+                .flatten()
+                .map(|u| (u.to_string(), u.path().to_string())),
         })
     }
 
@@ -415,6 +425,17 @@ impl App {
                 Err(ProxyError::MethodNotAllowed("GET, HEAD"))
             }
             LOGOUT_PATH => Err(ProxyError::MethodNotAllowed("GET, HEAD, POST")),
+            p if self.is_implicit_redirect(p) => {
+                if read_only {
+                    return implicit_redirect_page(
+                        self.auth
+                            .as_ref()
+                            .map(|a| a.callback_path.as_str())
+                            .unwrap_or("/"),
+                    );
+                }
+                Err(ProxyError::MethodNotAllowed("GET, HEAD"))
+            }
             p if self.is_callback(p) => {
                 if read_only || method == Method::POST {
                     return self.callback(req).await;
@@ -424,6 +445,13 @@ impl App {
             _ => return self.protected(conn, req).await,
         };
         result.unwrap_or_else(|e| e.into_response(wants_html(req.headers()), LOGIN_PATH))
+    }
+
+    fn is_implicit_redirect(&self, path: &str) -> bool {
+        self.auth
+            .as_ref()
+            .and_then(|a| a.implicit_redirect.as_ref())
+            .is_some_and(|(_, p)| p == path)
     }
 
     fn is_callback(&self, path: &str) -> bool {
@@ -620,7 +648,14 @@ impl App {
         provider: &Provider,
         return_to: String,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let request = provider.authorization_request(&auth.redirect_url).await?;
+        let config = provider.config();
+        let implicit = config.flow == Flow::Implicit;
+        let redirect_uri = match (&auth.implicit_redirect, implicit, config.response_mode) {
+            (Some((url, _)), true, ResponseMode::Fragment) => url.as_str(),
+            _ => auth.redirect_url.as_str(),
+        };
+        let form_post = implicit && config.response_mode == ResponseMode::FormPost;
+        let request = provider.authorization_request(redirect_uri).await?;
         let state = LoginState {
             state: request.state,
             nonce: request.nonce,
@@ -631,7 +666,7 @@ impl App {
         };
         Ok(with_cookie(
             pages::redirect(&request.url),
-            &auth.login.set(&state),
+            &auth.login.set(&state, form_post),
         ))
     }
 
@@ -753,37 +788,28 @@ impl App {
                     "The sign-in was started with a provider that is no longer configured.".into(),
                 )
             })?;
-        let code = param("code").filter(|c| !c.is_empty()).ok_or_else(|| {
-            ProxyError::BadLogin("The identity provider sent no authorization code.".into())
-        })?;
-        let (identity, tokens) = provider
-            .finish_login(code, &login.pkce_verifier, &auth.redirect_url, &login.nonce)
-            .await
-            .map_err(|(step, e)| {
-                let name = provider.name();
-                match e {
-                    _ if step == LoginStep::TokenExchange => {
-                        tracing::warn!(provider = %name, "OAuth token exchange failed: {e}")
-                    }
-                    IdentityError::TokenExchange { .. } => {
-                        tracing::warn!(provider = %name, "OAuth token exchange failed: {e}")
-                    }
-                    IdentityError::InvalidToken(ref reason) => {
-                        tracing::warn!(provider = %name, "ID token rejected: {reason}")
-                    }
-                    IdentityError::NotAllowed { ref who, ref reason } => {
-                        tracing::warn!(provider = %name, user = %who, reason = %reason, "User not allowed: {who}");
-                        return ProxyError::Denied {
-                            who: who.clone(),
-                            reason: reason.clone(),
-                        };
-                    }
-                    IdentityError::ProviderUnavailable { .. } | IdentityError::UserInfo(_) => {
-                        tracing::warn!(provider = %name, "Failed to get user info: {e}")
-                    }
-                }
-                ProxyError::Identity(e)
+        // The answer must be the one this provider's flow produces: never a code for an
+        // implicit login or an ID token for a code-flow login.
+        let implicit = provider.config().flow == Flow::Implicit;
+        let (identity, tokens) = if implicit {
+            let id_token = param("id_token").filter(|t| !t.is_empty()).ok_or_else(|| {
+                ProxyError::BadLogin("The identity provider sent no ID token.".into())
             })?;
+            let identity = provider
+                .finish_implicit(id_token, &login.nonce)
+                .await
+                .map_err(|e| self.login_failed(provider, LoginStep::Identity, e))?;
+            (identity, None)
+        } else {
+            let code = param("code").filter(|c| !c.is_empty()).ok_or_else(|| {
+                ProxyError::BadLogin("The identity provider sent no authorization code.".into())
+            })?;
+            let (identity, tokens) = provider
+                .finish_login(code, &login.pkce_verifier, &auth.redirect_url, &login.nonce)
+                .await
+                .map_err(|(step, e)| self.login_failed(provider, step, e))?;
+            (identity, Some(tokens))
+        };
         let (provisioning, directory_user, teams) = self.directory_view(&identity).await?;
         if let PolicyDecision::Deny(reason) = auth.policy.decide(&Subject {
             identity: &identity,
@@ -806,13 +832,38 @@ impl App {
         let mut data = SessionData::new(identity, auth.lifetime);
         data.directory_user = directory_user;
         data.teams = teams;
-        data.tokens = session_tokens(auth, &tokens);
+        data.tokens = tokens.as_ref().and_then(|t| session_tokens(auth, t));
         let id = auth.sessions.create(data).await?;
         tracing::info!(user = %who, provider = %provider.name(), "login succeeded");
         Ok(with_cookie(
             pages::redirect(&login.return_to),
             &auth.session_cookie.set(id.expose()),
         ))
+    }
+
+    /// Logs a failed login under the message the design documents name for its step,
+    /// and turns a provider-level refusal into a denial.
+    fn login_failed(&self, provider: &Provider, step: LoginStep, e: IdentityError) -> ProxyError {
+        let name = provider.name();
+        match e {
+            _ if step == LoginStep::TokenExchange => {
+                tracing::warn!(provider = %name, "OAuth token exchange failed: {e}")
+            }
+            IdentityError::TokenExchange { .. } => {
+                tracing::warn!(provider = %name, "OAuth token exchange failed: {e}")
+            }
+            IdentityError::InvalidToken(ref reason) => {
+                tracing::warn!(provider = %name, "ID token rejected: {reason}")
+            }
+            IdentityError::NotAllowed { who, reason } => {
+                tracing::warn!(provider = %name, user = %who, reason = %reason, "User not allowed: {who}");
+                return ProxyError::Denied { who, reason };
+            }
+            IdentityError::ProviderUnavailable { .. } | IdentityError::UserInfo(_) => {
+                tracing::warn!(provider = %name, "Failed to get user info: {e}")
+            }
+        }
+        ProxyError::Identity(e)
     }
 
     async fn me(&self, req: &Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
@@ -981,6 +1032,35 @@ fn denied_response(reason: &str, html: bool) -> Response<ProxyBody> {
     } else {
         pages::json_error(StatusCode::FORBIDDEN, "forbidden", reason)
     }
+}
+
+/// The implicit flow's fragment page: the provider put the answer in the URL fragment,
+/// which only the browser sees; this page posts it to the callback on its own origin (a
+/// fixed relative path, never a URL taken from the answer) and drops it from history.
+fn implicit_redirect_page(callback_path: &str) -> Response<ProxyBody> {
+    let nonce = portcullis_core::random::token();
+    let script = "var f=document.getElementById('answer');\
+new URLSearchParams(location.hash.slice(1)).forEach(function(v,k){\
+var i=document.createElement('input');i.type='hidden';i.name=k;i.value=v;f.appendChild(i);});\
+history.replaceState(null,'',location.pathname);f.submit();";
+    let inner = format!(
+        "<h1>Signing you in</h1>\n<form id=\"answer\" method=\"post\" action=\"{}\"></form>\n<noscript><p>Signing in with this provider needs JavaScript to pass the answer on. Turn it on, or ask the administrator to use the form_post response mode.</p></noscript>\n<script nonce=\"{nonce}\">{script}</script>",
+        escape(callback_path)
+    );
+    let mut resp = pages::raw_html(StatusCode::OK, pages::html_document("Signing in", &inner));
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
+    )) {
+        resp.headers_mut().insert(
+            header::HeaderName::from_static("content-security-policy"),
+            v,
+        );
+    }
+    resp.headers_mut().insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }
 
 fn logout_page() -> Response<ProxyBody> {

@@ -99,13 +99,21 @@ impl LoginCookies {
         }
     }
 
-    /// The `Set-Cookie` value that stores `login`.
-    pub fn set(&self, login: &LoginState) -> String {
+    /// The `Set-Cookie` value that stores `login`. `cross_site_post`: the provider will
+    /// POST the answer (`response_mode=form_post`), a cross-site request on which
+    /// browsers send only `SameSite=None` cookies, which must be `Secure`; on plain http
+    /// (development, where provider and app are usually the same site) it stays `Lax`.
+    pub fn set(&self, login: &LoginState, cross_site_post: bool) -> String {
         let name = cookie_name(&login.state);
         let json = serde_json::to_vec(login).expect("login state serializes");
         let value = self.sealer.seal(name.as_bytes(), &json);
+        let same_site = if cross_site_post && self.secure {
+            "None"
+        } else {
+            "Lax"
+        };
         format!(
-            "{name}={value}; Path={}; Max-Age={}; HttpOnly; SameSite=Lax{}",
+            "{name}={value}; Path={}; Max-Age={}; HttpOnly; SameSite={same_site}{}",
             self.path,
             self.ttl.as_secs(),
             if self.secure { "; Secure" } else { "" }
@@ -189,17 +197,23 @@ mod tests {
     fn a_login_round_trips_through_its_cookie() {
         let c = cookies();
         let l = login(portcullis_core::time::unix_now());
-        let set = c.set(&l);
+        let set = c.set(&l, false);
         assert!(set.contains("Path=/cb") && set.contains("HttpOnly") && set.contains("Secure"));
         let back = c.take(&request_with(&set), &l.state).unwrap();
         assert_eq!(back.return_to, "/x");
+        assert!(set.contains("SameSite=Lax"));
+        // A provider's form_post is a cross-site POST: only a SameSite=None cookie
+        // travels with it, and only when Secure.
+        assert!(c.set(&l, true).contains("SameSite=None; Secure"));
+        let plain = LoginCookies::new(&[&[7u8; 32]], false, "/cb", Duration::from_secs(600));
+        assert!(plain.set(&l, true).contains("SameSite=Lax"));
     }
 
     #[test]
     fn another_state_or_a_forged_cookie_is_refused() {
         let c = cookies();
         let l = login(portcullis_core::time::unix_now());
-        let h = request_with(&c.set(&l));
+        let h = request_with(&c.set(&l, false));
         let other = portcullis_core::random::token();
         assert_eq!(c.take(&h, &other).unwrap_err(), LoginStateError::Missing);
         assert_eq!(c.take(&h, "short").unwrap_err(), LoginStateError::BadState);
@@ -213,7 +227,7 @@ mod tests {
         assert_eq!(c.take(&h, &twin).unwrap_err(), LoginStateError::Invalid);
         // A cookie sealed under another secret.
         let stranger = LoginCookies::new(&[&[8u8; 32]], true, "/cb", Duration::from_secs(600));
-        let forged = request_with(&stranger.set(&l));
+        let forged = request_with(&stranger.set(&l, false));
         assert_eq!(
             c.take(&forged, &l.state).unwrap_err(),
             LoginStateError::Invalid
@@ -224,7 +238,7 @@ mod tests {
     fn an_old_login_has_expired() {
         let c = cookies();
         let l = login(portcullis_core::time::unix_now() - 601);
-        let h = request_with(&c.set(&l));
+        let h = request_with(&c.set(&l, false));
         assert_eq!(c.take(&h, &l.state).unwrap_err(), LoginStateError::Expired);
     }
 }

@@ -462,7 +462,11 @@ async fn query_parameters_narrow_the_policy_per_location() {
         body["message"].as_str().unwrap().contains("allowed_group"),
         "{body}"
     );
-    assert!(p.logs().contains("User not allowed: erin"), "{}", p.logs());
+    assert!(
+        p.wait_for_log("User not allowed: erin").await,
+        "{}",
+        p.logs()
+    );
     // HEAD and other methods are answered too (Envoy forwards the original method).
     let resp = reqwest::Client::new()
         .post(p.url("/api/v1/auth/verify"))

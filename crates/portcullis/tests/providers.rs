@@ -119,7 +119,7 @@ async fn github_setup(extra: &[(&str, &str)]) -> (FakeGitHub, EchoUpstream, Port
 async fn github_signs_in_members_of_the_allowed_organization_with_their_verified_email() {
     let (github, _upstream, p) = github_setup(&[("OAUTH_GITHUB_ORGS", "acme")]).await;
     assert!(
-        p.logs().contains("OAuth enabled with provider: github"),
+        p.wait_for_log("OAuth enabled with provider: github").await,
         "{}",
         p.logs()
     );
@@ -182,7 +182,8 @@ async fn github_signs_in_members_of_the_allowed_organization_with_their_verified
         refused.body
     );
     assert!(
-        p.logs().contains("User not allowed: outsider@example.org"),
+        p.wait_for_log("User not allowed: outsider@example.org")
+            .await,
         "{}",
         p.logs()
     );
@@ -305,7 +306,7 @@ async fn entra_reads_the_groups_of_an_overage_user_from_graph_page_by_page() {
     let graph = FakeGraph::start(vec!["g-1", "g-2", "g-3", "g-4", "g-5"], false).await;
     let (_op, _upstream, p) = entra_setup(&graph, &[("AUTH__ALLOWED_GROUPS", "g-5")]).await;
     assert!(
-        p.logs().contains("OAuth enabled with provider: entra"),
+        p.wait_for_log("OAuth enabled with provider: entra").await,
         "{}",
         p.logs()
     );
@@ -357,12 +358,12 @@ async fn when_graph_fails_the_overage_user_has_no_groups_and_a_group_rule_refuse
     let page = op_sign_in(&browser, &login, "alice").await;
     assert_eq!(page.status, 403, "{page:?}");
     assert!(
-        p.logs()
-            .contains("cannot read the groups from Microsoft Graph, so the user has no groups"),
+        p.wait_for_log("cannot read the groups from Microsoft Graph, so the user has no groups")
+            .await,
         "{}",
         p.logs()
     );
-    assert!(p.logs().contains("503"), "{}", p.logs());
+    assert!(p.wait_for_log("503").await, "{}", p.logs());
 }
 
 #[tokio::test]
@@ -375,7 +376,8 @@ async fn entra_refuses_users_of_another_tenant() {
     assert_eq!(page.status, 403, "{page:?}");
     assert!(page.body.contains(OTHER_TENANT), "{}", page.body);
     assert!(
-        p.logs().contains("User not allowed: bob@fabrikam.example"),
+        p.wait_for_log("User not allowed: bob@fabrikam.example")
+            .await,
         "{}",
         p.logs()
     );
@@ -691,7 +693,7 @@ async fn provider_calls_go_through_the_https_proxy_and_trust_the_extra_ca() {
         failed.body
     );
     assert!(
-        p.logs().contains("OAuth token exchange failed"),
+        p.wait_for_log("OAuth token exchange failed").await,
         "{}",
         p.logs()
     );

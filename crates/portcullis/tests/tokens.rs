@@ -329,7 +329,12 @@ async fn sessions_refresh_once_before_expiry_and_end_when_the_provider_refuses()
     let browser = Browser::new();
     let landed = sign_in_until_app(&browser, &p, "alice").await;
     assert_eq!(landed.status, 200, "{landed:?}\n{}", p.logs());
-    assert_eq!(op.grants("authorization_code"), 1, "{}", op.logs());
+    assert_eq!(
+        op.wait_grants("authorization_code", 1).await,
+        1,
+        "{}",
+        op.logs()
+    );
     assert_eq!(op.grants("refresh_token"), 0);
 
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
@@ -350,7 +355,7 @@ async fn sessions_refresh_once_before_expiry_and_end_when_the_provider_refuses()
         "{statuses:?}\n{}",
         p.logs()
     );
-    assert_eq!(op.grants("refresh_token"), 1, "{}", op.logs());
+    assert_eq!(op.wait_grants("refresh_token", 1).await, 1, "{}", op.logs());
 
     // The administrator disables alice: the next refresh is refused and the session ends.
     reqwest::get(format!("{}/test/disable?login=alice", op.issuer))
@@ -364,8 +369,8 @@ async fn sessions_refresh_once_before_expiry_and_end_when_the_provider_refuses()
         "{after:?}"
     );
     assert!(
-        p.logs()
-            .contains("refused to refresh the session's tokens: session ended"),
+        p.wait_for_log("refused to refresh the session's tokens: session ended")
+            .await,
         "{}",
         p.logs()
     );
@@ -502,4 +507,158 @@ async fn tokens_reach_the_upstream_only_when_configured() {
     .unwrap();
     assert_eq!(header(&echo, "x-forwarded-access-token"), None);
     assert_eq!(header(&echo, "authorization"), None);
+}
+
+// ---------------------------------------------------------------------------------------
+// The implicit flow
+
+async fn implicit_setup(mode: &str) -> (OidcProvider, EchoUpstream, Portcullis) {
+    let upstream = EchoUpstream::start().await;
+    let port = free_port();
+    let callback = format!("http://127.0.0.1:{port}/v1/oauth/callback/");
+    let page = format!("http://127.0.0.1:{port}/v1/oauth/redirect/");
+    let op = OidcProvider::start_with(
+        APP.0,
+        APP.1,
+        &[],
+        json!({
+            "idTokenClaims": true,
+            "groups": {"alice": ["eng"]},
+            "clients": [{
+                "client_id": APP.0,
+                "client_secret": APP.1,
+                "redirect_uris": [callback, page],
+                "grant_types": ["implicit"],
+                "response_types": ["id_token"],
+            }],
+        }),
+    )
+    .await;
+    let p = Portcullis::builder()
+        .port(port)
+        .env("AUTH__OPENID_CONNECT__FLOW", "implicit")
+        .env("AUTH__OPENID_CONNECT__CUSTOM__ENABLED", "true")
+        .env("AUTH__OPENID_CONNECT__CUSTOM__CLIENT_ID", APP.0)
+        .env(
+            "AUTH__OPENID_CONNECT__CUSTOM__DISCOVERY_URL",
+            op.issuer.clone(),
+        )
+        .env("AUTH__OPENID_CONNECT__CUSTOM__RESPONSE_MODE", mode)
+        .env(
+            "AUTH__OPENID_CONNECT__CUSTOM__SCOPES",
+            "openid,email,profile,groups",
+        )
+        .env("OAUTH_REDIRECT_URL", callback)
+        .env("UPSTREAM_URL", upstream.url())
+        .env("COOKIE_SECRET", SECRET)
+        .wait_ready()
+        .start()
+        .await;
+    (op, upstream, p)
+}
+
+#[tokio::test]
+async fn the_implicit_flow_with_form_post_signs_the_user_in() {
+    let (op, _upstream, p) = implicit_setup("form_post").await;
+    let browser = Browser::new();
+    let first = browser.get(&p.url("/docs?page=2")).await;
+    let authorize = url::Url::parse(&first.location().unwrap()).unwrap();
+    let q: std::collections::HashMap<_, _> = authorize.query_pairs().into_owned().collect();
+    assert_eq!(q["response_type"], "id_token");
+    assert_eq!(q["response_mode"], "form_post");
+    assert!(!q["nonce"].is_empty());
+    assert!(!q.contains_key("code_challenge"));
+    // The provider answers with an auto-submitting form that posts the ID token to the
+    // callback; a browser without JavaScript submits it by hand, as this one does.
+    let mut page = browser.follow(first).await;
+    for _ in 0..4 {
+        if page.body.contains("name=\"id_token\"") {
+            break;
+        }
+        let (action, mut fields) = page.form();
+        if page.body.contains("name=\"login\"") {
+            fields.retain(|(k, _)| k != "login" && k != "password");
+            fields.push(("login".into(), "alice".into()));
+            fields.push(("password".into(), "x".into()));
+        }
+        let next = browser
+            .request("POST", action.as_str(), Some(&fields))
+            .await;
+        page = browser.follow(next).await;
+    }
+    assert!(
+        page.body.contains("name=\"id_token\""),
+        "{page:?}\n{}",
+        op.logs()
+    );
+    let landed = browser.submit(&page, &[]).await;
+    assert_eq!(landed.status, 200, "{landed:?}\n{}", p.logs());
+    assert_eq!(landed.url.as_str(), p.url("/docs?page=2"));
+    let echo = landed.json();
+    assert_eq!(
+        header(&echo, "x-forwarded-email"),
+        Some("alice@example.com")
+    );
+    assert_eq!(header(&echo, "x-forwarded-groups"), Some("eng"));
+
+    // The same ID token replayed to the callback is refused (its login state is used).
+    let (action, fields) = page.form();
+    let replay = browser
+        .request("POST", action.as_str(), Some(&fields))
+        .await;
+    assert_eq!(replay.status, 400, "{replay:?}");
+}
+
+#[tokio::test]
+async fn the_implicit_flow_with_a_fragment_goes_through_the_redirect_page() {
+    let (op, _upstream, p) = implicit_setup("fragment").await;
+    let browser = Browser::new();
+    let first = browser.get(&p.url("/docs")).await;
+    let authorize = url::Url::parse(&first.location().unwrap()).unwrap();
+    let q: std::collections::HashMap<_, _> = authorize.query_pairs().into_owned().collect();
+    assert_eq!(q["redirect_uri"], p.url("/v1/oauth/redirect/"));
+    assert_eq!(q["response_mode"], "fragment");
+    let back = sign_in_until(
+        &browser,
+        authorize.as_str(),
+        "alice",
+        &p.url("/v1/oauth/redirect/"),
+    )
+    .await;
+    let fragment = back
+        .fragment()
+        .expect("the answer is in the fragment")
+        .to_string();
+    assert!(fragment.contains("id_token="), "{fragment}\n{}", op.logs());
+
+    // The page at the redirect path posts the fragment to the callback on its own origin:
+    // a fixed relative action, and a script allowed by a per-response nonce only.
+    let page = browser.get(back.as_str()).await;
+    assert_eq!(page.status, 200);
+    let (action, _) = page.form();
+    assert_eq!(action.as_str(), p.url("/v1/oauth/callback/"));
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'nonce-"), "{csp}");
+    assert!(page.body.contains("location.hash"), "{}", page.body);
+    // What the script does: post the fragment's fields.
+    let fields: Vec<(String, String)> = url::form_urlencoded::parse(fragment.as_bytes())
+        .into_owned()
+        .collect();
+    let posted = browser
+        .request("POST", action.as_str(), Some(&fields))
+        .await;
+    let landed = browser.follow(posted).await;
+    assert_eq!(landed.status, 200, "{landed:?}\n{}", p.logs());
+    assert_eq!(
+        header(&landed.json(), "x-forwarded-email"),
+        Some("alice@example.com")
+    );
+
+    // The same answer brought by another browser is refused: its state names a login
+    // that browser never started.
+    let other = Browser::new();
+    // Starts a login in this browser, with a fresh state and nonce of its own.
+    other.get(&p.url("/")).await;
+    let posted = other.request("POST", action.as_str(), Some(&fields)).await;
+    assert_eq!(posted.status, 400, "{posted:?}");
 }

@@ -788,7 +788,19 @@ impl OidcProvider {
         self.output.lock().unwrap().clone()
     }
 
-    /// How many tokens it granted with `grant_type`.
+    /// How many tokens it granted with `grant_type`, once at least `expected` were (or
+    /// five seconds passed), after a moment for late ones: its output arrives through a
+    /// pipe, behind the HTTP answers.
+    pub async fn wait_grants(&self, grant_type: &str, expected: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.grants(grant_type) < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.grants(grant_type)
+    }
+
+    /// How many tokens it granted with `grant_type` so far.
     pub fn grants(&self, grant_type: &str) -> usize {
         self.logs()
             .lines()
