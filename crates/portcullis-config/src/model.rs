@@ -41,7 +41,74 @@ pub struct Config {
     /// Extra CA certificates (PEM) trusted for calls to identity providers, besides the
     /// system's.
     pub outbound_ca_file: Option<PathBuf>,
+    pub branding: Branding,
 }
+
+/// How the sign-in page looks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Branding {
+    /// The page's title and heading.
+    pub title: String,
+    /// A line under the heading.
+    pub message: Option<String>,
+    /// An image (SVG, PNG, JPEG, WebP, GIF) shown above the heading, embedded in the page.
+    pub logo_file: Option<PathBuf>,
+    /// The buttons' colour, `#rrggbb`; the text on them is black or white, whichever
+    /// contrasts more.
+    pub primary_color: String,
+    pub background_color: String,
+}
+
+/// A colour as `#rgb` or `#rrggbb`, normalised to `#rrggbb`.
+pub fn parse_color(text: &str) -> Option<String> {
+    let hex = text.trim().strip_prefix('#')?;
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    match hex.len() {
+        6 => Some(format!("#{}", hex.to_ascii_lowercase())),
+        3 => Some(format!(
+            "#{}",
+            hex.chars()
+                .flat_map(|c| [c, c])
+                .collect::<String>()
+                .to_ascii_lowercase()
+        )),
+        _ => None,
+    }
+}
+
+/// WCAG 2.x relative luminance of a `#rrggbb` colour.
+fn luminance(color: &str) -> f64 {
+    let channel = |i: usize| {
+        let v = u8::from_str_radix(&color[i..i + 2], 16).unwrap_or(0) as f64 / 255.0;
+        if v <= 0.04045 {
+            v / 12.92
+        } else {
+            ((v + 0.055) / 1.055).powf(2.4)
+        }
+    };
+    0.2126 * channel(1) + 0.7152 * channel(3) + 0.0722 * channel(5)
+}
+
+/// WCAG contrast ratio of two `#rrggbb` colours (1 to 21).
+pub fn contrast(a: &str, b: &str) -> f64 {
+    let (la, lb) = (luminance(a), luminance(b));
+    let (hi, lo) = if la > lb { (la, lb) } else { (lb, la) };
+    (hi + 0.05) / (lo + 0.05)
+}
+
+/// The text colour (black or white) that contrasts more with `background`.
+pub fn text_color_on(background: &str) -> &'static str {
+    if contrast(background, "#ffffff") >= contrast(background, "#111111") {
+        "#ffffff"
+    } else {
+        "#111111"
+    }
+}
+
+/// WCAG AA for normal text.
+pub const MIN_CONTRAST: f64 = 4.5;
 
 /// SCIM provisioning.
 #[derive(Debug, Clone)]
@@ -341,6 +408,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "session",
     "scim",
     "outbound",
+    "branding",
     "log_level",
     "log_format",
 ];
@@ -471,10 +539,83 @@ impl Config {
                 workers: r.number("server.workers", 0) as usize,
             },
             scim: read_scim(r),
+            branding: read_branding(r),
             auth,
             session,
             log,
         }
+    }
+}
+
+fn read_branding(r: &Reader<'_>) -> Branding {
+    let color = |key: &str, default: &str| match r.string(key) {
+        None => default.to_string(),
+        Some(text) => parse_color(&text).unwrap_or_else(|| {
+            r.error(
+                key,
+                format!("`{text}` is not a colour"),
+                "write it as #rrggbb, such as #1d4ed8",
+            );
+            default.to_string()
+        }),
+    };
+    let primary = color("branding.primary_color", "#1d4ed8");
+    let background = color("branding.background_color", "#f4f4f5");
+    let on_primary = text_color_on(&primary);
+    if contrast(&primary, on_primary) < MIN_CONTRAST {
+        r.error(
+            "branding.primary_color",
+            format!(
+                "{primary} leaves the button text too little contrast ({:.1}:1, at least {MIN_CONTRAST}:1 is needed to be readable)",
+                contrast(&primary, on_primary)
+            ),
+            "pick a darker or a lighter shade",
+        );
+    }
+    if contrast(&background, "#18181b") < MIN_CONTRAST {
+        r.error(
+            "branding.background_color",
+            format!("{background} leaves the page's dark text too little contrast"),
+            "pick a lighter background",
+        );
+    }
+    let logo_file = r.string("branding.logo_file").map(PathBuf::from);
+    if let Some(path) = &logo_file {
+        let known = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| logo_type(e).is_some());
+        if !known {
+            r.error(
+                "branding.logo_file",
+                format!(
+                    "{} is not an .svg, .png, .jpg, .webp or .gif file",
+                    path.display()
+                ),
+                "use an image in one of those formats",
+            );
+        }
+    }
+    Branding {
+        title: r
+            .string("branding.title")
+            .unwrap_or_else(|| "Sign in".into()),
+        message: r.string("branding.message"),
+        logo_file,
+        primary_color: primary,
+        background_color: background,
+    }
+}
+
+/// The media type of a logo by its file extension.
+pub fn logo_type(extension: &str) -> Option<&'static str> {
+    match extension.to_ascii_lowercase().as_str() {
+        "svg" => Some("image/svg+xml"),
+        "png" => Some("image/png"),
+        "jpg" | "jpeg" => Some("image/jpeg"),
+        "webp" => Some("image/webp"),
+        "gif" => Some("image/gif"),
+        _ => None,
     }
 }
 

@@ -602,3 +602,29 @@ fn scim_mistakes_are_named() {
     ]));
     assert_eq!(errs[0].env, "SCIM__ENDPOINTS");
 }
+
+#[test]
+fn branding_colours_are_checked_for_contrast() {
+    let base = [("UPSTREAM_URL", "http://127.0.0.1:3000")];
+    let config = load_env(&base).expect("valid");
+    assert_eq!(config.branding.title, "Sign in");
+    assert!(
+        contrast(
+            &config.branding.primary_color,
+            text_color_on(&config.branding.primary_color)
+        ) >= MIN_CONTRAST
+    );
+    let mut vars = base.to_vec();
+    vars.push(("BRANDING__PRIMARY_COLOR", "#0A0"));
+    vars.push(("BRANDING__TITLE", "Acme internal tools"));
+    let config = load_env(&vars).expect("valid");
+    assert_eq!(config.branding.primary_color, "#00aa00");
+    // A mid grey leaves neither black nor white text readable.
+    let errs = errors(load_env(&[base[0], ("BRANDING__PRIMARY_COLOR", "#7a7a7a")]));
+    assert_eq!(errs[0].env, "BRANDING__PRIMARY_COLOR");
+    assert!(errs[0].problem.contains("contrast"), "{}", errs[0].problem);
+    let errs = errors(load_env(&[base[0], ("BRANDING__PRIMARY_COLOR", "blue")]));
+    assert!(errs[0].fix.contains("#rrggbb"));
+    let errs = errors(load_env(&[base[0], ("BRANDING__LOGO_FILE", "/etc/passwd")]));
+    assert_eq!(errs[0].env, "BRANDING__LOGO_FILE");
+}

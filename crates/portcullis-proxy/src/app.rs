@@ -94,6 +94,7 @@ struct Auth {
     post_logout_redirect: Option<String>,
     /// The implicit flow's fragment page, served only when a provider uses it.
     implicit_redirect: Option<(String, String)>,
+    sign_in_page: pages::SignInPage,
 }
 
 pub struct App {
@@ -355,6 +356,7 @@ impl App {
                 .as_ref()
                 .or(config.public_origin().as_ref())
                 .map(|u| u.to_string()),
+            sign_in_page: pages::SignInPage::new(&config.branding).map_err(AppError::Setup)?,
             implicit_redirect: config
                 .auth
                 .providers
@@ -701,19 +703,17 @@ impl App {
         return_to: &str,
         status: StatusCode,
     ) -> Response<ProxyBody> {
-        let buttons: String = auth
+        let buttons: Vec<(String, String)> = auth
             .providers
             .iter()
             .map(|p| {
-                format!(
-                    "<p><a class=\"button\" href=\"{}\">Log in with {}</a></p>\n",
-                    escape(&login_link(Some(p.name()), return_to)),
-                    escape(p.display_name())
+                (
+                    format!("Log in with {}", p.display_name()),
+                    login_link(Some(p.name()), return_to),
                 )
             })
             .collect();
-        let inner = format!("<h1>Sign in</h1>\n{buttons}");
-        pages::raw_html(status, pages::html_document("Sign in", &inner))
+        auth.sign_in_page.render(status, &buttons)
     }
 
     async fn callback(&self, req: Request<Incoming>) -> Response<ProxyBody> {

@@ -114,3 +114,115 @@ pub fn redirect(location: &str) -> Response<ProxyBody> {
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
+
+/// The sign-in page with one button per provider, branded from configuration: no
+/// external assets (the logo is embedded), no JavaScript, landmarks and a heading for
+/// screen readers, buttons in document order with a visible focus ring, and button
+/// text in whichever of black or white contrasts more with the configured colour.
+pub struct SignInPage {
+    title: String,
+    message: Option<String>,
+    /// `data:` URI of the logo.
+    logo: Option<String>,
+    primary: String,
+    on_primary: &'static str,
+    background: String,
+}
+
+impl SignInPage {
+    /// Prepares the page; reads and embeds the logo file.
+    pub fn new(branding: &portcullis_config::Branding) -> Result<SignInPage, String> {
+        use base64::Engine;
+        const MAX_LOGO_BYTES: u64 = 256 * 1024;
+        let logo = match &branding.logo_file {
+            None => None,
+            Some(path) => {
+                let media = path
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .and_then(portcullis_config::logo_type)
+                    .ok_or_else(|| {
+                        format!(
+                            "branding.logo_file {}: not a supported image type",
+                            path.display()
+                        )
+                    })?;
+                let size = std::fs::metadata(path)
+                    .map_err(|e| format!("branding.logo_file {}: {e}", path.display()))?
+                    .len();
+                if size > MAX_LOGO_BYTES {
+                    return Err(format!(
+                        "branding.logo_file {} is {size} bytes; keep it under 256 KiB (it is sent with every sign-in page)",
+                        path.display()
+                    ));
+                }
+                let bytes = std::fs::read(path)
+                    .map_err(|e| format!("branding.logo_file {}: {e}", path.display()))?;
+                Some(format!(
+                    "data:{media};base64,{}",
+                    base64::engine::general_purpose::STANDARD.encode(bytes)
+                ))
+            }
+        };
+        Ok(SignInPage {
+            title: branding.title.clone(),
+            message: branding.message.clone(),
+            logo,
+            on_primary: portcullis_config::text_color_on(&branding.primary_color),
+            primary: branding.primary_color.clone(),
+            background: branding.background_color.clone(),
+        })
+    }
+
+    /// The page, with `buttons` as (label, href) pairs.
+    pub fn render(&self, status: StatusCode, buttons: &[(String, String)]) -> Response<ProxyBody> {
+        // Colours were validated as #rrggbb, so they are safe inside the style sheet.
+        let style = format!(
+            "body{{font-family:system-ui,sans-serif;background:{bg};color:#18181b;margin:0}}\
+main{{max-width:26rem;margin:4rem auto;background:#fff;padding:2rem 2.5rem;border-radius:.5rem;box-shadow:0 1px 3px rgba(0,0,0,.15)}}\
+h1{{font-size:1.5rem;margin:0 0 1rem}}p{{line-height:1.5;color:#3f3f46}}.logo{{display:block;max-height:4rem;max-width:100%;margin:0 0 1.5rem}}\
+ul{{list-style:none;padding:0;margin:1.5rem 0 0}}li{{margin:0 0 .75rem}}\
+a.button{{display:block;text-align:center;padding:.75rem 1rem;background:{primary};color:{on};border-radius:.375rem;text-decoration:none;font-size:1rem;font-weight:600}}\
+a.button:hover{{text-decoration:underline}}\
+a.button:focus-visible{{outline:3px solid #18181b;outline-offset:3px;box-shadow:0 0 0 3px #fff}}",
+            bg = self.background,
+            primary = self.primary,
+            on = self.on_primary,
+        );
+        let logo = self
+            .logo
+            .as_ref()
+            .map(|src| {
+                format!(
+                    "<img class=\"logo\" src=\"{src}\" alt=\"{}\">\n",
+                    escape(&self.title)
+                )
+            })
+            .unwrap_or_default();
+        let message = self
+            .message
+            .as_ref()
+            .map(|m| format!("<p>{}</p>\n", escape(m)))
+            .unwrap_or_default();
+        let items: String = buttons
+            .iter()
+            .map(|(label, href)| {
+                format!(
+                    "<li><a class=\"button\" href=\"{}\">{}</a></li>\n",
+                    escape(href),
+                    escape(label)
+                )
+            })
+            .collect();
+        let document = format!(
+            "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{title}</title>\n<style>{style}</style>\n</head>\n<body>\n<main aria-labelledby=\"title\">\n{logo}<h1 id=\"title\">{title}</h1>\n{message}<nav aria-label=\"Sign-in providers\">\n<ul>\n{items}</ul>\n</nav>\n</main>\n</body>\n</html>\n",
+            title = escape(&self.title),
+        );
+        let mut resp = base(status, "text/html; charset=utf-8", document);
+        resp.headers_mut().insert(
+            header::HeaderName::from_static("content-security-policy"),
+            HeaderValue::from_static("default-src 'none'; img-src data:; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+        );
+        resp
+    }
+}
