@@ -520,13 +520,25 @@ async fn several_providers_at_once_each_sign_in_and_record_their_name() {
     let upstream = EchoUpstream::start().await;
     let port = free_port();
     let redirect = redirect_for(port);
-    let okta = OidcProvider::start("okta-client", "okta-secret", &[&redirect], json!({})).await;
+    let client = |id: &str, secret: &str| {
+        json!({"client_id": id, "client_secret": secret, "redirect_uris": [redirect.clone()],
+               "grant_types": ["authorization_code"], "response_types": ["code"]})
+    };
+    // Okta and a custom provider at one issuer (two clients), Auth0 at another.
+    let okta = OidcProvider::start_with(
+        "okta-client",
+        "okta-secret",
+        &[],
+        json!({"clients": [client("okta-client", "okta-secret"), client("custom-client", "custom-secret")]}),
+    )
+    .await;
     let auth0 = OidcProvider::start("auth0-client", "auth0-secret", &[&redirect], json!({})).await;
     let github = FakeGitHub::start("gh-client-id", "gh-client-secret").await;
     let mut env = Env::new(&[]).set("OAUTH_REDIRECT_URL", redirect.clone());
     for (name, op, id, secret) in [
         ("OKTA", &okta, "okta-client", "okta-secret"),
-        ("CUSTOM", &auth0, "auth0-client", "auth0-secret"),
+        ("AUTH0", &auth0, "auth0-client", "auth0-secret"),
+        ("CUSTOM", &okta, "custom-client", "custom-secret"),
     ] {
         env = env
             .set(&format!("AUTH__OPENID_CONNECT__{name}__ENABLED"), "true")
@@ -543,7 +555,7 @@ async fn several_providers_at_once_each_sign_in_and_record_their_name() {
     let p = env
         .set("AUTH__OPENID_CONNECT__CUSTOM__DISPLAY_NAME", "Acme SSO")
         .set(
-            "AUTH__OPENID_CONNECT__CUSTOM__AUTH_URL_PARAMS__AUDIENCE",
+            "AUTH__OPENID_CONNECT__AUTH0__AUTH_URL_PARAMS__AUDIENCE",
             "https://api.acme.example",
         )
         .set("AUTH__OPENID_CONNECT__GITHUB__ENABLED", "true")
@@ -554,8 +566,8 @@ async fn several_providers_at_once_each_sign_in_and_record_their_name() {
         )
         .set("AUTH__OPENID_CONNECT__GITHUB__WEB_URL", github.url())
         // A disabled provider's settings are accepted and ignored.
-        .set("AUTH__OPENID_CONNECT__AUTH0__ENABLED", "false")
-        .set("AUTH__OPENID_CONNECT__AUTH0__CLIENT_ID", "unused")
+        .set("AUTH__OPENID_CONNECT__GOOGLE__ENABLED", "false")
+        .set("AUTH__OPENID_CONNECT__GOOGLE__CLIENT_ID", "unused")
         .start(port, &upstream)
         .await;
 
@@ -565,46 +577,48 @@ async fn several_providers_at_once_each_sign_in_and_record_their_name() {
     assert_eq!(page.status, 200);
     for label in [
         "Log in with Okta",
+        "Log in with Auth0",
         "Log in with Acme SSO",
         "Log in with GitHub",
     ] {
         assert!(page.body.contains(label), "{label}: {}", page.body);
     }
-    assert!(!page.body.contains("Auth0"), "{}", page.body);
+    assert!(!page.body.contains("Google"), "{}", page.body);
 
-    // ?provider= skips the page; the custom provider gets its audience parameter.
-    let to_custom = browser
-        .get(&p.url("/api/v1/auth/login?provider=custom&rd=%2Fwiki"))
+    // ?provider= skips the page; Auth0 gets its audience parameter.
+    let to_auth0 = browser
+        .get(&p.url("/api/v1/auth/login?provider=auth0&rd=%2Fwiki"))
         .await;
-    let location = to_custom.location().unwrap();
+    let location = to_auth0.location().unwrap();
     assert!(location.starts_with(&auth0.issuer), "{location}");
     assert!(
         location.contains("audience=https%3A%2F%2Fapi.acme.example"),
         "{location}"
     );
-    let login = browser.follow(to_custom).await;
+    let login = browser.follow(to_auth0).await;
     let landed = op_sign_in(&browser, &login, "alice").await;
     assert_eq!(landed.status, 200, "{landed:?}\n{}", p.logs());
     assert_eq!(landed.url.as_str(), p.url("/wiki"));
     assert_eq!(
         header(&landed.json(), "x-forwarded-provider"),
-        Some("custom")
+        Some("auth0")
     );
     assert_eq!(
         browser.get(&p.url("/api/v1/auth/me")).await.json()["provider"],
-        "custom"
+        "auth0"
     );
 
-    let second = Browser::new();
-    let to_okta = second
-        .navigate(&p.url("/api/v1/auth/login?provider=okta"))
-        .await;
-    let landed = op_sign_in(&second, &to_okta, "bob").await;
-    assert_eq!(
-        second.get(&p.url("/api/v1/auth/me")).await.json()["provider"],
-        "okta"
-    );
-    assert_eq!(landed.status, 200);
+    for (name, user) in [("okta", "bob"), ("custom", "carol")] {
+        let b = Browser::new();
+        let login = b
+            .navigate(&p.url(&format!("/api/v1/auth/login?provider={name}")))
+            .await;
+        let landed = op_sign_in(&b, &login, user).await;
+        assert_eq!(landed.status, 200, "{name}: {landed:?}");
+        let me = b.get(&p.url("/api/v1/auth/me")).await.json();
+        assert_eq!(me["provider"], name);
+        assert_eq!(me["email"], format!("{user}@example.com"));
+    }
 
     github.sign_in_as(octocat());
     let third = Browser::new();
