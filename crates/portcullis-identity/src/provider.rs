@@ -103,10 +103,13 @@ impl Provider {
                 Ok((identity, tokens))
             }
             Provider::GitHub(p) => {
-                let tokens = p
+                let mut tokens = p
                     .exchange_code(code, pkce_verifier, redirect_uri)
                     .await
                     .map_err(exchange)?;
+                // GitHub App user tokens expire and come with a refresh token, but the
+                // session does not depend on them: Portcullis does not refresh them.
+                tokens.refresh_token = None;
                 let identity = p.identity(&tokens).await.map_err(identify)?;
                 Ok((identity, tokens))
             }
