@@ -142,6 +142,19 @@ async fn portcullis(
     b.wait_ready().start().await
 }
 
+/// oidc-provider (with `options`) and Portcullis (with `env`) in front of an echoing app.
+async fn rig(options: Value, env: &[(&str, &str)]) -> (OidcProvider, EchoUpstream, Portcullis) {
+    let upstream = EchoUpstream::start().await;
+    let port = free_port();
+    let op = provider(
+        &format!("http://127.0.0.1:{port}/api/v1/auth/callback"),
+        options,
+    )
+    .await;
+    let p = portcullis(&op, port, &upstream, env).await;
+    (op, upstream, p)
+}
+
 async fn get(url: &str, headers: &[(&str, String)]) -> reqwest::Response {
     let mut req = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -157,17 +170,8 @@ async fn get(url: &str, headers: &[(&str, String)]) -> reqwest::Response {
 
 #[tokio::test]
 async fn a_cli_with_a_bearer_token_is_admitted_and_every_bad_token_is_a_401() {
-    let upstream = EchoUpstream::start().await;
-    let port = free_port();
-    let op = provider(
-        &format!("http://127.0.0.1:{port}/api/v1/auth/callback"),
+    let (op, _upstream, p) = rig(
         json!({}),
-    )
-    .await;
-    let p = portcullis(
-        &op,
-        port,
-        &upstream,
         &[
             ("AUTH__BEARER_TOKENS", "true"),
             (
@@ -270,14 +274,7 @@ async fn a_cli_with_a_bearer_token_is_admitted_and_every_bad_token_is_a_401() {
 
 #[tokio::test]
 async fn bearer_tokens_are_ignored_unless_turned_on() {
-    let upstream = EchoUpstream::start().await;
-    let port = free_port();
-    let op = provider(
-        &format!("http://127.0.0.1:{port}/api/v1/auth/callback"),
-        json!({}),
-    )
-    .await;
-    let p = portcullis(&op, port, &upstream, &[]).await;
+    let (op, _upstream, p) = rig(json!({}), &[]).await;
     let id_token = cli_tokens(&op, CLI, "alice").await["id_token"]
         .as_str()
         .unwrap()
@@ -300,19 +297,10 @@ async fn sign_in_until_app(browser: &Browser, p: &Portcullis, user: &str) -> Pag
 
 #[tokio::test]
 async fn sessions_refresh_once_before_expiry_and_end_when_the_provider_refuses() {
-    let upstream = EchoUpstream::start().await;
-    let port = free_port();
     // Access tokens live 60 s; Portcullis refreshes 58 s before expiry, so 2 s after a
     // login the session is due.
-    let op = provider(
-        &format!("http://127.0.0.1:{port}/api/v1/auth/callback"),
+    let (op, _upstream, p) = rig(
         json!({"accessTokenTtl": 60}),
-    )
-    .await;
-    let p = portcullis(
-        &op,
-        port,
-        &upstream,
         &[
             (
                 "AUTH__OPENID_CONNECT__CORP__SCOPES",
@@ -399,14 +387,7 @@ where
 
 #[tokio::test]
 async fn logout_also_ends_the_session_at_the_provider_when_asked() {
-    let upstream = EchoUpstream::start().await;
-    let port = free_port();
-    let op = provider(
-        &format!("http://127.0.0.1:{port}/api/v1/auth/callback"),
-        json!({}),
-    )
-    .await;
-    let p = portcullis(&op, port, &upstream, &[("AUTH__PROVIDER_LOGOUT", "true")]).await;
+    let (op, _upstream, p) = rig(json!({}), &[("AUTH__PROVIDER_LOGOUT", "true")]).await;
     let browser = Browser::new();
     assert_eq!(sign_in_until_app(&browser, &p, "alice").await.status, 200);
 
@@ -456,17 +437,8 @@ async fn logout_also_ends_the_session_at_the_provider_when_asked() {
 
 #[tokio::test]
 async fn tokens_reach_the_upstream_only_when_configured() {
-    let upstream = EchoUpstream::start().await;
-    let port = free_port();
-    let op = provider(
-        &format!("http://127.0.0.1:{port}/api/v1/auth/callback"),
+    let (_op, _upstream, p) = rig(
         json!({}),
-    )
-    .await;
-    let p = portcullis(
-        &op,
-        port,
-        &upstream,
         &[
             ("AUTH__PASS_ACCESS_TOKEN", "true"),
             ("AUTH__PASS_ID_TOKEN", "true"),
@@ -483,14 +455,7 @@ async fn tokens_reach_the_upstream_only_when_configured() {
     assert_eq!(jwt.split('.').count(), 3);
 
     // Off by default; and a client cannot send its own X-Forwarded-Access-Token through.
-    let upstream2 = EchoUpstream::start().await;
-    let port2 = free_port();
-    let op2 = provider(
-        &format!("http://127.0.0.1:{port2}/api/v1/auth/callback"),
-        json!({}),
-    )
-    .await;
-    let p2 = portcullis(&op2, port2, &upstream2, &[]).await;
+    let (_op2, _upstream2, p2) = rig(json!({}), &[]).await;
     let browser = Browser::new();
     sign_in_until_app(&browser, &p2, "alice").await;
     let cookie = browser.cookie("127.0.0.1", "session_token").unwrap();
