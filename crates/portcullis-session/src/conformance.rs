@@ -237,6 +237,28 @@ pub async fn teams_change_on_every_session_of_a_provisioned_user<S: SessionStore
     );
 }
 
+pub async fn a_refresh_is_claimed_by_one_handle_at_a_time<S: SessionStore>(a: &S, b: &S) {
+    let id = a
+        .create(SessionData::new(
+            identity("claim"),
+            Duration::from_secs(3600),
+        ))
+        .await
+        .unwrap();
+    let ttl = Duration::from_millis(600);
+    assert!(a.claim_refresh(&id, ttl).await.unwrap());
+    assert!(
+        !b.claim_refresh(&id, ttl).await.unwrap(),
+        "a second claimant"
+    );
+    assert!(!a.claim_refresh(&id, ttl).await.unwrap(), "a second claim");
+    a.release_refresh(&id).await.unwrap();
+    assert!(b.claim_refresh(&id, ttl).await.unwrap(), "released");
+    // A claim whose holder died lapses by itself.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(a.claim_refresh(&id, ttl).await.unwrap(), "lapsed");
+}
+
 pub async fn concurrent_loads_of_one_session_all_succeed<S: SessionStore>(store: Arc<S>) {
     let id = store
         .create(SessionData::new(identity("grace"), LONG.lifetime))
@@ -314,6 +336,12 @@ mod memory {
     #[tokio::test]
     async fn teams_change_on_every_session_of_a_provisioned_user() {
         super::teams_change_on_every_session_of_a_provisioned_user(&store(LONG)).await;
+    }
+
+    #[tokio::test]
+    async fn a_refresh_is_claimed_by_one_handle_at_a_time() {
+        let s = Arc::new(store(LONG));
+        super::a_refresh_is_claimed_by_one_handle_at_a_time(&*s, &*s).await;
     }
 }
 
@@ -406,6 +434,17 @@ mod redis {
     async fn teams_change_on_every_session_of_a_provisioned_user() {
         let server = RedisServer::start();
         super::teams_change_on_every_session_of_a_provisioned_user(&store(&server, LONG)).await;
+    }
+
+    /// Two stores on one server stand for two replicas.
+    #[tokio::test]
+    async fn a_refresh_is_claimed_by_one_handle_at_a_time() {
+        let server = RedisServer::start();
+        super::a_refresh_is_claimed_by_one_handle_at_a_time(
+            &store(&server, LONG),
+            &store(&server, LONG),
+        )
+        .await;
     }
 
     #[tokio::test]

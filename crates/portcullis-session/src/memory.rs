@@ -26,6 +26,8 @@ pub struct MemoryStore {
     by_user: DashMap<String, HashSet<SessionKey>>,
     limits: SessionLimits,
     capacity: usize,
+    /// Sessions being refreshed, until when.
+    refreshing: DashMap<SessionKey, std::time::Instant>,
 }
 
 impl MemoryStore {
@@ -35,6 +37,7 @@ impl MemoryStore {
             by_user: DashMap::new(),
             limits,
             capacity: capacity.max(1),
+            refreshing: DashMap::new(),
         }
     }
 
@@ -225,6 +228,29 @@ impl SessionStore for MemoryStore {
             }
         }
         Ok(updated)
+    }
+
+    async fn claim_refresh(&self, id: &SessionId, ttl: Duration) -> Result<bool, StoreError> {
+        let now = std::time::Instant::now();
+        let mut claimed = false;
+        self.refreshing
+            .entry(id.key())
+            .and_modify(|until| {
+                if *until <= now {
+                    *until = now + ttl;
+                    claimed = true;
+                }
+            })
+            .or_insert_with(|| {
+                claimed = true;
+                now + ttl
+            });
+        Ok(claimed)
+    }
+
+    async fn release_refresh(&self, id: &SessionId) -> Result<(), StoreError> {
+        self.refreshing.remove(&id.key());
+        Ok(())
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

@@ -210,6 +210,10 @@ impl RedisStore {
         format!("{}:session:{}", self.prefix, id.key().to_hex())
     }
 
+    fn refresh_key(&self, id: &SessionId) -> String {
+        format!("{}:refresh:{}", self.prefix, id.key().to_hex())
+    }
+
     fn user_index_key(&self, user_key: &str) -> String {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, user_key.as_bytes());
         format!("{}:user:{}", self.prefix, hex(digest.as_ref()))
@@ -369,6 +373,26 @@ impl SessionStore for RedisStore {
             updated += usize::from(done.is_some());
         }
         Ok(updated)
+    }
+
+    async fn claim_refresh(&self, id: &SessionId, ttl: Duration) -> Result<bool, StoreError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(self.refresh_key(id))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    async fn release_refresh(&self, id: &SessionId) -> Result<(), StoreError> {
+        self.run::<()>(redis::cmd("DEL").arg(self.refresh_key(id)))
+            .await
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

@@ -371,6 +371,69 @@ async fn sessions_refresh_once_before_expiry_and_end_when_the_provider_refuses()
     assert_eq!(api.status(), 401);
 }
 
+/// Two replicas sharing sessions in Redis, both asked at once when the session is due:
+/// one refresh between them (a refresh token used twice may revoke the whole grant).
+#[tokio::test]
+async fn replicas_sharing_redis_refresh_a_session_once() {
+    let redis = portcullis_testkit::RedisServer::start();
+    let upstream = EchoUpstream::start().await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let callback = |port: u16| format!("http://127.0.0.1:{port}/api/v1/auth/callback");
+    let op = OidcProvider::start_with(
+        APP.0,
+        APP.1,
+        &[],
+        json!({
+            "accessTokenTtl": 60,
+            "clients": [{
+                "client_id": APP.0, "client_secret": APP.1,
+                "redirect_uris": [callback(port_a), callback(port_b)],
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+            }],
+        }),
+    )
+    .await;
+    let redis_url = redis.url();
+    let env = [
+        ("SESSION__STORE", "redis"),
+        ("SESSION__REDIS__URL", redis_url.as_str()),
+        (
+            "AUTH__OPENID_CONNECT__CORP__SCOPES",
+            "openid,email,profile,offline_access",
+        ),
+        (
+            "AUTH__OPENID_CONNECT__CORP__AUTH_URL_PARAMS__PROMPT",
+            "consent",
+        ),
+        ("AUTH__REFRESH_BEFORE", "58s"),
+    ];
+    let a = portcullis(&op, port_a, &upstream, &env).await;
+    let b = portcullis(&op, port_b, &upstream, &env).await;
+    let browser = Browser::new();
+    assert_eq!(sign_in_until_app(&browser, &a, "alice").await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+
+    let cookie = browser.cookie("127.0.0.1", "session_token").unwrap();
+    let requests = (0..12).map(|i| {
+        let url = if i % 2 == 0 { a.url("/x") } else { b.url("/x") };
+        let cookie = cookie.clone();
+        async move {
+            get(&url, &[("cookie", format!("session_token={cookie}"))])
+                .await
+                .status()
+        }
+    });
+    let statuses = futures_join_all(requests).await;
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "{statuses:?}\n{}\n{}",
+        a.logs(),
+        b.logs()
+    );
+    assert_eq!(op.wait_grants("refresh_token", 1).await, 1, "{}", op.logs());
+}
+
 async fn futures_join_all<F: std::future::Future + Send + 'static>(
     futures: impl Iterator<Item = F>,
 ) -> Vec<F::Output>

@@ -71,11 +71,16 @@ impl Principal {
 
     pub fn tokens(&self) -> Option<&SessionTokens> {
         match self {
-            Principal::Session(s) => s.tokens.as_ref(),
+            Principal::Session(s) => s.tokens.as_deref(),
             Principal::Bearer(_) => None,
         }
     }
 }
+
+/// How long a replica may hold the right to refresh a session.
+const REFRESH_CLAIM: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long a request waits for another replica's refresh.
+const REFRESH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One lock per session being refreshed, so concurrent requests refresh once.
 #[derive(Default)]
@@ -110,18 +115,20 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Keeps the tokens a session needs later.
-pub(super) fn session_tokens(auth: &Auth, tokens: &TokenResponse) -> Option<SessionTokens> {
+pub(super) fn session_tokens(auth: &Auth, tokens: &TokenResponse) -> Option<Box<SessionTokens>> {
     let wanted = tokens.refresh_token.is_some()
         || auth.pass_access_token
         || auth.pass_id_token
         || auth.provider_logout;
-    wanted.then(|| SessionTokens {
-        access_token: tokens.access_token.clone(),
-        refresh_token: tokens.refresh_token.clone(),
-        id_token: tokens.id_token.clone(),
-        expires_at: tokens
-            .expires_in
-            .map(|s| portcullis_core::time::unix_now().saturating_add(s)),
+    wanted.then(|| {
+        Box::new(SessionTokens {
+            access_token: tokens.access_token.clone(),
+            refresh_token: tokens.refresh_token.clone(),
+            id_token: tokens.id_token.clone(),
+            expires_at: tokens
+                .expires_in
+                .map(|s| portcullis_core::time::unix_now().saturating_add(s)),
+        })
     })
 }
 
@@ -250,13 +257,13 @@ impl App {
         if current.tokens != seen.tokens {
             return Ok(Some(Principal::Session(current)));
         }
-        let Some(old) = current.tokens.clone() else {
+        if current
+            .tokens
+            .as_ref()
+            .is_none_or(|t| t.refresh_token.is_none())
+        {
             return Ok(Some(Principal::Session(current)));
-        };
-        let Some(refresh_token) = old.refresh_token.as_deref() else {
-            return Ok(Some(Principal::Session(current)));
-        };
-        let who = current.identity.display().to_string();
+        }
         let Some(provider) = auth
             .providers
             .iter()
@@ -264,19 +271,68 @@ impl App {
         else {
             return Ok(Some(Principal::Session(current)));
         };
+        // Other replicas share the session: one of them refreshes, the rest wait for the
+        // tokens it stores (a refresh token used twice may revoke the whole grant).
+        if !auth.sessions.claim_refresh(id, REFRESH_CLAIM).await? {
+            return self.await_refresh(auth, id, current).await;
+        }
+        let result = self.refresh_claimed(auth, id, current, provider).await;
+        if let Err(e) = auth.sessions.release_refresh(id).await {
+            tracing::debug!(error = %e, "could not release the refresh claim; it lapses by itself");
+        }
+        result
+    }
+
+    /// Another replica is refreshing the session: wait (briefly) for its new tokens.
+    async fn await_refresh(
+        &self,
+        auth: &Auth,
+        id: &SessionId,
+        current: Arc<SessionData>,
+    ) -> Result<Option<Principal>, ProxyError> {
+        let deadline = std::time::Instant::now() + REFRESH_WAIT;
+        while std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            match auth.sessions.load(id).await? {
+                None => return Ok(None),
+                Some(now) if now.tokens != current.tokens => {
+                    return Ok(Some(Principal::Session(now)));
+                }
+                Some(_) => {}
+            }
+        }
+        // The access token has not expired yet (the refresh runs ahead of it): go on.
+        Ok(Some(Principal::Session(current)))
+    }
+
+    /// Refreshes a session this replica holds the claim for.
+    async fn refresh_claimed(
+        &self,
+        auth: &Auth,
+        id: &SessionId,
+        current: Arc<SessionData>,
+        provider: &portcullis_identity::Provider,
+    ) -> Result<Option<Principal>, ProxyError> {
+        let Some(old) = current.tokens.clone() else {
+            return Ok(Some(Principal::Session(current)));
+        };
+        let Some(refresh_token) = old.refresh_token.as_deref() else {
+            return Ok(Some(Principal::Session(current)));
+        };
+        let who = current.identity.display();
         match provider.refresh(refresh_token).await {
             None => Ok(Some(Principal::Session(current))),
             Some(Ok(tokens)) => {
                 let mut data = (*current).clone();
-                data.tokens = Some(SessionTokens {
+                data.tokens = Some(Box::new(SessionTokens {
                     access_token: tokens.access_token,
                     // RFC 6749 §6: a new refresh token replaces the old, else it stays.
-                    refresh_token: tokens.refresh_token.or(old.refresh_token),
-                    id_token: tokens.id_token.or(old.id_token),
+                    refresh_token: tokens.refresh_token.or(old.refresh_token.clone()),
+                    id_token: tokens.id_token.or(old.id_token.clone()),
                     expires_at: tokens
                         .expires_in
                         .map(|s| portcullis_core::time::unix_now().saturating_add(s)),
-                });
+                }));
                 if !auth.sessions.update(id, data.clone()).await? {
                     return Ok(None);
                 }
