@@ -182,6 +182,135 @@ fn yaml_in_the_design_documents_camel_case_is_understood() {
 }
 
 #[test]
+fn yaml_configures_every_provider_kind_side_by_side() {
+    let file = temp_file(
+        r#"upstreamUrl: http://127.0.0.1:3000
+cookieSecret: 0123456789abcdef0123456789abcdef
+publicUrl: https://houston.example.com
+auth:
+  openidConnect:
+    flow: implicit
+    github:
+      enabled: true
+      clientId: gh
+      clientSecret: ghs
+      flow: code
+      webUrl: https://github.example.com
+      orgs: [Acme]
+      teams: [acme/platform]
+    microsoft:
+      enabled: true
+      clientId: ms
+      discoveryURL: https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0/.well-known/openid-configuration
+      flow: code
+    google:
+      enabled: true
+      clientId: go
+      hostedDomain: example.com
+      responseMode: fragment
+    custom:
+      enabled: true
+      clientId: cu
+      displayName: Custom OAuth
+      discoveryUrl: https://sso.example.com
+      claims:
+        email: [mail, email]
+"#,
+    );
+    let config = load(&Sources {
+        file: Some(file.path().to_path_buf()),
+        ..Sources::default()
+    })
+    .expect("valid");
+    let by = |name: &str| {
+        config
+            .auth
+            .providers
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("{name} configured"))
+    };
+    let ProviderKind::GitHub(gh) = &by("github").kind else {
+        panic!("github is GitHub")
+    };
+    assert_eq!(gh.api_url.as_str(), "https://github.example.com/api/v3/");
+    assert_eq!(gh.orgs, vec!["acme"]);
+    assert_eq!(gh.teams, vec!["acme:platform"]);
+    assert_eq!(
+        by("github").scopes,
+        vec!["read:user", "user:email", "read:org"]
+    );
+    let ProviderKind::Entra(ms) = &by("microsoft").kind else {
+        panic!("microsoft is Entra")
+    };
+    // The tenant is read from the discovery URL.
+    assert_eq!(ms.tenant, "72f988bf-86f1-41af-91ab-2d7cd011db47");
+    assert_eq!(by("microsoft").claims.id, vec!["oid", "sub"]);
+    assert_eq!(by("google").hosted_domain.as_deref(), Some("example.com"));
+    assert_eq!(by("google").flow, Flow::Implicit);
+    assert_eq!(by("google").response_mode, ResponseMode::Fragment);
+    assert_eq!(
+        by("google").kind,
+        ProviderKind::Oidc {
+            discovery_url: Url::parse("https://accounts.google.com").unwrap()
+        }
+    );
+    assert_eq!(by("custom").display_name, "Custom OAuth");
+    assert_eq!(by("custom").claims.email, vec!["mail", "email"]);
+}
+
+#[test]
+fn provider_settings_in_the_wrong_place_are_named() {
+    let base = [
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("COOKIE_SECRET", "0123456789abcdef0123456789abcdef"),
+        (
+            "OAUTH_REDIRECT_URL",
+            "https://app.example.com/api/v1/auth/callback",
+        ),
+        ("OAUTH_ENABLED", "true"),
+        ("OAUTH_CLIENT_ID", "c"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut v = base.to_vec();
+        v.extend_from_slice(extra);
+        errors(load_env(&v))
+    };
+    let errs = with(&[("OAUTH_PROVIDER", "github"), ("OAUTH_TENANT_ID", "t")]);
+    assert_eq!(errs[0].env, "OAUTH_TENANT_ID");
+    assert!(errs[0].problem.contains("Entra only"));
+    let errs = with(&[("OAUTH_PROVIDER", "github"), ("OAUTH_FLOW", "implicit")]);
+    assert!(
+        errs[0].problem.contains("GitHub does not offer"),
+        "{}",
+        errs[0].problem
+    );
+    let errs = with(&[
+        ("OAUTH_PROVIDER", "github"),
+        ("OAUTH_GITHUB_TEAMS", "platform"),
+    ]);
+    assert!(errs[0].fix.contains("org:team-slug"), "{}", errs[0].fix);
+    let errs = with(&[("OAUTH_PROVIDER", "entra")]);
+    assert_eq!(errs[0].env, "OAUTH_TENANT_ID");
+    let errs = with(&[
+        ("OAUTH_PROVIDER", "oidc"),
+        ("OAUTH_ISSUER_URL", "https://idp.example.com"),
+        ("OAUTH_HOSTED_DOMAIN", "example.com"),
+    ]);
+    assert!(
+        errs[0].problem.contains("Google only"),
+        "{}",
+        errs[0].problem
+    );
+    let errs = with(&[("OAUTH_PROVIDER", "okta")]);
+    assert!(
+        errs[0].fix.contains("github, entra or oidc"),
+        "{}",
+        errs[0].fix
+    );
+}
+
+#[test]
 fn environment_overrides_the_file() {
     let file = temp_file("upstream_url: http://127.0.0.1:1\nlisten_addr: 127.0.0.1:1111\n");
     let config = load(&Sources {

@@ -110,4 +110,67 @@ mod tests {
         let other = json!({"_claim_names": {"roles": "src1"}});
         assert!(!has_group_overage(other.as_object().unwrap(), "groups"));
     }
+
+    /// A one-route server answering every request with `body`, counting requests.
+    async fn serve(body: String) -> (Url, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use http_body_util::Full;
+        use hyper::service::service_fn;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let body = body.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let body = body.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(bytes::Bytes::from(body)))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (Url::parse(&format!("http://{addr}/")).unwrap(), hits)
+    }
+
+    #[tokio::test]
+    async fn the_access_token_never_follows_a_next_link_to_another_host() {
+        let page = json!({
+            "value": [{"@odata.type": "#microsoft.graph.group", "id": "g-1"}],
+            "@odata.nextLink": "http://evil.example/v1.0/steal",
+        });
+        let (graph, hits) = serve(page.to_string()).await;
+        let err = transitive_groups(&reqwest::Client::new(), &graph, "token")
+            .await
+            .unwrap_err();
+        assert!(err.contains("another host"), "{err}");
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn directory_roles_in_the_answer_are_not_groups() {
+        let page = json!({"value": [
+            {"@odata.type": "#microsoft.graph.group", "id": "g-1"},
+            {"@odata.type": "#microsoft.graph.directoryRole", "id": "role-1"},
+        ]});
+        let (graph, _) = serve(page.to_string()).await;
+        let groups = transitive_groups(&reqwest::Client::new(), &graph, "token")
+            .await
+            .unwrap();
+        assert_eq!(groups, vec!["g-1"]);
+    }
 }

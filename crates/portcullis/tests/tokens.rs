@@ -37,7 +37,7 @@ async fn provider(redirect: &str, extra: Value) -> OidcProvider {
         "idTokenClaims": true,
         "groups": {"alice": ["eng"]},
         "clients": [
-            client(APP.0, APP.1, &[redirect]),
+            client(APP.0, APP.1, &[redirect, CLI_REDIRECT]),
             client(CLI.0, CLI.1, &[CLI_REDIRECT]),
             client(OTHER.0, OTHER.1, &[CLI_REDIRECT]),
         ],
@@ -689,4 +689,38 @@ async fn the_implicit_flow_with_a_fragment_goes_through_the_redirect_page() {
     other.get(&p.url("/")).await;
     let posted = other.request("POST", action.as_str(), Some(&fields)).await;
     assert_eq!(posted.status, 400, "{posted:?}");
+}
+
+/// A code-flow login never accepts an ID token in place of the code: the answer must be
+/// the one the provider's flow produces.
+#[tokio::test]
+async fn a_code_flow_login_refuses_an_id_token_instead_of_a_code() {
+    let (op, _upstream, p) = rig(json!({}), &[]).await;
+    // An ID token issued for the app itself, obtained outside any login Portcullis started.
+    let id_token = cli_tokens(&op, APP, "mallory").await["id_token"]
+        .as_str()
+        .expect("an ID token")
+        .to_string();
+    let browser = Browser::new();
+    let start = browser.get(&p.url("/")).await;
+    let authorize = url::Url::parse(&start.location().unwrap()).unwrap();
+    let state = authorize
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    let fields = vec![
+        ("state".to_string(), state),
+        ("id_token".to_string(), id_token),
+    ];
+    let answer = browser
+        .request("POST", &p.url("/api/v1/auth/callback"), Some(&fields))
+        .await;
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert!(
+        answer.body.contains("no authorization code"),
+        "{}",
+        answer.body
+    );
+    assert!(browser.cookie("127.0.0.1", "session_token").is_none());
 }
