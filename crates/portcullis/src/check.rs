@@ -125,6 +125,25 @@ fn static_checks(config: &Config, report: &mut Report) {
             "redirect URL {redirect} (register exactly this at the provider)"
         ));
     }
+    let fragment_providers: Vec<&str> = config
+        .auth
+        .providers
+        .iter()
+        .filter(|p| {
+            p.flow == portcullis_config::Flow::Implicit
+                && p.response_mode == portcullis_config::ResponseMode::Fragment
+        })
+        .map(|p| p.name.as_str())
+        .collect();
+    if let (false, Some(page)) = (
+        fragment_providers.is_empty(),
+        &config.auth.implicit_redirect_url,
+    ) {
+        report.ok(&format!(
+            "implicit flow with fragment ({}): register the redirect page {page} too",
+            fragment_providers.join(", ")
+        ));
+    }
 }
 
 async fn probe_provider(

@@ -316,3 +316,31 @@ async fn an_extra_ca_bundle_is_trusted_for_the_provider() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("/nonexistent/ca.pem"), "{out}");
 }
+
+#[test]
+fn check_names_the_redirect_page_a_fragment_provider_needs() {
+    let (code, out) = run_portcullis(
+        &["check", "--offline"],
+        &[
+            ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+            ("COOKIE_SECRET", SECRET),
+            ("AUTH__OPENID_CONNECT__OKTA__ENABLED", "true"),
+            ("AUTH__OPENID_CONNECT__OKTA__CLIENT_ID", "x"),
+            (
+                "AUTH__OPENID_CONNECT__OKTA__DISCOVERY_URL",
+                "https://x.okta.com",
+            ),
+            ("AUTH__OPENID_CONNECT__FLOW", "implicit"),
+            ("AUTH__OPENID_CONNECT__OKTA__RESPONSE_MODE", "fragment"),
+            (
+                "OAUTH_REDIRECT_URL",
+                "https://houston.example.com/v1/oauth/callback/",
+            ),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("register the redirect page https://houston.example.com/v1/oauth/redirect/"),
+        "{out}"
+    );
+}
