@@ -328,16 +328,7 @@ async fn sessions_refresh_once_before_expiry_and_end_when_the_provider_refuses()
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     // Many requests at once: one refresh.
     let cookie = browser.cookie("127.0.0.1", "session_token").unwrap();
-    let requests = (0..8).map(|i| {
-        let url = p.url(&format!("/page/{i}"));
-        let cookie = cookie.clone();
-        async move {
-            get(&url, &[("cookie", format!("session_token={cookie}"))])
-                .await
-                .status()
-        }
-    });
-    let statuses = futures_join_all(requests).await;
+    let statuses = all_at_once((0..8).map(|i| p.url(&format!("/page/{i}"))), &cookie).await;
     assert!(
         statuses.iter().all(|s| *s == 200),
         "{statuses:?}\n{}",
@@ -415,16 +406,8 @@ async fn replicas_sharing_redis_refresh_a_session_once() {
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
 
     let cookie = browser.cookie("127.0.0.1", "session_token").unwrap();
-    let requests = (0..12).map(|i| {
-        let url = if i % 2 == 0 { a.url("/x") } else { b.url("/x") };
-        let cookie = cookie.clone();
-        async move {
-            get(&url, &[("cookie", format!("session_token={cookie}"))])
-                .await
-                .status()
-        }
-    });
-    let statuses = futures_join_all(requests).await;
+    let urls = (0..12).map(|i| if i % 2 == 0 { a.url("/x") } else { b.url("/x") });
+    let statuses = all_at_once(urls, &cookie).await;
     assert!(
         statuses.iter().all(|s| *s == 200),
         "{statuses:?}\n{}\n{}",
@@ -434,13 +417,14 @@ async fn replicas_sharing_redis_refresh_a_session_once() {
     assert_eq!(op.wait_grants("refresh_token", 1).await, 1, "{}", op.logs());
 }
 
-async fn futures_join_all<F: std::future::Future + Send + 'static>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output>
-where
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+/// GETs every URL at once with the session cookie; their statuses, in order.
+async fn all_at_once(urls: impl Iterator<Item = String>, cookie: &str) -> Vec<reqwest::StatusCode> {
+    let handles: Vec<_> = urls
+        .map(|url| {
+            let cookie = format!("session_token={cookie}");
+            tokio::spawn(async move { get(&url, &[("cookie", cookie)]).await.status() })
+        })
+        .collect();
     let mut out = Vec::new();
     for h in handles {
         out.push(h.await.unwrap());
