@@ -252,12 +252,18 @@ impl GitHubProvider {
             .await?;
         let email = match user.email.filter(|e| !e.trim().is_empty()) {
             Some(public) => Some(public),
-            None => self
-                .all_pages::<Email>("user/emails", token)
-                .await?
-                .into_iter()
-                .find(|e| e.primary && e.verified)
-                .map(|e| e.email),
+            // Without the user:email scope GitHub refuses this list: the user then simply
+            // has no email (a rule on emails does not match them), rather than no login.
+            None => match self.all_pages::<Email>("user/emails", token).await {
+                Ok(emails) => emails
+                    .into_iter()
+                    .find(|e| e.primary && e.verified)
+                    .map(|e| e.email),
+                Err(e) => {
+                    tracing::warn!(provider = %self.config.name, user = %user.login, "no email for the user: {e} (is the user:email scope requested?)");
+                    None
+                }
+            },
         };
         let mut identity = Identity {
             id: user.id.to_string(),

@@ -92,6 +92,7 @@ fn octocat() -> GitHubUser {
             ("octo-labs".into(), "ops".into()),
             ("Acme".into(), "platform".into()),
         ],
+        no_email_scope: false,
     }
 }
 
@@ -228,9 +229,21 @@ async fn github_teams_admit_and_an_unverified_email_is_never_used() {
 #[tokio::test]
 async fn an_allow_list_of_github_users_matches_the_login_or_the_email() {
     let (github, _upstream, p) = github_setup(&[("OAUTH_ALLOWED_USERS", "octocat")]).await;
-    github.sign_in_as(octocat());
+    // Without the user:email scope the private address cannot be read: octocat still
+    // signs in (the allow-list names the login), without an email.
+    github.sign_in_as(GitHubUser {
+        no_email_scope: true,
+        ..octocat()
+    });
     let browser = Browser::new();
-    assert_eq!(browser.navigate(&p.url("/")).await.status, 200);
+    let landed = browser.navigate(&p.url("/")).await;
+    assert_eq!(landed.status, 200, "{landed:?}\n{}", p.logs());
+    assert_eq!(header(&landed.json(), "x-forwarded-email"), None);
+    assert!(
+        p.wait_for_log("no email for the user").await,
+        "{}",
+        p.logs()
+    );
     // Without read:org (no restriction configured), organizations are not even asked.
     assert!(github.server.requests_to("/api/v3/user/orgs").is_empty());
     github.sign_in_as(GitHubUser {

@@ -159,6 +159,8 @@ pub struct GitHubUser {
     pub orgs: Vec<String>,
     /// (org, team slug).
     pub teams: Vec<(String, String)>,
+    /// The token lacks the user:email scope: `/user/emails` answers 404, as GitHub does.
+    pub no_email_scope: bool,
 }
 
 #[derive(Default)]
@@ -278,6 +280,12 @@ fn github_answer(
                     return json_response(
                         StatusCode::OK,
                         json!({"id": user.id, "login": user.login, "name": user.name, "email": user.email}),
+                    );
+                }
+                "/user/emails" if user.no_email_scope => {
+                    return json_response(
+                        StatusCode::NOT_FOUND,
+                        json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}),
                     );
                 }
                 "/user/emails" => user
