@@ -660,7 +660,10 @@ impl OidcProvider {
         };
         let claims = self.verify_id_token(id_token, Some(expected_nonce)).await?;
         let mut merged = claims.other.clone();
-        if !merged.contains_key("email") {
+        // Userinfo only when the token carries none of the claims the email comes from
+        // (most providers put scope claims there; oidc-provider by default only there).
+        let has_email = self.config.claims.email.iter().any(|c| merged.contains_key(c));
+        if !has_email {
             let info = self.userinfo(&tokens.access_token).await?;
             // §5.3.2: the userinfo `sub` MUST match the ID token's.
             if info.get("sub").and_then(Value::as_str) != Some(claims.sub.as_str()) {
