@@ -662,7 +662,12 @@ impl OidcProvider {
         let mut merged = claims.other.clone();
         // Userinfo only when the token carries none of the claims the email comes from
         // (most providers put scope claims there; oidc-provider by default only there).
-        let has_email = self.config.claims.email.iter().any(|c| merged.contains_key(c));
+        let has_email = self
+            .config
+            .claims
+            .email
+            .iter()
+            .any(|c| merged.contains_key(c));
         if !has_email {
             let info = self.userinfo(&tokens.access_token).await?;
             // §5.3.2: the userinfo `sub` MUST match the ID token's.

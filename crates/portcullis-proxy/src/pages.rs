@@ -226,3 +226,40 @@ a.button:focus-visible{{outline:3px solid #18181b;outline-offset:3px;box-shadow:
         resp
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn the_sign_in_page_escapes_names_and_allows_no_script() {
+        let branding = portcullis_config::Branding {
+            title: "Acme <tools>".into(),
+            message: Some("\"quoted\" & more".into()),
+            logo_file: None,
+            primary_color: "#1d4ed8".into(),
+            background_color: "#f4f4f5".into(),
+        };
+        let page = SignInPage::new(&branding).unwrap();
+        let resp = page.render(
+            StatusCode::OK,
+            &[(
+                "Log in with <script>alert(1)</script>".into(),
+                "/api/v1/auth/login?provider=x&rd=%2F\"onmouseover=\"x".into(),
+            )],
+        );
+        let csp = resp.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(csp.starts_with("default-src 'none'") && !csp.contains("script-src"));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let html = String::from_utf8(body.to_vec()).unwrap();
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("Acme &lt;tools&gt;"), "{html}");
+        assert!(html.contains("&quot;onmouseover=&quot;"), "{html}");
+        // White text on the default blue, in the style sheet.
+        assert!(html.contains("color:#ffffff"), "{html}");
+    }
+}
