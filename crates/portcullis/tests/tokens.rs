@@ -708,3 +708,55 @@ async fn a_code_flow_login_refuses_an_id_token_instead_of_a_code() {
     );
     assert!(browser.cookie("127.0.0.1", "session_token").is_none());
 }
+
+/// Two configured clients at one issuer: a bearer token is accepted by the one it was
+/// issued for, whichever is listed first.
+#[tokio::test]
+async fn bearer_tokens_find_their_client_among_several_at_one_issuer() {
+    let op = provider("http://127.0.0.1:9/api/v1/auth/callback", json!({})).await;
+    let p = Portcullis::builder()
+        .env("AUTH__BEARER_TOKENS", "true")
+        .env("AUTH__OPENID_CONNECT__CORP__ENABLED", "true")
+        .env("AUTH__OPENID_CONNECT__CORP__CLIENT_ID", APP.0)
+        .env(
+            "AUTH__OPENID_CONNECT__CORP__DISCOVERY_URL",
+            op.issuer.clone(),
+        )
+        .env("AUTH__OPENID_CONNECT__TEAM__ENABLED", "true")
+        .env("AUTH__OPENID_CONNECT__TEAM__CLIENT_ID", CLI.0)
+        .env(
+            "AUTH__OPENID_CONNECT__TEAM__DISCOVERY_URL",
+            op.issuer.clone(),
+        )
+        .env(
+            "OAUTH_REDIRECT_URL",
+            "http://127.0.0.1:9/api/v1/auth/callback",
+        )
+        .env("UPSTREAM_URL", "http://127.0.0.1:9")
+        .env("COOKIE_SECRET", SECRET)
+        .wait_ready()
+        .start()
+        .await;
+    let team = cli_tokens(&op, CLI, "alice").await["id_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let me = get(
+        &p.url("/api/v1/auth/me"),
+        &[("authorization", format!("Bearer {team}"))],
+    )
+    .await;
+    assert_eq!(me.status(), 200);
+    let me: Value = me.json().await.unwrap();
+    assert_eq!(me["provider"], "team");
+    let other = cli_tokens(&op, OTHER, "alice").await["id_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let refused = get(
+        &p.url("/api/v1/auth/me"),
+        &[("authorization", format!("Bearer {other}"))],
+    )
+    .await;
+    assert_eq!(refused.status(), 401);
+}

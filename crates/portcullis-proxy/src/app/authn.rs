@@ -168,15 +168,31 @@ impl App {
         let refuse = |reason: String| ProxyError::BadBearer(reason);
         let iss =
             unverified_issuer(token).ok_or_else(|| refuse("not a JWT with an issuer".into()))?;
-        let provider = auth
+        // Several configured clients may share one issuer (two apps at one Okta): the
+        // token is accepted by the first whose audiences and rules it satisfies.
+        let mut refusal = None;
+        let mut identity = None;
+        for provider in auth
             .providers
             .iter()
             .filter_map(|p| p.as_oidc())
-            .find(|p| p.issued(&iss))
-            .ok_or_else(|| refuse("issued by no configured provider".into()))?;
-        let identity = provider.verify_bearer(token).await.map_err(|e| match e {
-            IdentityError::ProviderUnavailable { .. } => ProxyError::Identity(e),
-            other => refuse(other.to_string()),
+            .filter(|p| p.issued(&iss))
+        {
+            match provider.verify_bearer(token).await {
+                Ok(who) => {
+                    identity = Some(who);
+                    break;
+                }
+                Err(e @ IdentityError::ProviderUnavailable { .. }) => {
+                    return Err(ProxyError::Identity(e));
+                }
+                Err(other) => {
+                    refusal.get_or_insert(other.to_string());
+                }
+            }
+        }
+        let identity = identity.ok_or_else(|| {
+            refuse(refusal.unwrap_or_else(|| "issued by no configured provider".into()))
         })?;
         let (provisioning, _, teams) = self.directory_view(&identity).await?;
         Ok(Principal::Bearer(Box::new(BearerUser {
