@@ -760,3 +760,48 @@ async fn bearer_tokens_find_their_client_among_several_at_one_issuer() {
     .await;
     assert_eq!(refused.status(), 401);
 }
+
+/// The nonce binds an implicit-flow ID token to the login that asked for it: a genuine
+/// token from the provider, for the right client, obtained with another nonce (by an
+/// attacker, say) is refused even when posted with this browser's own state.
+#[tokio::test]
+async fn an_implicit_id_token_with_another_nonce_is_refused() {
+    let (op, _upstream, p) = implicit_setup("fragment").await;
+    let page = p.url("/v1/oauth/redirect/");
+    // The attacker's own authorization request, with a nonce of their choosing.
+    let mut theirs = url::Url::parse(&format!("{}/auth", op.issuer)).unwrap();
+    theirs
+        .query_pairs_mut()
+        .append_pair("client_id", APP.0)
+        .append_pair("response_type", "id_token")
+        .append_pair("response_mode", "fragment")
+        .append_pair("scope", "openid email")
+        .append_pair("redirect_uri", &page)
+        .append_pair("state", "attacker-state")
+        .append_pair("nonce", "attacker-nonce");
+    let back = sign_in_until(&Browser::new(), theirs.as_str(), "mallory", &page).await;
+    let id_token = url::form_urlencoded::parse(back.fragment().unwrap().as_bytes())
+        .find(|(k, _)| k == "id_token")
+        .map(|(_, v)| v.into_owned())
+        .expect("an ID token");
+
+    // The victim's browser starts a login; the attacker's token arrives with its state.
+    let victim = Browser::new();
+    let start = victim.get(&p.url("/")).await;
+    let state = url::Url::parse(&start.location().unwrap())
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    let answer = victim
+        .request(
+            "POST",
+            &p.url("/v1/oauth/callback/"),
+            Some(&[("state".into(), state), ("id_token".into(), id_token)]),
+        )
+        .await;
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert!(victim.cookie("127.0.0.1", "session_token").is_none());
+    assert!(p.wait_for_log("nonce does not match").await, "{}", p.logs());
+}
