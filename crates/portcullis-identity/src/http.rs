@@ -1,5 +1,5 @@
 //! The outbound HTTP client for every call to an identity provider (discovery, JWKS, token,
-//! userinfo, and later GitHub and Microsoft Graph).
+//! userinfo, the GitHub API and Microsoft Graph).
 //!
 //! Proxies follow the design documents: `GLOBAL_AGENT_HTTPS_PROXY` first (the name the
 //! Astronomer chart uses), then `HTTPS_PROXY`/`https_proxy`; likewise for plain http and

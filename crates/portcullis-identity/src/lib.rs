@@ -1,5 +1,7 @@
-//! Identity providers: everything Portcullis asks of an OpenID Connect provider, and the
-//! outbound HTTP client those questions travel over.
+//! Identity providers: everything Portcullis asks of an OpenID Connect provider (with the
+//! Entra and Google rules), of GitHub's OAuth endpoints and REST API, and of Microsoft
+//! Graph, and the outbound HTTP client those questions travel over. [`Provider`] is the
+//! one face the proxy sees.
 //!
 //! Input: a provider's configuration. Output: an [`Identity`] the provider vouched for,
 //! or an [`IdentityError`] that says which step failed. This crate never logs token or
