@@ -95,14 +95,16 @@ pub async fn revoke_user_ends_every_session_of_that_user_only<S: SessionStore>(s
     assert!(store.load(&again).await.unwrap().is_some());
 }
 
-/// `store` must have been built with a lifetime of one second.
+/// `store` must have been built with a lifetime of two seconds and an idle timeout well
+/// beyond the test, so that only the absolute lifetime can end the session. Expiry is
+/// kept in whole seconds: a two-second session has between one and two seconds left.
 pub async fn sessions_end_at_their_absolute_lifetime<S: SessionStore>(store: &S) {
     let id = store
-        .create(SessionData::new(identity("erin"), Duration::from_secs(1)))
+        .create(SessionData::new(identity("erin"), Duration::from_secs(2)))
         .await
         .unwrap();
     assert!(store.load(&id).await.unwrap().is_some());
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert!(
         store.load(&id).await.unwrap().is_none(),
         "session outlived its lifetime"
@@ -306,8 +308,8 @@ mod memory {
     #[tokio::test]
     async fn sessions_end_at_their_absolute_lifetime() {
         let limits = SessionLimits {
-            lifetime: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(1),
+            lifetime: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(30),
         };
         super::sessions_end_at_their_absolute_lifetime(&store(limits)).await;
     }
@@ -396,8 +398,8 @@ mod redis {
     async fn sessions_end_at_their_absolute_lifetime() {
         let server = RedisServer::start();
         let limits = SessionLimits {
-            lifetime: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(1),
+            lifetime: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(30),
         };
         super::sessions_end_at_their_absolute_lifetime(&store(&server, limits)).await;
     }
