@@ -22,7 +22,9 @@ use serde_json::{Map, Value, json};
 use crate::error::ScimError;
 use crate::filter::{Filter, parse_filter};
 use crate::patch::PatchRequest;
-use crate::resource::{GroupRecord, Projection, UserRecord, normalize, render_group, render_user};
+use crate::resource::{
+    GroupRecord, Member, Normalized, Projection, UserRecord, normalize, render_group, render_user,
+};
 use crate::schema::{self, ResourceKind};
 use crate::store::DirectoryStore;
 
@@ -631,42 +633,11 @@ impl<D: DirectoryStore, H: AccessHooks> ScimService<D, H> {
     ) -> Result<ScimResponse, ScimError> {
         let normalized = normalize(kind, body)?;
         if kind.name == "User" {
-            let (before, after) = self
-                .store
-                .update_user(tenant, id, move |_| Ok(normalized))
-                .await?
-                .ok_or_else(|| ScimError::not_found(format!("User {id} not found")))?;
-            self.after_user_change(tenant, &before, &after).await?;
-            let r = self
-                .render(
-                    tenant,
-                    base,
-                    kind,
-                    Some(&after),
-                    None,
-                    &Projection::default(),
-                )
-                .await?;
-            Ok(ScimResponse::json(200, r))
+            self.change_user(tenant, base, kind, id, move |_| Ok(normalized))
+                .await
         } else {
-            let (before, after) = self
-                .store
-                .update_group(tenant, id, move |_| Ok(normalized))
-                .await?
-                .ok_or_else(|| ScimError::not_found(format!("Group {id} not found")))?;
-            self.after_group_change(tenant, Some(&before), Some(&after))
-                .await?;
-            let r = self
-                .render(
-                    tenant,
-                    base,
-                    kind,
-                    None,
-                    Some(&after),
-                    &Projection::default(),
-                )
-                .await?;
-            Ok(ScimResponse::json(200, r))
+            self.change_group(tenant, base, kind, id, true, move |_| Ok(normalized))
+                .await
         }
     }
 
@@ -680,71 +651,102 @@ impl<D: DirectoryStore, H: AccessHooks> ScimService<D, H> {
     ) -> Result<ScimResponse, ScimError> {
         let request = PatchRequest::parse(body)?;
         if kind.name == "User" {
-            let (before, after) = self
-                .store
-                .update_user(tenant, id, |current| {
-                    let mut doc = current.attributes.clone();
-                    if let Some(e) = &current.external_id {
-                        doc.insert("externalId".into(), json!(e));
-                    }
-                    request.apply(kind, &mut doc)?;
-                    normalize(kind, &doc)
-                })
-                .await?
-                .ok_or_else(|| ScimError::not_found(format!("User {id} not found")))?;
-            self.after_user_change(tenant, &before, &after).await?;
-            let r = self
-                .render(
-                    tenant,
-                    base,
-                    kind,
-                    Some(&after),
-                    None,
-                    &Projection::default(),
-                )
-                .await?;
-            Ok(ScimResponse::json(200, r))
+            self.change_user(tenant, base, kind, id, |current| {
+                let mut doc = stored_document(&current.attributes, current.external_id.as_deref());
+                request.apply(kind, &mut doc)?;
+                normalize(kind, &doc)
+            })
+            .await
         } else {
-            let (before, after) = self
-                .store
-                .update_group(tenant, id, |current| {
-                    let mut doc = current.attributes.clone();
-                    if let Some(e) = &current.external_id {
-                        doc.insert("externalId".into(), json!(e));
-                    }
-                    if !current.members.is_empty() {
-                        doc.insert(
-                            "members".into(),
-                            Value::Array(
-                                current
-                                    .members
-                                    .iter()
-                                    .map(|m| {
-                                        let mut v = json!({"value": m.value, "type": m.kind});
-                                        if let Some(d) = &m.display {
-                                            v["display"] = json!(d);
-                                        }
-                                        v
-                                    })
-                                    .collect(),
-                            ),
-                        );
-                    }
-                    request.apply(kind, &mut doc)?;
-                    normalize(kind, &doc)
-                })
-                .await?
-                .ok_or_else(|| ScimError::not_found(format!("Group {id} not found")))?;
-            self.after_group_change(tenant, Some(&before), Some(&after))
-                .await?;
-            Ok(ScimResponse {
+            // RFC 7644 §3.5.2 lets a PATCH answer 204; a group's answer would list every
+            // member.
+            self.change_group(tenant, base, kind, id, false, |current| {
+                let mut doc = stored_document(&current.attributes, current.external_id.as_deref());
+                if !current.members.is_empty() {
+                    doc.insert(
+                        "members".into(),
+                        Value::Array(current.members.iter().map(member_json).collect()),
+                    );
+                }
+                request.apply(kind, &mut doc)?;
+                normalize(kind, &doc)
+            })
+            .await
+        }
+    }
+
+    /// Replaces a user with what `change` makes of it, then revokes or renders: the one
+    /// path for PUT and PATCH.
+    async fn change_user<F>(
+        &self,
+        tenant: &str,
+        base: &str,
+        kind: &ResourceKind,
+        id: &str,
+        change: F,
+    ) -> Result<ScimResponse, ScimError>
+    where
+        F: FnOnce(&UserRecord) -> Result<Normalized, ScimError> + Send,
+    {
+        let (before, after) = self
+            .store
+            .update_user(tenant, id, change)
+            .await?
+            .ok_or_else(|| ScimError::not_found(format!("User {id} not found")))?;
+        self.after_user_change(tenant, &before, &after).await?;
+        let r = self
+            .render(
+                tenant,
+                base,
+                kind,
+                Some(&after),
+                None,
+                &Projection::default(),
+            )
+            .await?;
+        Ok(ScimResponse::json(200, r))
+    }
+
+    /// The same for a group; `with_body`: answer 200 with the group, else 204.
+    async fn change_group<F>(
+        &self,
+        tenant: &str,
+        base: &str,
+        kind: &ResourceKind,
+        id: &str,
+        with_body: bool,
+        change: F,
+    ) -> Result<ScimResponse, ScimError>
+    where
+        F: FnOnce(&GroupRecord) -> Result<Normalized, ScimError> + Send,
+    {
+        let (before, after) = self
+            .store
+            .update_group(tenant, id, change)
+            .await?
+            .ok_or_else(|| ScimError::not_found(format!("Group {id} not found")))?;
+        self.after_group_change(tenant, Some(&before), Some(&after))
+            .await?;
+        if !with_body {
+            return Ok(ScimResponse {
                 status: 204,
                 location: None,
                 allow: None,
                 www_authenticate: None,
                 body: None,
-            })
+            });
         }
+        let r = self
+            .render(
+                tenant,
+                base,
+                kind,
+                None,
+                Some(&after),
+                &Projection::default(),
+            )
+            .await?;
+        Ok(ScimResponse::json(200, r))
     }
 
     async fn delete(
@@ -877,4 +879,26 @@ fn discovery(items: Vec<Value>, which: Option<&str>, key: &str) -> Result<ScimRe
             .map(|i| ScimResponse::json(200, i))
             .ok_or_else(|| ScimError::not_found(format!("{id} not found"))),
     }
+}
+
+/// A stored resource as the SCIM document a PATCH applies to: its attributes with
+/// `externalId` put back.
+fn stored_document(
+    attributes: &Map<String, Value>,
+    external_id: Option<&str>,
+) -> Map<String, Value> {
+    let mut doc = attributes.clone();
+    if let Some(e) = external_id {
+        doc.insert("externalId".into(), json!(e));
+    }
+    doc
+}
+
+/// A stored group member as SCIM JSON.
+fn member_json(m: &Member) -> Value {
+    let mut v = json!({"value": m.value, "type": m.kind});
+    if let Some(d) = &m.display {
+        v["display"] = json!(d);
+    }
+    v
 }
