@@ -578,12 +578,35 @@ fn wait_listening(port: u16, what: &str, log: &std::path::Path, child: &mut Chil
     }
 }
 
+/// A server process started for a test: killed when dropped, its temporary directory
+/// (configuration, log) removed with it.
+struct Daemon {
+    child: Child,
+    /// Kept alive for as long as the process runs.
+    _dir: TempDir,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Real nginx (Debian's package) serving the given `http { }` contents, with every path
 /// it writes in a temporary directory.
-pub struct Nginx {
-    child: Child,
-    dir: TempDir,
-}
+pub struct Nginx(Daemon);
 
 impl Nginx {
     /// Starts nginx with `server_blocks` inside `http { }`; `port` is one it listens on,
@@ -613,28 +636,23 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .expect("nginx starts");
-        wait_listening(port, "nginx", &dir.path().join("error.log"), &mut child);
-        Nginx { child, dir }
+        let log = dir.path().join("error.log");
+        wait_listening(port, "nginx", &log, &mut child);
+        Nginx(Daemon {
+            child,
+            _dir: dir,
+            log,
+        })
     }
 
     pub fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.log()
     }
 }
 
 /// Real Caddy (Debian's package) running a Caddyfile, its admin API off and its data
 /// and config directories in a temporary directory.
-pub struct Caddy {
-    child: Child,
-    dir: TempDir,
-}
+pub struct Caddy(Daemon);
 
 impl Caddy {
     /// Starts Caddy on `caddyfile` (site blocks; the global options that keep it
@@ -661,26 +679,22 @@ impl Caddy {
             .spawn()
             .expect("caddy starts");
         wait_listening(port, "caddy", &log, &mut child);
-        Caddy { child, dir }
+        Caddy(Daemon {
+            child,
+            _dir: dir,
+            log,
+        })
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("caddy.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Caddy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.log()
     }
 }
 
 /// Real tinyproxy (Debian's package): a forward proxy on loopback, logging every
 /// connection and request it relays.
 pub struct Tinyproxy {
-    child: Child,
-    dir: TempDir,
+    daemon: Daemon,
     pub port: u16,
 }
 
@@ -709,7 +723,14 @@ impl Tinyproxy {
             .spawn()
             .expect("tinyproxy starts");
         wait_listening(port, "tinyproxy", &log, &mut child);
-        Tinyproxy { child, dir, port }
+        Tinyproxy {
+            daemon: Daemon {
+                child,
+                _dir: dir,
+                log,
+            },
+            port,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -717,18 +738,11 @@ impl Tinyproxy {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("tinyproxy.log")).unwrap_or_default()
+        self.daemon.log()
     }
 
     /// Stops the proxy (as when it goes away under a running Portcullis).
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Tinyproxy {
-    fn drop(&mut self) {
-        self.stop();
+        self.daemon.stop();
     }
 }

@@ -41,6 +41,13 @@ impl Fleet {
         }
     }
 
+    /// `n` replicas sharing sessions in the Redis at `url`, with `extra` settings.
+    async fn on_redis(n: usize, url: &str, extra: &[(&str, &str)]) -> Fleet {
+        let mut env = vec![("SESSION__STORE", "redis"), ("SESSION__REDIS__URL", url)];
+        env.extend_from_slice(extra);
+        Fleet::new(n, &env).await
+    }
+
     async fn replica(&self, i: usize) -> Portcullis {
         let port = self.ports[i];
         let mut b = Portcullis::builder()
@@ -96,11 +103,7 @@ async fn a_login_on_one_replica_works_on_another_and_a_logout_on_either_ends_it_
         Some("admin-pw"),
     );
     let url = format!("redis://portcullis:replica-pw@127.0.0.1:{}/3", redis.port);
-    let fleet = Fleet::new(
-        2,
-        &[("SESSION__STORE", "redis"), ("SESSION__REDIS__URL", &url)],
-    )
-    .await;
+    let fleet = Fleet::on_redis(2, &url, &[]).await;
     let a = fleet.replica(0).await;
     let b = fleet.replica(1).await;
 
@@ -141,14 +144,7 @@ async fn a_login_on_one_replica_works_on_another_and_a_logout_on_either_ends_it_
 #[tokio::test]
 async fn sessions_survive_a_restart_of_every_replica() {
     let redis = RedisServer::start();
-    let fleet = Fleet::new(
-        2,
-        &[
-            ("SESSION__STORE", "redis"),
-            ("SESSION__REDIS__URL", &redis.url()),
-        ],
-    )
-    .await;
+    let fleet = Fleet::on_redis(2, &redis.url(), &[]).await;
     let browser = Browser::new();
     {
         let a = fleet.replica(0).await;
@@ -171,15 +167,7 @@ async fn sessions_survive_a_restart_of_every_replica() {
 #[tokio::test]
 async fn a_redis_outage_fails_closed_and_heals_without_a_restart() {
     let mut redis = RedisServer::start();
-    let fleet = Fleet::new(
-        1,
-        &[
-            ("SESSION__STORE", "redis"),
-            ("SESSION__REDIS__URL", &redis.url()),
-            ("SESSION__REDIS__TIMEOUT", "1s"),
-        ],
-    )
-    .await;
+    let fleet = Fleet::on_redis(1, &redis.url(), &[("SESSION__REDIS__TIMEOUT", "1s")]).await;
     let p = fleet.replica(0).await;
     let browser = Browser::new();
     log_in(&browser, &p, "carol").await;
@@ -241,14 +229,7 @@ async fn a_redis_outage_fails_closed_and_heals_without_a_restart() {
 async fn portcullis_starts_while_redis_is_down_and_becomes_ready_when_it_is_up() {
     let mut redis = RedisServer::start();
     redis.stop();
-    let fleet = Fleet::new(
-        1,
-        &[
-            ("SESSION__STORE", "redis"),
-            ("SESSION__REDIS__URL", &redis.url()),
-        ],
-    )
-    .await;
+    let fleet = Fleet::on_redis(1, &redis.url(), &[]).await;
     let port = fleet.ports[0];
     let p = Portcullis::builder()
         .port(port)
@@ -320,15 +301,7 @@ async fn rediss_with_a_private_ca_works_only_when_the_ca_is_configured() {
     let redis = RedisServer::start_tls(&ca);
     let url = format!("rediss://127.0.0.1:{}", redis.port);
     let ca_file = ca.ca_pem().to_str().unwrap().to_string();
-    let fleet = Fleet::new(
-        1,
-        &[
-            ("SESSION__STORE", "redis"),
-            ("SESSION__REDIS__URL", &url),
-            ("SESSION__REDIS__CA_FILE", &ca_file),
-        ],
-    )
-    .await;
+    let fleet = Fleet::on_redis(1, &url, &[("SESSION__REDIS__CA_FILE", &ca_file)]).await;
     let p = fleet.replica(0).await;
     let browser = Browser::new();
     log_in(&browser, &p, "erin").await;
@@ -366,14 +339,7 @@ async fn rediss_with_a_private_ca_works_only_when_the_ca_is_configured() {
 #[tokio::test]
 async fn logout_everywhere_ends_every_session_of_the_user_on_every_replica() {
     let redis = RedisServer::start();
-    let fleet = Fleet::new(
-        2,
-        &[
-            ("SESSION__STORE", "redis"),
-            ("SESSION__REDIS__URL", &redis.url()),
-        ],
-    )
-    .await;
+    let fleet = Fleet::on_redis(2, &redis.url(), &[]).await;
     let a = fleet.replica(0).await;
     let b = fleet.replica(1).await;
     // Frank on his laptop (through A) and his phone (through B); Grace elsewhere.

@@ -181,13 +181,21 @@ fn okta_env(database_url: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-#[tokio::test]
-async fn okta_provisioning_traffic_controls_access_at_once() {
-    let dir = TempDir::new("scim-okta");
+/// One Portcullis (and its SQLite directory, in the returned folder) with Okta's SCIM
+/// endpoint and `extra` settings.
+async fn okta_site(label: &str, extra: &[(&str, &str)]) -> (TempDir, Site) {
+    let dir = TempDir::new(label);
     let url = format!("sqlite://{}", dir.path().join("directory.db").display());
     let env = okta_env(&url);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend_from_slice(extra);
     let site = Site::new("okta", 1, &env).await;
+    (dir, site)
+}
+
+#[tokio::test]
+async fn okta_provisioning_traffic_controls_access_at_once() {
+    let (_dir, site) = okta_site("scim-okta", &[]).await;
     let p = site.replica(0).await;
     let okta = ScimClient::okta(&p);
 
@@ -488,12 +496,7 @@ async fn entra_provisioning_traffic_controls_access_on_every_replica() {
 
 #[tokio::test]
 async fn scim_required_admits_only_provisioned_active_users() {
-    let dir = TempDir::new("scim-required");
-    let url = format!("sqlite://{}", dir.path().join("directory.db").display());
-    let mut env = okta_env(&url);
-    env.push(("SCIM__REQUIRED", "true".into()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let site = Site::new("okta", 1, &env).await;
+    let (_dir, site) = okta_site("scim-required", &[("SCIM__REQUIRED", "true")]).await;
     let p = site.replica(0).await;
     let (_, refused) = sign_in(&p, "dan", "dan@example.com").await;
     assert_eq!(refused.status, 403);
@@ -523,12 +526,7 @@ async fn scim_required_admits_only_provisioned_active_users() {
 
 #[tokio::test]
 async fn teams_count_for_allowed_groups() {
-    let dir = TempDir::new("scim-groups");
-    let url = format!("sqlite://{}", dir.path().join("directory.db").display());
-    let mut env = okta_env(&url);
-    env.push(("AUTH__ALLOWED_GROUPS", "Platform".into()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let site = Site::new("okta", 1, &env).await;
+    let (_dir, site) = okta_site("scim-groups", &[("AUTH__ALLOWED_GROUPS", "Platform")]).await;
     let p = site.replica(0).await;
     let okta = ScimClient::okta(&p);
     let uid = okta
@@ -566,11 +564,7 @@ async fn teams_count_for_allowed_groups() {
 
 #[tokio::test]
 async fn bad_scim_requests_get_scim_errors_with_the_right_type() {
-    let dir = TempDir::new("scim-bad");
-    let url = format!("sqlite://{}", dir.path().join("directory.db").display());
-    let env = okta_env(&url);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let site = Site::new("okta", 1, &env).await;
+    let (_dir, site) = okta_site("scim-bad", &[]).await;
     let p = site.replica(0).await;
     let okta = ScimClient::okta(&p);
     let error = |a: &Answer, status: u16, scim_type: Option<&str>| {
@@ -804,11 +798,7 @@ async fn bad_scim_requests_get_scim_errors_with_the_right_type() {
 
 #[tokio::test]
 async fn listing_pages_with_integer_counts_and_tolerates_what_clients_add() {
-    let dir = TempDir::new("scim-list");
-    let url = format!("sqlite://{}", dir.path().join("directory.db").display());
-    let env = okta_env(&url);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let site = Site::new("okta", 1, &env).await;
+    let (_dir, site) = okta_site("scim-list", &[]).await;
     let p = site.replica(0).await;
     let okta = ScimClient::okta(&p);
     for i in 0..5 {
@@ -887,11 +877,7 @@ async fn listing_pages_with_integer_counts_and_tolerates_what_clients_add() {
 
 #[tokio::test]
 async fn the_directory_survives_a_restart() {
-    let dir = TempDir::new("scim-restart");
-    let url = format!("sqlite://{}", dir.path().join("directory.db").display());
-    let env = okta_env(&url);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let site = Site::new("okta", 1, &env).await;
+    let (_dir, site) = okta_site("scim-restart", &[]).await;
     let uid = {
         let p = site.replica(0).await;
         let okta = ScimClient::okta(&p);
