@@ -271,6 +271,9 @@ pub struct ProviderConfig {
     /// Audiences a bearer token from this provider may be issued for (`aud`); the
     /// client id when not configured.
     pub audiences: Vec<String>,
+    /// The key that says where the provider is (its discovery URL, or GitHub's API), in
+    /// both spellings, for messages: `oauth.issuer_url (OAUTH_ISSUER_URL)`.
+    pub location_key: String,
 }
 
 impl ProviderConfig {
@@ -289,6 +292,7 @@ impl ProviderConfig {
             claims: ClaimMapping::standard(),
             hosted_domain: None,
             audiences: vec![client_id.into()],
+            location_key: "discovery_url".into(),
         }
     }
 }
@@ -1199,6 +1203,15 @@ fn read_provider(
         }
         (None, _) => DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect(),
     };
+    let location = key(if fam == Family::GitHub {
+        "api_url"
+    } else {
+        "discovery_url"
+    });
+    let location_key = format!(
+        "{location} ({})",
+        crate::tree::env_name(&location.split('.').collect::<Vec<_>>())
+    );
     let client_id = client_id?;
     let audiences = r
         .list(&key("audiences"))
@@ -1208,6 +1221,7 @@ fn read_provider(
         display_name,
         kind,
         audiences,
+        location_key,
         response_mode,
         client_id,
         client_secret,

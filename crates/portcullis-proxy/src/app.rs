@@ -40,7 +40,7 @@ use crate::{hop, redact};
 mod authn;
 mod forward_auth;
 
-use authn::{Principal, RefreshLocks, session_tokens};
+use authn::{Principal, session_tokens};
 
 pub const STATUS_PATH: &str = "/api/v1/auth/status";
 pub const LOGIN_PATH: &str = "/api/v1/auth/login";
@@ -89,7 +89,6 @@ struct Auth {
     pass_access_token: bool,
     pass_id_token: bool,
     refresh_before: Duration,
-    refreshing: RefreshLocks,
     provider_logout: bool,
     post_logout_redirect: Option<String>,
     /// The implicit flow's fragment page, served only when a provider uses it.
@@ -348,7 +347,6 @@ impl App {
             pass_access_token: config.auth.pass_access_token,
             pass_id_token: config.auth.pass_id_token,
             refresh_before: config.auth.refresh_before,
-            refreshing: RefreshLocks::default(),
             provider_logout: config.auth.provider_logout,
             post_logout_redirect: config
                 .auth
@@ -567,7 +565,10 @@ impl App {
                 principal.identity(),
                 principal.all_groups(),
             );
-            if let (Some(auth), Some(tokens)) = (&self.auth, principal.tokens()) {
+            if let Some(auth) = &self.auth
+                && (auth.pass_access_token || auth.pass_id_token)
+                && let Some(tokens) = principal.tokens()
+            {
                 redact::set_token_headers(
                     headers,
                     auth.pass_access_token
@@ -599,7 +600,8 @@ impl App {
         match e {
             ProxyError::BadBearer(ref reason) => {
                 inc(&self.metrics.challenged);
-                tracing::info!(reason = %reason, "bearer token refused");
+                // Debug only: anyone can send junk tokens; the client gets the reason.
+                tracing::debug!(reason = %reason, "bearer token refused");
             }
             ProxyError::Store(_) => {
                 inc(&self.metrics.store_errors);

@@ -159,33 +159,7 @@ async fn probe_provider(
         ProviderKind::GitHub(github) => (&github.api_url, false),
     };
     let github = matches!(provider.kind, ProviderKind::GitHub(_));
-    let flat = ["oidc", "github", "entra"].contains(&provider.name.as_str())
-        && config
-            .auth
-            .providers
-            .iter()
-            .filter(|p| p.name == provider.name)
-            .count()
-            == 1;
-    let key = if github {
-        if flat {
-            "oauth.github_api_url (OAUTH_GITHUB_API_URL)".to_string()
-        } else {
-            format!(
-                "auth.openid_connect.{0}.api_url (AUTH__OPENID_CONNECT__{1}__API_URL)",
-                provider.name,
-                provider.name.to_uppercase()
-            )
-        }
-    } else if flat {
-        "oauth.issuer_url (OAUTH_ISSUER_URL)".to_string()
-    } else {
-        format!(
-            "auth.openid_connect.{0}.discovery_url (AUTH__OPENID_CONNECT__{1}__DISCOVERY_URL)",
-            provider.name,
-            provider.name.to_uppercase()
-        )
-    };
+    let key = provider.location_key.clone();
     let http = match outbound_client(config) {
         Ok(h) => h,
         Err(e) => {

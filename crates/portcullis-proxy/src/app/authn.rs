@@ -4,11 +4,11 @@
 //! anonymous: a token that fails verification is a 401.
 //!
 //! Sessions with a refresh token are refreshed here, before the access token expires: one
-//! refresh per session at a time in this process (concurrent requests wait for it and
-//! use its result); a refresh the provider refuses ends the session.
+//! refresh per session at a time, claimed in the session store so that this holds across
+//! replicas (concurrent requests wait for it and use its result); a refresh the provider
+//! refuses ends the session.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use http::HeaderMap;
 use portcullis_core::Identity;
@@ -81,28 +81,6 @@ impl Principal {
 const REFRESH_CLAIM: std::time::Duration = std::time::Duration::from_secs(15);
 /// How long a request waits for another replica's refresh.
 const REFRESH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// One lock per session being refreshed, so concurrent requests refresh once.
-#[derive(Default)]
-pub(super) struct RefreshLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
-
-impl RefreshLocks {
-    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.0
-            .lock()
-            .expect("refresh lock table poisoned")
-            .entry(key.to_string())
-            .or_default()
-            .clone()
-    }
-
-    fn release(&self, key: &str) {
-        self.0
-            .lock()
-            .expect("refresh lock table poisoned")
-            .remove(key);
-    }
-}
 
 /// The bearer token of an `Authorization` header, if that is what it holds.
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
@@ -250,23 +228,8 @@ impl App {
         id: &SessionId,
         seen: Arc<SessionData>,
     ) -> Result<Option<Principal>, ProxyError> {
-        let key = id.key().to_hex();
-        let lock = auth.refreshing.lock_for(&key);
-        let guard = lock.lock().await;
-        let result = self.refresh_locked(auth, id, seen).await;
-        drop(guard);
-        auth.refreshing.release(&key);
-        result
-    }
-
-    async fn refresh_locked(
-        &self,
-        auth: &Auth,
-        id: &SessionId,
-        seen: Arc<SessionData>,
-    ) -> Result<Option<Principal>, ProxyError> {
-        // Another request may have refreshed (or ended) the session while this one
-        // waited: use what it stored.
+        // Another request may have refreshed (or ended) the session since this one read
+        // it: use what it stored.
         let Some(current) = auth.sessions.load(id).await? else {
             return Ok(None);
         };
@@ -287,8 +250,9 @@ impl App {
         else {
             return Ok(Some(Principal::Session(current)));
         };
-        // Other replicas share the session: one of them refreshes, the rest wait for the
-        // tokens it stores (a refresh token used twice may revoke the whole grant).
+        // Concurrent requests, here and on other replicas, share the session: the one
+        // that claims it refreshes, the rest wait for the tokens it stores (a refresh
+        // token used twice may revoke the whole grant).
         if !auth.sessions.claim_refresh(id, REFRESH_CLAIM).await? {
             return self.await_refresh(auth, id, current).await;
         }
@@ -299,7 +263,7 @@ impl App {
         result
     }
 
-    /// Another replica is refreshing the session: wait (briefly) for its new tokens.
+    /// Another request is refreshing the session: wait (briefly) for its new tokens.
     async fn await_refresh(
         &self,
         auth: &Auth,
