@@ -67,6 +67,12 @@ impl ScimError {
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::new(503, None, detail)
     }
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(400, None, detail)
+    }
+    pub fn request_timeout(detail: impl Into<String>) -> Self {
+        Self::new(408, None, detail)
+    }
 
     /// The SCIM error body.
     pub fn body(&self) -> Value {

@@ -3,6 +3,12 @@
 //! Keywords, operators and attribute names are case-insensitive. Besides the RFC grammar,
 //! a value path followed by a sub-attribute comparison (`emails[type eq "work"].value eq
 //! "a@b.c"`), which identity providers send, is read as the equivalent value filter.
+//!
+//! Filters come from outside, and the parser, the SQL translation and even dropping the
+//! tree are recursive: so nesting (parentheses, `not`, `[...]`) is limited to
+//! [`MAX_NESTING`] levels, a filter to [`MAX_TERMS`] comparisons and [`MAX_TOKENS`]
+//! tokens, all far beyond what identity providers send. Past them the answer is a 400
+//! `invalidFilter`, before any recursion or database work.
 
 use serde_json::Value;
 
@@ -52,6 +58,13 @@ pub struct PatchPath {
     pub sub_after_filter: Option<String>,
 }
 
+/// Deepest nesting of parentheses, `not (...)` and value filters `attr[...]`.
+pub const MAX_NESTING: usize = 16;
+/// Most comparisons (`attr op value`, `attr pr`) in one filter.
+pub const MAX_TERMS: usize = 64;
+/// Most tokens in one filter or path.
+pub const MAX_TOKENS: usize = 512;
+
 #[derive(Debug, Clone, PartialEq)]
 enum Token {
     Word(String),
@@ -68,6 +81,9 @@ fn tokenize(input: &str) -> Result<Vec<Token>, String> {
     let mut tokens = Vec::new();
     let mut i = 0;
     while i < chars.len() {
+        if tokens.len() > MAX_TOKENS {
+            return Err(format!("the filter has more than {MAX_TOKENS} tokens"));
+        }
         let c = chars[i];
         match c {
             c if c.is_whitespace() => i += 1,
@@ -177,6 +193,10 @@ pub fn parse_attr_path(text: &str) -> Result<AttrPath, String> {
 struct Parser {
     tokens: Vec<Token>,
     pos: usize,
+    /// Open parentheses, `not`s and brackets around the current position.
+    depth: usize,
+    /// Comparisons read so far.
+    terms: usize,
 }
 
 fn keyword(token: Option<&Token>, word: &str) -> bool {
@@ -199,6 +219,15 @@ fn compare_op(word: &str) -> Option<CompareOp> {
 }
 
 impl Parser {
+    fn new(tokens: Vec<Token>) -> Self {
+        Parser {
+            tokens,
+            pos: 0,
+            depth: 0,
+            terms: 0,
+        }
+    }
+
     fn peek(&self) -> Option<&Token> {
         self.tokens.get(self.pos)
     }
@@ -207,6 +236,19 @@ impl Parser {
         let t = self.tokens.get(self.pos).cloned();
         self.pos += 1;
         t
+    }
+
+    /// Parses `or()` one nesting level deeper.
+    fn nested(&mut self) -> Result<Filter, String> {
+        if self.depth >= MAX_NESTING {
+            return Err(format!(
+                "the filter is nested more than {MAX_NESTING} levels deep"
+            ));
+        }
+        self.depth += 1;
+        let inner = self.or();
+        self.depth -= 1;
+        inner
     }
 
     fn or(&mut self) -> Result<Filter, String> {
@@ -235,7 +277,7 @@ impl Parser {
             if self.next() != Some(Token::Open) {
                 return Err("`not` must be followed by a parenthesised filter".into());
             }
-            let inner = self.or()?;
+            let inner = self.nested()?;
             if self.next() != Some(Token::Close) {
                 return Err("missing `)`".into());
             }
@@ -243,7 +285,7 @@ impl Parser {
         }
         if self.peek() == Some(&Token::Open) {
             self.pos += 1;
-            let inner = self.or()?;
+            let inner = self.nested()?;
             if self.next() != Some(Token::Close) {
                 return Err("missing `)`".into());
             }
@@ -259,7 +301,7 @@ impl Parser {
         };
         if self.peek() == Some(&Token::LBracket) {
             self.pos += 1;
-            let inner = self.or()?;
+            let inner = self.nested()?;
             if self.next() != Some(Token::RBracket) {
                 return Err("missing `]`".into());
             }
@@ -281,6 +323,10 @@ impl Parser {
     }
 
     fn comparison(&mut self, path: AttrPath) -> Result<Filter, String> {
+        self.terms += 1;
+        if self.terms > MAX_TERMS {
+            return Err(format!("the filter has more than {MAX_TERMS} comparisons"));
+        }
         let op = match self.next() {
             Some(Token::Word(w)) if w.eq_ignore_ascii_case("pr") => {
                 return Ok(Filter::Present(path));
@@ -308,7 +354,7 @@ pub fn parse_filter(input: &str) -> Result<Filter, ScimError> {
     if tokens.is_empty() {
         return Err(ScimError::invalid_filter("the filter is empty"));
     }
-    let mut parser = Parser { tokens, pos: 0 };
+    let mut parser = Parser::new(tokens);
     let filter = parser.or().map_err(ScimError::invalid_filter)?;
     if parser.pos != parser.tokens.len() {
         return Err(ScimError::invalid_filter(
@@ -321,7 +367,7 @@ pub fn parse_filter(input: &str) -> Result<Filter, ScimError> {
 /// Parses a PATCH operation's `path`.
 pub fn parse_patch_path(input: &str) -> Result<PatchPath, ScimError> {
     let tokens = tokenize(input).map_err(ScimError::invalid_path)?;
-    let mut parser = Parser { tokens, pos: 0 };
+    let mut parser = Parser::new(tokens);
     let attr = match parser.next() {
         Some(Token::Word(w)) => parse_attr_path(&w).map_err(ScimError::invalid_path)?,
         _ => return Err(ScimError::invalid_path(format!("{input:?} is not a path"))),
@@ -330,7 +376,7 @@ pub fn parse_patch_path(input: &str) -> Result<PatchPath, ScimError> {
     let mut sub_after_filter = None;
     if parser.peek() == Some(&Token::LBracket) {
         parser.pos += 1;
-        filter = Some(parser.or().map_err(ScimError::invalid_path)?);
+        filter = Some(parser.nested().map_err(ScimError::invalid_path)?);
         if parser.next() != Some(Token::RBracket) {
             return Err(ScimError::invalid_path("missing `]`"));
         }
@@ -433,6 +479,36 @@ mod tests {
             assert_eq!(err.scim_type, Some("invalidFilter"), "{bad:?}");
             assert_eq!(err.status, 400);
         }
+    }
+
+    #[test]
+    fn deep_or_long_filters_are_refused_without_recursing() {
+        let deep = |n: usize| format!("{}userName eq \"x\"{}", "(".repeat(n), ")".repeat(n));
+        assert!(parse_filter(&deep(MAX_NESTING)).is_ok());
+        for n in [MAX_NESTING + 1, 2_000, 5_000, 100_000] {
+            let err = parse_filter(&deep(n)).unwrap_err();
+            assert_eq!(err.scim_type, Some("invalidFilter"), "{n}");
+        }
+        let nots = format!("{}a pr{}", "not (".repeat(3_000), ")".repeat(3_000));
+        assert_eq!(
+            parse_filter(&nots).unwrap_err().scim_type,
+            Some("invalidFilter")
+        );
+        let terms = |n: usize| vec!["a eq \"1\""; n].join(" and ");
+        assert!(parse_filter(&terms(MAX_TERMS)).is_ok());
+        let err = parse_filter(&terms(1_000)).unwrap_err();
+        assert_eq!(err.scim_type, Some("invalidFilter"));
+        assert_eq!(err.status, 400);
+        let path = format!("emails[{}", "(".repeat(5_000));
+        assert_eq!(
+            parse_patch_path(&path).unwrap_err().scim_type,
+            Some("invalidPath")
+        );
+        let brackets = format!("emails[{}type eq \"w\"{}]", "(".repeat(20), ")".repeat(20));
+        assert_eq!(
+            parse_patch_path(&brackets).unwrap_err().scim_type,
+            Some("invalidPath")
+        );
     }
 
     #[test]

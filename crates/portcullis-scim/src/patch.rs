@@ -31,6 +31,16 @@ pub struct PatchRequest {
     ops: Vec<(Op, Option<String>, Option<Value>)>,
 }
 
+/// RFC 7643 §4.1 User attributes that Portcullis does not keep: a change to them is
+/// accepted and has nothing to change.
+const UNSTORED_STANDARD: &[&str] = &[
+    "password",
+    "ims",
+    "photos",
+    "entitlements",
+    "x509Certificates",
+];
+
 /// The most operations one PATCH may carry.
 const MAX_OPERATIONS: usize = 1000;
 
@@ -143,7 +153,25 @@ fn apply_extension(
             "{urn} takes an object of its attributes"
         )));
     };
+    apply_extension_values(kind, doc, urn, op, values)
+}
+
+/// Applies `op` to each attribute of an extension object.
+fn apply_extension_values(
+    kind: &ResourceKind,
+    doc: &mut Map<String, Value>,
+    urn: &str,
+    op: Op,
+    values: &Map<String, Value>,
+) -> Result<(), ScimError> {
     for (sub, sv) in values {
+        // A whole extension object may carry its resource's bookkeeping along.
+        if ["schemas", "id", "meta"]
+            .iter()
+            .any(|k| sub.eq_ignore_ascii_case(k))
+        {
+            continue;
+        }
         let path = PatchPath {
             attr: AttrPath {
                 urn: Some(urn.to_string()),
@@ -184,18 +212,7 @@ fn apply_pathless(
             let Value::Object(ext_values) = v else {
                 return Err(ScimError::invalid_value(format!("{urn} must be an object")));
             };
-            for (sub, sv) in ext_values {
-                let path = PatchPath {
-                    attr: AttrPath {
-                        urn: Some(urn.to_string()),
-                        name: sub.clone(),
-                        sub: None,
-                    },
-                    filter: None,
-                    sub_after_filter: None,
-                };
-                apply_path(kind, doc, op, &path, Some(sv))?;
-            }
+            apply_extension_values(kind, doc, urn, op, ext_values)?;
             continue;
         }
         let path = parse_patch_path(key)?;
@@ -251,12 +268,24 @@ fn apply_path(
     }
     let (urn, attrs) = attributes_for(kind, &path.attr)?;
     let Some(attr) = schema::find(attrs, name) else {
-        // Not an attribute Portcullis stores: nothing to change, as with a POST.
-        tracing::debug!(
-            attribute = name,
-            "PATCH of an attribute that is not stored; ignored"
-        );
-        return Ok(());
+        // A standard attribute Portcullis does not store: nothing to change, as with a
+        // POST. Any other name is a mistake the client must hear about (RFC 7644
+        // §3.5.2: an invalid path is `invalidPath`), not a change silently dropped.
+        if urn.is_none()
+            && UNSTORED_STANDARD
+                .iter()
+                .any(|k| name.eq_ignore_ascii_case(k))
+        {
+            tracing::debug!(
+                attribute = name,
+                "PATCH of a standard attribute that is not stored; ignored"
+            );
+            return Ok(());
+        }
+        return Err(ScimError::invalid_path(format!(
+            "{name} is not an attribute of {}",
+            kind.name
+        )));
     };
     if attr.mutability == Mutability::ReadOnly {
         return Err(ScimError::mutability(format!("{} is read-only", attr.name)));

@@ -142,7 +142,8 @@ impl ScimResponse {
         }
     }
 
-    fn error(e: &ScimError) -> Self {
+    /// The response carrying a SCIM error body.
+    pub fn from_error(e: &ScimError) -> Self {
         Self::json(e.status, e.body())
     }
 }
@@ -346,7 +347,7 @@ fn route(path: &str) -> Option<Route<'_>> {
 }
 
 fn method_not_allowed(allow: &'static str) -> ScimResponse {
-    let mut r = ScimResponse::error(&ScimError::method_not_allowed(format!(
+    let mut r = ScimResponse::from_error(&ScimError::method_not_allowed(format!(
         "this path accepts {allow}"
     )));
     r.allow = Some(allow);
@@ -374,16 +375,31 @@ impl<D: DirectoryStore, H: AccessHooks> ScimService<D, H> {
 
     /// Handles one request to endpoint `name`; `base` is the endpoint's absolute URL
     /// (for `Location` and `meta.location`).
-    pub async fn handle(&self, name: &str, base: &str, req: ScimRequest<'_>) -> ScimResponse {
+    /// Checks the credential of a request to endpoint `name` before anything else is
+    /// read; the refusal is the response to send.
+    pub fn authorize(&self, name: &str, authorization: Option<&str>) -> Result<(), ScimResponse> {
         let Some(endpoint) = self.endpoint(name) else {
-            return ScimResponse::error(&ScimError::not_found("no SCIM endpoint of that name"));
+            return Err(ScimResponse::from_error(&ScimError::not_found(
+                "no SCIM endpoint of that name",
+            )));
         };
-        if let Err(e) = endpoint.authorize(req.authorization) {
+        endpoint.authorize(authorization).map_err(|e| {
             tracing::warn!(endpoint = %endpoint.name, "SCIM request refused: missing or wrong credentials");
-            let mut r = ScimResponse::error(&e);
+            let mut r = ScimResponse::from_error(&e);
             r.www_authenticate = Some(endpoint.challenge());
-            return r;
+            r
+        })
+    }
+
+    pub async fn handle(&self, name: &str, base: &str, req: ScimRequest<'_>) -> ScimResponse {
+        if let Err(refused) = self.authorize(name, req.authorization) {
+            return refused;
         }
+        let Some(endpoint) = self.endpoint(name) else {
+            return ScimResponse::from_error(&ScimError::not_found(
+                "no SCIM endpoint of that name",
+            ));
+        };
         let tenant = endpoint.name.as_str();
         match self.dispatch(tenant, base, &req).await {
             Ok(r) => r,
@@ -393,7 +409,7 @@ impl<D: DirectoryStore, H: AccessHooks> ScimService<D, H> {
                 } else {
                     tracing::debug!(endpoint = tenant, status = e.status, detail = %e.detail, "SCIM request refused");
                 }
-                ScimResponse::error(&e)
+                ScimResponse::from_error(&e)
             }
         }
     }
