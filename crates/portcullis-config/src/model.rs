@@ -117,6 +117,8 @@ pub struct ScimConfig {
     /// `sqlite://<path>` (default) or `postgres://...`; may hold a password.
     pub database_url: SecretString,
     pub endpoints: Vec<ScimEndpointConfig>,
+    /// With `scim.required`, the login providers whose users need no provisioning.
+    pub exempt_providers: Vec<String>,
 }
 
 /// One SCIM root (`/v1/scim/v2/<name>`) and its credential.
@@ -143,6 +145,8 @@ pub struct UpstreamConfig {
     pub max_idle_per_host: usize,
     /// Send the client's `Host` to the upstream instead of the upstream's own authority.
     pub preserve_host: bool,
+    /// Protocols a client may upgrade to (lowercase); never `h2c`.
+    pub allowed_upgrades: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +163,15 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Largest body accepted by Portcullis's own endpoints (the callback form, SCIM).
     pub max_body_bytes: usize,
+    /// Longest time a body for Portcullis's own endpoints may take to arrive.
+    pub body_read_timeout: Duration,
+    /// Most bytes of such bodies held at once, over all connections; beyond it a
+    /// request gets 503 instead of memory.
+    pub max_buffered_body_bytes: usize,
+    /// Most client connections open at once; 0: derived from the open-files limit.
+    pub max_connections: usize,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
     /// Worker threads serving connections; 0 means one per available CPU.
     pub workers: usize,
 }
@@ -528,6 +541,7 @@ impl Config {
                 idle_timeout: r.duration("upstream.idle_timeout", Duration::from_secs(90)),
                 max_idle_per_host: r.number("upstream.max_idle_per_host", 256) as usize,
                 preserve_host: r.bool("upstream.preserve_host", false),
+                allowed_upgrades: read_upgrades(r),
             },
             public_url,
             cookie_secret,
@@ -540,15 +554,128 @@ impl Config {
                 max_header_bytes: (r.number("server.max_header_bytes", 64 * 1024) as usize)
                     .max(8192),
                 max_body_bytes: r.number("server.max_body_bytes", 1024 * 1024) as usize,
+                body_read_timeout: r.duration("server.body_read_timeout", Duration::from_secs(10)),
+                max_buffered_body_bytes: r
+                    .number("server.max_buffered_body_bytes", 32 * 1024 * 1024)
+                    as usize,
+                max_connections: r.number("server.max_connections", 0) as usize,
+                idle_timeout: r.duration("server.idle_timeout", Duration::from_secs(75)),
                 workers: r.number("server.workers", 0) as usize,
             },
-            scim: read_scim(r),
+            scim: link_scim(r, read_scim(r), &auth),
             branding: read_branding(r),
             auth,
             session,
             log,
         }
     }
+}
+
+/// `upstream.allowed_upgrades`: WebSocket unless configured; `h2c` is refused.
+fn read_upgrades(r: &Reader<'_>) -> Vec<String> {
+    let key = "upstream.allowed_upgrades";
+    let list: Vec<String> = r
+        .list(key)
+        .unwrap_or_else(|| vec!["websocket".into()])
+        .into_iter()
+        .map(|p| p.to_ascii_lowercase())
+        .collect();
+    if list.iter().any(|p| p == "h2c") {
+        r.error(
+            key,
+            "lists h2c, which would turn a connection into an HTTP/2 tunnel that no header rule, session check or policy sees",
+            "remove h2c; to serve HTTP/2, give Portcullis TLS (tls.cert_file) or have clients speak h2c to it directly",
+        );
+    }
+    list.into_iter().filter(|p| p != "h2c").collect()
+}
+
+/// Ties each SCIM endpoint to the login provider whose users it describes, and makes
+/// sure `scim.required` leaves no provider's users unchecked.
+///
+/// An endpoint without `provider` describes the only login provider when there is one
+/// (the README's `SCIM__ENDPOINTS__MICROSOFT__TOKEN` beside `OAUTH_PROVIDER=entra`);
+/// with several it must be named after one or say which. Every mismatch is an error:
+/// an endpoint tied to no provider would let deprovisioned users keep their sessions.
+fn link_scim(r: &Reader<'_>, mut scim: ScimConfig, auth: &AuthConfig) -> ScimConfig {
+    if !scim.enabled {
+        return scim;
+    }
+    let providers: Vec<&str> = auth.providers.iter().map(|p| p.name.as_str()).collect();
+    let list = providers.join(", ");
+    let required = r.bool("scim.required", false);
+    if !auth.enabled {
+        if required {
+            r.error(
+                "scim.required",
+                "is true while authentication is off (open mode): nobody signs in, so nobody is checked",
+                "turn authentication on (OAUTH_ENABLED=true or a provider under auth.openid_connect), or set scim.required to false",
+            );
+        }
+        return scim;
+    }
+    for endpoint in &mut scim.endpoints {
+        let key = format!("scim.endpoints.{}.provider", endpoint.name);
+        let explicit = r.string(&key);
+        endpoint.provider = match (explicit, providers.as_slice()) {
+            (Some(p), _) => p,
+            (None, [only]) => only.to_string(),
+            (None, _) => endpoint.name.clone(),
+        };
+        if !providers.contains(&endpoint.provider.as_str()) {
+            r.error(
+                &key,
+                format!(
+                    "the endpoint `{}` describes the login provider `{}`, which is not configured (configured: {list}); its deprovisioning would end no session",
+                    endpoint.name, endpoint.provider
+                ),
+                format!("set {key} to the login provider whose users this endpoint provisions: one of {list}"),
+            );
+        }
+    }
+    for (i, a) in scim.endpoints.iter().enumerate() {
+        if let Some(b) = scim.endpoints[..i]
+            .iter()
+            .find(|b| b.provider == a.provider)
+        {
+            r.error(
+                &format!("scim.endpoints.{}.provider", a.name),
+                format!(
+                    "the endpoints `{}` and `{}` both describe the login provider `{}`",
+                    b.name, a.name, a.provider
+                ),
+                "give each login provider one SCIM endpoint",
+            );
+        }
+    }
+    let exempt = r.list("scim.exempt_providers").unwrap_or_default();
+    for name in &exempt {
+        if !providers.contains(&name.as_str()) {
+            r.error(
+                "scim.exempt_providers",
+                format!("`{name}` is not a configured login provider (configured: {list})"),
+                "list only configured login providers",
+            );
+        }
+    }
+    if required {
+        for provider in &providers {
+            let covered = scim.endpoints.iter().any(|e| e.provider == *provider);
+            if !covered && !exempt.iter().any(|e| e == provider) {
+                r.error(
+                    "scim.required",
+                    format!(
+                        "is true, but no SCIM endpoint describes the login provider `{provider}`, so its users would be admitted without provisioning"
+                    ),
+                    format!(
+                        "add an endpoint with scim.endpoints.<name>.provider: {provider}, or list {provider} in scim.exempt_providers to admit its users without provisioning"
+                    ),
+                );
+            }
+        }
+    }
+    scim.exempt_providers = exempt;
+    scim
 }
 
 fn read_branding(r: &Reader<'_>) -> Branding {
@@ -703,8 +830,10 @@ fn read_scim(r: &Reader<'_>) -> ScimConfig {
         {
             r.error(&format!("{base}.token"), "is missing: the endpoint has no credential", "set a token (Microsoft Entra uses a bearer token) or a username and password (Okta uses HTTP Basic)");
         }
+        r.mark_known(&format!("{base}.provider"));
         endpoints.push(ScimEndpointConfig {
             required: r.bool(&format!("{base}.required"), required),
+            // Resolved against the login providers by `link_scim`.
             provider: r
                 .string(&format!("{base}.provider"))
                 .unwrap_or_else(|| name.clone()),
@@ -727,10 +856,12 @@ fn read_scim(r: &Reader<'_>) -> ScimConfig {
             "set SCIM__ENABLED=true to serve them, or remove the endpoints",
         );
     }
+    r.mark_known("scim.exempt_providers");
     ScimConfig {
         enabled,
         database_url,
         endpoints,
+        exempt_providers: Vec::new(),
     }
 }
 

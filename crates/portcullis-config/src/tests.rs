@@ -657,28 +657,46 @@ fn previous_secrets_come_from_a_file_one_per_line() {
     assert_eq!(errs[0].env, "SESSION__PREVIOUS_SECRETS");
 }
 
+/// Okta (nested) and Microsoft Entra (nested, `microsoft`) side by side.
+fn two_providers() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("COOKIE_SECRET", SECRET),
+        ("PUBLIC_URL", "https://app.example.com"),
+        ("AUTH__OPENID_CONNECT__OKTA__ENABLED", "true"),
+        ("AUTH__OPENID_CONNECT__OKTA__CLIENT_ID", "okta-client"),
+        (
+            "AUTH__OPENID_CONNECT__OKTA__DISCOVERY_URL",
+            "https://example.okta.com",
+        ),
+        ("AUTH__OPENID_CONNECT__MICROSOFT__ENABLED", "true"),
+        ("AUTH__OPENID_CONNECT__MICROSOFT__CLIENT_ID", "entra-client"),
+        (
+            "AUTH__OPENID_CONNECT__MICROSOFT__TENANT_ID",
+            "contoso.onmicrosoft.com",
+        ),
+        ("SCIM__ENABLED", "true"),
+    ]
+}
+
 #[test]
 fn scim_endpoints_come_from_the_documented_variables_and_files() {
     let password = temp_file("okta-provisioning-password\n");
-    let config = load_env(&[
-        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
-        ("SCIM__ENABLED", "true"),
+    let mut vars = two_providers();
+    let path = password.path().to_str().unwrap().to_string();
+    vars.extend([
         ("SCIM__DATABASE_URL", "postgres://portcullis:pw@db/scim"),
         ("SCIM__REQUIRED", "true"),
         ("SCIM__ENDPOINTS__OKTA__USERNAME", "okta-provisioner"),
-        (
-            "SCIM__ENDPOINTS__OKTA__PASSWORD_FILE",
-            password.path().to_str().unwrap(),
-        ),
+        ("SCIM__ENDPOINTS__OKTA__PASSWORD_FILE", path.as_str()),
         (
             "SCIM__ENDPOINTS__MICROSOFT__TOKEN",
             "0123456789abcdef-entra-token",
         ),
-        ("SCIM__ENDPOINTS__MICROSOFT__PROVIDER", "entra"),
         ("SCIM__ENDPOINTS__MICROSOFT__REQUIRED", "false"),
         ("AUTH__ALLOWED_GROUPS", "Platform,SRE"),
-    ])
-    .expect("valid");
+    ]);
+    let config = load_env(&vars).expect("valid");
     assert!(config.scim.enabled);
     let okta = config
         .scim
@@ -700,10 +718,94 @@ fn scim_endpoints_come_from_the_documented_variables_and_files() {
         .find(|e| e.name == "microsoft")
         .unwrap();
     assert!(ms.token.is_some() && !ms.required);
-    assert_eq!(ms.provider, "entra");
+    assert_eq!(ms.provider, "microsoft");
     assert_eq!(config.auth.allowed_groups, vec!["Platform", "SRE"]);
     assert!(!format!("{config:?}").contains("entra-token"));
     assert!(!format!("{config:?}").contains("pw@db"));
+}
+
+#[test]
+fn an_endpoint_describes_the_only_provider_whatever_its_name() {
+    // The README's Entra set-up: the flat dialect names the provider `entra`, the SCIM
+    // endpoint is named after the identity provider.
+    let config = load_env(&[
+        ("OAUTH_ENABLED", "true"),
+        ("OAUTH_PROVIDER", "entra"),
+        ("OAUTH_TENANT_ID", "contoso.onmicrosoft.com"),
+        ("OAUTH_CLIENT_ID", "entra-client"),
+        (
+            "OAUTH_REDIRECT_URL",
+            "https://app.example.com/api/v1/auth/callback",
+        ),
+        ("COOKIE_SECRET", SECRET),
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("SCIM__ENABLED", "true"),
+        ("SCIM__REQUIRED", "true"),
+        (
+            "SCIM__ENDPOINTS__MICROSOFT__TOKEN",
+            "0123456789abcdef-entra-token",
+        ),
+    ])
+    .expect("valid");
+    assert_eq!(config.scim.endpoints[0].provider, "entra");
+    assert!(config.scim.endpoints[0].required);
+}
+
+#[test]
+fn an_endpoint_tied_to_no_configured_provider_is_an_error() {
+    let mut vars = two_providers();
+    vars.push((
+        "SCIM__ENDPOINTS__ENTRA__TOKEN",
+        "0123456789abcdef-entra-token",
+    ));
+    let errs = errors(load_env(&vars));
+    assert_eq!(errs[0].env, "SCIM__ENDPOINTS__ENTRA__PROVIDER", "{errs:#?}");
+    assert!(errs[0].problem.contains("`entra`"), "{}", errs[0].problem);
+    assert!(errs[0].fix.contains("okta") && errs[0].fix.contains("microsoft"));
+    vars.push(("SCIM__ENDPOINTS__ENTRA__PROVIDER", "microsoft"));
+    let config = load_env(&vars).expect("valid once the provider is named");
+    assert_eq!(config.scim.endpoints[0].provider, "microsoft");
+    // Two endpoints for one provider.
+    vars.push((
+        "SCIM__ENDPOINTS__MICROSOFT__TOKEN",
+        "0123456789abcdef-other-token",
+    ));
+    let errs = errors(load_env(&vars));
+    assert!(errs[0].problem.contains("both describe"), "{errs:#?}");
+}
+
+#[test]
+fn required_provisioning_must_cover_every_provider_or_name_the_exempt() {
+    let mut vars = two_providers();
+    vars.push(("SCIM__REQUIRED", "true"));
+    vars.push((
+        "SCIM__ENDPOINTS__OKTA__TOKEN",
+        "0123456789abcdef-okta-token",
+    ));
+    let errs = errors(load_env(&vars));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].env, "SCIM__REQUIRED");
+    assert!(
+        errs[0].problem.contains("`microsoft`"),
+        "{}",
+        errs[0].problem
+    );
+    assert!(errs[0].fix.contains("scim.exempt_providers"));
+    vars.push(("SCIM__EXEMPT_PROVIDERS", "microsoft"));
+    let config = load_env(&vars).expect("valid with microsoft exempt");
+    assert_eq!(config.scim.exempt_providers, vec!["microsoft"]);
+    // Required in open mode checks nobody.
+    let errs = errors(load_env(&[
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("SCIM__ENABLED", "true"),
+        ("SCIM__REQUIRED", "true"),
+        (
+            "SCIM__ENDPOINTS__OKTA__TOKEN",
+            "0123456789abcdef-okta-token",
+        ),
+    ]));
+    assert_eq!(errs[0].env, "SCIM__REQUIRED");
+    assert!(errs[0].problem.contains("open mode"));
 }
 
 #[test]
@@ -756,4 +858,57 @@ fn branding_colours_are_checked_for_contrast() {
     assert!(errs[0].fix.contains("#rrggbb"));
     let errs = errors(load_env(&[base[0], ("BRANDING__LOGO_FILE", "/etc/passwd")]));
     assert_eq!(errs[0].env, "BRANDING__LOGO_FILE");
+}
+
+#[test]
+fn deeply_nested_or_alias_bombed_yaml_is_refused_without_recursing() {
+    for text in [
+        format!(
+            "upstream_url: {}1{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        ),
+        format!("x: {}\n", "{a: ".repeat(5_000)),
+        // Nine levels of tenfold aliases: a billion values from a few lines.
+        {
+            let mut t = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+            for i in 1..10 {
+                let p = i - 1;
+                t.push_str(&format!(
+                    "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+                ));
+            }
+            t
+        },
+    ] {
+        let file = temp_file(&text);
+        let result = load(&Sources {
+            file: Some(file.path().to_path_buf()),
+            ..Sources::default()
+        });
+        match result {
+            Err(LoadError::File(e)) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains("nested")
+                        || message.contains("values")
+                        || message.contains("recursion limit"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a file error, got {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+#[test]
+fn h2c_can_never_be_an_allowed_upgrade() {
+    let config = load_env(&[("UPSTREAM_URL", "http://127.0.0.1:3000")]).expect("valid");
+    assert_eq!(config.upstream.allowed_upgrades, vec!["websocket"]);
+    let errs = errors(load_env(&[
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("UPSTREAM__ALLOWED_UPGRADES", "websocket,h2c"),
+    ]));
+    assert_eq!(errs[0].env, "UPSTREAM__ALLOWED_UPGRADES");
+    assert!(errs[0].problem.contains("h2c"));
 }

@@ -195,6 +195,7 @@ pub fn parse_yaml(path: &Path, text: &str) -> Result<Node, TreeError> {
         path: path.clone(),
         stack: Vec::new(),
         anchors: BTreeMap::new(),
+        nodes: 0,
         root: None,
         error: None,
     };
@@ -253,17 +254,31 @@ enum Frame {
         pending_key: Option<String>,
         free_form: bool,
         anchor: usize,
+        /// The value count when it opened.
+        started: usize,
     },
     List {
         node: Node,
         anchor: usize,
+        started: usize,
     },
 }
+
+/// Deepest nesting of mappings and sequences a configuration file may have. Real
+/// configurations are a handful of levels deep; the limit keeps every later walk of the
+/// tree (merging, secrets, unknown keys, dropping it) from recursing without bound.
+pub const MAX_DEPTH: usize = 32;
+/// Most values (scalars, mappings, sequences, counting what aliases repeat) a
+/// configuration file may expand to, so a few lines of aliases cannot grow into millions.
+pub const MAX_NODES: usize = 100_000;
 
 struct YamlBuilder {
     path: Arc<Path>,
     stack: Vec<Frame>,
-    anchors: BTreeMap<usize, Node>,
+    /// Each anchor's value, and how many values it holds.
+    anchors: BTreeMap<usize, (Node, usize)>,
+    /// Values seen so far, aliases counted by their size.
+    nodes: usize,
     root: Option<Node>,
     error: Option<(usize, String)>,
 }
@@ -293,9 +308,35 @@ impl YamlBuilder {
         }
     }
 
-    fn push_value(&mut self, node: Node, anchor: usize, mark: Marker) {
+    /// Counts `size` more values; false (and an error) past the limit.
+    fn count(&mut self, size: usize, mark: Marker) -> bool {
+        self.nodes = self.nodes.saturating_add(size);
+        if self.nodes > MAX_NODES {
+            self.fail(
+                mark,
+                &format!("the file expands to more than {MAX_NODES} values (aliases included); a configuration has no need for that many"),
+            );
+            return false;
+        }
+        true
+    }
+
+    fn open(&mut self, frame: Frame, mark: Marker) {
+        if self.stack.len() >= MAX_DEPTH {
+            self.fail(
+                mark,
+                &format!("mappings and sequences are nested more than {MAX_DEPTH} levels deep"),
+            );
+            return;
+        }
+        if self.count(1, mark) {
+            self.stack.push(frame);
+        }
+    }
+
+    fn push_value(&mut self, node: Node, anchor: usize, size: usize, mark: Marker) {
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.insert(anchor, (node.clone(), size));
         }
         match self.stack.last_mut() {
             None => self.root = Some(node),
@@ -347,33 +388,63 @@ impl MarkedEventReceiver for YamlBuilder {
                     value: Value::Scalar(if is_null { String::new() } else { text }),
                     origin: self.origin(mark),
                 };
-                self.push_value(node, anchor, mark);
+                if self.count(1, mark) {
+                    self.push_value(node, anchor, 1, mark);
+                }
             }
             Event::MappingStart(anchor, _) => {
                 let free_form = self.opening_free_form();
                 let node = Node::empty_map(self.origin(mark));
-                self.stack.push(Frame::Map {
-                    node,
-                    pending_key: None,
-                    free_form,
-                    anchor,
-                });
+                let started = self.nodes;
+                self.open(
+                    Frame::Map {
+                        node,
+                        pending_key: None,
+                        free_form,
+                        anchor,
+                        started,
+                    },
+                    mark,
+                );
             }
             Event::SequenceStart(anchor, _) => {
                 let node = Node {
                     value: Value::List(Vec::new()),
                     origin: self.origin(mark),
                 };
-                self.stack.push(Frame::List { node, anchor });
+                let started = self.nodes;
+                self.open(
+                    Frame::List {
+                        node,
+                        anchor,
+                        started,
+                    },
+                    mark,
+                );
             }
             Event::MappingEnd | Event::SequenceEnd => match self.stack.pop() {
-                Some(Frame::Map { node, anchor, .. }) | Some(Frame::List { node, anchor }) => {
-                    self.push_value(node, anchor, mark)
+                Some(Frame::Map {
+                    node,
+                    anchor,
+                    started,
+                    ..
+                })
+                | Some(Frame::List {
+                    node,
+                    anchor,
+                    started,
+                }) => {
+                    let size = self.nodes - started;
+                    self.push_value(node, anchor, size, mark)
                 }
                 None => self.fail(mark, "unbalanced mapping or sequence"),
             },
             Event::Alias(id) => match self.anchors.get(&id).cloned() {
-                Some(node) => self.push_value(node, 0, mark),
+                Some((node, size)) => {
+                    if self.count(size, mark) {
+                        self.push_value(node, 0, size, mark);
+                    }
+                }
                 None => self.fail(mark, "alias to an unknown anchor"),
             },
             Event::Nothing
