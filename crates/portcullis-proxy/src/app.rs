@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use portcullis_config::{Config, ExposeSecret, Flow, ResponseMode, SessionStoreKind};
 use portcullis_core::html::escape;
@@ -28,13 +27,17 @@ use serde_json::json;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::forwarding::{self, TrustedProxies};
-use crate::login_state::{LoginCookies, LoginState, is_login_cookie};
+use crate::inbound::{BodyError, BodyLimits};
+use crate::login_state::{LoginCookies, LoginState, LoginStateError, is_login_cookie};
 use crate::metrics::{Metrics, inc};
+use crate::normalize::{self, Malformed, PathRules};
 use crate::pages::{self, Action};
 use crate::return_to::{self, ReturnRules};
 use crate::scim::{SCIM_PREFIX, Scim};
+use crate::sessions::Sessions;
 use crate::shutdown::Tracker;
-use crate::upstream::Upstream;
+use crate::throttle::Throttle;
+use crate::upstream::{UpgradeRequest, Upstream};
 use crate::{hop, redact};
 
 mod authn;
@@ -72,7 +75,7 @@ pub enum AppError {
 /// Everything needed when authentication is on.
 struct Auth {
     providers: Vec<Arc<Provider>>,
-    sessions: AnyStore,
+    sessions: Sessions,
     memory: Option<Arc<MemoryStore>>,
     policy: Policy,
     session_cookie: CookieSpec,
@@ -108,32 +111,26 @@ pub struct App {
     tracker: Tracker,
     metrics: Metrics,
     store_outage: OutageLog,
-    max_body_bytes: usize,
+    /// Limits on the bodies Portcullis reads itself.
+    bodies: BodyLimits,
+    /// Protocols a client may upgrade to.
+    upgrades: Vec<String>,
+    paths: PathRules,
 }
 
 /// Logs a session-store outage once per interval with the number of requests refused,
 /// instead of one line per request.
-#[derive(Default)]
-struct OutageLog {
-    last_report: std::sync::atomic::AtomicU64,
-    refused: std::sync::atomic::AtomicU64,
+struct OutageLog(Throttle);
+
+impl Default for OutageLog {
+    fn default() -> Self {
+        OutageLog(Throttle::new(Duration::from_secs(10)))
+    }
 }
 
 impl OutageLog {
-    const EVERY_SECS: u64 = 10;
-
     fn report(&self, error: &ProxyError) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let refused = self.refused.fetch_add(1, Relaxed) + 1;
-        let now = portcullis_core::time::unix_now();
-        let last = self.last_report.load(Relaxed);
-        if now >= last + Self::EVERY_SECS
-            && self
-                .last_report
-                .compare_exchange(last, now, Relaxed, Relaxed)
-                .is_ok()
-        {
-            self.refused.store(0, Relaxed);
+        if let Some(refused) = self.0.hit() {
             tracing::error!(
                 error = %error,
                 refused,
@@ -168,36 +165,82 @@ fn with_cookie(mut resp: Response<ProxyBody>, set_cookie: &str) -> Response<Prox
 
 fn session_cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     cookie::find(
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
+        headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes()),
         name,
     )
 }
 
-/// Removes Portcullis's own cookies from what goes upstream; allocates only when one is
-/// present.
-fn strip_own_cookies(headers: &mut HeaderMap, session_cookie: &str) {
-    let ours = |name: &str| name == session_cookie || is_login_cookie(name);
-    let needs_work = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| cookie::pairs(v).any(|(n, _)| ours(n)));
-    if !needs_work {
+/// Joins the `Cookie` fields into one for the HTTP/1.1 upstream and removes
+/// Portcullis's own cookies; allocates only when there is something to do.
+fn forward_cookies(headers: &mut HeaderMap, session_cookie: Option<&str>) {
+    let ours =
+        |name: &[u8]| session_cookie.is_some_and(|s| name == s.as_bytes()) || is_login_cookie(name);
+    let values = || headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes());
+    let Some(joined) = cookie::rewrite(values, ours) else {
         return;
-    }
-    let kept: Vec<HeaderValue> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| cookie::without(v, ours))
-        .filter_map(|v| HeaderValue::from_str(&v).ok())
-        .collect();
+    };
     headers.remove(header::COOKIE);
-    for v in kept {
-        headers.append(header::COOKIE, v);
+    if !joined.is_empty()
+        && let Ok(v) = HeaderValue::from_bytes(&joined)
+    {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// `uri` with its path replaced (the query kept).
+fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
+    let mut parts = uri.clone().into_parts();
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    parts.path_and_query = Some(pq.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
+}
+
+/// The answer to a request refused before routing.
+fn malformed(m: Malformed) -> Response<ProxyBody> {
+    let mut resp = match m {
+        Malformed::Connect => pages::json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            m.explain(),
+        ),
+        _ => pages::json_error(StatusCode::BAD_REQUEST, "bad_request", m.explain()),
+    };
+    if m == Malformed::Connect {
+        resp.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+    }
+    resp
+}
+
+/// The answer when a body Portcullis reads itself was refused.
+fn body_refused(e: BodyError, html: bool) -> Response<ProxyBody> {
+    match e {
+        BodyError::TooLarge => ProxyError::PayloadTooLarge.into_response(html, LOGIN_PATH),
+        BodyError::Timeout => pages::json_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body did not arrive in time",
+        ),
+        BodyError::Busy => {
+            let mut r = pages::json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many requests are sending bodies at once; try again",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        BodyError::Aborted => pages::json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request body was cut off",
+        ),
     }
 }
 
@@ -221,10 +264,15 @@ impl App {
         } else {
             None
         };
+        let bodies = BodyLimits::new(
+            config.server.max_body_bytes,
+            config.server.max_buffered_body_bytes,
+            config.server.body_read_timeout,
+        );
         let scim = if config.scim.enabled {
             let sessions = auth.as_ref().map(|a| a.sessions.clone());
             Some(
-                Scim::open(config, sessions)
+                Scim::open(config, sessions, bodies.clone())
                     .await
                     .map_err(AppError::Setup)?,
             )
@@ -239,7 +287,9 @@ impl App {
             tracker: Tracker::default(),
             metrics: Metrics::default(),
             store_outage: OutageLog::default(),
-            max_body_bytes: config.server.max_body_bytes,
+            bodies,
+            upgrades: config.upstream.allowed_upgrades.clone(),
+            paths: PathRules::default(),
         })
     }
 
@@ -272,7 +322,10 @@ impl App {
         let (sessions, memory) = match &config.session.store {
             SessionStoreKind::Memory => {
                 let memory = Arc::new(MemoryStore::new(limits, config.session.max_sessions));
-                (AnyStore::Memory(memory.clone()), Some(memory))
+                (
+                    Sessions::new(AnyStore::Memory(memory.clone())),
+                    Some(memory),
+                )
             }
             SessionStoreKind::Redis(redis) => {
                 let ca_pem = match &redis.ca_file {
@@ -293,7 +346,7 @@ impl App {
                 };
                 let store = RedisStore::new(&settings, &secrets, limits)
                     .map_err(|e| AppError::Setup(format!("session.redis: {e}")))?;
-                (AnyStore::Redis(Arc::new(store)), None)
+                (Sessions::new(AnyStore::Redis(Arc::new(store))), None)
             }
         };
         let secure = config.secure_cookies();
@@ -388,6 +441,22 @@ impl App {
 
     /// Handles one request. Never fails: every error becomes a response here.
     pub async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+        let (mut parts, body) = req.into_parts();
+        if let Err(m) = normalize::check_request(&parts) {
+            return malformed(m);
+        }
+        match normalize::normalize_path(parts.uri.path(), self.paths) {
+            Ok(std::borrow::Cow::Borrowed(_)) => {}
+            Ok(std::borrow::Cow::Owned(path)) => match with_path(&parts.uri, &path) {
+                Some(uri) => parts.uri = uri,
+                None => return malformed(Malformed::Target),
+            },
+            Err(m) if self.scim.is_some() && parts.uri.path().starts_with(SCIM_PREFIX) => {
+                return crate::scim::refused(m.explain());
+            }
+            Err(m) => return malformed(m),
+        }
+        let req = Request::from_parts(parts, body);
         let path = req.uri().path();
         let method = req.method();
         let read_only = method == Method::GET || method == Method::HEAD;
@@ -419,7 +488,7 @@ impl App {
             )),
             LOGIN_PATH if read_only => self.login(&req).await,
             ME_PATH if read_only => self.me(&req).await,
-            LOGOUT_PATH if method == Method::POST => self.logout(&req).await,
+            LOGOUT_PATH if method == Method::POST => self.logout(conn, &req).await,
             LOGOUT_PATH if read_only => Ok(logout_page()),
             HEALTHZ_PATH | READYZ_PATH | METRICS_PATH | STATUS_PATH | LOGIN_PATH | ME_PATH => {
                 Err(ProxyError::MethodNotAllowed("GET, HEAD"))
@@ -550,14 +619,19 @@ impl App {
             }
         }
 
+        let upgrade =
+            hop::upgrade_protocol(req.headers(), &self.upgrades).map(|protocol| UpgradeRequest {
+                protocol,
+                until: self.tunnel_lifetime(req.headers()),
+            });
         let headers = req.headers_mut();
-        let upgrade = hop::upgrade_protocol(headers);
         hop::strip_hop_by_hop(headers);
         redact::strip_identity_headers(headers);
         forwarding::apply(headers, &origin);
-        if let Some(auth) = &self.auth {
-            strip_own_cookies(headers, &auth.session_cookie.name);
-        }
+        forward_cookies(
+            headers,
+            self.auth.as_ref().map(|a| a.session_cookie.name.as_str()),
+        );
         if let Some(principal) = &who {
             redact::set_identity_headers(
                 headers,
@@ -591,6 +665,23 @@ impl App {
                 tracing::warn!(error = %e, client = %origin.client_ip, "upstream request failed");
                 e.into_response(html, LOGIN_PATH)
             }
+        }
+    }
+
+    /// What ends a tunnel opened on this request: the end of its session. Without a
+    /// session (open mode, a bearer token) only the client or the upstream ends it.
+    fn tunnel_lifetime(
+        &self,
+        headers: &HeaderMap,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let session = self.auth.as_ref().and_then(|auth| {
+            let id = session_cookie_value(headers, &auth.session_cookie.name)
+                .and_then(SessionId::parse)?;
+            Some(auth.sessions.ended_for(id))
+        });
+        match session {
+            Some(ended) => Box::pin(ended),
+            None => Box::pin(std::future::pending()),
         }
     }
 
@@ -724,12 +815,15 @@ impl App {
         };
         let headers = req.headers().clone();
         let params: Vec<(String, String)> = if req.method() == Method::POST {
-            match Limited::new(req.into_body(), self.max_body_bytes)
-                .collect()
-                .await
-            {
-                Ok(body) => parse_form(&body.to_bytes()),
-                Err(_) => return ProxyError::PayloadTooLarge.into_response(true, LOGIN_PATH),
+            // Only a browser that started a login here has a login cookie; nobody else
+            // gets to make Portcullis hold a body.
+            if !auth.login.any_open(&headers) {
+                return ProxyError::BadLogin(LoginStateError::Missing.explain().to_string())
+                    .into_response(true, LOGIN_PATH);
+            }
+            match self.bodies.read(&headers, req.into_body()).await {
+                Ok(body) => parse_form(&body.bytes),
+                Err(e) => return body_refused(e, true),
             }
         } else {
             parse_form(req.uri().query().unwrap_or("").as_bytes())
@@ -879,13 +973,21 @@ impl App {
         })
     }
 
-    async fn logout(&self, req: &Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn logout(
+        &self,
+        conn: &ConnInfo,
+        req: &Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let Some(auth) = &self.auth else {
             return Ok(pages::json(
                 StatusCode::OK,
                 &json!({"message": "Logged out successfully"}),
             ));
         };
+        if !self.same_site_post(auth, conn, req) {
+            tracing::warn!("logout refused: the request came from another site");
+            return Err(ProxyError::CrossSite);
+        }
         // `?everywhere=true` ends every session of the user, on every device and replica.
         let everywhere = query_param(req, "everywhere").is_some_and(|v| v == "true" || v == "1");
         let mut ended = 0;
@@ -933,6 +1035,38 @@ impl App {
             (_, false) => pages::json(StatusCode::OK, &body),
         };
         Ok(with_cookie(resp, &auth.session_cookie.clear()))
+    }
+
+    /// Whether a state-changing POST comes from a page of this application, not from
+    /// another site (login CSRF's sibling: a link that logs users out everywhere). A
+    /// browser names the page's origin in `Origin` (and says `Sec-Fetch-Site`); it must
+    /// be the host the request was sent to or one Portcullis may send users back to.
+    /// Clients that are not browsers send neither and are let through.
+    fn same_site_post(&self, auth: &Auth, conn: &ConnInfo, req: &Request<Incoming>) -> bool {
+        let headers = req.headers();
+        let site = headers
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase);
+        let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+            return site.is_none_or(|s| s == "same-origin" || s == "none");
+        };
+        if site.as_deref() == Some("same-origin") {
+            return true;
+        }
+        let here = forwarding::resolve(conn.peer, conn.tls, headers, req.uri(), &self.trusted);
+        let own = here
+            .host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(|h| format!("{}://{h}", here.proto));
+        if own
+            .as_deref()
+            .is_some_and(|o| o.eq_ignore_ascii_case(origin))
+        {
+            return true;
+        }
+        origin != "null" && return_to::validate(&format!("{origin}/"), &auth.return_rules).is_some()
     }
 
     /// OpenID Connect RP-Initiated Logout 1.0: the provider's `end_session_endpoint`

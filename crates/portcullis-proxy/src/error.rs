@@ -38,6 +38,9 @@ pub enum ProxyError {
     MethodNotAllowed(&'static str),
     #[error("request body too large")]
     PayloadTooLarge,
+    /// A state-changing request a browser sent from another site.
+    #[error("cross-site request refused")]
+    CrossSite,
     /// An `Authorization: Bearer` token that did not verify.
     #[error("bearer token refused: {0}")]
     BadBearer(String),
@@ -152,6 +155,13 @@ impl ProxyError {
                 "invalid_token",
                 "Access token refused",
                 format!("The bearer token was refused: {reason}."),
+                false,
+            ),
+            ProxyError::CrossSite => (
+                StatusCode::FORBIDDEN,
+                "cross_site",
+                "Request refused",
+                "This request came from another site. Sign out from this application's own page.".to_string(),
                 false,
             ),
             ProxyError::PayloadTooLarge => (

@@ -128,7 +128,9 @@ pub fn resolve(
         Some(p) if p.eq_ignore_ascii_case("http") => "http",
         _ => own_proto,
     };
+    // A trusted proxy's X-Forwarded-Host is believed only if it is a host at all.
     let host = first_value(headers, &X_FORWARDED_HOST)
+        .filter(|h| crate::normalize::valid_host(h.as_bytes()))
         .and_then(|h| HeaderValue::from_str(h).ok())
         .or_else(|| requested_host(headers, uri));
     Origin {

@@ -6,14 +6,20 @@
 //! connection-option, and then remove the Connection header field itself (or replace it
 //! with the intermediary's own control options for the forwarded message)." It also
 //! names the fields that are connection-specific even when not listed: Proxy-Connection,
-//! Keep-Alive, TE, Transfer-Encoding and Upgrade.
+//! Keep-Alive, TE, Transfer-Encoding and Upgrade. RFC 9113 §3.2.1 (as RFC 7540 did) makes
+//! `HTTP2-Settings` connection-specific too.
+//!
+//! Upgrades: only the protocols in the allow-list (WebSocket by default) are passed on.
+//! `h2c` never is: an upstream that accepted it would turn the connection into an HTTP/2
+//! tunnel whose streams Portcullis never sees, so no header rule, session check or policy
+//! would apply to them.
 
 use http::HeaderMap;
 use http::header::{self, HeaderName};
 
 /// Fields that are always connection-specific (RFC 9110 §7.6.1), plus the proxy
 /// credentials fields, which are addressed to Portcullis and never to the upstream.
-const ALWAYS_HOP_BY_HOP: [HeaderName; 7] = [
+const ALWAYS_HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -21,6 +27,7 @@ const ALWAYS_HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Removes every hop-by-hop field: those listed in `Connection` and the fixed set.
@@ -44,20 +51,46 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::PROXY_AUTHENTICATE);
 }
 
-/// The protocol a request asks to switch to (RFC 9110 §7.8), for WebSocket proxying:
-/// `Connection` must list `upgrade` and `Upgrade` must be present.
-pub fn upgrade_protocol(headers: &HeaderMap) -> Option<http::HeaderValue> {
+/// The protocol a request asks to switch to (RFC 9110 §7.8), if it is one of `allowed`
+/// (lowercase names): `Connection` must list `upgrade`, and `Upgrade` must name exactly
+/// one protocol. Anything else (no upgrade, `h2c`, a list of protocols) is `None`, and
+/// the request is forwarded as a plain request without its upgrade fields.
+pub fn upgrade_protocol(headers: &HeaderMap, allowed: &[String]) -> Option<http::HeaderValue> {
     let asks = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
+    if !asks {
+        return None;
     }
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let protocol = value.to_str().ok()?.trim();
+    // `websocket/13` names a version; the allow-list names protocols.
+    let name = protocol.split('/').next().unwrap_or("");
+    allowed
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(name) && !a.eq_ignore_ascii_case("h2c"))
+        .then(|| value.clone())
+}
+
+/// Whether an upstream's `101` switches to the protocol the client asked for.
+pub fn upgrade_accepted(response: &HeaderMap, asked: &http::HeaderValue) -> bool {
+    let name = |v: &[u8]| {
+        let text = String::from_utf8_lossy(v);
+        text.trim()
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
+    response
+        .get(header::UPGRADE)
+        .is_some_and(|got| name(got.as_bytes()) == name(asked.as_bytes()))
 }
 
 #[cfg(test)]
@@ -82,6 +115,10 @@ mod tests {
             "proxy-authorization",
             HeaderValue::from_static("Basic eA=="),
         );
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAARAAAAAAAIAAAAA"),
+        );
         h.insert("x-kept", HeaderValue::from_static("yes"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
@@ -90,13 +127,52 @@ mod tests {
 
     #[test]
     fn upgrade_needs_both_fields() {
+        let ws = vec!["websocket".to_string()];
         let mut h = HeaderMap::new();
         h.insert("upgrade", HeaderValue::from_static("websocket"));
-        assert_eq!(upgrade_protocol(&h), None);
+        assert_eq!(upgrade_protocol(&h, &ws), None);
         h.insert(
             "connection",
             HeaderValue::from_static("keep-alive, Upgrade"),
         );
-        assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
+        assert_eq!(upgrade_protocol(&h, &ws).unwrap(), "websocket");
+        h.insert("upgrade", HeaderValue::from_static("WebSocket"));
+        assert_eq!(upgrade_protocol(&h, &ws).unwrap(), "WebSocket");
+    }
+
+    #[test]
+    fn h2c_and_unlisted_protocols_are_never_upgraded() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        // Even an allow-list that names h2c does not pass it.
+        let lists = [
+            vec!["websocket".to_string()],
+            vec!["h2c".to_string(), "websocket".to_string()],
+        ];
+        for allowed in &lists {
+            assert_eq!(upgrade_protocol(&h, allowed), None);
+        }
+        h.insert("upgrade", HeaderValue::from_static("websocket, h2c"));
+        assert_eq!(upgrade_protocol(&h, &lists[0]), None);
+        h.insert("upgrade", HeaderValue::from_static("foo"));
+        assert_eq!(upgrade_protocol(&h, &lists[0]), None);
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.append("upgrade", HeaderValue::from_static("h2c"));
+        assert_eq!(upgrade_protocol(&h, &lists[0]), None, "two Upgrade fields");
+    }
+
+    #[test]
+    fn a_101_must_switch_to_the_protocol_asked_for() {
+        let asked = HeaderValue::from_static("websocket");
+        let mut r = HeaderMap::new();
+        assert!(!upgrade_accepted(&r, &asked));
+        r.insert("upgrade", HeaderValue::from_static("h2c"));
+        assert!(!upgrade_accepted(&r, &asked));
+        r.insert("upgrade", HeaderValue::from_static("WebSocket"));
+        assert!(upgrade_accepted(&r, &asked));
     }
 }

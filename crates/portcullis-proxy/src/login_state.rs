@@ -83,8 +83,8 @@ fn cookie_name(state: &str) -> String {
 }
 
 /// Whether a cookie name is one of ours (so it is never forwarded upstream).
-pub fn is_login_cookie(name: &str) -> bool {
-    name.starts_with(PREFIX)
+pub fn is_login_cookie(name: &[u8]) -> bool {
+    name.starts_with(PREFIX.as_bytes())
 }
 
 impl LoginCookies {
@@ -132,6 +132,23 @@ impl LoginCookies {
         })
     }
 
+    /// Whether the request carries a login cookie that opens: only a browser that started
+    /// a login can have one, so the callback reads a posted body only then.
+    pub fn any_open(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .flat_map(|v| cookie::pairs(v.as_bytes()))
+            .filter(|(name, _)| name.starts_with(PREFIX.as_bytes()))
+            .take(8)
+            .any(|(name, value)| {
+                std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| self.sealer.open(name, v))
+                    .is_some()
+            })
+    }
+
     /// The login that `state` belongs to, checked as described in the module docs.
     pub fn take(&self, headers: &HeaderMap, state: &str) -> Result<LoginState, LoginStateError> {
         if !well_formed_state(state) {
@@ -139,10 +156,7 @@ impl LoginCookies {
         }
         let name = cookie_name(state);
         let value = cookie::find(
-            headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
+            headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes()),
             &name,
         )
         .ok_or(LoginStateError::Missing)?;
@@ -232,6 +246,22 @@ mod tests {
             c.take(&forged, &l.state).unwrap_err(),
             LoginStateError::Invalid
         );
+    }
+
+    #[test]
+    fn only_a_login_cookie_that_opens_counts() {
+        let c = cookies();
+        let l = login(portcullis_core::time::unix_now());
+        assert!(c.any_open(&request_with(&c.set(&l, false))));
+        assert!(!c.any_open(&HeaderMap::new()));
+        let stranger = LoginCookies::new(&[&[8u8; 32]], true, "/cb", Duration::from_secs(600));
+        assert!(!c.any_open(&request_with(&stranger.set(&l, false))));
+        let mut forged = HeaderMap::new();
+        forged.insert(
+            header::COOKIE,
+            HeaderValue::from_static("portcullis_login_AAAAAAAAAAAAAAAA=junk"),
+        );
+        assert!(!c.any_open(&forged));
     }
 
     #[test]

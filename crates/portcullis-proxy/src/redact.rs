@@ -126,8 +126,32 @@ pub fn set_identity_headers<'g>(
     if let Some(provider) = &names.provider {
         set(provider.clone(), Some(&who.provider));
     }
-    let joined = groups.collect::<Vec<_>>().join(",");
-    set(names.groups.clone(), Some(&joined));
+    set(names.groups.clone(), Some(&join_groups(groups)));
+}
+
+/// The groups as one comma-separated value. A group whose name holds a comma would read
+/// as two groups to the app (`eng,admins` as `eng` and `admins`), so `,` inside a name
+/// is written `%2C`, and `%` is written `%25` so the encoding cannot be forged; every
+/// other character is passed as it is.
+pub fn join_groups<'g>(groups: impl Iterator<Item = &'g str>) -> String {
+    let mut joined = String::new();
+    for (i, group) in groups.enumerate() {
+        if i > 0 {
+            joined.push(',');
+        }
+        if group.contains([',', '%']) {
+            for c in group.chars() {
+                match c {
+                    ',' => joined.push_str("%2C"),
+                    '%' => joined.push_str("%25"),
+                    c => joined.push(c),
+                }
+            }
+        } else {
+            joined.push_str(group);
+        }
+    }
+    joined
 }
 
 /// The session's tokens for an upstream that asked for them: the access token as
@@ -213,6 +237,15 @@ mod tests {
         set_identity_headers(&mut h, &FORWARDED, &evil, std::iter::empty());
         assert!(h.get(EMAIL).is_none());
         assert_eq!(h[USER], "sub-1");
+    }
+
+    #[test]
+    fn a_comma_in_a_group_name_cannot_make_two_groups() {
+        let groups = ["eng,admins", "100%", "plain"];
+        let joined = join_groups(groups.iter().copied());
+        assert_eq!(joined, "eng%2Cadmins,100%25,plain");
+        assert_eq!(joined.split(',').count(), 3);
+        assert!(!joined.split(',').any(|g| g == "admins"));
     }
 
     #[test]

@@ -12,21 +12,23 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use portcullis_config::{Config, ExposeSecret, ScimConfig};
+use portcullis_scim::error::ScimError;
 use portcullis_scim::resource::UserRecord;
 use portcullis_scim::service::{AccessHooks, Endpoint, ScimRequest, ScimResponse, ScimService};
 use portcullis_scim::store::{DirectoryStore, LoginKeys, LoginUser, SqlDirectory};
-use portcullis_session::{AnyStore, DirectoryUser, SessionStore};
+use portcullis_session::{DirectoryUser, SessionStore};
 
 use crate::body::ProxyBody;
+use crate::inbound::{BodyError, BodyLimits};
+use crate::sessions::Sessions;
 
 pub const SCIM_PREFIX: &str = "/v1/scim/v2/";
 
 /// Acts on sessions when provisioning changes.
 pub struct SessionHooks {
-    sessions: Option<AnyStore>,
+    sessions: Option<Sessions>,
     /// SCIM endpoint (tenant) -> login provider name.
     providers: HashMap<String, String>,
 }
@@ -74,7 +76,7 @@ pub struct Scim {
     /// Login provider name -> (SCIM endpoint, required).
     links: HashMap<String, (String, bool)>,
     public_origin: Option<String>,
-    max_body_bytes: usize,
+    bodies: BodyLimits,
 }
 
 /// What the directory says of a user at login.
@@ -93,7 +95,11 @@ pub enum Provisioned {
 
 impl Scim {
     /// Opens the directory (migrating it) and prepares the endpoints.
-    pub async fn open(config: &Config, sessions: Option<AnyStore>) -> Result<Scim, String> {
+    pub async fn open(
+        config: &Config,
+        sessions: Option<Sessions>,
+        bodies: BodyLimits,
+    ) -> Result<Scim, String> {
         let scim: &ScimConfig = &config.scim;
         let directory = SqlDirectory::open(scim.database_url.expose_secret())
             .await
@@ -136,7 +142,7 @@ impl Scim {
             public_origin: config
                 .public_origin()
                 .map(|u| u.as_str().trim_end_matches('/').to_string()),
-            max_body_bytes: config.server.max_body_bytes,
+            bodies,
         })
     }
 
@@ -197,25 +203,31 @@ impl Scim {
         };
         let content_type = header(&header::CONTENT_TYPE);
         let authorization = header(&header::AUTHORIZATION);
-        let body = match Limited::new(req.into_body(), self.max_body_bytes)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                let e = portcullis_scim::error::ScimError::payload_too_large(format!(
-                    "the body is larger than {} bytes",
-                    self.max_body_bytes
-                ));
-                return to_response(ScimResponse {
-                    status: e.status,
-                    location: None,
-                    allow: None,
-                    www_authenticate: None,
-                    body: Some(e.body()),
-                });
+        // The credential first: without it, nobody gets Portcullis to hold a body.
+        if let Err(refused) = self.service.authorize(&name, authorization.as_deref()) {
+            return to_response(refused);
+        }
+        let headers = req.headers().clone();
+        let body = match self.bodies.read(&headers, req.into_body()).await {
+            Ok(b) => b,
+            Err(e) => {
+                let e = match e {
+                    BodyError::TooLarge => ScimError::payload_too_large(format!(
+                        "the body is larger than {} bytes",
+                        self.bodies.max_bytes
+                    )),
+                    BodyError::Timeout => {
+                        ScimError::request_timeout("the body did not arrive in time")
+                    }
+                    BodyError::Busy => ScimError::unavailable(
+                        "too many requests are sending bodies at once; retry",
+                    ),
+                    BodyError::Aborted => ScimError::bad_request("the body was cut off"),
+                };
+                return to_response(ScimResponse::from_error(&e));
             }
         };
+        let body = body.bytes;
         let response = self
             .service
             .handle(
@@ -233,6 +245,12 @@ impl Scim {
             .await;
         to_response(response)
     }
+}
+
+/// A request under the SCIM prefix refused before it reached the service, as a SCIM
+/// error so the provider's client can read it.
+pub fn refused(detail: &str) -> Response<ProxyBody> {
+    to_response(ScimResponse::from_error(&ScimError::bad_request(detail)))
 }
 
 fn to_response(r: ScimResponse) -> Response<ProxyBody> {

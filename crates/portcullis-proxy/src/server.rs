@@ -1,12 +1,19 @@
 //! Accepting connections: plain TCP or TLS (rustls, ALPN `h2` and `http/1.1`), HTTP/1.1
 //! and HTTP/2 on the same port (HTTP/2 over cleartext by prior knowledge), with header
-//! size limits and a header-read timeout.
+//! size limits and timeouts on every wait a client controls.
 //!
 //! Thread per core, like nginx's workers: each worker thread runs its own single-threaded
 //! runtime and accepts from a clone of the one listening socket, and the app gives each
 //! worker its own upstream connection pool. A request is then served start to finish on
 //! one thread, without work-stealing bookkeeping; in the benchmark this was worth about
 //! 8% of throughput against one multi-threaded runtime.
+//!
+//! What a client cannot do: hold a connection without sending (the first bytes, which
+//! tell HTTP/1 from HTTP/2, must arrive within the header timeout, and so must every
+//! request head); keep a connection open with nothing in flight past the idle timeout;
+//! or open more connections than the cap (derived from the open-files limit), beyond
+//! which the workers stop accepting until one closes, instead of failing `accept` in a
+//! loop.
 //!
 //! Shutdown: stop accepting, let in-flight requests finish (idle keep-alive connections
 //! are closed, HTTP/2 connections get GOAWAY), wait for upgraded connections, and give up
@@ -15,23 +22,29 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::path::Path;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, Bytes};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::{App, ConnInfo};
+use crate::throttle::Throttle;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// RFC 9113 §3.4: every HTTP/2 connection starts with these 24 octets.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -40,6 +53,11 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// Worker threads; at least one.
     pub workers: usize,
+    /// Most client connections at once, over all workers; 0 derives it from the
+    /// open-files limit.
+    pub max_connections: usize,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,10 +101,32 @@ pub fn load_tls(cert_file: &Path, key_file: &Path) -> Result<Arc<rustls::ServerC
     Ok(Arc::new(config))
 }
 
-fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+/// The connection cap when none is configured: half of what the open-files limit leaves
+/// after a reserve (each proxied connection may hold an upstream connection too).
+pub fn default_max_connections() -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            limits
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse::<usize>().ok())
+        })
+        .unwrap_or(20_000);
+    (soft.saturating_sub(64) / 2).clamp(16, 1_000_000)
+}
+
+/// Protocol settings shared by every connection of a worker.
+#[derive(Clone)]
+struct Protocols {
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+fn protocols(settings: &ServerSettings) -> Protocols {
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
         .max_buf_size(settings.max_header_bytes)
@@ -94,36 +134,237 @@ fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
         // beat vectored writes by several percent in the benchmark's small-body case.
         .writev(false)
         .keep_alive(true);
-    builder
-        .http2()
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    builder
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    Protocols { http1, http2 }
 }
 
-fn serve_connection<I>(
-    builder: auto::Builder<TokioExecutor>,
-    io: I,
+/// An I/O stream that first yields bytes already read from it (while telling HTTP/1
+/// from HTTP/2), then the rest.
+struct Rewind<I> {
+    prefix: Bytes,
+    inner: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.prefix.has_remaining() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Reads the first bytes of a connection, within `limit`, until they tell the HTTP/2
+/// connection preface from an HTTP/1 request line. `None`: the client sent nothing in
+/// time, or closed.
+async fn sniff<I: AsyncRead + Unpin>(io: &mut I, limit: Duration) -> Option<(bool, Bytes)> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut seen = Vec::with_capacity(H2_PREFACE.len());
+    loop {
+        let mut chunk = [0u8; 24];
+        let want = H2_PREFACE.len() - seen.len();
+        let n = match tokio::time::timeout_at(deadline, io.read(&mut chunk[..want])).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
+        };
+        seen.extend_from_slice(&chunk[..n]);
+        if !H2_PREFACE.starts_with(&seen) {
+            return Some((false, Bytes::from(seen)));
+        }
+        if seen.len() == H2_PREFACE.len() {
+            return Some((true, Bytes::from(seen)));
+        }
+    }
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+struct Activity {
+    started: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `started` when the connection last became idle.
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> ActivityGuard {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        ActivityGuard(self.clone())
+    }
+
+    /// How long the connection has had nothing in flight, if it has nothing now.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        Some(self.started.elapsed().saturating_sub(since))
+    }
+}
+
+struct ActivityGuard(Arc<Activity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        let now = self.0.started.elapsed().as_millis() as u64;
+        self.0.idle_since_ms.store(now, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Open connections of the whole server, for the cap and for draining at shutdown.
+struct Connections {
+    slots: Arc<Semaphore>,
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+struct ConnectionGuard {
+    connections: Arc<Connections>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.connections.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.connections.closed.notify_waiters();
+        }
+    }
+}
+
+impl Connections {
+    /// Waits until every connection has closed, or `limit` passes; whether all did.
+    async fn drained(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let closed = self.closed.notified();
+            if self.open.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                return self.open.load(Ordering::Acquire) == 0;
+            }
+        }
+    }
+}
+
+/// Serves one accepted connection until it ends, is idle too long, or the server stops.
+async fn serve_connection<I>(
+    mut io: I,
+    protocols: Protocols,
     app: Arc<App>,
     conn: ConnInfo,
-    watcher: Watcher,
-) -> impl Future<Output = ()> + use<I>
-where
+    settings: Arc<ServerSettings>,
+    mut stopped: watch::Receiver<bool>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Some((h2, prefix)) = sniff(&mut io, settings.header_read_timeout).await else {
+        tracing::debug!(peer = %conn.peer, "connection closed: nothing received in time");
+        return;
+    };
+    let io = TokioIo::new(Rewind { prefix, inner: io });
+    let activity = Arc::new(Activity {
+        started: Instant::now(),
+        in_flight: AtomicUsize::new(0),
+        idle_since_ms: AtomicU64::new(0),
+    });
+    let tracked = activity.clone();
     let service = service_fn(move |req| {
         let app = app.clone();
-        async move { Ok::<_, Infallible>(app.handle(&conn, req).await) }
+        let guard = tracked.begin();
+        async move {
+            let resp = app.handle(&conn, req).await;
+            drop(guard);
+            Ok::<_, Infallible>(resp)
+        }
     });
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
-    let watched = watcher.watch(connection);
-    async move {
-        if let Err(e) = watched.await {
-            tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    let result = if h2 {
+        let connection = protocols.http2.serve_connection(io, service);
+        drive(pin!(connection), &activity, &settings, &mut stopped, |c| {
+            c.graceful_shutdown()
+        })
+        .await
+    } else {
+        let connection = protocols
+            .http1
+            .serve_connection(io, service)
+            .with_upgrades();
+        drive(pin!(connection), &activity, &settings, &mut stopped, |c| {
+            c.graceful_shutdown()
+        })
+        .await
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Polls a connection to its end, asking it to close gracefully when it has been idle for
+/// the idle timeout or the server is stopping.
+async fn drive<C>(
+    mut connection: Pin<&mut C>,
+    activity: &Activity,
+    settings: &ServerSettings,
+    stopped: &mut watch::Receiver<bool>,
+    close: impl Fn(Pin<&mut C>),
+) -> Result<(), hyper::Error>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    let mut closing = *stopped.borrow();
+    if closing {
+        close(connection.as_mut());
+    }
+    loop {
+        let check = match activity.idle_for() {
+            Some(idle) => settings.idle_timeout.saturating_sub(idle),
+            None => settings.idle_timeout,
+        };
+        tokio::select! {
+            result = connection.as_mut() => return result,
+            changed = stopped.changed(), if !closing => {
+                if changed.is_err() || *stopped.borrow() {
+                    closing = true;
+                    close(connection.as_mut());
+                }
+            }
+            () = tokio::time::sleep(check), if !closing => {
+                if activity.idle_for().is_some_and(|idle| idle >= settings.idle_timeout) {
+                    closing = true;
+                    close(connection.as_mut());
+                }
+            }
         }
     }
 }
@@ -134,16 +375,36 @@ pub async fn serve(
     app: Arc<App>,
     listener: std::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    settings: ServerSettings,
+    mut settings: ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
+    if settings.max_connections == 0 {
+        settings.max_connections = default_max_connections();
+    }
+    tracing::debug!(
+        max_connections = settings.max_connections,
+        "connection limit"
+    );
+    let settings = Arc::new(settings);
+    let connections = Arc::new(Connections {
+        slots: Arc::new(Semaphore::new(settings.max_connections)),
+        open: AtomicUsize::new(0),
+        closed: Notify::new(),
+    });
+    let accept_errors = Arc::new(Throttle::new(Duration::from_secs(10)));
     let (stop, stopped) = watch::channel(false);
     let mut threads = Vec::new();
     for worker in 0..settings.workers.max(1) {
         let listener = listener.try_clone()?;
-        let (app, tls, settings, stopped) =
-            (app.clone(), tls.clone(), settings.clone(), stopped.clone());
+        let (app, tls, settings, stopped, connections, accept_errors) = (
+            app.clone(),
+            tls.clone(),
+            settings.clone(),
+            stopped.clone(),
+            connections.clone(),
+            accept_errors.clone(),
+        );
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -152,7 +413,17 @@ pub async fn serve(
             .spawn(move || {
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
-                        Ok(listener) => run_worker(app, listener, tls, settings, worker, stopped).await,
+                        Ok(listener) => {
+                            let worker = Worker {
+                                app,
+                                tls: tls.map(TlsAcceptor::from),
+                                settings,
+                                index: worker,
+                                connections,
+                                accept_errors,
+                            };
+                            worker.run(listener, stopped).await
+                        }
                         Err(e) => tracing::error!(worker, error = %e, "worker cannot use the listening socket"),
                     }
                 });
@@ -172,90 +443,181 @@ pub async fn serve(
     Ok(())
 }
 
-async fn run_worker(
+struct Worker {
     app: Arc<App>,
-    listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    settings: ServerSettings,
-    worker: usize,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let builder = builder(&settings);
-    let acceptor = tls.map(TlsAcceptor::from);
-    let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            biased;
-            _ = stopped.wait_for(|stop| *stop) => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
-        let app = app.clone();
-        let builder = builder.clone();
-        match &acceptor {
-            None => {
-                let conn = ConnInfo {
-                    peer,
-                    tls: false,
-                    worker,
-                };
-                tokio::spawn(serve_connection(builder, stream, app, conn, watcher));
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(tls_stream)) => {
-                            let conn = ConnInfo {
-                                peer,
-                                tls: true,
-                                worker,
-                            };
-                            serve_connection(builder, tls_stream, app, conn, watcher).await;
+    tls: Option<TlsAcceptor>,
+    settings: Arc<ServerSettings>,
+    index: usize,
+    connections: Arc<Connections>,
+    accept_errors: Arc<Throttle>,
+}
+
+impl Worker {
+    async fn run(self, listener: TcpListener, mut stopped: watch::Receiver<bool>) {
+        let protocols = protocols(&self.settings);
+        loop {
+            // A free slot first: at the cap, connections wait in the listen backlog.
+            let slot = tokio::select! {
+                biased;
+                _ = stopped.wait_for(|stop| *stop) => break,
+                slot = self.connections.slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+            };
+            let (stream, peer) = tokio::select! {
+                biased;
+                _ = stopped.wait_for(|stop| *stop) => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of
+                        // spinning, and say so once in a while, not once per attempt.
+                        if let Some(count) = self.accept_errors.hit() {
+                            tracing::warn!(error = %e, failures = count, "accept failed");
                         }
-                        Ok(Err(e)) => {
-                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
                     }
-                });
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            self.connections.open.fetch_add(1, Ordering::AcqRel);
+            let guard = ConnectionGuard {
+                connections: self.connections.clone(),
+                _slot: slot,
+            };
+            let (app, settings, stopped, protocols) = (
+                self.app.clone(),
+                self.settings.clone(),
+                stopped.clone(),
+                protocols.clone(),
+            );
+            let worker = self.index;
+            match &self.tls {
+                None => {
+                    let conn = ConnInfo {
+                        peer,
+                        tls: false,
+                        worker,
+                    };
+                    tokio::spawn(async move {
+                        serve_connection(stream, protocols, app, conn, settings, stopped).await;
+                        drop(guard);
+                    });
+                }
+                Some(acceptor) => {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(tls_stream)) => {
+                                let conn = ConnInfo {
+                                    peer,
+                                    tls: true,
+                                    worker,
+                                };
+                                serve_connection(
+                                    tls_stream, protocols, app, conn, settings, stopped,
+                                )
+                                .await;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                        }
+                        drop(guard);
+                    });
+                }
             }
         }
+        drop(listener);
+        self.drain().await;
     }
-    drop(listener);
-    let started = Instant::now();
-    if worker == 0 {
-        tracing::info!(
-            grace_secs = settings.shutdown_grace.as_secs(),
-            "shutting down: no new connections, finishing in-flight requests"
+
+    async fn drain(&self) {
+        let started = Instant::now();
+        let grace = self.settings.shutdown_grace;
+        if self.index == 0 {
+            tracing::info!(
+                grace_secs = grace.as_secs(),
+                "shutting down: no new connections, finishing in-flight requests"
+            );
+        }
+        // Connections on every worker see the stop signal and close once their requests
+        // are answered; each worker waits for them all (the last to finish releases all).
+        if !self.connections.drained(grace).await {
+            tracing::warn!(
+                worker = self.index,
+                "grace period over with requests still in flight; exiting anyway"
+            );
+            return;
+        }
+        let left = grace.saturating_sub(started.elapsed());
+        if !self.app.tracker().wait(left).await {
+            tracing::warn!(
+                worker = self.index,
+                upgraded = self.app.tracker().running(),
+                "grace period over with upgraded connections still open; closing them"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sniffing_tells_http2_from_http1_and_gives_the_bytes_back() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut client, H2_PREFACE)
+            .await
+            .unwrap();
+        let (h2, prefix) = sniff(&mut server, Duration::from_secs(1)).await.unwrap();
+        assert!(h2);
+        assert_eq!(&prefix[..], H2_PREFACE);
+
+        let (mut client, server) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"GET / HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        let mut server = server;
+        let (h2, prefix) = sniff(&mut server, Duration::from_secs(1)).await.unwrap();
+        assert!(!h2);
+        let mut rewound = Rewind {
+            prefix,
+            inner: server,
+        };
+        let mut line = vec![0u8; 16];
+        rewound.read_exact(&mut line).await.unwrap();
+        assert_eq!(&line, b"GET / HTTP/1.1\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_nothing_or_half_a_preface_is_dropped() {
+        let (_client, mut server) = tokio::io::duplex(64);
+        assert!(
+            sniff(&mut server, Duration::from_millis(50))
+                .await
+                .is_none()
+        );
+        let (mut client, mut server) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"PRI * HT")
+            .await
+            .unwrap();
+        assert!(
+            sniff(&mut server, Duration::from_millis(50))
+                .await
+                .is_none()
         );
     }
-    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            worker,
-            "grace period over with requests still in flight; exiting anyway"
-        );
-        return;
-    }
-    let left = settings.shutdown_grace.saturating_sub(started.elapsed());
-    if !app.tracker().wait(left).await {
-        tracing::warn!(
-            worker,
-            upgraded = app.tracker().running(),
-            "grace period over with upgraded connections still open; closing them"
-        );
+
+    #[test]
+    fn the_default_connection_cap_leaves_room_under_the_files_limit() {
+        let cap = default_max_connections();
+        assert!(cap >= 16);
     }
 }

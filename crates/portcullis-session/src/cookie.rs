@@ -53,37 +53,61 @@ impl CookieSpec {
     }
 }
 
-/// Splits one `Cookie` header value into `(name, value)` pairs.
-pub fn pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
-    header.split(';').filter_map(|pair| {
-        let (name, value) = pair.split_once('=')?;
-        Some((name.trim(), value.trim().trim_matches('"')))
+/// Splits one `Cookie` header value into `(name, value)` pairs. Header values are
+/// bytes: a cookie of the app's with non-ASCII in it must not hide the others on its line.
+pub fn pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    header.split(|&b| b == b';').filter_map(|pair| {
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let value = pair[eq + 1..].trim_ascii();
+        let value = value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value);
+        Some((pair[..eq].trim_ascii(), value))
     })
 }
 
-/// The value of cookie `name` in any of the given `Cookie` header values. When a browser
-/// sends the name twice (two paths or domains), the first is used, as browsers order the
-/// most specific first.
-pub fn find<'a>(headers: impl IntoIterator<Item = &'a str>, name: &str) -> Option<&'a str> {
+/// The value of cookie `name` in any of the given `Cookie` header values, if it is
+/// ASCII (every cookie Portcullis sets is). When a browser sends the name twice (two
+/// paths or domains), the first is used, as browsers order the most specific first.
+pub fn find<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &str) -> Option<&'a str> {
     headers
         .into_iter()
         .flat_map(pairs)
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v)
+        .find(|(n, _)| *n == name.as_bytes())
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .filter(|v| v.is_ascii())
 }
 
-/// A `Cookie` header value without the cookies `drop` selects, or `None` when nothing
-/// is left. Pairs are kept byte for byte otherwise.
-pub fn without(header: &str, drop: impl Fn(&str) -> bool) -> Option<String> {
-    let kept: Vec<&str> = header
-        .split(';')
-        .map(str::trim)
-        .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(n, _)| n).trim();
-            !pair.is_empty() && !drop(name)
-        })
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("; "))
+/// The `Cookie` header values joined into one (RFC 9113 §8.2.3: HTTP/2 cookie crumbs
+/// are joined with `; ` before going on over HTTP/1.1) without the cookies `drop`
+/// selects. `None` when there is nothing to change: one value and nothing dropped.
+/// Otherwise the new value, empty when nothing is left. Pairs are kept byte for byte.
+pub fn rewrite<'a, I: Iterator<Item = &'a [u8]>>(
+    values: impl Fn() -> I,
+    drop: impl Fn(&[u8]) -> bool,
+) -> Option<Vec<u8>> {
+    let count = values().count();
+    let dropping = values().flat_map(pairs).any(|(n, _)| drop(n));
+    if count <= 1 && !dropping {
+        return None;
+    }
+    let mut out = Vec::new();
+    for pair in values().flat_map(|v| v.split(|&b| b == b';')) {
+        let pair = pair.trim_ascii();
+        let name = pair
+            .iter()
+            .position(|&b| b == b'=')
+            .map_or(pair, |eq| pair[..eq].trim_ascii());
+        if pair.is_empty() || drop(name) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(pair);
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -120,24 +144,40 @@ mod tests {
 
     #[test]
     fn find_looks_through_every_header_and_takes_the_first() {
-        let headers = ["a=1; b=2", "session_token=first", "session_token=second"];
+        let headers: [&[u8]; 3] = [b"a=1; b=2", b"session_token=first", b"session_token=second"];
         assert_eq!(find(headers, "session_token"), Some("first"));
-        assert_eq!(find(["a=1;b=2"], "b"), Some("2"));
-        assert_eq!(find(["xsession_token=1"], "session_token"), None);
+        assert_eq!(find([&b"a=1;b=2"[..]], "b"), Some("2"));
+        assert_eq!(find([&b"xsession_token=1"[..]], "session_token"), None);
     }
 
     #[test]
-    fn without_removes_only_the_named_cookies() {
+    fn a_non_ascii_cookie_does_not_hide_the_session() {
+        let line = "app=caf\u{e9}; session_token=abc; other=\u{1F600}".as_bytes();
+        assert_eq!(find([line], "session_token"), Some("abc"));
+        assert_eq!(find([line], "app"), None, "non-ASCII values are not ours");
+    }
+
+    #[test]
+    fn rewrite_joins_crumbs_and_removes_only_the_named_cookies() {
+        let ours = |n: &[u8]| n == b"session_token";
+        let one: [&[u8]; 1] = [b"a=1; b=2"];
+        assert_eq!(rewrite(|| one.iter().copied(), ours), None, "nothing to do");
+        let mixed: [&[u8]; 1] = [b"a=1; session_token=x; b=2"];
         assert_eq!(
-            without("a=1; session_token=x; b=2", |n| n == "session_token").as_deref(),
-            Some("a=1; b=2")
+            rewrite(|| mixed.iter().copied(), ours).unwrap(),
+            b"a=1; b=2"
         );
-        assert_eq!(without("session_token=x", |n| n == "session_token"), None);
+        let only: [&[u8]; 1] = [b"session_token=x"];
+        assert_eq!(rewrite(|| only.iter().copied(), ours).unwrap(), b"");
+        let crumbs: [&[u8]; 3] = [b"a=1", "b=\u{e9}".as_bytes(), b"session_token=x;c=3"];
         assert_eq!(
-            without("session_token_x=1;session_token=2", |n| n
-                == "session_token")
-            .as_deref(),
-            Some("session_token_x=1")
+            rewrite(|| crumbs.iter().copied(), ours).unwrap(),
+            "a=1; b=\u{e9}; c=3".as_bytes()
+        );
+        let prefix: [&[u8]; 1] = [b"session_token_x=1;session_token=2"];
+        assert_eq!(
+            rewrite(|| prefix.iter().copied(), ours).unwrap(),
+            b"session_token_x=1"
         );
     }
 }

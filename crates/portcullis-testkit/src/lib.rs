@@ -746,3 +746,51 @@ impl Tinyproxy {
         self.daemon.stop();
     }
 }
+
+/// Hypercorn (PyPI, pinned by `tests/h2c/requirements.txt` and installed by
+/// `scripts/test` into `tests/h2c/.venv`) serving `tests/h2c/app.py`, an app that echoes
+/// what it received. Hypercorn accepts an HTTP/1.1 `Upgrade: h2c` request by switching
+/// to HTTP/2, which is what makes it the upstream of the h2c smuggling test.
+pub struct Hypercorn {
+    _daemon: Daemon,
+    pub port: u16,
+}
+
+impl Hypercorn {
+    pub fn start() -> Hypercorn {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/h2c")
+            .canonicalize()
+            .expect("tests/h2c exists");
+        let bin = root.join(".venv/bin/hypercorn");
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/test, which installs the test peers",
+            bin.display()
+        );
+        let port = free_port();
+        let dir = TempDir::new("hypercorn");
+        let log = dir.path().join("hypercorn.log");
+        let out = std::fs::File::create(&log).expect("create the log");
+        let mut child = Command::new(bin)
+            .args(["--bind", &format!("127.0.0.1:{port}"), "app:app"])
+            .current_dir(&root)
+            .stdout(out.try_clone().expect("clone the log"))
+            .stderr(out)
+            .spawn()
+            .expect("hypercorn starts");
+        wait_listening(port, "hypercorn", &log, &mut child);
+        Hypercorn {
+            _daemon: Daemon {
+                child,
+                _dir: dir,
+                log,
+            },
+            port,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}

@@ -86,6 +86,7 @@ fn static_checks(config: &Config, report: &mut Report) {
         "authentication on, provider(s): {}",
         names.join(", ")
     ));
+    scim_links(config, report);
     let Some(redirect) = &config.auth.redirect_url else {
         return;
     };
@@ -142,6 +143,31 @@ fn static_checks(config: &Config, report: &mut Report) {
         report.ok(&format!(
             "implicit flow with fragment ({}): register the redirect page {page} too",
             fragment_providers.join(", ")
+        ));
+    }
+}
+
+/// How SCIM endpoints are tied to login providers (the configuration refuses ties to
+/// providers that do not exist), and whose users skip provisioning.
+fn scim_links(config: &Config, report: &mut Report) {
+    if !config.scim.enabled {
+        return;
+    }
+    for e in &config.scim.endpoints {
+        report.ok(&format!(
+            "SCIM endpoint /v1/scim/v2/{} provisions the users of provider {} ({})",
+            e.name,
+            e.provider,
+            if e.required {
+                "required"
+            } else {
+                "not required: unprovisioned users are admitted"
+            }
+        ));
+    }
+    for p in &config.scim.exempt_providers {
+        report.warn(&format!(
+            "provider {p} is exempt from scim.required: its users are admitted without provisioning"
         ));
     }
 }

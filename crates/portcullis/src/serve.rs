@@ -107,6 +107,8 @@ pub async fn run_with(config: Config, listener: TcpListener) -> anyhow::Result<E
         max_header_bytes: config.server.max_header_bytes,
         shutdown_grace: config.server.shutdown_grace,
         workers,
+        max_connections: config.server.max_connections,
+        idle_timeout: config.server.idle_timeout,
     };
     portcullis_proxy::serve(Arc::new(app), listener, tls, settings, shutdown_signal())
         .await

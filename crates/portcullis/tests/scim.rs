@@ -9,6 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use portcullis_testkit::{PostgresServer, RedisServer, TempDir};
 use serde_json::{Value, json};
+use support::raw::*;
 use support::*;
 
 const OKTA_USER: &str = "okta-provisioner";
@@ -723,7 +724,10 @@ async fn bad_scim_requests_get_scim_errors_with_the_right_type() {
     // Paths, methods, ids.
     error(&okta.get("/Frobnicators").await, 404, None);
     error(&okta.get("/Users/not-an-id").await, 404, None);
-    error(&okta.get("/Users/%00%ff%27%20OR%201=1").await, 404, None);
+    // An encoded NUL never reaches the directory: refused as the path is read.
+    error(&okta.get("/Users/%00%ff%27%20OR%201=1").await, 400, None);
+    error(&okta.get("/Users/%ff%27%20OR%201=1").await, 400, None);
+    error(&okta.get("/Users/%27%20OR%201=1").await, 404, None);
     error(&okta.get("/").await, 404, None);
     let a = okta.send("DELETE", "/Users", None).await;
     error(&a, 405, None);
@@ -903,4 +907,225 @@ async fn the_directory_survives_a_restart() {
         refused.status, 403,
         "a deactivated user signed in after a restart"
     );
+}
+
+#[tokio::test]
+async fn hostile_filters_get_400_and_the_proxy_lives_on() {
+    let (_dir, site) = okta_site("scim-hostile", &[]).await;
+    let p = site.replica(0).await;
+    let okta = ScimClient::okta(&p);
+    let invalid = |a: &Answer, scim_type: &str| {
+        assert_eq!(a.status, 400, "{}", a.body);
+        assert_eq!(a.body["scimType"], scim_type, "{}", a.body);
+    };
+    let nested = |n: usize| format!("{}userName eq \"x\"{}", "(".repeat(n), ")".repeat(n));
+    let query = |f: &str| {
+        format!(
+            "/Users?filter={}",
+            url::form_urlencoded::byte_serialize(f.as_bytes()).collect::<String>()
+        )
+    };
+    invalid(&okta.get(&query(&nested(2_000))).await, "invalidFilter");
+    invalid(&okta.get(&query(&nested(5_000))).await, "invalidFilter");
+    // Too long for a request line: through the body of a search.
+    invalid(
+        &okta
+            .post("/Users/.search", json!({"filter": nested(100_000)}))
+            .await,
+        "invalidFilter",
+    );
+    let nots = format!("{}userName pr{}", "not (".repeat(3_000), ")".repeat(3_000));
+    invalid(&okta.get(&query(&nots)).await, "invalidFilter");
+    // A thousand terms: SQLite's expression limit is never reached, and nobody is paged
+    // for a healthy database.
+    let terms = vec!["userName eq \"x\""; 1_000].join(" and ");
+    invalid(&okta.get(&query(&terms)).await, "invalidFilter");
+    let uid = okta
+        .post("/Users", json!({"userName": "gina@example.com"}))
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("emails[{}", "(".repeat(5_000));
+    invalid(
+        &okta
+            .patch(
+                &format!("/Users/{uid}"),
+                json!([{"op": "add", "path": path, "value": "x"}]),
+            )
+            .await,
+        "invalidPath",
+    );
+    // Still alive, still serving, and nothing logged as an error.
+    assert_eq!(reqwest::get(p.url("/healthz")).await.unwrap().status(), 200);
+    assert_eq!(okta.get(&format!("/Users/{uid}")).await.status, 200);
+    let logs = p.logs();
+    assert!(
+        !logs.contains("ERROR") && !logs.contains("overflow"),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
+async fn patching_an_attribute_that_does_not_exist_is_an_invalid_path() {
+    let (_dir, site) = okta_site("scim-patch-unknown", &[]).await;
+    let p = site.replica(0).await;
+    let okta = ScimClient::okta(&p);
+    let uid = okta
+        .post("/Users", json!({"userName": "hal@example.com"}))
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for ops in [
+        json!([{"op": "add", "path": "favouriteColour", "value": "blue"}]),
+        json!([{"op": "replace", "path": "favouriteColour", "value": "blue"}]),
+        json!([{"op": "add", "value": {"favouriteColour": "blue"}}]),
+        json!([{"op": "add", "path": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:shoeSize", "value": "44"}]),
+    ] {
+        let a = okta.patch(&format!("/Users/{uid}"), ops.clone()).await;
+        assert_eq!(a.status, 400, "{ops}: {}", a.body);
+        assert_eq!(a.body["scimType"], "invalidPath", "{ops}: {}", a.body);
+    }
+    // A standard attribute Portcullis does not keep is accepted and changes nothing;
+    // one it keeps is changed.
+    let a = okta
+        .patch(
+            &format!("/Users/{uid}"),
+            json!([{"op": "add", "path": "photos", "value": [{"value": "https://example.com/h.png"}]}, {"op": "add", "path": "title", "value": "Pilot"}]),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["title"], "Pilot");
+    assert!(a.body.get("photos").is_none());
+}
+
+#[tokio::test]
+async fn an_endpoint_named_after_the_identity_provider_protects_the_only_provider() {
+    // The README's set-up: one provider in the flat dialect, the SCIM endpoint named
+    // after the identity provider, provisioning required.
+    let dir = TempDir::new("scim-flat");
+    let db = format!("sqlite://{}", dir.path().join("d.db").display());
+    let setup = with_dev_idp(&[
+        ("SCIM__ENABLED", "true"),
+        ("SCIM__DATABASE_URL", &db),
+        ("SCIM__REQUIRED", "true"),
+        ("SCIM__ENDPOINTS__MICROSOFT__TOKEN", ENTRA_TOKEN),
+    ])
+    .await;
+    let p = &setup.portcullis;
+    let (_, refused) = sign_in(p, "dan", "dan@example.com").await;
+    assert_eq!(refused.status, 403, "an unprovisioned user got in");
+    let entra = ScimClient::entra(p);
+    let created = entra
+        .post(
+            "/Users",
+            json!({"userName": "dan@example.com", "active": true}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let uid = created.body["id"].as_str().unwrap().to_string();
+    let (dan, admitted) = sign_in(p, "dan", "dan@example.com").await;
+    assert_eq!(admitted.status, 200, "{}", admitted.body);
+    let session = dan.cookie("127.0.0.1", "session_token").unwrap();
+    let mut ws = websocket(p.addr, &session).await;
+    let off = entra
+        .patch(
+            &format!("/Users/{uid}"),
+            json!([{"op": "replace", "path": "active", "value": false}]),
+        )
+        .await;
+    assert_eq!(off.status, 200, "{}", off.body);
+    assert_eq!(dan.get(&p.url("/x")).await.status, 401, "still signed in");
+    let closed = until_closed(&mut ws, std::time::Duration::from_secs(3)).await;
+    assert!(
+        closed.is_some(),
+        "the WebSocket outlived the deprovisioning"
+    );
+}
+
+#[test]
+fn an_endpoint_for_no_configured_provider_stops_start_up_and_check() {
+    let env = [
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("COOKIE_SECRET", SECRET),
+        ("PUBLIC_URL", "https://app.example.com"),
+        ("AUTH__OPENID_CONNECT__OKTA__ENABLED", "true"),
+        ("AUTH__OPENID_CONNECT__OKTA__CLIENT_ID", "okta-client"),
+        (
+            "AUTH__OPENID_CONNECT__OKTA__DISCOVERY_URL",
+            "https://example.okta.com",
+        ),
+        ("AUTH__OPENID_CONNECT__ENTRA__ENABLED", "true"),
+        ("AUTH__OPENID_CONNECT__ENTRA__CLIENT_ID", "entra-client"),
+        (
+            "AUTH__OPENID_CONNECT__ENTRA__DISCOVERY_URL",
+            "https://login.example.com/tenant/v2.0",
+        ),
+        ("SCIM__ENABLED", "true"),
+        ("SCIM__REQUIRED", "true"),
+        ("SCIM__ENDPOINTS__OKTA__TOKEN", ENTRA_TOKEN),
+        ("SCIM__ENDPOINTS__MICROSOFT__TOKEN", ENTRA_TOKEN),
+    ];
+    for args in [&["check", "--offline"][..], &[][..]] {
+        let (code, out) = run_portcullis(args, &env);
+        assert_ne!(code, 0, "{args:?}: {out}");
+        assert!(
+            out.contains("SCIM__ENDPOINTS__MICROSOFT__PROVIDER"),
+            "{args:?}: {out}"
+        );
+    }
+    // Naming the provider mends it, and check says how the endpoints are linked.
+    let mut fixed = env.to_vec();
+    fixed.push(("SCIM__ENDPOINTS__MICROSOFT__PROVIDER", "entra"));
+    let (code, out) = run_portcullis(&["check", "--offline"], &fixed);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "SCIM endpoint /v1/scim/v2/microsoft provisions the users of provider entra (required)"
+        ),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_group_with_a_comma_in_its_name_stays_one_group() {
+    for (allowed, expect) in [("", 200), ("admins", 403)] {
+        let (_dir, site) = okta_site("scim-comma", &[("AUTH__ALLOWED_GROUPS", allowed)]).await;
+        let p = site.replica(0).await;
+        let okta = ScimClient::okta(&p);
+        let uid = okta
+            .post("/Users", json!({"userName": "ivy@example.com"}))
+            .await
+            .body["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for name in ["eng,admins", "100%"] {
+            let g = okta
+                .post(
+                    "/Groups",
+                    json!({"displayName": name, "members": [{"value": uid}]}),
+                )
+                .await;
+            assert_eq!(g.status, 201, "{}", g.body);
+        }
+        let (_, page) = sign_in(&p, "ivy", "ivy@example.com").await;
+        assert_eq!(
+            page.status, expect,
+            "allowed groups {allowed:?}: {}",
+            page.body
+        );
+        if expect == 200 {
+            let header = page.json()["headers"]["x-forwarded-groups"][0]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let mut groups: Vec<&str> = header.split(',').collect();
+            groups.sort();
+            assert_eq!(groups, vec!["100%25", "eng%2Cadmins"], "{header}");
+        }
+    }
 }

@@ -32,14 +32,19 @@ async fn method_path_query_and_headers_pass_unchanged() {
     let p = open_mode(&upstream, &[]).await;
     let http = reqwest::Client::new();
     let e = echo(
-        http.request(reqwest::Method::PATCH, p.url("/a/b%20c/%2F/d?x=1&y=%2F&z"))
-            .header("x-app-header", "kept")
-            .header("authorization", "Basic dTpw")
-            .body("payload"),
+        http.request(
+            reqwest::Method::PATCH,
+            p.url("/a/b%20c/%7Bd%7D?x=1&y=%2F&z"),
+        )
+        .header("x-app-header", "kept")
+        .header("authorization", "Basic dTpw")
+        .body("payload"),
     )
     .await;
     assert_eq!(e["method"], "PATCH");
-    assert_eq!(e["path"], "/a/b%20c/%2F/d");
+    // Already canonical (escapes of reserved characters stay escaped), so unchanged; an
+    // encoded `/` in the path is refused instead (see attacks.rs), in the query it passes.
+    assert_eq!(e["path"], "/a/b%20c/%7Bd%7D");
     assert_eq!(e["query"], "x=1&y=%2F&z");
     assert_eq!(e["headers"]["x-app-header"][0], "kept");
     assert_eq!(e["headers"]["authorization"][0], "Basic dTpw");

@@ -2,12 +2,17 @@
 //!
 //! Bodies stream both ways frame by frame; nothing is buffered. A request that arrived
 //! over HTTP/2 is sent as HTTP/1.1 with the `Host` rule of [`crate::forwarding`].
-//! WebSocket (and any HTTP/1.1 `Upgrade`) requests go over a fresh connection with their
-//! upgrade headers; when the upstream answers `101`, the two upgraded connections are
-//! spliced together in a task the server tracks, so shutdown knows about it.
+//! WebSocket requests (and other allowed HTTP/1.1 upgrades, never `h2c`) go over a fresh
+//! connection with their upgrade headers; when the upstream answers `101` for that same
+//! protocol, the two upgraded connections are spliced together in a task the server
+//! tracks, so shutdown knows about it, and which ends when the session behind it does.
+//! A `101` the client did not ask for, or for another protocol, is a 502: it would open a
+//! tunnel nothing inspects.
 
 mod pool;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +31,13 @@ use crate::hop;
 use crate::shutdown::Tracker;
 pub use pool::PooledBody;
 use pool::{Endpoint, Pool};
+
+/// A client's request to switch protocols, already checked against the allow-list.
+pub struct UpgradeRequest {
+    pub protocol: HeaderValue,
+    /// Resolves when the tunnel must close (the session behind it ended).
+    pub until: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
 
 pub struct Upstream {
     pool: Arc<Pool>,
@@ -152,7 +164,7 @@ impl Upstream {
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
-        upgrade: Option<HeaderValue>,
+        upgrade: Option<UpgradeRequest>,
         client_host: Option<&HeaderValue>,
         tracker: &Tracker,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -166,10 +178,10 @@ impl Upstream {
         req.headers_mut().insert(header::HOST, host);
 
         // Only HTTP/1.1 clients can upgrade this way (HTTP/2 uses extended CONNECT).
-        if let Some(protocol) = upgrade.filter(|_| client_version == Version::HTTP_11) {
+        if let Some(upgrade) = upgrade.filter(|_| client_version == Version::HTTP_11) {
             let headers = req.headers_mut();
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol);
+            headers.insert(header::UPGRADE, upgrade.protocol.clone());
             let client_upgrade = hyper::upgrade::on(&mut req);
             let exchange = async {
                 let mut sender = self.connect().await?;
@@ -182,7 +194,12 @@ impl Upstream {
                 .await
                 .map_err(|_| ProxyError::UpstreamTimeout)??;
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                return Ok(splice(response, client_upgrade, tracker));
+                if !hop::upgrade_accepted(response.headers(), &upgrade.protocol) {
+                    return Err(ProxyError::UpstreamUnreachable(
+                        "the upstream switched to another protocol than the one asked for".into(),
+                    ));
+                }
+                return Ok(splice(response, client_upgrade, upgrade.until, tracker));
             }
             return Ok(respond(response, client_version, PooledBody::unpooled));
         }
@@ -190,6 +207,11 @@ impl Upstream {
         let (response, sender) = tokio::time::timeout(self.response_timeout, self.send(req))
             .await
             .map_err(|_| ProxyError::UpstreamTimeout)??;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ProxyError::UpstreamUnreachable(
+                "the upstream switched protocols on a request that asked for no upgrade".into(),
+            ));
+        }
         let pool = self.pool.clone();
         Ok(respond(response, client_version, |body| {
             PooledBody::new(body, sender, pool)
@@ -210,10 +232,11 @@ fn respond(
 }
 
 /// Answers the client's upgrade with the upstream's `101` and splices the two upgraded
-/// connections in a tracked task.
+/// connections in a tracked task, which ends when either side closes or `until` resolves.
 fn splice(
     mut upstream_response: Response<Incoming>,
     client_upgrade: hyper::upgrade::OnUpgrade,
+    until: Pin<Box<dyn Future<Output = ()> + Send>>,
     tracker: &Tracker,
 ) -> Response<ProxyBody> {
     let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
@@ -227,8 +250,13 @@ fn splice(
         };
         let mut client = TokioIo::new(client);
         let mut upstream = TokioIo::new(upstream);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                if let Err(e) = copied {
+                    tracing::debug!(error = %e, "upgraded connection ended with an error");
+                }
+            }
+            () = until => tracing::info!("upgraded connection closed: its session ended"),
         }
     });
     let (parts, _) = upstream_response.into_parts();

@@ -26,6 +26,7 @@ pub const SECRET: &str = "test-cookie-secret-0123456789abcdef";
 pub use portcullis_testkit::free_port;
 
 pub mod fakes;
+pub mod raw;
 
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

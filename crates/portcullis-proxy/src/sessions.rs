@@ -1,0 +1,105 @@
+//! The session store as the proxy uses it: the configured store, and a signal that
+//! fires whenever sessions end in this process (logout, revocation by SCIM), so that
+//! what outlives a request (an upgraded WebSocket tunnel) can check at once whether its
+//! session was among them. Sessions ended by another replica are noticed by the
+//! periodic check of [`Sessions::ended_for`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_session::{AnyStore, SessionData, SessionId, SessionStore, StoreError};
+use tokio::sync::watch;
+
+/// How often a long-lived connection checks that its session still exists, for ends
+/// this process does not see (another replica's logout, an expiry).
+pub const RECHECK: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct Sessions {
+    store: AnyStore,
+    ended: Arc<watch::Sender<u64>>,
+}
+
+impl Sessions {
+    pub fn new(store: AnyStore) -> Self {
+        Sessions {
+            store,
+            ended: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
+    fn signal(&self) {
+        self.ended.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Resolves once session `id` has ended: at once when it ends in this process, else
+    /// within [`RECHECK`]. A store that cannot be reached does not end it.
+    pub fn ended_for(&self, id: SessionId) -> impl Future<Output = ()> + Send + 'static {
+        let store = self.store.clone();
+        let mut ended = self.ended.subscribe();
+        async move {
+            loop {
+                tokio::select! {
+                    changed = ended.changed() => {
+                        if changed.is_err() {
+                            tokio::time::sleep(RECHECK).await;
+                        }
+                    }
+                    () = tokio::time::sleep(RECHECK) => {}
+                }
+                if let Ok(None) = store.load(&id).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl SessionStore for Sessions {
+    async fn create(&self, data: SessionData) -> Result<SessionId, StoreError> {
+        self.store.create(data).await
+    }
+
+    async fn load(&self, id: &SessionId) -> Result<Option<Arc<SessionData>>, StoreError> {
+        self.store.load(id).await
+    }
+
+    async fn update(&self, id: &SessionId, data: SessionData) -> Result<bool, StoreError> {
+        self.store.update(id, data).await
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
+        let result = self.store.delete(id).await;
+        self.signal();
+        result
+    }
+
+    async fn revoke_user(&self, user_key: &str) -> Result<usize, StoreError> {
+        let ended = self.store.revoke_user(user_key).await?;
+        if ended > 0 {
+            self.signal();
+        }
+        Ok(ended)
+    }
+
+    async fn set_user_teams(
+        &self,
+        user_key: &str,
+        teams: Vec<String>,
+    ) -> Result<usize, StoreError> {
+        self.store.set_user_teams(user_key, teams).await
+    }
+
+    async fn claim_refresh(&self, id: &SessionId, ttl: Duration) -> Result<bool, StoreError> {
+        self.store.claim_refresh(id, ttl).await
+    }
+
+    async fn release_refresh(&self, id: &SessionId) -> Result<(), StoreError> {
+        self.store.release_refresh(id).await
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.store.ready().await
+    }
+}
