@@ -1,5 +1,6 @@
-//! Escaping for the few server-rendered pages (error pages, the login page, the dev
-//! provider's form). Every value interpolated into HTML goes through [`escape`].
+//! The few server-rendered pages (error pages, the sign-in page, the dev provider's form):
+//! one document skeleton, and escaping. Every value interpolated into HTML goes through
+//! [`escape`].
 
 use std::fmt::Write;
 
@@ -22,9 +23,28 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// A complete HTML document: `title` (escaped here), a style sheet (trusted, written by
+/// Portcullis) and the already-escaped `body` markup inside `<main>`; `main_attrs` are
+/// extra attributes of `<main>` (such as `aria-labelledby="title"`).
+pub fn document(title: &str, style: &str, main_attrs: &str, body: &str) -> String {
+    let space = if main_attrs.is_empty() { "" } else { " " };
+    format!(
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{title}</title>\n<style>{style}</style>\n</head>\n<body>\n<main{space}{main_attrs}>\n{body}\n</main>\n</body>\n</html>\n",
+        title = escape(title),
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use super::{document, escape};
+
+    #[test]
+    fn the_document_escapes_its_title() {
+        let d = document("<b>", "p{}", "", "<p>x</p>");
+        assert!(d.contains("<title>&lt;b&gt;</title>"));
+        assert!(d.contains("<main>\n<p>x</p>\n</main>"));
+        assert!(d.starts_with("<!doctype html>"));
+    }
 
     #[test]
     fn markup_and_quotes_are_neutralised() {

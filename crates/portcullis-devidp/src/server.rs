@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -77,6 +78,8 @@ struct Grant {
     redirect_uri: String,
     challenge: String,
     nonce: Option<String>,
+    /// The `offline_access` scope was asked for: the tokens include a refresh token.
+    offline: bool,
     user: User,
     expires: Instant,
 }
@@ -87,6 +90,12 @@ struct State {
     clients: Vec<Client>,
     codes: Mutex<HashMap<String, Grant>>,
     access_tokens: Mutex<HashMap<String, (User, Instant)>>,
+    /// Refresh token -> (client id, user); a refresh token is used once and replaced.
+    refresh_tokens: Mutex<HashMap<String, (String, User)>>,
+    /// How long access tokens live (`expires_in`).
+    token_lifetime: AtomicU64,
+    /// Refresh grants answered with new tokens.
+    refreshes: AtomicUsize,
 }
 
 /// A running development provider. Dropping it stops it.
@@ -113,6 +122,9 @@ impl DevIdp {
             clients,
             codes: Mutex::new(HashMap::new()),
             access_tokens: Mutex::new(HashMap::new()),
+            refresh_tokens: Mutex::new(HashMap::new()),
+            token_lifetime: AtomicU64::new(TOKEN_LIFETIME_SECS),
+            refreshes: AtomicUsize::new(0),
         });
         let serving = state.clone();
         let task = tokio::spawn(async move {
@@ -151,6 +163,29 @@ impl DevIdp {
 
     pub fn signing_key(&self) -> &SigningKey {
         &self.state.key
+    }
+
+    /// Sets how long the access tokens issued from now on live (tests make them expire
+    /// soon, to exercise refreshing).
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.state
+            .token_lifetime
+            .store(lifetime.as_secs(), Ordering::Relaxed);
+    }
+
+    /// Forgets every refresh token, as a provider does when the user is disabled: the
+    /// next refresh is refused with `invalid_grant`.
+    pub fn revoke_refresh_tokens(&self) {
+        self.state
+            .refresh_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// How many refresh grants were answered with new tokens.
+    pub fn refreshes(&self) -> usize {
+        self.state.refreshes.load(Ordering::Relaxed)
     }
 }
 
@@ -262,12 +297,12 @@ fn discovery(state: &State) -> Resp {
             "jwks_uri": format!("{i}/jwks"),
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
-            "grant_types_supported": ["authorization_code"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
             "code_challenge_methods_supported": ["S256"],
-            "scopes_supported": ["openid", "email", "profile", "groups"],
+            "scopes_supported": ["openid", "email", "profile", "groups", "offline_access"],
             "claims_supported": ["sub", "email", "email_verified", "name", "preferred_username", "groups"],
         }),
     )
@@ -358,6 +393,9 @@ fn authorize(state: &State, params: HashMap<String, String>, submitted: Option<(
         redirect_uri: redirect_uri.to_string(),
         challenge: get("code_challenge").to_string(),
         nonce: params.get("nonce").cloned(),
+        offline: params
+            .get("scope")
+            .is_some_and(|s| s.split(' ').any(|s| s == "offline_access")),
         user: User {
             username,
             email,
@@ -430,12 +468,16 @@ async fn token(state: &State, req: Request<Incoming>) -> Resp {
             );
         }
     }
-    if form.get("grant_type").map(String::as_str) != Some("authorization_code") {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "only authorization_code is supported",
-        );
+    match form.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => {}
+        Some("refresh_token") => return refresh(state, client, &form),
+        _ => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "only authorization_code and refresh_token are supported",
+            );
+        }
     }
     let code = form.get("code").cloned().unwrap_or_default();
     // Removing the code first makes it single-use even if the rest fails.
@@ -481,6 +523,19 @@ async fn token(state: &State, req: Request<Incoming>) -> Resp {
         claims.insert("nonce".into(), json!(nonce));
     }
     let id_token = state.key.sign(&Value::Object(claims));
+    issue_tokens(state, &client.id, grant.user, Some(id_token), grant.offline)
+}
+
+/// A new access token for `user`, with a refresh token when `offline` (OpenID Connect
+/// Core §11: refresh tokens are for the `offline_access` scope).
+fn issue_tokens(
+    state: &State,
+    client_id: &str,
+    user: User,
+    id_token: Option<String>,
+    offline: bool,
+) -> Resp {
+    let lifetime = state.token_lifetime.load(Ordering::Relaxed);
     let access_token = portcullis_core::random::token();
     {
         let mut tokens = state
@@ -490,21 +545,48 @@ async fn token(state: &State, req: Request<Incoming>) -> Resp {
         tokens.retain(|_, (_, exp)| *exp > Instant::now());
         tokens.insert(
             access_token.clone(),
-            (
-                grant.user,
-                Instant::now() + Duration::from_secs(TOKEN_LIFETIME_SECS),
-            ),
+            (user.clone(), Instant::now() + Duration::from_secs(lifetime)),
         );
     }
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "access_token": access_token,
-            "token_type": "Bearer",
-            "expires_in": TOKEN_LIFETIME_SECS,
-            "id_token": id_token,
-        }),
-    )
+    let mut answer = json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": lifetime,
+    });
+    if offline {
+        let refresh_token = portcullis_core::random::token();
+        state
+            .refresh_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(refresh_token.clone(), (client_id.to_string(), user));
+        answer["refresh_token"] = json!(refresh_token);
+    }
+    if let Some(id_token) = id_token {
+        answer["id_token"] = json!(id_token);
+    }
+    json_response(StatusCode::OK, &answer)
+}
+
+/// `grant_type=refresh_token` (RFC 6749 §6): the refresh token is used up and replaced.
+fn refresh(state: &State, client: &Client, form: &HashMap<String, String>) -> Resp {
+    let token = form.get("refresh_token").cloned().unwrap_or_default();
+    let found = state
+        .refresh_tokens
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&token);
+    match found {
+        Some((client_id, user)) if client_id == client.id => {
+            state.refreshes.fetch_add(1, Ordering::Relaxed);
+            issue_tokens(state, &client.id, user, None, true)
+        }
+        _ => oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "the refresh token is unknown, revoked or already used",
+        ),
+    }
 }
 
 fn userinfo(state: &State, req: &Request<Incoming>) -> Resp {

@@ -1,8 +1,8 @@
 //! The outbound HTTP client for every call to an identity provider (discovery, JWKS, token,
 //! userinfo, the GitHub API and Microsoft Graph).
 //!
-//! Proxies follow the design documents: `GLOBAL_AGENT_HTTPS_PROXY` first (the name the
-//! Astronomer chart uses), then `HTTPS_PROXY`/`https_proxy`; likewise for plain http and
+//! Proxies: `GLOBAL_AGENT_HTTPS_PROXY` first (the name Node's global-agent and the
+//! charts built on it use), then `HTTPS_PROXY`/`https_proxy`; likewise for plain http and
 //! `NO_PROXY`. Redirects are never followed (a provider endpoint that redirects is a
 //! misconfiguration, and following it could leak a client secret). Every call has a
 //! timeout.

@@ -10,8 +10,9 @@ use crate::IdentityError;
 use crate::github::GitHubProvider;
 use crate::oidc::{AuthorizationRequest, OidcProvider, TokenResponse};
 
-/// Which step of finishing a login failed: the design documents tell operators to look
-/// for "OAuth token exchange failed" and "Failed to get user info" separately.
+/// Which step of finishing a login failed: the token exchange and the user info are
+/// logged under different messages ("OAuth token exchange failed", "Failed to get user
+/// info"), because they point at different fixes (client credentials, scopes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginStep {
     /// Exchanging the authorization code at the token endpoint.

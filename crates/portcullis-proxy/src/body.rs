@@ -1,5 +1,6 @@
 //! The one response body type: either a body Portcullis wrote itself (a page, a JSON
 //! answer) or the upstream's body, streamed through frame by frame without buffering.
+//! (The request side is [`crate::inbound::RequestBody`].)
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,6 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::upstream::PooledBody;
 
+/// A response body.
 pub enum ProxyBody {
     /// A complete body; `None` once sent.
     Full(Option<Bytes>),

@@ -11,13 +11,12 @@ use portcullis_session::StoreError;
 
 use crate::body::ProxyBody;
 use crate::pages::{self, Action};
+use crate::upstream::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("upstream unreachable: {0}")]
-    UpstreamUnreachable(String),
-    #[error("upstream did not answer in time")]
-    UpstreamTimeout,
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
     /// A login that cannot continue because of what the browser sent.
     #[error("{0}")]
     BadLogin(String),
@@ -51,14 +50,14 @@ impl ProxyError {
     /// "sign in again" button points.
     pub fn into_response(self, html: bool, login: &str) -> Response<ProxyBody> {
         let (status, code, title, message, retry) = match &self {
-            ProxyError::UpstreamUnreachable(_) => (
+            ProxyError::Upstream(UpstreamError::Unreachable(_)) => (
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",
                 "The application is not responding",
                 "Portcullis could not reach the application behind it. It may be starting or down; try again in a moment.".to_string(),
                 false,
             ),
-            ProxyError::UpstreamTimeout => (
+            ProxyError::Upstream(UpstreamError::Timeout) => (
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
                 "The application is taking too long",
@@ -136,7 +135,7 @@ impl ProxyError {
                 "Portcullis cannot reach its session store, so it cannot check who you are. Nobody is let in until it is back; try again in a moment.".to_string(),
                 false,
             ),
-            ProxyError::NotFound => (
+            ProxyError::NotFound | ProxyError::Upstream(UpstreamError::Target) => (
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "Not found",

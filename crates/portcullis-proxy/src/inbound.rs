@@ -1,5 +1,9 @@
-//! Bodies that Portcullis reads itself (the login callback's form, SCIM requests), as
-//! opposed to proxied bodies, which stream through and are never held.
+//! Request bodies. [`RequestBody`] is what every handler receives: the client's body as
+//! hyper delivered it, or a body a test wrote; converting at the server boundary is what
+//! lets handlers be called in-process with a request built in a test.
+//!
+//! [`BodyLimits`] governs the bodies Portcullis reads itself (the login callback's form,
+//! SCIM requests), as opposed to proxied bodies, which stream through and are never held.
 //!
 //! Reading a body means holding it, so a client could pin memory by sending bodies
 //! slowly or on many connections at once. Three limits stop that: a body larger than
@@ -9,17 +13,75 @@
 //! request gets 503 instead of memory. Callers check what they can before reading (the
 //! SCIM credential, the login cookie), so most of the budget is only reachable with one.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
-use http_body::Body;
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The budget is counted in units of this many bytes.
 const UNIT: usize = 1024;
+
+/// A request body: the client's, or (in tests) one given whole.
+pub enum RequestBody {
+    Client(Incoming),
+    /// A complete body; `None` once read.
+    Full(Option<Bytes>),
+}
+
+impl RequestBody {
+    pub fn empty() -> Self {
+        RequestBody::Full(None)
+    }
+
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        RequestBody::Full((!bytes.is_empty()).then_some(bytes))
+    }
+}
+
+impl From<Incoming> for RequestBody {
+    fn from(body: Incoming) -> Self {
+        RequestBody::Client(body)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Client(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Client(body) => body.is_end_stream(),
+            RequestBody::Full(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Client(body) => body.size_hint(),
+            RequestBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyError {

@@ -25,5 +25,7 @@ mod shutdown;
 mod throttle;
 mod upstream;
 
+pub use app::endpoints;
 pub use app::{App, AppError, ConnInfo};
+pub use inbound::RequestBody;
 pub use server::{ServerSettings, TlsError, default_max_connections, load_tls, serve};

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
-use portcullis_core::html::escape;
+use portcullis_core::html::{document, escape};
 use serde_json::json;
 
 use crate::body::ProxyBody;
@@ -22,11 +22,18 @@ h1{font-size:1.5rem;margin-top:0}p{line-height:1.5}.code{color:#52525b;font-size
 a.button,button{display:inline-block;margin-top:1rem;padding:.6rem 1.2rem;background:#1d4ed8;color:#fff;border:0;border-radius:.25rem;text-decoration:none;font-size:1rem;cursor:pointer}\
 a.button:focus,button:focus{outline:3px solid #f59e0b;outline-offset:2px}";
 
-pub fn html_document(title: &str, inner: &str) -> String {
-    format!(
-        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{title}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<main>\n{inner}\n</main>\n</body>\n</html>\n",
-        title = escape(title),
-    )
+/// The Content-Security-Policy of every page Portcullis writes: nothing may load or run
+/// but the inline style sheet, forms post only to this origin, and no other site may
+/// frame the page. `extra` adds what one page needs (`img-src data:` for an embedded
+/// logo, a script nonce for the implicit flow's fragment page).
+fn csp(extra: &str) -> HeaderValue {
+    const BASE: &str =
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'";
+    if extra.is_empty() {
+        return HeaderValue::from_static(BASE);
+    }
+    HeaderValue::from_str(&format!("{BASE}; {extra}"))
+        .unwrap_or_else(|_| HeaderValue::from_static(BASE))
 }
 
 fn base(
@@ -43,6 +50,19 @@ fn base(
         header::HeaderName::from_static("x-content-type-options"),
         HeaderValue::from_static("nosniff"),
     );
+    resp
+}
+
+/// An HTML page in the common style with `inner` (already escaped) as its content;
+/// `csp_extra` as for [`csp`].
+fn html(status: StatusCode, title: &str, inner: &str, csp_extra: &str) -> Response<ProxyBody> {
+    let mut resp = base(
+        status,
+        "text/html; charset=utf-8",
+        document(title, STYLE, "", inner),
+    );
+    resp.headers_mut()
+        .insert(header::CONTENT_SECURITY_POLICY, csp(csp_extra));
     resp
 }
 
@@ -68,24 +88,84 @@ pub fn page(
         escape(message),
         status.as_u16()
     );
-    let mut resp = base(
-        status,
-        "text/html; charset=utf-8",
-        html_document(title, &inner),
-    );
-    resp.headers_mut().insert(
-        header::HeaderName::from_static("content-security-policy"),
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
-    );
-    resp
+    html(status, title, &inner, "")
 }
 
-/// A page whose body is already-built HTML (the logout form, the provider chooser).
-pub fn raw_html(status: StatusCode, document: String) -> Response<ProxyBody> {
-    let mut resp = base(status, "text/html; charset=utf-8", document);
+/// `401` for a request without a session that is not sent to log in: a page with a
+/// sign-in link for browsers, JSON naming the login URL for anything else.
+pub fn unauthenticated(html_wanted: bool, login_href: &str) -> Response<ProxyBody> {
+    if html_wanted {
+        return page(
+            StatusCode::UNAUTHORIZED,
+            "Sign in required",
+            "You need to sign in to continue.",
+            Some(Action {
+                label: "Sign in",
+                href: login_href,
+            }),
+        );
+    }
+    let mut r = json(
+        StatusCode::UNAUTHORIZED,
+        &json!({"error": "unauthenticated", "message": "sign in required", "login_url": login_href}),
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"portcullis\""),
+    );
+    r
+}
+
+/// `403` for a signed-in user the policy refuses, saying why.
+pub fn denied(reason: &str, html_wanted: bool, logout_href: &str) -> Response<ProxyBody> {
+    if html_wanted {
+        page(
+            StatusCode::FORBIDDEN,
+            "Access denied",
+            &format!(
+                "You are signed in, but {reason}. Ask an administrator for access, or sign out and use another account."
+            ),
+            Some(Action {
+                label: "Sign out",
+                href: logout_href,
+            }),
+        )
+    } else {
+        json_error(StatusCode::FORBIDDEN, "forbidden", reason)
+    }
+}
+
+/// The sign-out form (`GET` of the logout endpoint): a button that posts to it.
+pub fn logout_form(logout_path: &str) -> Response<ProxyBody> {
+    let inner = format!(
+        "<h1>Sign out</h1>\n<p>End your session on this application?</p>\n<form method=\"post\" action=\"{}\"><button type=\"submit\">Sign out</button></form>",
+        escape(logout_path)
+    );
+    html(StatusCode::OK, "Sign out", &inner, "")
+}
+
+/// The implicit flow's fragment page: the provider put the answer in the URL fragment,
+/// which only the browser sees; this page posts it to the callback on its own origin (a
+/// fixed relative path, never a URL taken from the answer) and drops it from history.
+pub fn implicit_redirect(callback_path: &str) -> Response<ProxyBody> {
+    let nonce = portcullis_core::random::token();
+    let script = "var f=document.getElementById('answer');\
+new URLSearchParams(location.hash.slice(1)).forEach(function(v,k){\
+var i=document.createElement('input');i.type='hidden';i.name=k;i.value=v;f.appendChild(i);});\
+history.replaceState(null,'',location.pathname);f.submit();";
+    let inner = format!(
+        "<h1>Signing you in</h1>\n<form id=\"answer\" method=\"post\" action=\"{}\"></form>\n<noscript><p>Signing in with this provider needs JavaScript to pass the answer on. Turn it on, or ask the administrator to use the form_post response mode.</p></noscript>\n<script nonce=\"{nonce}\">{script}</script>",
+        escape(callback_path)
+    );
+    let mut resp = html(
+        StatusCode::OK,
+        "Signing in",
+        &inner,
+        &format!("script-src 'nonce-{nonce}'"),
+    );
     resp.headers_mut().insert(
-        header::HeaderName::from_static("content-security-policy"),
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
     );
     resp
 }
@@ -214,15 +294,17 @@ a.button:focus-visible{{outline:3px solid #18181b;outline-offset:3px;box-shadow:
                 )
             })
             .collect();
-        let document = format!(
-            "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{title}</title>\n<style>{style}</style>\n</head>\n<body>\n<main aria-labelledby=\"title\">\n{logo}<h1 id=\"title\">{title}</h1>\n{message}<nav aria-label=\"Sign-in providers\">\n<ul>\n{items}</ul>\n</nav>\n</main>\n</body>\n</html>\n",
+        let body = format!(
+            "{logo}<h1 id=\"title\">{title}</h1>\n{message}<nav aria-label=\"Sign-in providers\">\n<ul>\n{items}</ul>\n</nav>",
             title = escape(&self.title),
         );
-        let mut resp = base(status, "text/html; charset=utf-8", document);
-        resp.headers_mut().insert(
-            header::HeaderName::from_static("content-security-policy"),
-            HeaderValue::from_static("default-src 'none'; img-src data:; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+        let mut resp = base(
+            status,
+            "text/html; charset=utf-8",
+            document(&self.title, &style, "aria-labelledby=\"title\"", &body),
         );
+        resp.headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, csp("img-src data:"));
         resp
     }
 }

@@ -15,6 +15,17 @@ pub const PREFERRED_USERNAME: HeaderName =
     HeaderName::from_static("x-forwarded-preferred-username");
 pub const GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
 pub const PROVIDER: HeaderName = HeaderName::from_static("x-forwarded-provider");
+/// The session's access token, for an upstream that asked for it.
+pub const ACCESS_TOKEN: HeaderName = HeaderName::from_static("x-forwarded-access-token");
+
+const AUTH_REQUEST_USER: HeaderName = HeaderName::from_static("x-auth-request-user");
+const AUTH_REQUEST_EMAIL: HeaderName = HeaderName::from_static("x-auth-request-email");
+const AUTH_REQUEST_PREFERRED_USERNAME: HeaderName =
+    HeaderName::from_static("x-auth-request-preferred-username");
+const AUTH_REQUEST_GROUPS: HeaderName = HeaderName::from_static("x-auth-request-groups");
+/// Not set by Portcullis, but some forward-auth set-ups copy it: never from a client.
+const AUTH_REQUEST_ACCESS_TOKEN: HeaderName =
+    HeaderName::from_static("x-auth-request-access-token");
 
 /// The names under which an identity is handed on.
 pub struct IdentityHeaders {
@@ -41,39 +52,42 @@ pub const FORWARDED: IdentityHeaders = IdentityHeaders {
 
 /// On the answers of the forward-auth endpoint, for the proxy in front to copy.
 pub const AUTH_REQUEST: IdentityHeaders = IdentityHeaders {
-    user: HeaderName::from_static("x-auth-request-user"),
-    email: HeaderName::from_static("x-auth-request-email"),
-    preferred_username: HeaderName::from_static("x-auth-request-preferred-username"),
-    groups: HeaderName::from_static("x-auth-request-groups"),
+    user: AUTH_REQUEST_USER,
+    email: AUTH_REQUEST_EMAIL,
+    preferred_username: AUTH_REQUEST_PREFERRED_USERNAME,
+    groups: AUTH_REQUEST_GROUPS,
     provider: None,
     always: true,
 };
 
-/// Every name Portcullis owns, lowercase with dashes. The `x-auth-request-*` names are
-/// the forward-auth answers; a client must not be able to pre-set those either.
-const OWNED: &[&str] = &[
-    "x-forwarded-user",
-    "x-forwarded-email",
-    "x-forwarded-preferred-username",
-    "x-forwarded-groups",
-    "x-forwarded-provider",
-    "x-forwarded-access-token",
-    "x-auth-request-user",
-    "x-auth-request-email",
-    "x-auth-request-preferred-username",
-    "x-auth-request-groups",
-    "x-auth-request-access-token",
+/// Every name Portcullis owns: the same constants as above, so a header added there
+/// cannot be forgotten here (a test checks every set header is stripped). The
+/// `x-auth-request-*` names are the forward-auth answers; a client must not be able to
+/// pre-set those either.
+static OWNED: [HeaderName; 11] = [
+    USER,
+    EMAIL,
+    PREFERRED_USERNAME,
+    GROUPS,
+    PROVIDER,
+    ACCESS_TOKEN,
+    AUTH_REQUEST_USER,
+    AUTH_REQUEST_EMAIL,
+    AUTH_REQUEST_PREFERRED_USERNAME,
+    AUTH_REQUEST_GROUPS,
+    AUTH_REQUEST_ACCESS_TOKEN,
 ];
 
 fn is_owned(name: &str) -> bool {
     // Header names arrive lowercased; only `_` needs folding.
     let bytes = name.as_bytes();
     OWNED.iter().any(|owned| {
+        let owned = owned.as_str().as_bytes();
         owned.len() == bytes.len()
             && owned
-                .bytes()
+                .iter()
                 .zip(bytes)
-                .all(|(o, &b)| o == b || (o == b'-' && b == b'_'))
+                .all(|(&o, &b)| o == b || (o == b'-' && b == b'_'))
     })
 }
 
@@ -163,7 +177,7 @@ pub fn set_token_headers(
     id_token: Option<&str>,
 ) {
     if let Some(v) = access_token.and_then(value) {
-        headers.insert(HeaderName::from_static("x-forwarded-access-token"), v);
+        headers.insert(ACCESS_TOKEN, v);
     }
     if let Some(v) = id_token.and_then(|t| value(&format!("Bearer {t}"))) {
         headers.insert(http::header::AUTHORIZATION, v);
@@ -211,6 +225,43 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, vec!["x-forwarded-emails", "x-forwarded-for"]);
+    }
+
+    #[test]
+    fn every_header_portcullis_sets_is_stripped_from_clients_in_every_spelling() {
+        // Everything the two sets of names and the token helper can write.
+        let mut set = HeaderMap::new();
+        let mut full = who();
+        full.groups = vec!["g".into()];
+        set_identity_headers(
+            &mut set,
+            &FORWARDED,
+            &full,
+            full.groups.iter().map(String::as_str),
+        );
+        set_identity_headers(
+            &mut set,
+            &AUTH_REQUEST,
+            &full,
+            full.groups.iter().map(String::as_str),
+        );
+        set_token_headers(&mut set, Some("at"), None);
+        set.remove(http::header::AUTHORIZATION);
+        assert_eq!(set.len(), 10, "{set:?}");
+        for name in set.keys() {
+            let lower = name.as_str().to_string();
+            let underscored = lower.replace('-', "_");
+            let upper = underscored.to_ascii_uppercase();
+            for spelling in [lower.as_str(), underscored.as_str(), upper.as_str()] {
+                let mut client = HeaderMap::new();
+                client.insert(
+                    HeaderName::from_bytes(spelling.as_bytes()).unwrap(),
+                    HeaderValue::from_static("forged"),
+                );
+                strip_identity_headers(&mut client);
+                assert!(client.is_empty(), "{spelling} survived");
+            }
+        }
     }
 
     #[test]

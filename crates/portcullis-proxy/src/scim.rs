@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use portcullis_config::{Config, ExposeSecret, ScimConfig};
 use portcullis_scim::error::ScimError;
 use portcullis_scim::resource::UserRecord;
@@ -21,9 +20,10 @@ use portcullis_scim::store::{DirectoryStore, LoginKeys, LoginUser, SqlDirectory}
 use portcullis_session::{DirectoryUser, SessionStore};
 
 use crate::body::ProxyBody;
-use crate::inbound::{BodyError, BodyLimits};
+use crate::inbound::{BodyError, BodyLimits, RequestBody};
 use crate::sessions::Sessions;
 
+/// Where the SCIM endpoints are: `/v1/scim/v2/<endpoint>/...`.
 pub const SCIM_PREFIX: &str = "/v1/scim/v2/";
 
 /// Acts on sessions when provisioning changes.
@@ -182,7 +182,7 @@ impl Scim {
 
     /// Serves one request under [`SCIM_PREFIX`]. `origin` is the scheme and host the
     /// client reached (used when no public URL is configured).
-    pub async fn handle(&self, req: Request<Incoming>, origin: &str) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<RequestBody>, origin: &str) -> Response<ProxyBody> {
         let path = req.uri().path().to_string();
         let rest = &path[SCIM_PREFIX.len()..];
         let (name, sub_path) = match rest.split_once('/') {

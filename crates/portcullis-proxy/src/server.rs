@@ -39,6 +39,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::{App, ConnInfo};
+use crate::inbound::RequestBody;
 use crate::throttle::Throttle;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -304,7 +305,7 @@ async fn serve_connection<I>(
         let app = app.clone();
         let guard = tracked.begin();
         async move {
-            let resp = app.handle(&conn, req).await;
+            let resp = app.handle(&conn, req.map(RequestBody::from)).await;
             drop(guard);
             Ok::<_, Infallible>(resp)
         }

@@ -115,17 +115,6 @@ impl SessionData {
             None => self.identity.user_key(),
         }
     }
-
-    /// The provider's groups and the directory's teams, each once.
-    pub fn all_groups(&self) -> impl Iterator<Item = &str> {
-        let groups = self.identity.groups.iter().map(String::as_str);
-        let teams = self
-            .teams
-            .iter()
-            .map(String::as_str)
-            .filter(|t| !self.identity.groups.iter().any(|g| g == t));
-        groups.chain(teams)
-    }
 }
 
 /// How long sessions live.

@@ -15,17 +15,6 @@ use crate::serve::{env_vars, load_config, outbound_client};
 /// Larger clock differences make ID tokens look expired or not yet valid.
 const MAX_SKEW: Duration = Duration::from_secs(60);
 
-/// Paths Portcullis serves itself; the callback must not be one of them.
-const RESERVED: &[&str] = &[
-    "/api/v1/auth/status",
-    "/api/v1/auth/login",
-    "/api/v1/auth/me",
-    "/api/v1/auth/logout",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-];
-
 struct Report {
     failures: usize,
 }
@@ -91,7 +80,7 @@ fn static_checks(config: &Config, report: &mut Report) {
         return;
     };
     let path = redirect.path();
-    if RESERVED.contains(&path.trim_end_matches('/')) {
+    if portcullis_proxy::endpoints::is_reserved(path) {
         report.fail(
             "oauth.redirect_url (OAUTH_REDIRECT_URL)",
             &format!("its path {path} is one of Portcullis's own endpoints"),

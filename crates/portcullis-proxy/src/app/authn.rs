@@ -13,7 +13,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use portcullis_core::Identity;
 use portcullis_identity::{IdentityError, TokenResponse, unverified_issuer};
-use portcullis_policy::Provisioning;
+use portcullis_policy::{Provisioning, Subject};
 use portcullis_session::{DirectoryUser, SessionData, SessionId, SessionStore, SessionTokens};
 
 use super::{App, Auth, session_cookie_value};
@@ -54,6 +54,15 @@ impl Principal {
         match self {
             Principal::Session(_) => Provisioning::NotChecked,
             Principal::Bearer(b) => b.provisioning,
+        }
+    }
+
+    /// What the policy looks at.
+    pub fn subject(&self) -> Subject<'_> {
+        Subject {
+            identity: self.identity(),
+            teams: self.teams(),
+            provisioning: self.provisioning(),
         }
     }
 

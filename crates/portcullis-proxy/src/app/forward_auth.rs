@@ -24,18 +24,21 @@
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
-use portcullis_policy::{Policy, PolicyDecision, Subject};
+use portcullis_policy::Policy;
 
-use super::{App, Auth, ConnInfo, denied_response, login_link, unauthenticated, wants_html};
+use super::decide::{Check, Decision, Entry};
+use super::endpoints::{LOGIN, LOGOUT, VERIFY};
+use super::login::login_link;
+use super::{App, Auth, ConnInfo, wants_html};
 use crate::body::ProxyBody;
 use crate::forwarding::{self, Origin, X_FORWARDED_URI};
+use crate::inbound::RequestBody;
 use crate::metrics::inc;
 use crate::pages;
 use crate::redact;
 use crate::return_to;
 
-pub const VERIFY_PATH: &str = "/api/v1/auth/verify";
+const VERIFY_PATH: &str = VERIFY.path;
 
 /// The login URL for the proxy in front, on a 401.
 pub const X_AUTH_REQUEST_LOGIN: HeaderName = HeaderName::from_static("x-auth-request-login");
@@ -44,12 +47,6 @@ const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-meth
 const X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
 const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
 const X_AUTH_REQUEST_REDIRECT: HeaderName = HeaderName::from_static("x-auth-request-redirect");
-
-/// Whether `path` is the forward-auth endpoint or (Envoy's path-prefix mode) below it.
-pub fn is_verify_path(path: &str) -> bool {
-    path.strip_prefix(VERIFY_PATH)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-}
 
 /// What the caller told us about the request it is asking about.
 #[derive(Debug, PartialEq, Eq)]
@@ -71,7 +68,7 @@ struct Location {
     redirect: Option<bool>,
 }
 
-fn header_str<'a>(req: &'a Request<Incoming>, name: &HeaderName) -> Option<&'a str> {
+fn header_str<'a>(req: &'a Request<RequestBody>, name: &HeaderName) -> Option<&'a str> {
     req.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -116,7 +113,7 @@ fn parse_location(query: &str) -> Result<Location, String> {
 /// The per-location settings, unless the query string is really the original request's:
 /// always in Envoy's path-prefix mode, and with Caddy, whose `uri` rewrite keeps the
 /// original query when the configured URI has none (it then equals `X-Forwarded-Uri`'s).
-fn location(req: &Request<Incoming>, origin: &Origin) -> Result<Location, String> {
+fn location(req: &Request<RequestBody>, origin: &Origin) -> Result<Location, String> {
     if req.uri().path() != VERIFY_PATH {
         return Ok(Location::default());
     }
@@ -132,7 +129,7 @@ fn location(req: &Request<Incoming>, origin: &Origin) -> Result<Location, String
     parse_location(query)
 }
 
-fn original(req: &Request<Incoming>, origin: &Origin) -> Original {
+fn original(req: &Request<RequestBody>, origin: &Origin) -> Original {
     let host = origin.host.as_ref().and_then(|h| h.to_str().ok());
     let absolute = |path: &str| match host {
         Some(host) => format!("{}://{host}{path}", origin.proto),
@@ -177,12 +174,12 @@ impl App {
     pub(super) async fn verify(
         &self,
         conn: &ConnInfo,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Response<ProxyBody> {
-        let Some(auth) = &self.auth else {
+        if self.auth.is_none() {
             // Open mode lets everything through, here as on the proxied path.
             return pages::text(StatusCode::OK, "");
-        };
+        }
         let html = wants_html(req.headers());
         let origin =
             forwarding::resolve(conn.peer, conn.tls, req.headers(), req.uri(), &self.trusted);
@@ -193,30 +190,22 @@ impl App {
                 return pages::json_error(StatusCode::BAD_REQUEST, "invalid_request", &problem);
             }
         };
-        let principal = match self.authenticate(auth, req.headers()).await {
-            Ok(Some(principal)) => principal,
-            Ok(None) => {
-                inc(&self.metrics.challenged);
+        let here = Policy::new(&location.allowed_emails, &location.allowed_groups);
+        let check = Check {
+            headers: req.headers(),
+            client: origin.client_ip,
+            entry: Entry::ForwardAuth,
+            narrower: Some(&here),
+        };
+        let principal = match self.decide(check).await {
+            Decision::Admit(Some(principal)) => principal,
+            Decision::Admit(None) => return pages::text(StatusCode::OK, ""),
+            Decision::Challenge(auth) => {
                 return self.verify_challenge(auth, &req, &origin, &location, html);
             }
-            Err(e) => return self.authentication_failed(e, html),
+            Decision::Deny(reason) => return pages::denied(&reason, html, LOGOUT.path),
+            Decision::Fail(e) => return e.into_response(html, LOGIN.path),
         };
-        let subject = Subject {
-            identity: principal.identity(),
-            teams: principal.teams(),
-            provisioning: principal.provisioning(),
-        };
-        let here = Policy::new(&location.allowed_emails, &location.allowed_groups);
-        let decision = match auth.policy.decide(&subject) {
-            PolicyDecision::Allow => here.decide(&subject),
-            deny => deny,
-        };
-        if let PolicyDecision::Deny(reason) = decision {
-            inc(&self.metrics.denied);
-            let who = principal.identity().display();
-            tracing::warn!(user = %who, client = %origin.client_ip, location = ?req.uri().query(), "User not allowed: {who}");
-            return denied_response(&reason.to_string(), html);
-        }
         inc(&self.metrics.verified);
         let mut resp = pages::text(StatusCode::OK, "");
         redact::set_identity_headers(
@@ -233,7 +222,7 @@ impl App {
     fn verify_challenge(
         &self,
         auth: &Auth,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         origin: &Origin,
         location: &Location,
         html: bool,
@@ -267,7 +256,7 @@ impl App {
         let mut resp = if redirect {
             pages::redirect(&login)
         } else {
-            unauthenticated(html, &login)
+            pages::unauthenticated(html, &login)
         };
         if let Ok(v) = HeaderValue::from_str(&login) {
             resp.headers_mut().insert(X_AUTH_REQUEST_LOGIN, v);
@@ -296,15 +285,6 @@ fn same_origin_path(url: String, public: Option<&url::Url>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_endpoint_and_envoys_prefixed_paths_are_recognised() {
-        assert!(is_verify_path("/api/v1/auth/verify"));
-        assert!(is_verify_path("/api/v1/auth/verify/"));
-        assert!(is_verify_path("/api/v1/auth/verify/app/page"));
-        assert!(!is_verify_path("/api/v1/auth/verifyx"));
-        assert!(!is_verify_path("/api/v1/auth/veri"));
-    }
 
     #[test]
     fn location_parameters_narrow_and_unknown_ones_are_refused() {

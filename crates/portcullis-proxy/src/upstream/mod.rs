@@ -25,9 +25,8 @@ use hyper_util::rt::TokioIo;
 use portcullis_config::{UpstreamConfig, Url};
 use rustls::pki_types::ServerName;
 
-use crate::body::ProxyBody;
-use crate::error::ProxyError;
 use crate::hop;
+use crate::inbound::RequestBody;
 use crate::shutdown::Tracker;
 pub use pool::PooledBody;
 use pool::{Endpoint, Pool};
@@ -46,6 +45,25 @@ pub struct Upstream {
     base_path: String,
     response_timeout: Duration,
     preserve_host: bool,
+}
+
+/// Why a request could not be forwarded; the error page says which.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    #[error("upstream did not answer in time")]
+    Timeout,
+    /// The path could not be joined to the upstream's own path.
+    #[error("the request target cannot be forwarded")]
+    Target,
+}
+
+/// What the upstream answered: a response whose body streams through, or its `101`
+/// for an upgrade, after which the two connections are spliced.
+pub enum Forwarded {
+    Response(Response<PooledBody>),
+    Switched(Response<()>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +134,7 @@ impl Upstream {
     }
 
     /// The origin-form request target at the upstream.
-    fn target(&self, original: &Uri) -> Result<Uri, ProxyError> {
+    fn target(&self, original: &Uri) -> Result<Uri, UpstreamError> {
         let pq = original
             .path_and_query()
             .map(PathAndQuery::as_str)
@@ -126,7 +144,7 @@ impl Upstream {
         } else {
             format!("{}{pq}", self.base_path).parse()
         }
-        .map_err(|_| ProxyError::NotFound)?;
+        .map_err(|_| UpstreamError::Target)?;
         Ok(Uri::from(path_and_query))
     }
 
@@ -134,8 +152,8 @@ impl Upstream {
     /// connection (the upstream had closed it) is retried once on a fresh one.
     async fn send(
         &self,
-        mut req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, SendRequest<Incoming>), ProxyError> {
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, SendRequest<RequestBody>), UpstreamError> {
         loop {
             let (mut sender, reused) = match self.pool.checkout() {
                 Some(sender) => (sender, true),
@@ -145,17 +163,17 @@ impl Upstream {
                 Ok(response) => return Ok((response, sender)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(ProxyError::UpstreamUnreachable(describe(e.error()))),
+                    _ => return Err(UpstreamError::Unreachable(describe(e.error()))),
                 },
             }
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Incoming>, ProxyError> {
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, UpstreamError> {
         self.pool
             .connect()
             .await
-            .map_err(|e| ProxyError::UpstreamUnreachable(e.to_string()))
+            .map_err(|e| UpstreamError::Unreachable(e.to_string()))
     }
 
     /// Sends `req` (headers already prepared by the caller, hop-by-hop fields removed) to
@@ -163,11 +181,11 @@ impl Upstream {
     /// asked to switch to, if any; `client_host` is the host the client addressed.
     pub async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         upgrade: Option<UpgradeRequest>,
         client_host: Option<&HeaderValue>,
         tracker: &Tracker,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Forwarded, UpstreamError> {
         *req.uri_mut() = self.target(req.uri())?;
         let client_version = req.version();
         *req.version_mut() = Version::HTTP_11;
@@ -188,34 +206,45 @@ impl Upstream {
                 sender
                     .send_request(req)
                     .await
-                    .map_err(|e| ProxyError::UpstreamUnreachable(describe(&e)))
+                    .map_err(|e| UpstreamError::Unreachable(describe(&e)))
             };
             let response = tokio::time::timeout(self.response_timeout, exchange)
                 .await
-                .map_err(|_| ProxyError::UpstreamTimeout)??;
+                .map_err(|_| UpstreamError::Timeout)??;
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if !hop::upgrade_accepted(response.headers(), &upgrade.protocol) {
-                    return Err(ProxyError::UpstreamUnreachable(
+                    return Err(UpstreamError::Unreachable(
                         "the upstream switched to another protocol than the one asked for".into(),
                     ));
                 }
-                return Ok(splice(response, client_upgrade, upgrade.until, tracker));
+                return Ok(Forwarded::Switched(splice(
+                    response,
+                    client_upgrade,
+                    upgrade.until,
+                    tracker,
+                )));
             }
-            return Ok(respond(response, client_version, PooledBody::unpooled));
+            return Ok(Forwarded::Response(respond(
+                response,
+                client_version,
+                PooledBody::unpooled,
+            )));
         }
 
         let (response, sender) = tokio::time::timeout(self.response_timeout, self.send(req))
             .await
-            .map_err(|_| ProxyError::UpstreamTimeout)??;
+            .map_err(|_| UpstreamError::Timeout)??;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return Err(ProxyError::UpstreamUnreachable(
+            return Err(UpstreamError::Unreachable(
                 "the upstream switched protocols on a request that asked for no upgrade".into(),
             ));
         }
         let pool = self.pool.clone();
-        Ok(respond(response, client_version, |body| {
-            PooledBody::new(body, sender, pool)
-        }))
+        Ok(Forwarded::Response(respond(
+            response,
+            client_version,
+            |body| PooledBody::new(body, sender, pool),
+        )))
     }
 }
 
@@ -223,12 +252,12 @@ fn respond(
     response: Response<Incoming>,
     client_version: Version,
     wrap: impl FnOnce(Incoming) -> PooledBody,
-) -> Response<ProxyBody> {
+) -> Response<PooledBody> {
     let (mut parts, body) = response.into_parts();
     hop::strip_hop_by_hop(&mut parts.headers);
     // The client's own protocol version answers it.
     parts.version = client_version;
-    Response::from_parts(parts, ProxyBody::Upstream(wrap(body)))
+    Response::from_parts(parts, wrap(body))
 }
 
 /// Answers the client's upgrade with the upstream's `101` and splices the two upgraded
@@ -238,7 +267,7 @@ fn splice(
     client_upgrade: hyper::upgrade::OnUpgrade,
     until: Pin<Box<dyn Future<Output = ()> + Send>>,
     tracker: &Tracker,
-) -> Response<ProxyBody> {
+) -> Response<()> {
     let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
     tracker.spawn(async move {
         let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
@@ -260,7 +289,7 @@ fn splice(
         }
     });
     let (parts, _) = upstream_response.into_parts();
-    let mut response = Response::from_parts(parts, ProxyBody::empty());
+    let mut response = Response::from_parts(parts, ());
     // The 101 keeps its `Connection: upgrade` and `Upgrade`; other hop-by-hop fields go.
     let keep_upgrade = response.headers().get(header::UPGRADE).cloned();
     hop::strip_hop_by_hop(response.headers_mut());

@@ -23,6 +23,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
+
+use crate::inbound::RequestBody;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -37,7 +39,7 @@ pub struct Endpoint {
 }
 
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     since: Instant,
 }
 
@@ -71,7 +73,7 @@ impl Pool {
     }
 
     /// A ready pooled connection, if there is one.
-    pub fn checkout(&self) -> Option<SendRequest<Incoming>> {
+    pub fn checkout(&self) -> Option<SendRequest<RequestBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         // Drop what is dead or stale from the cold end first.
@@ -93,7 +95,7 @@ impl Pool {
         None
     }
 
-    fn checkin(&self, sender: SendRequest<Incoming>) {
+    fn checkin(&self, sender: SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }
@@ -109,7 +111,7 @@ impl Pool {
     }
 
     /// Opens a new connection and starts its task on the current worker.
-    pub async fn connect(&self) -> Result<SendRequest<Incoming>, ConnectError> {
+    pub async fn connect(&self) -> Result<SendRequest<RequestBody>, ConnectError> {
         let e = &self.endpoint;
         let name = format!("{}:{}", e.host, e.port);
         let tcp = tokio::time::timeout(
@@ -137,7 +139,7 @@ impl Pool {
 }
 
 /// The HTTP/1.1 handshake on an open connection; its task runs on the current worker.
-async fn handshake<I>(io: I, name: &str) -> Result<SendRequest<Incoming>, ConnectError>
+async fn handshake<I>(io: I, name: &str) -> Result<SendRequest<RequestBody>, ConnectError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -160,14 +162,14 @@ where
 /// read to the end.
 pub struct PooledBody {
     body: Incoming,
-    connection: Option<(SendRequest<Incoming>, Arc<Pool>)>,
+    connection: Option<(SendRequest<RequestBody>, Arc<Pool>)>,
     /// The body yielded its end. (`Incoming::is_end_stream` only knows this for bodies
     /// with a `Content-Length`; a chunked body ends when it yields `None`.)
     finished: bool,
 }
 
 impl PooledBody {
-    pub fn new(body: Incoming, sender: SendRequest<Incoming>, pool: Arc<Pool>) -> Self {
+    pub fn new(body: Incoming, sender: SendRequest<RequestBody>, pool: Arc<Pool>) -> Self {
         PooledBody {
             body,
             connection: Some((sender, pool)),

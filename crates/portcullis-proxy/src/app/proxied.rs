@@ -1,0 +1,138 @@
+//! Protected traffic: decide, then forward to the upstream with the header rules applied
+//! in their order (hop-by-hop fields, then every client copy of an identity header, then
+//! the forwarding headers, then Portcullis's cookies, then the identity Portcullis
+//! vouches for), or answer the decision's refusal.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode};
+use portcullis_session::SessionId;
+use portcullis_session::cookie;
+
+use super::decide::{Check, Decision, Entry};
+use super::endpoints::{LOGIN, LOGOUT};
+use super::{App, ConnInfo, session_cookie_value, wants_html};
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::forwarding;
+use crate::inbound::RequestBody;
+use crate::login_state::is_login_cookie;
+use crate::metrics::inc;
+use crate::pages;
+use crate::upstream::{Forwarded, UpgradeRequest};
+use crate::{hop, redact};
+
+/// Joins the `Cookie` fields into one for the HTTP/1.1 upstream and removes
+/// Portcullis's own cookies; allocates only when there is something to do.
+fn forward_cookies(headers: &mut HeaderMap, session_cookie: Option<&str>) {
+    let ours =
+        |name: &[u8]| session_cookie.is_some_and(|s| name == s.as_bytes()) || is_login_cookie(name);
+    let values = || headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes());
+    let Some(joined) = cookie::rewrite(values, ours) else {
+        return;
+    };
+    headers.remove(header::COOKIE);
+    if !joined.is_empty()
+        && let Ok(v) = HeaderValue::from_bytes(&joined)
+    {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+impl App {
+    pub(super) async fn proxied(
+        &self,
+        conn: &ConnInfo,
+        mut req: Request<RequestBody>,
+    ) -> Response<ProxyBody> {
+        let html = wants_html(req.headers());
+        if self.upstreams.is_empty() {
+            return pages::json_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "this Portcullis answers forward-auth only (/api/v1/auth/verify); it proxies to no app",
+            );
+        }
+        let origin =
+            forwarding::resolve(conn.peer, conn.tls, req.headers(), req.uri(), &self.trusted);
+        let check = Check {
+            headers: req.headers(),
+            client: origin.client_ip,
+            entry: Entry::Proxied,
+            narrower: None,
+        };
+        let who = match self.decide(check).await {
+            Decision::Admit(who) => who,
+            Decision::Challenge(auth) => return self.challenge(auth, &req, html).await,
+            Decision::Deny(reason) => return pages::denied(&reason, html, LOGOUT.path),
+            Decision::Fail(e) => return e.into_response(html, LOGIN.path),
+        };
+
+        let upgrade =
+            hop::upgrade_protocol(req.headers(), &self.upgrades).map(|protocol| UpgradeRequest {
+                protocol,
+                until: self.tunnel_lifetime(req.headers()),
+            });
+        let headers = req.headers_mut();
+        hop::strip_hop_by_hop(headers);
+        redact::strip_identity_headers(headers);
+        forwarding::apply(headers, &origin);
+        forward_cookies(
+            headers,
+            self.auth.as_ref().map(|a| a.session_cookie.name.as_str()),
+        );
+        if let Some(principal) = &who {
+            redact::set_identity_headers(
+                headers,
+                &redact::FORWARDED,
+                principal.identity(),
+                principal.all_groups(),
+            );
+            if let Some(auth) = &self.auth
+                && (auth.pass_access_token || auth.pass_id_token)
+                && let Some(tokens) = principal.tokens()
+            {
+                redact::set_token_headers(
+                    headers,
+                    auth.pass_access_token
+                        .then_some(tokens.access_token.as_str()),
+                    tokens.id_token.as_deref().filter(|_| auth.pass_id_token),
+                );
+            }
+        }
+        let upstream = &self.upstreams[conn.worker % self.upstreams.len()];
+        match upstream
+            .forward(req, upgrade, origin.host.as_ref(), &self.tracker)
+            .await
+        {
+            Ok(forwarded) => {
+                inc(&self.metrics.forwarded);
+                match forwarded {
+                    Forwarded::Response(resp) => resp.map(ProxyBody::Upstream),
+                    Forwarded::Switched(resp) => resp.map(|()| ProxyBody::empty()),
+                }
+            }
+            Err(e) => {
+                inc(&self.metrics.upstream_errors);
+                tracing::warn!(error = %e, client = %origin.client_ip, "upstream request failed");
+                ProxyError::from(e).into_response(html, LOGIN.path)
+            }
+        }
+    }
+
+    /// What ends a tunnel opened on this request: the end of its session. Without a
+    /// session (open mode, a bearer token) only the client or the upstream ends it.
+    fn tunnel_lifetime(&self, headers: &HeaderMap) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let session = self.auth.as_ref().and_then(|auth| {
+            let id = session_cookie_value(headers, &auth.session_cookie.name)
+                .and_then(SessionId::parse)?;
+            Some(auth.sessions.ended_for(id))
+        });
+        match session {
+            Some(ended) => Box::pin(ended),
+            None => Box::pin(std::future::pending()),
+        }
+    }
+}
