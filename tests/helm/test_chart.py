@@ -28,6 +28,8 @@ EXISTING_SECRET = {
     "scim-database-url": "postgres://portcullis:pw@db.example.com/portcullis",
     "scim-okta-password": "okta-provisioning-password",
     "scim-microsoft-token": "entra-provisioning-token-0123456789",
+    "okta-client-secret": "okta-client-secret",
+    "microsoft-client-secret": "microsoft-client-secret",
 }
 
 failures = []

@@ -9,12 +9,16 @@
 //! are read.
 #![forbid(unsafe_code)]
 
+mod branding;
+pub mod keys;
 mod model;
+mod read;
 mod reader;
 mod tree;
 
 use std::path::{Path, PathBuf};
 
+pub use branding::*;
 pub use ipnet::IpNet;
 pub use model::*;
 pub use reader::{ConfigError, ConfigErrors, parse_duration};
@@ -24,19 +28,6 @@ pub use url::Url;
 
 use reader::Reader;
 use tree::{Node, Suspect, Value};
-
-/// Keys whose value may instead be read from a file named by `<key>_file`.
-const SECRET_KEYS: &[&str] = &[
-    "cookie_secret",
-    "client_secret",
-    "password",
-    "token",
-    "username",
-    "url",
-    "cluster_urls",
-    "database_url",
-    "previous_secrets",
-];
 
 /// Where configuration comes from.
 #[derive(Debug, Default, Clone)]
@@ -116,7 +107,7 @@ fn overlay_env(root: &mut Node, env: &[(String, String)]) -> Vec<Suspect> {
     vars.sort();
     let mut suspects = Vec::new();
     for (name, value) in vars {
-        match tree::env_path(name, TOP_LEVEL_KEYS) {
+        match tree::env_path(name, keys::top_level()) {
             Ok(Some(path)) => {
                 if let Some(last) = path.last() {
                     let twin = match last.strip_suffix("_file") {
@@ -144,8 +135,11 @@ fn resolve_secret_files(node: &mut Node, path: &mut Vec<String>, errors: &mut Ve
     let file_keys: Vec<String> = map
         .keys()
         .filter(|k| {
-            k.strip_suffix("_file")
-                .is_some_and(|base| SECRET_KEYS.contains(&base))
+            k.strip_suffix("_file").is_some_and(|base| {
+                let mut full = path.clone();
+                full.push(base.to_string());
+                keys::is_secret(&full.join("."))
+            })
         })
         .cloned()
         .collect();

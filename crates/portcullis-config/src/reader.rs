@@ -60,6 +60,9 @@ impl std::error::Error for ConfigErrors {}
 
 pub struct Reader<'a> {
     root: &'a Node,
+    /// Check every key read against the registry (off only in this module's tests,
+    /// which read made-up keys).
+    registered_only: bool,
     known: RefCell<BTreeSet<String>>,
     errors: RefCell<Vec<ConfigError>>,
 }
@@ -76,18 +79,27 @@ impl<'a> Reader<'a> {
     pub fn new(root: &'a Node) -> Self {
         Reader {
             root,
+            registered_only: true,
             known: RefCell::new(BTreeSet::new()),
             errors: RefCell::new(Vec::new()),
         }
     }
 
     fn node(&self, key: &str) -> Option<&'a Node> {
+        debug_assert!(
+            !self.registered_only || crate::keys::is_known_or_section(key),
+            "`{key}` is read but is not in the key registry (crates/portcullis-config/src/keys.rs)"
+        );
         self.known.borrow_mut().insert(key.to_string());
         self.root.get(&split(key))
     }
 
     /// Marks a key as known without reading it (for keys read through another name).
     pub fn mark_known(&self, key: &str) {
+        debug_assert!(
+            !self.registered_only || crate::keys::is_known_or_section(key),
+            "`{key}` is accepted but is not in the key registry (crates/portcullis-config/src/keys.rs)"
+        );
         self.known.borrow_mut().insert(key.to_string());
     }
 
@@ -467,6 +479,14 @@ mod tests {
     use crate::tree::parse_yaml;
     use std::path::Path;
 
+    /// A reader for made-up keys.
+    fn unchecked(tree: &Node) -> Reader<'_> {
+        Reader {
+            registered_only: false,
+            ..Reader::new(tree)
+        }
+    }
+
     #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
@@ -483,7 +503,7 @@ mod tests {
     #[test]
     fn a_wrong_type_names_the_key_its_origin_and_the_fix() {
         let tree = parse_yaml(Path::new("c.yaml"), "session:\n  idle_timeout: soon\n").unwrap();
-        let r = Reader::new(&tree);
+        let r = unchecked(&tree);
         r.duration("session.idle_timeout", Duration::from_secs(1));
         let errors = r.finish(&[]).unwrap_err();
         let text = errors.to_string();
@@ -498,7 +518,7 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors_with_a_suggestion() {
         let tree = parse_yaml(Path::new("c.yaml"), "session:\n  stoer: redis\n").unwrap();
-        let r = Reader::new(&tree);
+        let r = unchecked(&tree);
         r.string("session.store");
         let errors = r.finish(&[]).unwrap_err();
         assert_eq!(errors.0.len(), 1);
@@ -513,7 +533,7 @@ mod tests {
     #[test]
     fn lists_accept_comma_strings_and_sequences() {
         let tree = parse_yaml(Path::new("c.yaml"), "a: 'x, y,,z'\nb: [p, q]\nc: 42\n").unwrap();
-        let r = Reader::new(&tree);
+        let r = unchecked(&tree);
         assert_eq!(r.list("a").unwrap(), vec!["x", "y", "z"]);
         assert_eq!(r.list("b").unwrap(), vec!["p", "q"]);
         assert_eq!(r.list("c").unwrap(), vec!["42"]);
@@ -523,7 +543,7 @@ mod tests {
     #[test]
     fn booleans_are_strict() {
         let tree = parse_yaml(Path::new("c.yaml"), "a: 'True'\nb: maybe\n").unwrap();
-        let r = Reader::new(&tree);
+        let r = unchecked(&tree);
         assert!(r.bool("a", false));
         assert!(!r.bool("b", false));
         let errors = r.finish(&[]).unwrap_err();

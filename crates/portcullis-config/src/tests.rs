@@ -560,7 +560,8 @@ fn the_implicit_flow_is_chosen_globally_or_per_provider_with_its_redirect_page()
         .find(|p| p.name == "az")
         .unwrap();
     assert_eq!(az.flow, Flow::Code);
-    // The fragment page sits beside the callback, as the design documents register it.
+    // The fragment page sits beside the callback (`/v1/oauth/redirect/` beside
+    // `/v1/oauth/callback/`), where providers are told to send fragment answers.
     assert_eq!(
         config.auth.implicit_redirect_url.unwrap().as_str(),
         "https://houston.example.com/v1/oauth/redirect/"
@@ -911,4 +912,48 @@ fn h2c_can_never_be_an_allowed_upgrade() {
     ]));
     assert_eq!(errs[0].env, "UPSTREAM__ALLOWED_UPGRADES");
     assert!(errs[0].problem.contains("h2c"));
+}
+
+#[test]
+fn a_provider_kind_can_be_named_and_flat_parameters_nest() {
+    let config = load_env(&[
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("COOKIE_SECRET", SECRET),
+        ("PUBLIC_URL", "https://app.example.com"),
+        ("AUTH__OPENID_CONNECT__CORP__ENABLED", "true"),
+        ("AUTH__OPENID_CONNECT__CORP__KIND", "entra"),
+        ("AUTH__OPENID_CONNECT__CORP__CLIENT_ID", "c"),
+        (
+            "AUTH__OPENID_CONNECT__CORP__TENANT_ID",
+            "contoso.onmicrosoft.com",
+        ),
+    ])
+    .expect("valid");
+    assert!(matches!(
+        config.auth.providers[0].kind,
+        ProviderKind::Entra(_)
+    ));
+    let errs = errors(load_env(&[
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("COOKIE_SECRET", SECRET),
+        ("PUBLIC_URL", "https://app.example.com"),
+        ("AUTH__OPENID_CONNECT__CORP__ENABLED", "true"),
+        ("AUTH__OPENID_CONNECT__CORP__KIND", "keycloak"),
+        ("AUTH__OPENID_CONNECT__CORP__CLIENT_ID", "c"),
+        (
+            "AUTH__OPENID_CONNECT__CORP__DISCOVERY_URL",
+            "https://idp.example.com",
+        ),
+    ]));
+    assert_eq!(errs[0].env, "AUTH__OPENID_CONNECT__CORP__KIND");
+    let mut flat = flat_oidc();
+    flat.push(("OAUTH_AUTH_URL_PARAMS__AUDIENCE", "https://api.example.com"));
+    let config = load_env(&flat).expect("valid");
+    assert_eq!(
+        config.auth.providers[0].auth_url_params,
+        vec![(
+            "audience".to_string(),
+            "https://api.example.com".to_string()
+        )]
+    );
 }

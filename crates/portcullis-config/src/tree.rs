@@ -2,8 +2,8 @@
 //! flags) merged into one tree of string leaves, each remembering where it was set.
 //!
 //! Nothing here knows what a key means; [`crate::reader`] gives the leaves their types.
-//! Keys are normalised to `snake_case` (so the design documents' `clientId` and
-//! `CLIENT_ID` both become `client_id`), except inside free-form maps such as
+//! Keys are normalised to `snake_case` (so a YAML file's `clientId` and an environment
+//! variable's `CLIENT_ID` both become `client_id`), except inside free-form maps such as
 //! `auth_url_params`, whose keys are passed on to the identity provider verbatim.
 
 use std::collections::BTreeMap;
@@ -460,7 +460,7 @@ impl MarkedEventReceiver for YamlBuilder {
 pub fn env_name(path: &[&str]) -> String {
     match path {
         ["oauth", rest @ ..] if !rest.is_empty() => {
-            format!("OAUTH_{}", rest.join("_").to_uppercase())
+            format!("OAUTH_{}", rest.join("__").to_uppercase())
         }
         _ => path.join("__").to_uppercase(),
     }
@@ -477,7 +477,7 @@ pub struct Suspect {
 
 /// Maps an environment variable to a tree path, or `None` when it is not a setting.
 ///
-/// Two dialects, both from the design documents: the flat `OAUTH_<KEY>` names map into
+/// Two dialects: the flat `OAUTH_<KEY>` names (one provider) map into
 /// the `oauth` section; every other setting nests by a double underscore
 /// (`AUTH__OPENID_CONNECT__OKTA__CLIENT_ID`, `SESSION__STORE`).
 pub fn env_path(name: &str, top_level: &[&str]) -> Result<Option<Vec<String>>, Suspect> {
@@ -485,7 +485,13 @@ pub fn env_path(name: &str, top_level: &[&str]) -> Result<Option<Vec<String>>, S
         && !rest.is_empty()
         && !rest.starts_with('_')
     {
-        return Ok(Some(vec!["oauth".into(), rest.to_ascii_lowercase()]));
+        // `OAUTH_AUTH_URL_PARAMS__AUDIENCE` nests like every other variable.
+        let mut path = vec!["oauth".to_string()];
+        path.extend(rest.split("__").map(str::to_ascii_lowercase));
+        if path.iter().any(String::is_empty) {
+            return Ok(None);
+        }
+        return Ok(Some(path));
     }
     let segments: Vec<String> = name.split("__").map(|s| s.to_ascii_lowercase()).collect();
     if segments.iter().any(String::is_empty) {
