@@ -58,7 +58,7 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-pub struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     root: &'a Node,
     /// Check every key read against the registry (off only in this module's tests,
     /// which read made-up keys).
@@ -76,7 +76,7 @@ fn split(key: &str) -> Vec<&str> {
 }
 
 impl<'a> Reader<'a> {
-    pub fn new(root: &'a Node) -> Self {
+    pub(crate) fn new(root: &'a Node) -> Self {
         Reader {
             root,
             registered_only: true,
@@ -95,7 +95,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Marks a key as known without reading it (for keys read through another name).
-    pub fn mark_known(&self, key: &str) {
+    pub(crate) fn mark_known(&self, key: &str) {
         debug_assert!(
             !self.registered_only || crate::keys::is_known_or_section(key),
             "`{key}` is accepted but is not in the key registry (crates/portcullis-config/src/keys.rs)"
@@ -104,7 +104,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Records a problem with `key`; `origin` is taken from the tree when the key is set.
-    pub fn error(&self, key: &str, problem: impl Into<String>, fix: impl Into<String>) {
+    pub(crate) fn error(&self, key: &str, problem: impl Into<String>, fix: impl Into<String>) {
         let path = split(key);
         let origin = self.root.get(&path).map(|n| n.origin.clone());
         self.errors.borrow_mut().push(ConfigError {
@@ -116,7 +116,7 @@ impl<'a> Reader<'a> {
         });
     }
 
-    pub fn is_set(&self, key: &str) -> bool {
+    pub(crate) fn is_set(&self, key: &str) -> bool {
         match self.root.get(&split(key)) {
             Some(Node {
                 value: Value::Scalar(s),
@@ -128,7 +128,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A scalar as text; an empty value counts as unset.
-    pub fn string(&self, key: &str) -> Option<String> {
+    pub(crate) fn string(&self, key: &str) -> Option<String> {
         match self.node(key) {
             None => None,
             Some(Node {
@@ -145,7 +145,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub fn required_string(&self, key: &str, fix: &str) -> Option<String> {
+    pub(crate) fn required_string(&self, key: &str, fix: &str) -> Option<String> {
         let value = self.string(key);
         if value.is_none() {
             self.error(key, "is missing", fix);
@@ -153,11 +153,11 @@ impl<'a> Reader<'a> {
         value
     }
 
-    pub fn secret(&self, key: &str) -> Option<SecretString> {
+    pub(crate) fn secret(&self, key: &str) -> Option<SecretString> {
         self.string(key).map(SecretString::from)
     }
 
-    pub fn bool(&self, key: &str, default: bool) -> bool {
+    pub(crate) fn bool(&self, key: &str, default: bool) -> bool {
         match self.string(key) {
             None => default,
             Some(s) => match s.to_ascii_lowercase().as_str() {
@@ -175,7 +175,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub fn number(&self, key: &str, default: u64) -> u64 {
+    pub(crate) fn number(&self, key: &str, default: u64) -> u64 {
         match self.string(key) {
             None => default,
             Some(s) => match s.replace('_', "").parse::<u64>() {
@@ -192,7 +192,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub fn duration(&self, key: &str, default: Duration) -> Duration {
+    pub(crate) fn duration(&self, key: &str, default: Duration) -> Duration {
         match self.string(key) {
             None => default,
             Some(s) => match parse_duration(&s) {
@@ -212,7 +212,7 @@ impl<'a> Reader<'a> {
     /// A list, written either as a YAML sequence or as one string separated by commas or
     /// newlines (`OAUTH_SCOPES=openid,email`, or a secret file with one item per line).
     /// Blank items are dropped.
-    pub fn list(&self, key: &str) -> Option<Vec<String>> {
+    pub(crate) fn list(&self, key: &str) -> Option<Vec<String>> {
         let node = self.node(key)?;
         let items: Vec<String> = match &node.value {
             Value::Scalar(s) => s
@@ -248,7 +248,7 @@ impl<'a> Reader<'a> {
         Some(items)
     }
 
-    pub fn url(&self, key: &str, fix: &str) -> Option<Url> {
+    pub(crate) fn url(&self, key: &str, fix: &str) -> Option<Url> {
         let s = self.string(key)?;
         match Url::parse(&s) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
@@ -267,7 +267,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub fn socket_addr(&self, key: &str, default: &str) -> SocketAddr {
+    pub(crate) fn socket_addr(&self, key: &str, default: &str) -> SocketAddr {
         let fallback: SocketAddr = default
             .parse()
             .expect("built-in default addresses are valid");
@@ -296,7 +296,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The child names of a map (`auth.openid_connect` -> `okta`, `google`, `flow`).
-    pub fn keys(&self, key: &str) -> Vec<String> {
+    pub(crate) fn keys(&self, key: &str) -> Vec<String> {
         match self.node(key) {
             Some(Node {
                 value: Value::Map(map),
@@ -319,7 +319,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A free-form map of strings (`auth_url_params`), keys as written.
-    pub fn string_map(&self, key: &str) -> Vec<(String, String)> {
+    pub(crate) fn string_map(&self, key: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for name in self.keys(key) {
             let child = format!("{key}.{name}");
@@ -332,7 +332,7 @@ impl<'a> Reader<'a> {
 
     /// Turns everything recorded into the final verdict: unknown keys and misspelled
     /// environment variables are errors too, so a typo never silently does nothing.
-    pub fn finish(self, suspects: &[Suspect]) -> Result<(), ConfigErrors> {
+    pub(crate) fn finish(self, suspects: &[Suspect]) -> Result<(), ConfigErrors> {
         let known = self.known.into_inner();
         let mut errors = self.errors.into_inner();
         let mut unknown = Vec::new();

@@ -1,5 +1,6 @@
 //! Loading scenarios: each dialect alone, layering, secrets from files, and the errors an
 //! operator sees for the common mistakes.
+#![allow(clippy::unwrap_used, unreachable_pub)]
 
 use super::*;
 

@@ -39,27 +39,27 @@ impl fmt::Display for Origin {
 }
 
 #[derive(Debug, Clone)]
-pub enum Value {
+pub(crate) enum Value {
     Scalar(String),
     List(Vec<Node>),
     Map(BTreeMap<String, Node>),
 }
 
 #[derive(Debug, Clone)]
-pub struct Node {
+pub(crate) struct Node {
     pub value: Value,
     pub origin: Origin,
 }
 
 impl Node {
-    pub fn empty_map(origin: Origin) -> Node {
+    pub(crate) fn empty_map(origin: Origin) -> Node {
         Node {
             value: Value::Map(BTreeMap::new()),
             origin,
         }
     }
 
-    pub fn get(&self, path: &[&str]) -> Option<&Node> {
+    pub(crate) fn get(&self, path: &[&str]) -> Option<&Node> {
         let mut node = self;
         for segment in path {
             match &node.value {
@@ -72,7 +72,7 @@ impl Node {
 
     /// Sets `path` to `leaf`, creating maps on the way and replacing whatever was there
     /// (a later layer overrides an earlier one).
-    pub fn set(&mut self, path: &[String], leaf: Node) {
+    pub(crate) fn set(&mut self, path: &[String], leaf: Node) {
         let Some((last, parents)) = path.split_last() else {
             *self = leaf;
             return;
@@ -97,7 +97,7 @@ impl Node {
         }
     }
 
-    pub fn remove(&mut self, path: &[String]) {
+    pub(crate) fn remove(&mut self, path: &[String]) {
         let Some((last, parents)) = path.split_last() else {
             return;
         };
@@ -117,7 +117,7 @@ impl Node {
     }
 
     /// Overlays `other` onto `self`: maps merge key by key, anything else is replaced.
-    pub fn merge(&mut self, other: Node) {
+    pub(crate) fn merge(&mut self, other: Node) {
         match (&mut self.value, other.value) {
             (Value::Map(mine), Value::Map(theirs)) => {
                 for (key, node) in theirs {
@@ -142,7 +142,7 @@ const FREE_FORM_MAPS: &[&str] = &["auth_url_params"];
 
 /// `clientId` -> `client_id`, `discoveryURL` -> `discovery_url`, `CLIENT_ID` ->
 /// `client_id`, `max-sessions` -> `max_sessions`.
-pub fn normalize_key(key: &str) -> String {
+pub(crate) fn normalize_key(key: &str) -> String {
     let chars: Vec<char> = key.chars().collect();
     let mut out = String::with_capacity(key.len() + 4);
     for (i, &c) in chars.iter().enumerate() {
@@ -189,7 +189,7 @@ pub enum TreeError {
 }
 
 /// Parses a YAML document into a tree, normalising keys and recording line numbers.
-pub fn parse_yaml(path: &Path, text: &str) -> Result<Node, TreeError> {
+pub(crate) fn parse_yaml(path: &Path, text: &str) -> Result<Node, TreeError> {
     let path: Arc<Path> = Arc::from(path);
     let mut builder = YamlBuilder {
         path: path.clone(),
@@ -267,10 +267,10 @@ enum Frame {
 /// Deepest nesting of mappings and sequences a configuration file may have. Real
 /// configurations are a handful of levels deep; the limit keeps every later walk of the
 /// tree (merging, secrets, unknown keys, dropping it) from recursing without bound.
-pub const MAX_DEPTH: usize = 32;
+pub(crate) const MAX_DEPTH: usize = 32;
 /// Most values (scalars, mappings, sequences, counting what aliases repeat) a
 /// configuration file may expand to, so a few lines of aliases cannot grow into millions.
-pub const MAX_NODES: usize = 100_000;
+pub(crate) const MAX_NODES: usize = 100_000;
 
 struct YamlBuilder {
     path: Arc<Path>,
@@ -457,7 +457,7 @@ impl MarkedEventReceiver for YamlBuilder {
 }
 
 /// The environment variables that set a key, as an operator would type them.
-pub fn env_name(path: &[&str]) -> String {
+pub(crate) fn env_name(path: &[&str]) -> String {
     match path {
         ["oauth", rest @ ..] if !rest.is_empty() => {
             format!("OAUTH_{}", rest.join("__").to_uppercase())
@@ -470,7 +470,7 @@ pub fn env_name(path: &[&str]) -> String {
 /// (`SESSION_STORE` for `SESSION__STORE`). It is an error only if the key it would name
 /// exists, which [`crate::reader::Reader::finish`] decides.
 #[derive(Debug, Clone)]
-pub struct Suspect {
+pub(crate) struct Suspect {
     pub env: String,
     pub path: Vec<String>,
 }
@@ -480,7 +480,7 @@ pub struct Suspect {
 /// Two dialects: the flat `OAUTH_<KEY>` names (one provider) map into
 /// the `oauth` section; every other setting nests by a double underscore
 /// (`AUTH__OPENID_CONNECT__OKTA__CLIENT_ID`, `SESSION__STORE`).
-pub fn env_path(name: &str, top_level: &[&str]) -> Result<Option<Vec<String>>, Suspect> {
+pub(crate) fn env_path(name: &str, top_level: &[&str]) -> Result<Option<Vec<String>>, Suspect> {
     if let Some(rest) = name.strip_prefix("OAUTH_")
         && !rest.is_empty()
         && !rest.starts_with('_')

@@ -13,7 +13,11 @@ button:focus, input:focus { outline: 3px solid #f59e0b; outline-offset: 2px; }
 .error { color: #b91c1c; font-weight: 600; }";
 
 /// The sign-in form. `hidden` carries the authorization request to the POST.
-pub fn login_form(client_id: &str, hidden: &[(String, String)], error: Option<&str>) -> String {
+pub(crate) fn login_form(
+    client_id: &str,
+    hidden: &[(String, String)],
+    error: Option<&str>,
+) -> String {
     let fields: String = hidden
         .iter()
         .map(|(k, v)| {
@@ -55,7 +59,7 @@ pub fn login_form(client_id: &str, hidden: &[(String, String)], error: Option<&s
 }
 
 /// A plain error page for requests that cannot be sent back to the client.
-pub fn error_page(message: &str) -> String {
+pub(crate) fn error_page(message: &str) -> String {
     document(
         "Sign-in error",
         STYLE,

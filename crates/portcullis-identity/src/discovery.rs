@@ -14,7 +14,7 @@ use crate::IdentityError;
 const WELL_KNOWN: &str = "/.well-known/openid-configuration";
 
 /// The placeholder in the issuer of Entra's multi-tenant discovery documents.
-pub const TENANT_TEMPLATE: &str = "{tenantid}";
+pub(crate) const TENANT_TEMPLATE: &str = "{tenantid}";
 
 /// The parts of a discovery document Portcullis uses.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use crate::discovery::error_chain;
 const MAX_PAGES: usize = 200;
 
 /// Whether the claims say the groups did not fit and must be fetched.
-pub fn has_group_overage(claims: &Map<String, Value>, groups_claim: &str) -> bool {
+pub(crate) fn has_group_overage(claims: &Map<String, Value>, groups_claim: &str) -> bool {
     claims
         .get("_claim_names")
         .and_then(Value::as_object)
@@ -39,7 +39,7 @@ struct Member {
 }
 
 /// Every group the signed-in user is a member of, directly or through other groups.
-pub async fn transitive_groups(
+pub(crate) async fn transitive_groups(
     http: &reqwest::Client,
     graph: &Url,
     access_token: &str,

@@ -1,5 +1,6 @@
 //! The OpenID Connect client against the development provider over real HTTP: a full
 //! code flow, and every way an ID token must be refused.
+#![allow(clippy::unwrap_used, unreachable_pub)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -14,7 +14,7 @@ use crate::pages::{self, Action};
 use crate::upstream::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     /// A login that cannot continue because of what the browser sent.
@@ -48,7 +48,7 @@ pub enum ProxyError {
 impl ProxyError {
     /// The response for this error; `html` picks a page over JSON. `login` is where a
     /// "sign in again" button points.
-    pub fn into_response(self, html: bool, login: &str) -> Response<ProxyBody> {
+    pub(crate) fn into_response(self, html: bool, login: &str) -> Response<ProxyBody> {
         let (status, code, title, message, retry) = match &self {
             ProxyError::Upstream(UpstreamError::Unreachable(_)) => (
                 StatusCode::BAD_GATEWAY,

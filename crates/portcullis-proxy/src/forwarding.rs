@@ -18,26 +18,26 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Uri};
 use ipnet::IpNet;
 
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub(crate) struct TrustedProxies(Vec<IpNet>);
 
 impl TrustedProxies {
-    pub fn new(nets: Vec<IpNet>) -> Self {
+    pub(crate) fn new(nets: Vec<IpNet>) -> Self {
         TrustedProxies(nets)
     }
 
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         self.0.iter().any(|net| net.contains(&ip))
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 }
@@ -52,7 +52,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// What the request looks like from outside, after applying the trust boundary.
 #[derive(Debug, Clone)]
-pub struct Origin {
+pub(crate) struct Origin {
     pub client_ip: IpAddr,
     /// `http` or `https`.
     pub proto: &'static str,
@@ -74,14 +74,14 @@ fn first_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str>
 }
 
 /// The host the client addressed, as HTTP/1 (`Host`) or HTTP/2 (`:authority`) carries it.
-pub fn requested_host(headers: &HeaderMap, uri: &Uri) -> Option<HeaderValue> {
+pub(crate) fn requested_host(headers: &HeaderMap, uri: &Uri) -> Option<HeaderValue> {
     headers.get(header::HOST).cloned().or_else(|| {
         uri.authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     })
 }
 
-pub fn resolve(
+pub(crate) fn resolve(
     peer: SocketAddr,
     tls: bool,
     headers: &HeaderMap,
@@ -155,7 +155,7 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
 }
 
 /// Replaces the client's forwarding headers with the resolved ones.
-pub fn apply(headers: &mut HeaderMap, origin: &Origin) {
+pub(crate) fn apply(headers: &mut HeaderMap, origin: &Origin) {
     if !origin.via_trusted_proxy {
         headers.remove(header::FORWARDED);
         headers.remove(&X_REAL_IP);

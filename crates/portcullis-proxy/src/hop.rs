@@ -31,7 +31,7 @@ const ALWAYS_HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Removes every hop-by-hop field: those listed in `Connection` and the fixed set.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Fast path: most requests carry no `Connection` field at all.
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderName> = headers
@@ -55,7 +55,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// (lowercase names): `Connection` must list `upgrade`, and `Upgrade` must name exactly
 /// one protocol. Anything else (no upgrade, `h2c`, a list of protocols) is `None`, and
 /// the request is forwarded as a plain request without its upgrade fields.
-pub fn upgrade_protocol(headers: &HeaderMap, allowed: &[String]) -> Option<http::HeaderValue> {
+pub(crate) fn upgrade_protocol(
+    headers: &HeaderMap,
+    allowed: &[String],
+) -> Option<http::HeaderValue> {
     let asks = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -79,7 +82,7 @@ pub fn upgrade_protocol(headers: &HeaderMap, allowed: &[String]) -> Option<http:
 }
 
 /// Whether an upstream's `101` switches to the protocol the client asked for.
-pub fn upgrade_accepted(response: &HeaderMap, asked: &http::HeaderValue) -> bool {
+pub(crate) fn upgrade_accepted(response: &HeaderMap, asked: &http::HeaderValue) -> bool {
     let name = |v: &[u8]| {
         let text = String::from_utf8_lossy(v);
         text.trim()

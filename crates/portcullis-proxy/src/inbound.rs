@@ -84,7 +84,7 @@ impl Body for RequestBody {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     /// Larger than the limit.
     TooLarge,
     /// Did not arrive within the read timeout.
@@ -96,21 +96,21 @@ pub enum BodyError {
 }
 
 /// A body that was read, and its share of the budget, returned when dropped.
-pub struct Buffered {
+pub(crate) struct Buffered {
     pub bytes: Bytes,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// The limits on bodies Portcullis reads, shared by every worker.
 #[derive(Clone)]
-pub struct BodyLimits {
+pub(crate) struct BodyLimits {
     budget: Arc<Semaphore>,
     pub max_bytes: usize,
     timeout: Duration,
 }
 
 impl BodyLimits {
-    pub fn new(max_bytes: usize, budget_bytes: usize, timeout: Duration) -> Self {
+    pub(crate) fn new(max_bytes: usize, budget_bytes: usize, timeout: Duration) -> Self {
         BodyLimits {
             budget: Arc::new(Semaphore::new(budget_bytes.div_ceil(UNIT).max(1))),
             max_bytes,
@@ -119,7 +119,7 @@ impl BodyLimits {
     }
 
     /// Reads a whole body of at most `self.max_bytes`, within the limits above.
-    pub async fn read<B>(&self, headers: &HeaderMap, body: B) -> Result<Buffered, BodyError>
+    pub(crate) async fn read<B>(&self, headers: &HeaderMap, body: B) -> Result<Buffered, BodyError>
     where
         B: Body<Data = Bytes> + Unpin,
     {

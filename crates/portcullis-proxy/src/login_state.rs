@@ -22,7 +22,7 @@ const PREFIX: &str = "portcullis_login_";
 const NAME_CHARS: usize = 16;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LoginState {
+pub(crate) struct LoginState {
     #[serde(rename = "s")]
     pub state: String,
     #[serde(rename = "n")]
@@ -39,7 +39,7 @@ pub struct LoginState {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum LoginStateError {
+pub(crate) enum LoginStateError {
     /// The `state` parameter is missing or not one Portcullis could have minted.
     BadState,
     /// No cookie for this state: started in another browser, or already completed.
@@ -50,7 +50,7 @@ pub enum LoginStateError {
 }
 
 impl LoginStateError {
-    pub fn explain(&self) -> &'static str {
+    pub(crate) fn explain(&self) -> &'static str {
         match self {
             LoginStateError::BadState => "The sign-in response carries no valid state.",
             LoginStateError::Missing => {
@@ -64,7 +64,7 @@ impl LoginStateError {
     }
 }
 
-pub struct LoginCookies {
+pub(crate) struct LoginCookies {
     sealer: Sealer,
     secure: bool,
     path: String,
@@ -83,14 +83,14 @@ fn cookie_name(state: &str) -> String {
 }
 
 /// Whether a cookie name is one of ours (so it is never forwarded upstream).
-pub fn is_login_cookie(name: &[u8]) -> bool {
+pub(crate) fn is_login_cookie(name: &[u8]) -> bool {
     name.starts_with(PREFIX.as_bytes())
 }
 
 impl LoginCookies {
     /// `secrets`: the current cookie secret first (it seals), then earlier ones (still
     /// opened, so a login in flight survives a secret rotation).
-    pub fn new(secrets: &[&[u8]], secure: bool, callback_path: &str, ttl: Duration) -> Self {
+    pub(crate) fn new(secrets: &[&[u8]], secure: bool, callback_path: &str, ttl: Duration) -> Self {
         LoginCookies {
             sealer: Sealer::new(secrets, "portcullis login state v1"),
             secure,
@@ -103,7 +103,7 @@ impl LoginCookies {
     /// POST the answer (`response_mode=form_post`), a cross-site request on which
     /// browsers send only `SameSite=None` cookies, which must be `Secure`; on plain http
     /// (development, where provider and app are usually the same site) it stays `Lax`.
-    pub fn set(&self, login: &LoginState, cross_site_post: bool) -> String {
+    pub(crate) fn set(&self, login: &LoginState, cross_site_post: bool) -> String {
         let name = cookie_name(&login.state);
         let json = serde_json::to_vec(login).expect("login state serializes");
         let value = self.sealer.seal(name.as_bytes(), &json);
@@ -121,7 +121,7 @@ impl LoginCookies {
     }
 
     /// The `Set-Cookie` value that removes the cookie of `state`, if `state` is well formed.
-    pub fn clear(&self, state: &str) -> Option<String> {
+    pub(crate) fn clear(&self, state: &str) -> Option<String> {
         well_formed_state(state).then(|| {
             format!(
                 "{}=; Path={}; Max-Age=0; HttpOnly; SameSite=Lax{}",
@@ -134,7 +134,7 @@ impl LoginCookies {
 
     /// Whether the request carries a login cookie that opens: only a browser that started
     /// a login can have one, so the callback reads a posted body only then.
-    pub fn any_open(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn any_open(&self, headers: &HeaderMap) -> bool {
         headers
             .get_all(header::COOKIE)
             .iter()
@@ -150,7 +150,11 @@ impl LoginCookies {
     }
 
     /// The login that `state` belongs to, checked as described in the module docs.
-    pub fn take(&self, headers: &HeaderMap, state: &str) -> Result<LoginState, LoginStateError> {
+    pub(crate) fn take(
+        &self,
+        headers: &HeaderMap,
+        state: &str,
+    ) -> Result<LoginState, LoginStateError> {
         if !well_formed_state(state) {
             return Err(LoginStateError::BadState);
         }

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     pub forwarded: AtomicU64,
     /// Forward-auth checks answered "allowed".
     pub verified: AtomicU64,
@@ -19,12 +19,12 @@ pub struct Metrics {
     pub logouts: AtomicU64,
 }
 
-pub fn inc(counter: &AtomicU64) {
+pub(crate) fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
 impl Metrics {
-    pub fn render(&self, sessions: Option<usize>) -> String {
+    pub(crate) fn render(&self, sessions: Option<usize>) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::with_capacity(1024);
         let _ = writeln!(

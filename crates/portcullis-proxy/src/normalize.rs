@@ -25,7 +25,7 @@ use http::{Method, Version};
 
 /// Why a request was refused before anything else looked at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Malformed {
+pub(crate) enum Malformed {
     /// `CONNECT`: this is not a forward proxy.
     Connect,
     /// Not an origin-form (or absolute-form) target.
@@ -35,7 +35,7 @@ pub enum Malformed {
 }
 
 impl Malformed {
-    pub fn explain(self) -> &'static str {
+    pub(crate) fn explain(self) -> &'static str {
         match self {
             Malformed::Connect => "CONNECT is not served: Portcullis is not a forward proxy",
             Malformed::Target => "the request target must be a path starting with /",
@@ -46,13 +46,13 @@ impl Malformed {
 
 /// What a path may contain beyond the strict rules.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PathRules {
+pub(crate) struct PathRules {
     /// Accept `;` in a path segment (Java-style path parameters).
     pub allow_semicolon: bool,
 }
 
 /// Checks the method, target and host of a request.
-pub fn check_request(parts: &Parts) -> Result<(), Malformed> {
+pub(crate) fn check_request(parts: &Parts) -> Result<(), Malformed> {
     if parts.method == Method::CONNECT {
         return Err(Malformed::Connect);
     }
@@ -107,7 +107,7 @@ fn check_host(parts: &Parts) -> Result<(), Malformed> {
 /// `host [":" port]` where host is a name or IPv4 address of letters, digits, `-`, `.`,
 /// `_` and `~`, or a bracketed IPv6 literal. Stricter than RFC 3986's reg-name: no
 /// sub-delimiters and no percent-escapes, which no real host needs.
-pub fn valid_host(value: &[u8]) -> bool {
+pub(crate) fn valid_host(value: &[u8]) -> bool {
     if value.is_empty() || value.len() > 261 {
         return false;
     }
@@ -159,7 +159,7 @@ fn unreserved(b: u8) -> bool {
 
 /// The canonical form of an origin-form path (no query), or why it is refused.
 /// Borrowed when the path is already canonical, which is the common case.
-pub fn normalize_path(raw: &str, rules: PathRules) -> Result<Cow<'_, str>, Malformed> {
+pub(crate) fn normalize_path(raw: &str, rules: PathRules) -> Result<Cow<'_, str>, Malformed> {
     let bytes = raw.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(Malformed::Target);

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::body::ProxyBody;
 
 /// A link offered on a page ("Sign in again").
-pub struct Action<'a> {
+pub(crate) struct Action<'a> {
     pub label: &'a str,
     pub href: &'a str,
 }
@@ -67,7 +67,7 @@ fn html(status: StatusCode, title: &str, inner: &str, csp_extra: &str) -> Respon
 }
 
 /// An HTML page with a heading, a message and an optional action.
-pub fn page(
+pub(crate) fn page(
     status: StatusCode,
     title: &str,
     message: &str,
@@ -93,7 +93,7 @@ pub fn page(
 
 /// `401` for a request without a session that is not sent to log in: a page with a
 /// sign-in link for browsers, JSON naming the login URL for anything else.
-pub fn unauthenticated(html_wanted: bool, login_href: &str) -> Response<ProxyBody> {
+pub(crate) fn unauthenticated(html_wanted: bool, login_href: &str) -> Response<ProxyBody> {
     if html_wanted {
         return page(
             StatusCode::UNAUTHORIZED,
@@ -117,7 +117,7 @@ pub fn unauthenticated(html_wanted: bool, login_href: &str) -> Response<ProxyBod
 }
 
 /// `403` for a signed-in user the policy refuses, saying why.
-pub fn denied(reason: &str, html_wanted: bool, logout_href: &str) -> Response<ProxyBody> {
+pub(crate) fn denied(reason: &str, html_wanted: bool, logout_href: &str) -> Response<ProxyBody> {
     if html_wanted {
         page(
             StatusCode::FORBIDDEN,
@@ -136,7 +136,7 @@ pub fn denied(reason: &str, html_wanted: bool, logout_href: &str) -> Response<Pr
 }
 
 /// The sign-out form (`GET` of the logout endpoint): a button that posts to it.
-pub fn logout_form(logout_path: &str) -> Response<ProxyBody> {
+pub(crate) fn logout_form(logout_path: &str) -> Response<ProxyBody> {
     let inner = format!(
         "<h1>Sign out</h1>\n<p>End your session on this application?</p>\n<form method=\"post\" action=\"{}\"><button type=\"submit\">Sign out</button></form>",
         escape(logout_path)
@@ -147,7 +147,7 @@ pub fn logout_form(logout_path: &str) -> Response<ProxyBody> {
 /// The implicit flow's fragment page: the provider put the answer in the URL fragment,
 /// which only the browser sees; this page posts it to the callback on its own origin (a
 /// fixed relative path, never a URL taken from the answer) and drops it from history.
-pub fn implicit_redirect(callback_path: &str) -> Response<ProxyBody> {
+pub(crate) fn implicit_redirect(callback_path: &str) -> Response<ProxyBody> {
     let nonce = portcullis_core::random::token();
     let script = "var f=document.getElementById('answer');\
 new URLSearchParams(location.hash.slice(1)).forEach(function(v,k){\
@@ -170,21 +170,21 @@ history.replaceState(null,'',location.pathname);f.submit();";
     resp
 }
 
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
     base(status, "application/json", value.to_string())
 }
 
 /// `{"error": code, "message": text}` for API clients.
-pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
+pub(crate) fn json_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
     json(status, &json!({"error": code, "message": message}))
 }
 
-pub fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     base(status, "text/plain; charset=utf-8", body)
 }
 
 /// A `302 Found` to `location` (already validated by the caller).
-pub fn redirect(location: &str) -> Response<ProxyBody> {
+pub(crate) fn redirect(location: &str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::empty());
     *resp.status_mut() = StatusCode::FOUND;
     if let Ok(v) = HeaderValue::from_str(location) {
@@ -199,7 +199,7 @@ pub fn redirect(location: &str) -> Response<ProxyBody> {
 /// external assets (the logo is embedded), no JavaScript, landmarks and a heading for
 /// screen readers, buttons in document order with a visible focus ring, and button
 /// text in whichever of black or white contrasts more with the configured colour.
-pub struct SignInPage {
+pub(crate) struct SignInPage {
     title: String,
     message: Option<String>,
     /// `data:` URI of the logo.
@@ -211,7 +211,7 @@ pub struct SignInPage {
 
 impl SignInPage {
     /// Prepares the page; reads and embeds the logo file.
-    pub fn new(branding: &portcullis_config::Branding) -> Result<SignInPage, String> {
+    pub(crate) fn new(branding: &portcullis_config::Branding) -> Result<SignInPage, String> {
         use base64::Engine;
         const MAX_LOGO_BYTES: u64 = 256 * 1024;
         let logo = match &branding.logo_file {
@@ -255,7 +255,11 @@ impl SignInPage {
     }
 
     /// The page, with `buttons` as (label, href) pairs.
-    pub fn render(&self, status: StatusCode, buttons: &[(String, String)]) -> Response<ProxyBody> {
+    pub(crate) fn render(
+        &self,
+        status: StatusCode,
+        buttons: &[(String, String)],
+    ) -> Response<ProxyBody> {
         // Colours were validated as #rrggbb, so they are safe inside the style sheet.
         let style = format!(
             "body{{font-family:system-ui,sans-serif;background:{bg};color:#18181b;margin:0}}\

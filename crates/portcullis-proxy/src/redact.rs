@@ -9,14 +9,14 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use portcullis_core::Identity;
 
-pub const USER: HeaderName = HeaderName::from_static("x-forwarded-user");
-pub const EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
-pub const PREFERRED_USERNAME: HeaderName =
+pub(crate) const USER: HeaderName = HeaderName::from_static("x-forwarded-user");
+pub(crate) const EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
+pub(crate) const PREFERRED_USERNAME: HeaderName =
     HeaderName::from_static("x-forwarded-preferred-username");
-pub const GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
-pub const PROVIDER: HeaderName = HeaderName::from_static("x-forwarded-provider");
+pub(crate) const GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
+pub(crate) const PROVIDER: HeaderName = HeaderName::from_static("x-forwarded-provider");
 /// The session's access token, for an upstream that asked for it.
-pub const ACCESS_TOKEN: HeaderName = HeaderName::from_static("x-forwarded-access-token");
+pub(crate) const ACCESS_TOKEN: HeaderName = HeaderName::from_static("x-forwarded-access-token");
 
 const AUTH_REQUEST_USER: HeaderName = HeaderName::from_static("x-auth-request-user");
 const AUTH_REQUEST_EMAIL: HeaderName = HeaderName::from_static("x-auth-request-email");
@@ -28,7 +28,7 @@ const AUTH_REQUEST_ACCESS_TOKEN: HeaderName =
     HeaderName::from_static("x-auth-request-access-token");
 
 /// The names under which an identity is handed on.
-pub struct IdentityHeaders {
+pub(crate) struct IdentityHeaders {
     pub user: HeaderName,
     pub email: HeaderName,
     pub preferred_username: HeaderName,
@@ -41,7 +41,7 @@ pub struct IdentityHeaders {
 }
 
 /// On requests forwarded to the upstream.
-pub const FORWARDED: IdentityHeaders = IdentityHeaders {
+pub(crate) const FORWARDED: IdentityHeaders = IdentityHeaders {
     user: USER,
     email: EMAIL,
     preferred_username: PREFERRED_USERNAME,
@@ -51,7 +51,7 @@ pub const FORWARDED: IdentityHeaders = IdentityHeaders {
 };
 
 /// On the answers of the forward-auth endpoint, for the proxy in front to copy.
-pub const AUTH_REQUEST: IdentityHeaders = IdentityHeaders {
+pub(crate) const AUTH_REQUEST: IdentityHeaders = IdentityHeaders {
     user: AUTH_REQUEST_USER,
     email: AUTH_REQUEST_EMAIL,
     preferred_username: AUTH_REQUEST_PREFERRED_USERNAME,
@@ -92,7 +92,7 @@ fn is_owned(name: &str) -> bool {
 }
 
 /// Removes every client-sent copy of an identity header.
-pub fn strip_identity_headers(headers: &mut HeaderMap) {
+pub(crate) fn strip_identity_headers(headers: &mut HeaderMap) {
     // Cheap scan first: only names starting with `x-forwarded` / `x-auth-request` (in
     // either spelling) can match, and most requests have none.
     let suspects: Vec<HeaderName> = headers
@@ -117,7 +117,7 @@ fn value(text: &str) -> Option<HeaderValue> {
 /// Sets the identity headers for `who` under `names`; `groups` are the provider's groups
 /// and the directory's teams. A field whose value cannot be represented (a claim with a
 /// control character) is left out, never passed through mangled.
-pub fn set_identity_headers<'g>(
+pub(crate) fn set_identity_headers<'g>(
     headers: &mut HeaderMap,
     names: &IdentityHeaders,
     who: &Identity,
@@ -147,7 +147,7 @@ pub fn set_identity_headers<'g>(
 /// as two groups to the app (`eng,admins` as `eng` and `admins`), so `,` inside a name
 /// is written `%2C`, and `%` is written `%25` so the encoding cannot be forged; every
 /// other character is passed as it is.
-pub fn join_groups<'g>(groups: impl Iterator<Item = &'g str>) -> String {
+pub(crate) fn join_groups<'g>(groups: impl Iterator<Item = &'g str>) -> String {
     let mut joined = String::new();
     for (i, group) in groups.enumerate() {
         if i > 0 {
@@ -171,7 +171,7 @@ pub fn join_groups<'g>(groups: impl Iterator<Item = &'g str>) -> String {
 /// The session's tokens for an upstream that asked for them: the access token as
 /// `X-Forwarded-Access-Token`, the ID token as `Authorization: Bearer` (replacing what the
 /// client sent; Portcullis's own session cookie never travels on).
-pub fn set_token_headers(
+pub(crate) fn set_token_headers(
     headers: &mut HeaderMap,
     access_token: Option<&str>,
     id_token: Option<&str>,

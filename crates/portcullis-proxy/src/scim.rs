@@ -24,10 +24,10 @@ use crate::inbound::{BodyError, BodyLimits, RequestBody};
 use crate::sessions::Sessions;
 
 /// Where the SCIM endpoints are: `/v1/scim/v2/<endpoint>/...`.
-pub const SCIM_PREFIX: &str = "/v1/scim/v2/";
+pub(crate) const SCIM_PREFIX: &str = "/v1/scim/v2/";
 
 /// Acts on sessions when provisioning changes.
-pub struct SessionHooks {
+pub(crate) struct SessionHooks {
     sessions: Option<Sessions>,
     /// SCIM endpoint (tenant) -> login provider name.
     providers: HashMap<String, String>,
@@ -71,7 +71,7 @@ impl AccessHooks for SessionHooks {
 }
 
 /// The SCIM service and the links from login providers to directories.
-pub struct Scim {
+pub(crate) struct Scim {
     service: ScimService<SqlDirectory, SessionHooks>,
     /// Login provider name -> (SCIM endpoint, required).
     links: HashMap<String, (String, bool)>,
@@ -80,7 +80,7 @@ pub struct Scim {
 }
 
 /// What the directory says of a user at login.
-pub enum Provisioned {
+pub(crate) enum Provisioned {
     /// No directory is linked to the provider.
     NotLinked,
     /// Linked, and the user was not found.
@@ -95,7 +95,7 @@ pub enum Provisioned {
 
 impl Scim {
     /// Opens the directory (migrating it) and prepares the endpoints.
-    pub async fn open(
+    pub(crate) async fn open(
         config: &Config,
         sessions: Option<Sessions>,
         bodies: BodyLimits,
@@ -146,12 +146,12 @@ impl Scim {
         })
     }
 
-    pub async fn ready(&self) -> Result<(), String> {
+    pub(crate) async fn ready(&self) -> Result<(), String> {
         self.service.store().ready().await.map_err(|e| e.detail)
     }
 
     /// Looks a signing-in identity up in the directory linked to its provider.
-    pub async fn at_login(
+    pub(crate) async fn at_login(
         &self,
         identity: &portcullis_core::Identity,
     ) -> Result<Provisioned, String> {
@@ -182,7 +182,11 @@ impl Scim {
 
     /// Serves one request under [`SCIM_PREFIX`]. `origin` is the scheme and host the
     /// client reached (used when no public URL is configured).
-    pub async fn handle(&self, req: Request<RequestBody>, origin: &str) -> Response<ProxyBody> {
+    pub(crate) async fn handle(
+        &self,
+        req: Request<RequestBody>,
+        origin: &str,
+    ) -> Response<ProxyBody> {
         let path = req.uri().path().to_string();
         let rest = &path[SCIM_PREFIX.len()..];
         let (name, sub_path) = match rest.split_once('/') {
@@ -249,7 +253,7 @@ impl Scim {
 
 /// A request under the SCIM prefix refused before it reached the service, as a SCIM
 /// error so the provider's client can read it.
-pub fn refused(detail: &str) -> Response<ProxyBody> {
+pub(crate) fn refused(detail: &str) -> Response<ProxyBody> {
     to_response(ScimResponse::from_error(&ScimError::bad_request(detail)))
 }
 

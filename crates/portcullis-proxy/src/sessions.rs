@@ -13,16 +13,16 @@ use tokio::sync::watch;
 
 /// How often a long-lived connection checks that its session still exists, for ends
 /// this process does not see (another replica's logout, an expiry).
-pub const RECHECK: Duration = Duration::from_secs(5);
+pub(crate) const RECHECK: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     store: AnyStore,
     ended: Arc<watch::Sender<u64>>,
 }
 
 impl Sessions {
-    pub fn new(store: AnyStore) -> Self {
+    pub(crate) fn new(store: AnyStore) -> Self {
         Sessions {
             store,
             ended: Arc::new(watch::Sender::new(0)),
@@ -35,7 +35,7 @@ impl Sessions {
 
     /// Resolves once session `id` has ended: at once when it ends in this process, else
     /// within [`RECHECK`]. A store that cannot be reached does not end it.
-    pub fn ended_for(&self, id: SessionId) -> impl Future<Output = ()> + Send + 'static {
+    pub(crate) fn ended_for(&self, id: SessionId) -> impl Future<Output = ()> + Send + 'static {
         let store = self.store.clone();
         let mut ended = self.ended.subscribe();
         async move {

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-pub struct Throttle {
+pub(crate) struct Throttle {
     every_secs: u64,
     /// Unix seconds of the last report (0: never).
     last: AtomicU64,
@@ -14,7 +14,7 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    pub fn new(every: Duration) -> Self {
+    pub(crate) fn new(every: Duration) -> Self {
         Throttle {
             every_secs: every.as_secs().max(1),
             last: AtomicU64::new(0),
@@ -24,7 +24,7 @@ impl Throttle {
 
     /// Counts one event; `Some(n)` when it is time to report the `n` events counted
     /// since the last report.
-    pub fn hit(&self) -> Option<u64> {
+    pub(crate) fn hit(&self) -> Option<u64> {
         let count = self.count.fetch_add(1, Relaxed) + 1;
         let now = portcullis_core::time::unix_now();
         let last = self.last.load(Relaxed);

@@ -1,5 +1,6 @@
 //! The directory store against a real SQLite file and a real PostgreSQL server: the same
 //! checks for both.
+#![allow(clippy::unwrap_used, unreachable_pub)]
 
 use portcullis_scim::filter::parse_filter;
 use portcullis_scim::resource::{Normalized, normalize};
@@ -322,6 +323,7 @@ async fn sqlite_directory() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(feature = "e2e"), ignore = "needs PostgreSQL: run scripts/test")]
 async fn postgres_directory() {
     let pg = PostgresServer::start();
     let url = pg.database("directory");
@@ -333,6 +335,7 @@ async fn postgres_directory() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(feature = "e2e"), ignore = "needs PostgreSQL: run scripts/test")]
 async fn replicas_migrating_at_once_do_not_collide() {
     let pg = PostgresServer::start();
     let url = pg.database("race");

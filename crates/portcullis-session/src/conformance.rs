@@ -1,5 +1,6 @@
 //! The behaviour every [`SessionStore`] must show. Each store's tests call these functions
 //! with a fresh store; timings are real (stores such as Redis keep their own clocks).
+#![allow(clippy::unwrap_used, unreachable_pub)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -371,30 +372,35 @@ mod redis {
     }
 
     #[tokio::test]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
     async fn create_then_load_returns_the_same_data() {
         let server = RedisServer::start();
         super::create_then_load_returns_the_same_data(&store(&server, LONG)).await;
     }
 
     #[tokio::test]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
     async fn unknown_ids_load_as_none() {
         let server = RedisServer::start();
         super::unknown_ids_load_as_none(&store(&server, LONG)).await;
     }
 
     #[tokio::test]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
     async fn delete_ends_only_that_session() {
         let server = RedisServer::start();
         super::delete_ends_only_that_session(&store(&server, LONG)).await;
     }
 
     #[tokio::test]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
     async fn revoke_user_ends_every_session_of_that_user_only() {
         let server = RedisServer::start();
         super::revoke_user_ends_every_session_of_that_user_only(&store(&server, LONG)).await;
     }
 
     #[tokio::test]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
     async fn sessions_end_at_their_absolute_lifetime() {
         let server = RedisServer::start();
         let limits = SessionLimits {
@@ -405,6 +411,7 @@ mod redis {
     }
 
     #[tokio::test]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
     async fn use_restarts_the_idle_timer_and_idleness_ends_the_session() {
         let server = RedisServer::start();
         let idle = Duration::from_millis(400);
@@ -420,12 +427,14 @@ mod redis {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
     async fn concurrent_loads_of_one_session_all_succeed() {
         let server = RedisServer::start();
         super::concurrent_loads_of_one_session_all_succeed(Arc::new(store(&server, LONG))).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
     async fn concurrent_refreshes_of_one_session_keep_it_whole() {
         let server = RedisServer::start();
         super::concurrent_refreshes_of_one_session_keep_it_whole(Arc::new(store(&server, LONG)))
@@ -433,6 +442,7 @@ mod redis {
     }
 
     #[tokio::test]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
     async fn teams_change_on_every_session_of_a_provisioned_user() {
         let server = RedisServer::start();
         super::teams_change_on_every_session_of_a_provisioned_user(&store(&server, LONG)).await;
@@ -440,6 +450,7 @@ mod redis {
 
     /// Two stores on one server stand for two replicas.
     #[tokio::test]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
     async fn a_refresh_is_claimed_by_one_handle_at_a_time() {
         let server = RedisServer::start();
         super::a_refresh_is_claimed_by_one_handle_at_a_time(
@@ -450,6 +461,7 @@ mod redis {
     }
 
     #[tokio::test]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
     async fn a_cluster_passes_the_same_checks() {
         let cluster = RedisCluster::start();
         let s = store_at(cluster.urls(), true, LONG);
@@ -462,6 +474,7 @@ mod redis {
     }
 
     #[tokio::test]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
     async fn records_at_rest_reveal_no_id_token_email_or_user() {
         let server = RedisServer::start();
         let s = store(&server, LONG);
@@ -483,6 +496,7 @@ mod redis {
     }
 
     #[tokio::test]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
     async fn a_rotated_secret_still_reads_old_records_and_a_dropped_one_does_not() {
         let server = RedisServer::start();
         let settings = RedisSettings {
@@ -517,6 +531,7 @@ mod redis {
     }
 
     #[tokio::test]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
     async fn an_outage_fails_closed_and_recovery_needs_no_restart() {
         let mut server = RedisServer::start();
         let s = store(&server, LONG);
@@ -551,6 +566,7 @@ mod redis {
     }
 
     #[tokio::test]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
     async fn a_store_made_while_redis_is_down_connects_when_it_comes_up() {
         let mut server = RedisServer::start();
         server.stop();

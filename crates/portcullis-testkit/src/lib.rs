@@ -1,10 +1,28 @@
-//! Real peers for tests, started on free loopback ports and stopped when dropped:
-//! `redis-server` (Debian's package) alone or as a three-node Redis Cluster, PostgreSQL,
-//! nginx and Caddy.
+//! What Portcullis's tests share, compiled once instead of into every test binary.
 //!
-//! Nothing here is faked: tests talk to the real servers. The binaries must be installed
-//! (the project's `scripts/test` installs them).
-#![forbid(unsafe_code)]
+//! - Real peers, started on free loopback ports and stopped when dropped: `redis-server`
+//!   alone or as a three-node Redis Cluster, PostgreSQL, nginx, Caddy, tinyproxy and
+//!   Hypercorn, and a test CA. Nothing here is faked: tests talk to the real servers, whose
+//!   binaries `scripts/test` installs.
+//! - [`harness`]: the `portcullis` binary as a child process, an echoing upstream, a
+//!   browser, the development provider, npm `oidc-provider`.
+//! - [`fakes`]: in-process stand-ins for the APIs that cannot be reached from a test
+//!   machine (GitHub, Microsoft Graph), following their documented shapes.
+//! - [`raw`]: HTTP/1.1 over a bare socket, for requests no client library would send.
+//!
+//! This is test code: `unwrap` on a failure is the test failing.
+#![allow(clippy::unwrap_used)]
+
+pub mod fakes;
+pub mod harness;
+pub mod raw;
+
+/// Everything a test file usually needs.
+pub mod prelude {
+    pub use crate::harness::*;
+    pub use crate::raw::*;
+    pub use crate::{TempDir, free_port};
+}
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

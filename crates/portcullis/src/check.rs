@@ -32,7 +32,7 @@ impl Report {
     }
 }
 
-pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let config = match load_config(args.config, env_vars(), Vec::new(), Vec::new()) {
         Ok(c) => c,
         Err(_) => return Ok(ExitCode::FAILURE),

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "portcullis", version, about, long_about = None)]
 #[command(args_conflicts_with_subcommands = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
@@ -16,7 +16,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the proxy (the default command).
     Serve(ServeArgs),
     /// Validate the configuration and probe the identity providers; exit non-zero on any problem.
@@ -28,7 +28,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// YAML configuration file. Environment variables override it.
     #[arg(long, short = 'c', value_name = "FILE", env = "PORTCULLIS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -41,7 +41,7 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct CheckArgs {
+pub(crate) struct CheckArgs {
     /// YAML configuration file. Environment variables override it.
     #[arg(long, short = 'c', value_name = "FILE", env = "PORTCULLIS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -51,7 +51,7 @@ pub struct CheckArgs {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct DevArgs {
+pub(crate) struct DevArgs {
     /// The app to protect, e.g. http://127.0.0.1:3000.
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
@@ -71,7 +71,7 @@ pub struct DevArgs {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct DevIdpArgs {
+pub(crate) struct DevIdpArgs {
     /// Address to listen on. Loopback only unless --allow-non-loopback is given.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9000")]
     pub listen: String,

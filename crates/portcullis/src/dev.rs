@@ -26,7 +26,7 @@ fn keep_env(name: &str) -> bool {
     !provider_setting
 }
 
-pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let listen: SocketAddr = match args.listen.parse() {
         Ok(a) => a,
         Err(_) => {
@@ -119,7 +119,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `portcullis dev-idp`: the development provider alone.
-pub async fn run_idp(args: DevIdpArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run_idp(args: DevIdpArgs) -> anyhow::Result<ExitCode> {
     let listen: SocketAddr = match args.listen.parse() {
         Ok(a) => a,
         Err(_) => {

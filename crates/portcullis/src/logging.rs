@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
 /// Starts logging. `RUST_LOG`, when set, overrides the configured level.
-pub fn init(config: &LogConfig) -> anyhow::Result<()> {
+pub(crate) fn init(config: &LogConfig) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives)?,
         _ => EnvFilter::try_new(&config.level).map_err(|e| {

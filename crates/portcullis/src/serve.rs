@@ -14,7 +14,7 @@ use crate::cli::ServeArgs;
 use crate::logging;
 
 /// Loads the configuration, printing problems the way an operator needs them.
-pub fn load_config(
+pub(crate) fn load_config(
     file: Option<PathBuf>,
     env: Vec<(String, String)>,
     defaults: Vec<(&'static str, String)>,
@@ -35,11 +35,13 @@ pub fn load_config(
     })
 }
 
-pub fn env_vars() -> Vec<(String, String)> {
+pub(crate) fn env_vars() -> Vec<(String, String)> {
     std::env::vars().collect()
 }
 
-pub fn outbound_client(config: &Config) -> anyhow::Result<portcullis_identity::http::HttpClient> {
+pub(crate) fn outbound_client(
+    config: &Config,
+) -> anyhow::Result<portcullis_identity::http::HttpClient> {
     let vars = env_vars();
     let settings = OutboundSettings {
         proxies: ProxyEnv::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
@@ -49,7 +51,7 @@ pub fn outbound_client(config: &Config) -> anyhow::Result<portcullis_identity::h
     portcullis_identity::http::client(&settings).context("cannot build the outbound HTTP client")
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut flags = Vec::new();
     if let Some(listen) = args.listen {
         flags.push(("listen_addr", "--listen", listen));
@@ -66,7 +68,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     run_with(config, listener).await
 }
 
-pub fn bind(config: &Config) -> anyhow::Result<TcpListener> {
+pub(crate) fn bind(config: &Config) -> anyhow::Result<TcpListener> {
     TcpListener::bind(config.listen_addr).with_context(|| {
         format!(
             "cannot listen on {} (listen_addr / LISTEN_ADDR): is another process using the port?",
@@ -76,7 +78,7 @@ pub fn bind(config: &Config) -> anyhow::Result<TcpListener> {
 }
 
 /// Runs the proxy on `listener` until a shutdown signal.
-pub async fn run_with(config: Config, listener: TcpListener) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run_with(config: Config, listener: TcpListener) -> anyhow::Result<ExitCode> {
     let workers = match config.server.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,

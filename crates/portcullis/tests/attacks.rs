@@ -4,28 +4,16 @@
 //! left the upstream's prefix, hosts that are not hosts, cross-site logout, forged log
 //! lines, HTTP/2 cookie crumbs, cookies with non-ASCII bytes, CONNECT, and WebSockets
 //! that outlived their session. Each test fails on the code before the fix.
-
-mod support;
+#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use portcullis_testkit::prelude::*;
 use portcullis_testkit::{Hypercorn, TempDir};
 use serde_json::Value;
-use support::raw::*;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
 
 /// Signs `user` in at the development provider; returns the session cookie's value.
 async fn session_of(p: &Portcullis, user: &str) -> String {
@@ -47,6 +35,10 @@ fn h2c_upgrade(host: &str, cookie: Option<&str>) -> Vec<u8> {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs Hypercorn (pip): run scripts/test"
+)]
 async fn an_h2c_upgrade_never_tunnels_past_portcullis() {
     let app = Hypercorn::start();
     let app_addr: SocketAddr = format!("127.0.0.1:{}", app.port).parse().unwrap();

@@ -1,13 +1,12 @@
 //! The sign-in pages in a real browser: Debian's Chromium driven by playwright-core
 //! (tests/browser/login.mjs) through Portcullis and the real oidc-provider. The
 //! branded provider-choice page is kept as a screenshot in tests/artifacts/.
-
-mod support;
+#![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 
+use portcullis_testkit::prelude::*;
 use serde_json::{Value, json};
-use support::*;
 
 fn root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -47,6 +46,10 @@ fn client(id: &str, secret: &str, redirect: &str, implicit: bool) -> Value {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs Chromium, oidc-provider (npm): run scripts/test"
+)]
 async fn the_branded_login_page_works_in_chromium_from_button_to_app() {
     let upstream = EchoUpstream::start().await;
     let port = free_port();
@@ -168,6 +171,10 @@ async fn the_branded_login_page_works_in_chromium_from_button_to_app() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs Chromium, oidc-provider (npm): run scripts/test"
+)]
 async fn the_implicit_fragment_page_signs_in_with_chromium_running_its_script() {
     let upstream = EchoUpstream::start().await;
     let port = free_port();

@@ -1,9 +1,8 @@
 //! The command line and configuration, as an operator meets them: `portcullis check`,
 //! start-up errors, YAML plus environment, secrets from files.
+#![allow(clippy::unwrap_used)]
 
-mod support;
-
-use support::*;
+use portcullis_testkit::prelude::*;
 
 fn write_temp(name: &str, contents: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("portcullis-cli-{}", free_port()));
@@ -247,6 +246,10 @@ async fn check_reads_a_config_file() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs nginx, openssl: run scripts/test"
+)]
 async fn an_extra_ca_bundle_is_trusted_for_the_provider() {
     // A provider on TLS with a certificate from a private CA (nginx serving a discovery
     // document and keys): trusted only once outbound.ca_file names that CA.

@@ -2,12 +2,11 @@
 //! an app, each running the configuration in `examples/` as written (only addresses
 //! changed), asking a running Portcullis; and the exact header exchanges of Traefik's
 //! `forwardAuth` and Envoy's `ext_authz`, which cannot be installed here.
+#![allow(clippy::unwrap_used)]
 
-mod support;
-
+use portcullis_testkit::prelude::*;
 use portcullis_testkit::{Caddy, Nginx};
 use serde_json::Value;
-use support::*;
 
 const PORTCULLIS_IN_EXAMPLES: &str = "127.0.0.1:4180";
 const APP_IN_EXAMPLES: &str = "127.0.0.1:3000";
@@ -15,10 +14,6 @@ const APP_IN_EXAMPLES: &str = "127.0.0.1:3000";
 fn example(path: &str) -> String {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-fn header<'a>(echo: &'a Value, name: &str) -> Option<&'a str> {
-    echo["headers"][name][0].as_str()
 }
 
 /// Portcullis answering forward-auth only (no upstream of its own) for a proxy in front
@@ -106,6 +101,7 @@ const FORGED: &[(&str, &str)] = &[
 ];
 
 #[tokio::test]
+#[cfg_attr(not(feature = "e2e"), ignore = "needs nginx: run scripts/test")]
 async fn nginx_auth_request_sends_browsers_to_log_in_and_passes_the_user_to_the_app() {
     let s = setup(&[]).await;
     let conf = s.adapt(&example("examples/nginx/portcullis.conf")).replace(
@@ -136,29 +132,35 @@ async fn nginx_auth_request_sends_browsers_to_log_in_and_passes_the_user_to_the_
     let echo = landed.json();
     assert_eq!(echo["path"], "/reports/q1");
     assert_eq!(
-        header(&echo, "x-forwarded-email"),
+        echo_header(&echo, "x-forwarded-email"),
         Some("alice@example.com")
     );
     assert_eq!(
-        header(&echo, "x-forwarded-preferred-username"),
+        echo_header(&echo, "x-forwarded-preferred-username"),
         Some("alice")
     );
-    assert_eq!(header(&echo, "x-forwarded-groups"), Some("admins,devs"));
-    assert!(header(&echo, "x-forwarded-user").is_some_and(|u| !u.is_empty()));
+    assert_eq!(
+        echo_header(&echo, "x-forwarded-groups"),
+        Some("admins,devs")
+    );
+    assert!(echo_header(&echo, "x-forwarded-user").is_some_and(|u| !u.is_empty()));
     // Identity headers a client sends are replaced by the real ones.
     let (status, body) = get_with(&browser, &s.url("/whoami"), FORGED).await;
     assert_eq!(status, 200, "{body}");
     let echo: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
-        header(&echo, "x-forwarded-email"),
+        echo_header(&echo, "x-forwarded-email"),
         Some("alice@example.com")
     );
     assert_eq!(
-        header(&echo, "x-forwarded-preferred-username"),
+        echo_header(&echo, "x-forwarded-preferred-username"),
         Some("alice")
     );
-    assert_eq!(header(&echo, "x-forwarded-groups"), Some("admins,devs"));
-    assert_ne!(header(&echo, "x-forwarded-user"), Some("mallory"));
+    assert_eq!(
+        echo_header(&echo, "x-forwarded-groups"),
+        Some("admins,devs")
+    );
+    assert_ne!(echo_header(&echo, "x-forwarded-user"), Some("mallory"));
     assert_eq!(
         echo["headers"]["x-forwarded-user"]
             .as_array()
@@ -183,6 +185,7 @@ async fn nginx_auth_request_sends_browsers_to_log_in_and_passes_the_user_to_the_
 }
 
 #[tokio::test]
+#[cfg_attr(not(feature = "e2e"), ignore = "needs Caddy: run scripts/test")]
 async fn caddy_forward_auth_redirects_browsers_itself_and_passes_the_user_to_the_app() {
     let s = setup(&[]).await;
     let caddyfile = s
@@ -205,16 +208,25 @@ async fn caddy_forward_auth_redirects_browsers_itself_and_passes_the_user_to_the
     assert_eq!(landed.status, 200, "{landed:?}");
     assert_eq!(landed.url.as_str(), s.url("/reports/q1?year=2026"));
     let echo = landed.json();
-    assert_eq!(header(&echo, "x-forwarded-email"), Some("bob@example.com"));
-    assert_eq!(header(&echo, "x-forwarded-groups"), Some("ops"));
+    assert_eq!(
+        echo_header(&echo, "x-forwarded-email"),
+        Some("bob@example.com")
+    );
+    assert_eq!(echo_header(&echo, "x-forwarded-groups"), Some("ops"));
 
     let (status, body) = get_with(&browser, &s.url("/whoami"), FORGED).await;
     assert_eq!(status, 200, "{body}");
     let echo: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(header(&echo, "x-forwarded-email"), Some("bob@example.com"));
-    assert_eq!(header(&echo, "x-forwarded-preferred-username"), Some("bob"));
-    assert_eq!(header(&echo, "x-forwarded-groups"), Some("ops"));
-    assert_ne!(header(&echo, "x-forwarded-user"), Some("mallory"));
+    assert_eq!(
+        echo_header(&echo, "x-forwarded-email"),
+        Some("bob@example.com")
+    );
+    assert_eq!(
+        echo_header(&echo, "x-forwarded-preferred-username"),
+        Some("bob")
+    );
+    assert_eq!(echo_header(&echo, "x-forwarded-groups"), Some("ops"));
+    assert_ne!(echo_header(&echo, "x-forwarded-user"), Some("mallory"));
 
     // An API client without a session gets the 401 JSON, relayed as it is.
     let api = reqwest::Client::new()
@@ -230,14 +242,6 @@ async fn caddy_forward_auth_redirects_browsers_itself_and_passes_the_user_to_the
 
 /// Logs `user` in directly at a Portcullis that has an upstream of its own (so it is its
 /// own public origin) and returns the browser.
-async fn logged_in(setup: &DevSetup, user: &str, groups: &str) -> Browser {
-    let browser = Browser::new();
-    let form = browser.navigate(&setup.portcullis.url("/")).await;
-    let landed = dev_idp_sign_in(&browser, &form, user, groups).await;
-    assert_eq!(landed.status, 200, "{landed:?}");
-    browser
-}
-
 async fn verify(
     p: &Portcullis,
     path: &str,
@@ -308,7 +312,7 @@ async fn traefiks_header_exchange_gets_a_redirect_back_to_the_original_url() {
     );
 
     // Following the login lands on the original URL.
-    let browser = logged_in(&s, "carol", "admins").await;
+    let browser = logged_in(&s.portcullis, "carol", "admins").await;
     let cookie = browser.cookie("127.0.0.1", "session_token").unwrap();
     let resp = verify(
         p,
@@ -399,7 +403,7 @@ async fn envoy_path_prefix_mode_checks_the_original_path() {
     .await;
     assert_eq!(resp.status(), 401);
 
-    let browser = logged_in(&s, "dave", "").await;
+    let browser = logged_in(&s.portcullis, "dave", "").await;
     let cookie = browser.cookie("127.0.0.1", "session_token").unwrap();
     // The original query string is the app's, never taken for verify's own parameters.
     let resp = verify(
@@ -420,7 +424,7 @@ async fn envoy_path_prefix_mode_checks_the_original_path() {
 async fn query_parameters_narrow_the_policy_per_location() {
     let s = with_dev_idp(&[]).await;
     let p = &s.portcullis;
-    let browser = logged_in(&s, "erin", "devs, sre").await;
+    let browser = logged_in(&s.portcullis, "erin", "devs, sre").await;
     let cookie = browser.cookie("127.0.0.1", "session_token").unwrap();
     let status = |path: &'static str| {
         let cookie = cookie.clone();
@@ -497,6 +501,7 @@ async fn a_forward_auth_only_portcullis_proxies_nothing() {
 /// for the parent domain, and two apps on subdomains that both see it (one narrowed to a
 /// group). The browser resolves the example's names to loopback and honours `Domain=`.
 #[tokio::test]
+#[cfg_attr(not(feature = "e2e"), ignore = "needs nginx: run scripts/test")]
 async fn one_sign_in_serves_every_app_under_the_cookie_domain() {
     let app1 = EchoUpstream::start().await;
     let app2 = EchoUpstream::start().await;
@@ -552,7 +557,7 @@ async fn one_sign_in_serves_every_app_under_the_cookie_domain() {
     assert_eq!(landed.status, 200, "{landed:?}\n{}", nginx.error_log());
     assert_eq!(landed.url.as_str(), at("app1", "/inbox?page=2"));
     assert_eq!(
-        header(&landed.json(), "x-forwarded-email"),
+        echo_header(&landed.json(), "x-forwarded-email"),
         Some("alice@example.com")
     );
 
@@ -561,7 +566,10 @@ async fn one_sign_in_serves_every_app_under_the_cookie_domain() {
     assert!(session.is_some(), "the session cookie is a domain cookie");
     let other = browser.get(&at("app2", "/settings")).await;
     assert_eq!(other.status, 200, "{other:?}");
-    assert_eq!(header(&other.json(), "x-forwarded-groups"), Some("admins"));
+    assert_eq!(
+        echo_header(&other.json(), "x-forwarded-groups"),
+        Some("admins")
+    );
 
     // app2 is narrowed to admins: a user without that group is refused there, not at app1.
     let bob = Browser::resolving(&[

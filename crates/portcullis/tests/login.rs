@@ -1,13 +1,8 @@
 //! Logging in, being let in or refused, and the auth endpoints, against the real binary.
+#![allow(clippy::unwrap_used)]
 
-mod support;
-
+use portcullis_testkit::prelude::*;
 use serde_json::{Value, json};
-use support::*;
-
-fn header<'a>(echo: &'a Value, name: &str) -> Option<&'a str> {
-    echo["headers"][name][0].as_str()
-}
 
 async fn log_in(browser: &Browser, p: &Portcullis, path: &str, user: &str, groups: &str) -> Page {
     let form = browser.navigate(&p.url(path)).await;
@@ -45,10 +40,10 @@ async fn the_local_dev_example_runs_as_written() {
     assert_eq!(landed.status, 200, "{landed:?}");
     let echo = landed.json();
     assert_eq!(echo["path"], "/src/main.ts");
-    assert_eq!(header(&echo, "x-forwarded-groups"), Some("developers"));
+    assert_eq!(echo_header(&echo, "x-forwarded-groups"), Some("developers"));
     // preserve_host: the dev server sees the address the browser used.
     assert_eq!(
-        header(&echo, "host"),
+        echo_header(&echo, "host"),
         Some(format!("127.0.0.1:{port}").as_str())
     );
 
@@ -92,17 +87,20 @@ async fn the_dev_quickstart_logs_in_through_the_embedded_provider() {
     assert_eq!(echo["path"], "/reports");
     assert_eq!(echo["query"], "year=2026");
     assert_eq!(
-        header(&echo, "x-forwarded-email"),
+        echo_header(&echo, "x-forwarded-email"),
         Some("alice@example.com")
     );
     assert_eq!(
-        header(&echo, "x-forwarded-preferred-username"),
+        echo_header(&echo, "x-forwarded-preferred-username"),
         Some("alice")
     );
-    assert_eq!(header(&echo, "x-forwarded-groups"), Some("admins,devs"));
-    assert_eq!(header(&echo, "x-forwarded-provider"), Some("dev"));
+    assert_eq!(
+        echo_header(&echo, "x-forwarded-groups"),
+        Some("admins,devs")
+    );
+    assert_eq!(echo_header(&echo, "x-forwarded-provider"), Some("dev"));
     assert!(
-        header(&echo, "x-forwarded-user")
+        echo_header(&echo, "x-forwarded-user")
             .unwrap()
             .starts_with("dev-")
     );
@@ -134,6 +132,10 @@ async fn dev_refuses_a_non_loopback_address_unless_forced() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
 async fn a_real_third_party_provider_logs_the_user_in_through_its_own_forms() {
     let upstream = EchoUpstream::start().await;
     let port = free_port();
@@ -186,12 +188,12 @@ async fn a_real_third_party_provider_logs_the_user_in_through_its_own_forms() {
     assert_eq!(echo["path"], "/inbox");
     assert_eq!(echo["query"], "folder=a%20b");
     assert_eq!(
-        header(&echo, "x-forwarded-email"),
+        echo_header(&echo, "x-forwarded-email"),
         Some("alice@example.com")
     );
-    assert_eq!(header(&echo, "x-forwarded-user"), Some("alice"));
-    assert_eq!(header(&echo, "x-forwarded-groups"), Some("ops"));
-    let cookie_header = header(&echo, "cookie").unwrap_or("");
+    assert_eq!(echo_header(&echo, "x-forwarded-user"), Some("alice"));
+    assert_eq!(echo_header(&echo, "x-forwarded-groups"), Some("ops"));
+    let cookie_header = echo_header(&echo, "cookie").unwrap_or("");
     assert!(
         !cookie_header.contains("session_token"),
         "session cookie forwarded: {cookie_header}"
@@ -464,5 +466,8 @@ async fn the_nested_dialect_alone_configures_a_provider() {
         "{first_redirect}"
     );
     let landed = dev_idp_sign_in(&browser, &form, "erin", "").await;
-    assert_eq!(header(&landed.json(), "x-forwarded-provider"), Some("corp"));
+    assert_eq!(
+        echo_header(&landed.json(), "x-forwarded-provider"),
+        Some("corp")
+    );
 }

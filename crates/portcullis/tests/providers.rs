@@ -3,19 +3,14 @@
 //! and REST API (GitHub cannot be reached from here), Microsoft Entra, Google, ADFS, Okta,
 //! Auth0 and custom providers against the real `oidc-provider` (with the claims each of
 //! them issues), Entra's group overage against a fake Microsoft Graph.
+#![allow(clippy::unwrap_used)]
 
-mod support;
-
-use serde_json::{Value, json};
-use support::fakes::{FakeGitHub, FakeGraph, GitHubUser};
-use support::*;
+use portcullis_testkit::fakes::{FakeGitHub, FakeGraph, GitHubUser};
+use portcullis_testkit::prelude::*;
+use serde_json::json;
 
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const OTHER_TENANT: &str = "f8cdef31-a31e-4b4a-93e4-5f571e91255a";
-
-fn header<'a>(echo: &'a Value, name: &str) -> Option<&'a str> {
-    echo["headers"][name][0].as_str()
-}
 
 /// Signs in at oidc-provider's own login and consent forms.
 async fn op_sign_in(browser: &Browser, login: &Page, user: &str) -> Page {
@@ -138,18 +133,18 @@ async fn github_signs_in_members_of_the_allowed_organization_with_their_verified
     assert_eq!(landed.status, 200, "{landed:?}\n{}", p.logs());
     assert_eq!(landed.url.as_str(), p.url("/repos?tab=stars"));
     let echo = landed.json();
-    assert_eq!(header(&echo, "x-forwarded-user"), Some("583231"));
+    assert_eq!(echo_header(&echo, "x-forwarded-user"), Some("583231"));
     assert_eq!(
-        header(&echo, "x-forwarded-email"),
+        echo_header(&echo, "x-forwarded-email"),
         Some("octo@acme.example")
     );
     assert_eq!(
-        header(&echo, "x-forwarded-preferred-username"),
+        echo_header(&echo, "x-forwarded-preferred-username"),
         Some("octocat")
     );
-    assert_eq!(header(&echo, "x-forwarded-provider"), Some("github"));
+    assert_eq!(echo_header(&echo, "x-forwarded-provider"), Some("github"));
     assert_eq!(
-        header(&echo, "x-forwarded-groups"),
+        echo_header(&echo, "x-forwarded-groups"),
         Some("github,octo-labs,acme,octo-labs:docs,octo-labs:ops,acme:platform")
     );
     // Every page was read, and only over the API with the token.
@@ -208,9 +203,9 @@ async fn github_teams_admit_and_an_unverified_email_is_never_used() {
     let landed = browser.navigate(&p.url("/")).await;
     assert_eq!(landed.status, 200, "{landed:?}\n{}", p.logs());
     let echo = landed.json();
-    assert_eq!(header(&echo, "x-forwarded-email"), None);
+    assert_eq!(echo_header(&echo, "x-forwarded-email"), None);
     assert_eq!(
-        header(&echo, "x-forwarded-preferred-username"),
+        echo_header(&echo, "x-forwarded-preferred-username"),
         Some("mallory")
     );
 
@@ -238,7 +233,7 @@ async fn an_allow_list_of_github_users_matches_the_login_or_the_email() {
     let browser = Browser::new();
     let landed = browser.navigate(&p.url("/")).await;
     assert_eq!(landed.status, 200, "{landed:?}\n{}", p.logs());
-    assert_eq!(header(&landed.json(), "x-forwarded-email"), None);
+    assert_eq!(echo_header(&landed.json(), "x-forwarded-email"), None);
     assert!(
         p.wait_for_log("no email for the user").await,
         "{}",
@@ -315,6 +310,10 @@ async fn entra_setup(
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
 async fn entra_reads_the_groups_of_an_overage_user_from_graph_page_by_page() {
     let graph = FakeGraph::start(vec!["g-1", "g-2", "g-3", "g-4", "g-5"], false).await;
     let (_op, _upstream, p) = entra_setup(&graph, &[("AUTH__ALLOWED_GROUPS", "g-5")]).await;
@@ -331,15 +330,15 @@ async fn entra_reads_the_groups_of_an_overage_user_from_graph_page_by_page() {
     // The user id is oid (the same in every app of the tenant), the email comes from
     // preferred_username, the groups from both Graph pages.
     assert_eq!(
-        header(&echo, "x-forwarded-user"),
+        echo_header(&echo, "x-forwarded-user"),
         Some("00000000-0000-0000-0000-00000000a11c")
     );
     assert_eq!(
-        header(&echo, "x-forwarded-email"),
+        echo_header(&echo, "x-forwarded-email"),
         Some("alice@contoso.example")
     );
     assert_eq!(
-        header(&echo, "x-forwarded-groups"),
+        echo_header(&echo, "x-forwarded-groups"),
         Some("g-1,g-2,g-3,g-4,g-5")
     );
     let calls = graph
@@ -363,6 +362,10 @@ async fn entra_reads_the_groups_of_an_overage_user_from_graph_page_by_page() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
 async fn when_graph_fails_the_overage_user_has_no_groups_and_a_group_rule_refuses_them() {
     let graph = FakeGraph::start(vec!["g-1"], true).await;
     let (_op, _upstream, p) = entra_setup(&graph, &[("AUTH__ALLOWED_GROUPS", "g-1")]).await;
@@ -380,6 +383,10 @@ async fn when_graph_fails_the_overage_user_has_no_groups_and_a_group_rule_refuse
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
 async fn entra_refuses_users_of_another_tenant() {
     let graph = FakeGraph::start(vec![], false).await;
     let (_op, _upstream, p) = entra_setup(&graph, &[]).await;
@@ -401,6 +408,10 @@ async fn entra_refuses_users_of_another_tenant() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
 async fn a_multi_tenant_entra_app_admits_only_the_listed_tenants() {
     let graph = FakeGraph::start(vec!["g-1", "g-2"], false).await;
     let (_op, _upstream, p) = entra_setup(
@@ -442,6 +453,10 @@ async fn a_multi_tenant_entra_app_admits_only_the_listed_tenants() {
 // The nested dialect: Okta, Auth0, Google, ADFS, custom and GitHub side by side
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
 async fn google_admits_only_its_hosted_domain() {
     let upstream = EchoUpstream::start().await;
     let port = free_port();
@@ -478,7 +493,7 @@ async fn google_admits_only_its_hosted_domain() {
     let landed = op_sign_in(&browser, &login, "alice").await;
     assert_eq!(landed.status, 200, "{landed:?}\n{}", p.logs());
     assert_eq!(
-        header(&landed.json(), "x-forwarded-provider"),
+        echo_header(&landed.json(), "x-forwarded-provider"),
         Some("google")
     );
     for outsider in ["eve", "frank"] {
@@ -490,6 +505,10 @@ async fn google_admits_only_its_hosted_domain() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
 async fn adfs_users_are_known_by_their_upn() {
     let upstream = EchoUpstream::start().await;
     let port = free_port();
@@ -521,14 +540,21 @@ async fn adfs_users_are_known_by_their_upn() {
     let landed = op_sign_in(&browser, &login, "dan").await;
     assert_eq!(landed.status, 200, "{landed:?}\n{}", p.logs());
     let echo = landed.json();
-    assert_eq!(header(&echo, "x-forwarded-email"), Some("dan@corp.example"));
     assert_eq!(
-        header(&echo, "x-forwarded-preferred-username"),
+        echo_header(&echo, "x-forwarded-email"),
+        Some("dan@corp.example")
+    );
+    assert_eq!(
+        echo_header(&echo, "x-forwarded-preferred-username"),
         Some("dan@corp.example")
     );
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
 async fn several_providers_at_once_each_sign_in_and_record_their_name() {
     let upstream = EchoUpstream::start().await;
     let port = free_port();
@@ -613,7 +639,7 @@ async fn several_providers_at_once_each_sign_in_and_record_their_name() {
     assert_eq!(landed.status, 200, "{landed:?}\n{}", p.logs());
     assert_eq!(landed.url.as_str(), p.url("/wiki"));
     assert_eq!(
-        header(&landed.json(), "x-forwarded-provider"),
+        echo_header(&landed.json(), "x-forwarded-provider"),
         Some("auth0")
     );
     assert_eq!(
@@ -652,6 +678,10 @@ async fn several_providers_at_once_each_sign_in_and_record_their_name() {
 // Outbound calls: an HTTPS proxy, a private CA, an unreachable provider
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs nginx, oidc-provider (npm), openssl, tinyproxy: run scripts/test"
+)]
 async fn provider_calls_go_through_the_https_proxy_and_trust_the_extra_ca() {
     use portcullis_testkit::{Nginx, TestCa, Tinyproxy};
     // oidc-provider behind nginx on TLS, with a certificate from a private CA.
@@ -729,6 +759,10 @@ async fn provider_calls_go_through_the_https_proxy_and_trust_the_extra_ca() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm), tinyproxy: run scripts/test"
+)]
 async fn no_proxy_keeps_provider_calls_direct_even_with_a_proxy_set() {
     use portcullis_testkit::Tinyproxy;
     let proxy = Tinyproxy::start();

@@ -1,14 +1,13 @@
 //! Several replicas sharing sessions in Redis: a login through one is recognised by the
 //! others, a logout through one ends the session on all of them, sessions survive
 //! restarts, and a Redis outage fails closed and heals by itself.
-
-mod support;
+#![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
 use portcullis_devidp::DevIdp;
+use portcullis_testkit::prelude::*;
 use portcullis_testkit::{RedisCluster, RedisServer, TestCa};
-use support::*;
 
 /// One upstream, one development provider, and `n` Portcullis replicas sharing the
 /// session store described by `store_env`.
@@ -86,6 +85,7 @@ fn json_browser() -> Browser {
 }
 
 #[tokio::test]
+#[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
 async fn a_login_on_one_replica_works_on_another_and_a_logout_on_either_ends_it_everywhere() {
     // An ACL user restricted to the key prefix, a password for the default user, and a
     // database number: the usual shape of a shared production Redis.
@@ -142,6 +142,7 @@ async fn a_login_on_one_replica_works_on_another_and_a_logout_on_either_ends_it_
 }
 
 #[tokio::test]
+#[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
 async fn sessions_survive_a_restart_of_every_replica() {
     let redis = RedisServer::start();
     let fleet = Fleet::on_redis(2, &redis.url(), &[]).await;
@@ -165,6 +166,7 @@ async fn sessions_survive_a_restart_of_every_replica() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
 async fn a_redis_outage_fails_closed_and_heals_without_a_restart() {
     let mut redis = RedisServer::start();
     let fleet = Fleet::on_redis(1, &redis.url(), &[("SESSION__REDIS__TIMEOUT", "1s")]).await;
@@ -226,6 +228,7 @@ async fn a_redis_outage_fails_closed_and_heals_without_a_restart() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
 async fn portcullis_starts_while_redis_is_down_and_becomes_ready_when_it_is_up() {
     let mut redis = RedisServer::start();
     redis.stop();
@@ -265,6 +268,7 @@ async fn portcullis_starts_while_redis_is_down_and_becomes_ready_when_it_is_up()
 }
 
 #[tokio::test]
+#[cfg_attr(not(feature = "e2e"), ignore = "needs Redis Cluster: run scripts/test")]
 async fn a_redis_cluster_shares_sessions_and_logout_the_same_way() {
     let cluster = RedisCluster::start();
     let seeds = cluster.urls().join(",");
@@ -296,6 +300,10 @@ async fn a_redis_cluster_shares_sessions_and_logout_the_same_way() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs Redis, openssl: run scripts/test"
+)]
 async fn rediss_with_a_private_ca_works_only_when_the_ca_is_configured() {
     let ca = TestCa::generate();
     let redis = RedisServer::start_tls(&ca);
@@ -337,6 +345,7 @@ async fn rediss_with_a_private_ca_works_only_when_the_ca_is_configured() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
 async fn logout_everywhere_ends_every_session_of_the_user_on_every_replica() {
     let redis = RedisServer::start();
     let fleet = Fleet::on_redis(2, &redis.url(), &[]).await;

@@ -2,15 +2,13 @@
 //! replayed against the real binary, with the effect on access checked after each step
 //! (a deprovisioned user's next proxied request is refused; a membership change shows in
 //! the user's groups on their next request). Also bad input, and persistence.
-
-mod support;
+#![allow(clippy::unwrap_used)]
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use portcullis_testkit::prelude::*;
 use portcullis_testkit::{PostgresServer, RedisServer, TempDir};
 use serde_json::{Value, json};
-use support::raw::*;
-use support::*;
 
 const OKTA_USER: &str = "okta-provisioner";
 const OKTA_PASSWORD: &str = "okta-provisioning-password-123";
@@ -339,6 +337,10 @@ async fn okta_provisioning_traffic_controls_access_at_once() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs PostgreSQL, Redis: run scripts/test"
+)]
 async fn entra_provisioning_traffic_controls_access_on_every_replica() {
     let pg = PostgresServer::start();
     let redis = RedisServer::start();

@@ -3,14 +3,13 @@
 //! in PostgreSQL. It derives its checks from what `/Schemas` declares: create, read,
 //! list with `attributes`/`excludedAttributes`, PUT, PATCH add/replace/remove on every
 //! attribute, delete, discovery endpoints and error objects.
-
-mod support;
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 use std::process::Command;
 
+use portcullis_testkit::prelude::*;
 use portcullis_testkit::{PostgresServer, TempDir};
-use support::*;
 
 const TOKEN: &str = "conformance-token-0123456789abcdef";
 
@@ -73,6 +72,10 @@ async fn run_checker(database_url: &str, label: &str) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs scim2-tester (pip): run scripts/test"
+)]
 async fn scim2_tester_finds_no_failures_with_sqlite() {
     let dir = TempDir::new("scim-conformance");
     let url = format!("sqlite://{}", dir.path().join("directory.db").display());
@@ -80,6 +83,10 @@ async fn scim2_tester_finds_no_failures_with_sqlite() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs PostgreSQL, scim2-tester (pip): run scripts/test"
+)]
 async fn scim2_tester_finds_no_failures_with_postgresql() {
     let pg = PostgresServer::start();
     run_checker(&pg.database("conformance"), "postgresql").await;

@@ -1,6 +1,5 @@
 //! Negative tests: each would fail if the protection it names broke.
-
-mod support;
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -14,23 +13,15 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis_devidp::SigningKey;
+use portcullis_testkit::prelude::*;
 use serde_json::{Value, json};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn logged_in(p: &Portcullis, user: &str) -> Browser {
-    let browser = Browser::new();
-    let form = browser.navigate(&p.url("/")).await;
-    let page = dev_idp_sign_in(&browser, &form, user, "staff").await;
-    assert_eq!(page.status, 200, "login failed: {}", page.body);
-    browser
-}
 
 #[tokio::test]
 async fn a_tampered_or_unknown_session_cookie_gets_no_access() {
     let setup = with_dev_idp(&[]).await;
     let p = &setup.portcullis;
-    let browser = logged_in(p, "alice").await;
+    let browser = logged_in(p, "alice", "staff").await;
     let real = browser.cookie("127.0.0.1", "session_token").unwrap();
     let mut flipped = real.clone().into_bytes();
     flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
@@ -223,7 +214,7 @@ async fn a_replayed_authorization_code_is_refused() {
 async fn spoofed_identity_headers_in_every_spelling_never_reach_the_upstream() {
     let setup = with_dev_idp(&[]).await;
     let p = &setup.portcullis;
-    let browser = logged_in(p, "alice").await;
+    let browser = logged_in(p, "alice", "staff").await;
     let cookie = format!(
         "session_token={}",
         browser.cookie("127.0.0.1", "session_token").unwrap()

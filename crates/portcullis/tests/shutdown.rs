@@ -1,10 +1,9 @@
 //! SIGTERM: stop accepting, finish what is in flight, exit within the grace period.
-
-mod support;
+#![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
-use support::*;
+use portcullis_testkit::prelude::*;
 
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish_then_exits() {

@@ -1,13 +1,12 @@
 //! Tokens after login, against the real `oidc-provider`: bearer JWTs for API clients and
 //! CLIs, refreshing a session before its access token expires (and ending it when the
 //! provider refuses), logging out at the provider, and passing tokens to the upstream.
-
-mod support;
+#![allow(clippy::unwrap_used)]
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use portcullis_testkit::prelude::*;
 use serde_json::{Value, json};
-use support::*;
 
 const APP: (&str, &str) = ("portcullis-app", "portcullis-app-secret");
 const CLI: (&str, &str) = ("team-cli", "team-cli-secret");
@@ -15,10 +14,6 @@ const OTHER: (&str, &str) = ("other-app", "other-app-secret");
 /// Where the test's own code flows "return" (never contacted: the code is read from the
 /// redirect).
 const CLI_REDIRECT: &str = "http://127.0.0.1:9/cli-callback";
-
-fn header<'a>(echo: &'a Value, name: &str) -> Option<&'a str> {
-    echo["headers"][name][0].as_str()
-}
 
 fn client(id: &str, secret: &str, redirects: &[&str]) -> Value {
     json!({
@@ -169,6 +164,10 @@ async fn get(url: &str, headers: &[(&str, String)]) -> reqwest::Response {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
 async fn a_cli_with_a_bearer_token_is_admitted_and_every_bad_token_is_a_401() {
     let (op, _upstream, p) = rig(
         json!({}),
@@ -192,11 +191,11 @@ async fn a_cli_with_a_bearer_token_is_admitted_and_every_bad_token_is_a_401() {
     assert_eq!(ok.status(), 200);
     let echo: Value = ok.json().await.unwrap();
     assert_eq!(
-        header(&echo, "x-forwarded-email"),
+        echo_header(&echo, "x-forwarded-email"),
         Some("alice@example.com")
     );
-    assert_eq!(header(&echo, "x-forwarded-groups"), Some("eng"));
-    assert_eq!(header(&echo, "x-forwarded-provider"), Some("corp"));
+    assert_eq!(echo_header(&echo, "x-forwarded-groups"), Some("eng"));
+    assert_eq!(echo_header(&echo, "x-forwarded-provider"), Some("corp"));
     let me: Value = get(&p.url("/api/v1/auth/me"), &bearer(&id_token))
         .await
         .json()
@@ -273,6 +272,10 @@ async fn a_cli_with_a_bearer_token_is_admitted_and_every_bad_token_is_a_401() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
 async fn bearer_tokens_are_ignored_unless_turned_on() {
     let (op, _upstream, p) = rig(json!({}), &[]).await;
     let id_token = cli_tokens(&op, CLI, "alice").await["id_token"]
@@ -296,6 +299,10 @@ async fn sign_in_until_app(browser: &Browser, p: &Portcullis, user: &str) -> Pag
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
 async fn sessions_refresh_once_before_expiry_and_end_when_the_provider_refuses() {
     // Access tokens live 60 s; Portcullis refreshes 58 s before expiry, so 2 s after a
     // login the session is due.
@@ -365,6 +372,10 @@ async fn sessions_refresh_once_before_expiry_and_end_when_the_provider_refuses()
 /// Two replicas sharing sessions in Redis, both asked at once when the session is due:
 /// one refresh between them (a refresh token used twice may revoke the whole grant).
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs Redis, oidc-provider (npm): run scripts/test"
+)]
 async fn replicas_sharing_redis_refresh_a_session_once() {
     let redis = portcullis_testkit::RedisServer::start();
     let upstream = EchoUpstream::start().await;
@@ -433,6 +444,10 @@ async fn all_at_once(urls: impl Iterator<Item = String>, cookie: &str) -> Vec<re
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
 async fn logout_also_ends_the_session_at_the_provider_when_asked() {
     let (op, _upstream, p) = rig(json!({}), &[("AUTH__PROVIDER_LOGOUT", "true")]).await;
     let browser = Browser::new();
@@ -483,6 +498,10 @@ async fn logout_also_ends_the_session_at_the_provider_when_asked() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
 async fn tokens_reach_the_upstream_only_when_configured() {
     let (_op, _upstream, p) = rig(
         json!({}),
@@ -495,9 +514,9 @@ async fn tokens_reach_the_upstream_only_when_configured() {
     let browser = Browser::new();
     let landed = sign_in_until_app(&browser, &p, "alice").await;
     let echo = landed.json();
-    let access = header(&echo, "x-forwarded-access-token").expect("access token passed");
+    let access = echo_header(&echo, "x-forwarded-access-token").expect("access token passed");
     assert!(!access.is_empty());
-    let authorization = header(&echo, "authorization").expect("ID token passed");
+    let authorization = echo_header(&echo, "authorization").expect("ID token passed");
     let jwt = authorization.strip_prefix("Bearer ").unwrap();
     assert_eq!(jwt.split('.').count(), 3);
 
@@ -517,8 +536,8 @@ async fn tokens_reach_the_upstream_only_when_configured() {
     .json()
     .await
     .unwrap();
-    assert_eq!(header(&echo, "x-forwarded-access-token"), None);
-    assert_eq!(header(&echo, "authorization"), None);
+    assert_eq!(echo_header(&echo, "x-forwarded-access-token"), None);
+    assert_eq!(echo_header(&echo, "authorization"), None);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -570,6 +589,10 @@ async fn implicit_setup(mode: &str) -> (OidcProvider, EchoUpstream, Portcullis) 
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
 async fn the_implicit_flow_with_form_post_signs_the_user_in() {
     let (op, _upstream, p) = implicit_setup("form_post").await;
     let browser = Browser::new();
@@ -608,10 +631,10 @@ async fn the_implicit_flow_with_form_post_signs_the_user_in() {
     assert_eq!(landed.url.as_str(), p.url("/docs?page=2"));
     let echo = landed.json();
     assert_eq!(
-        header(&echo, "x-forwarded-email"),
+        echo_header(&echo, "x-forwarded-email"),
         Some("alice@example.com")
     );
-    assert_eq!(header(&echo, "x-forwarded-groups"), Some("eng"));
+    assert_eq!(echo_header(&echo, "x-forwarded-groups"), Some("eng"));
 
     // The same ID token replayed to the callback is refused (its login state is used).
     let (action, fields) = page.form();
@@ -622,6 +645,10 @@ async fn the_implicit_flow_with_form_post_signs_the_user_in() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
 async fn the_implicit_flow_with_a_fragment_goes_through_the_redirect_page() {
     let (op, _upstream, p) = implicit_setup("fragment").await;
     let browser = Browser::new();
@@ -662,7 +689,7 @@ async fn the_implicit_flow_with_a_fragment_goes_through_the_redirect_page() {
     let landed = browser.follow(posted).await;
     assert_eq!(landed.status, 200, "{landed:?}\n{}", p.logs());
     assert_eq!(
-        header(&landed.json(), "x-forwarded-email"),
+        echo_header(&landed.json(), "x-forwarded-email"),
         Some("alice@example.com")
     );
 
@@ -678,6 +705,10 @@ async fn the_implicit_flow_with_a_fragment_goes_through_the_redirect_page() {
 /// A code-flow login never accepts an ID token in place of the code: the answer must be
 /// the one the provider's flow produces.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
 async fn a_code_flow_login_refuses_an_id_token_instead_of_a_code() {
     let (op, _upstream, p) = rig(json!({}), &[]).await;
     // An ID token issued for the app itself, obtained outside any login Portcullis started.
@@ -712,6 +743,10 @@ async fn a_code_flow_login_refuses_an_id_token_instead_of_a_code() {
 /// Two configured clients at one issuer: a bearer token is accepted by the one it was
 /// issued for, whichever is listed first.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
 async fn bearer_tokens_find_their_client_among_several_at_one_issuer() {
     let op = provider("http://127.0.0.1:9/api/v1/auth/callback", json!({})).await;
     let p = Portcullis::builder()
@@ -765,6 +800,10 @@ async fn bearer_tokens_find_their_client_among_several_at_one_issuer() {
 /// token from the provider, for the right client, obtained with another nonce (by an
 /// attacker, say) is refused even when posted with this browser's own state.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
 async fn an_implicit_id_token_with_another_nonce_is_refused() {
     let (op, _upstream, p) = implicit_setup("fragment").await;
     let page = p.url("/v1/oauth/redirect/");

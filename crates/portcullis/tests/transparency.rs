@@ -1,15 +1,14 @@
 //! The proxy must not alter what it forwards, beyond the documented header rules; bodies
 //! stream; HTTP/1.1, HTTP/2 and WebSocket all pass.
-
-mod support;
+#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use portcullis_testkit::prelude::*;
 use serde_json::Value;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn open_mode(upstream: &EchoUpstream, extra: &[(&str, &str)]) -> Portcullis {
@@ -167,6 +166,7 @@ async fn http2_by_prior_knowledge_shares_the_port_and_host_follows_one_rule() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(feature = "e2e"), ignore = "needs openssl: run scripts/test")]
 async fn tls_offers_http2_by_alpn_and_http1_too() {
     let ca = portcullis_testkit::TestCa::generate();
     let (cert, key) = (ca.server_cert(), ca.server_key());
@@ -262,17 +262,6 @@ async fn an_unreachable_upstream_is_a_502_page_and_a_slow_one_a_504() {
     assert!(page.body.contains("taking too long"));
 }
 
-/// Peak resident memory of a process, from /proc (kB).
-fn peak_rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 #[tokio::test]
 async fn large_bodies_stream_through_without_being_buffered() {
     let upstream = EchoUpstream::start().await;
@@ -304,7 +293,7 @@ async fn large_bodies_stream_through_without_being_buffered() {
         "{answer}"
     );
     // Half a gigabyte went through; the proxy never held more than a sliver of it.
-    let peak = peak_rss_kb(p.pid());
+    let peak = peak_rss_kib(p.pid());
     assert!(peak < 64 * 1024, "peak RSS {peak} kB while streaming");
 }
 

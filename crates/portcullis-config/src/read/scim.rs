@@ -7,7 +7,7 @@ use crate::model::*;
 use crate::reader::Reader;
 
 /// The shortest SCIM password or token accepted, in bytes.
-pub const MIN_SCIM_SECRET_BYTES: usize = 16;
+pub(super) const MIN_SCIM_SECRET_BYTES: usize = 16;
 
 pub(super) fn read_scim(r: &Reader<'_>) -> ScimConfig {
     let enabled = r.bool("scim.enabled", false);

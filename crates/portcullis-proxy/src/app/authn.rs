@@ -34,14 +34,14 @@ pub(super) struct BearerUser {
 }
 
 impl Principal {
-    pub fn identity(&self) -> &Identity {
+    pub(super) fn identity(&self) -> &Identity {
         match self {
             Principal::Session(s) => &s.identity,
             Principal::Bearer(b) => &b.identity,
         }
     }
 
-    pub fn teams(&self) -> &[String] {
+    pub(super) fn teams(&self) -> &[String] {
         match self {
             Principal::Session(s) => &s.teams,
             Principal::Bearer(b) => &b.teams,
@@ -50,7 +50,7 @@ impl Principal {
 
     /// Sessions are revoked when the directory deactivates their user, so their status
     /// needs no lookup; a bearer token was looked up for this request.
-    pub fn provisioning(&self) -> Provisioning {
+    pub(super) fn provisioning(&self) -> Provisioning {
         match self {
             Principal::Session(_) => Provisioning::NotChecked,
             Principal::Bearer(b) => b.provisioning,
@@ -58,7 +58,7 @@ impl Principal {
     }
 
     /// What the policy looks at.
-    pub fn subject(&self) -> Subject<'_> {
+    pub(super) fn subject(&self) -> Subject<'_> {
         Subject {
             identity: self.identity(),
             teams: self.teams(),
@@ -67,7 +67,7 @@ impl Principal {
     }
 
     /// The provider's groups and the directory's teams, each once.
-    pub fn all_groups(&self) -> impl Iterator<Item = &str> {
+    pub(super) fn all_groups(&self) -> impl Iterator<Item = &str> {
         let identity = self.identity();
         let groups = identity.groups.iter().map(String::as_str);
         let teams = self
@@ -78,7 +78,7 @@ impl Principal {
         groups.chain(teams)
     }
 
-    pub fn tokens(&self) -> Option<&SessionTokens> {
+    pub(super) fn tokens(&self) -> Option<&SessionTokens> {
         match self {
             Principal::Session(s) => s.tokens.as_deref(),
             Principal::Bearer(_) => None,

@@ -41,7 +41,7 @@ use crate::return_to;
 const VERIFY_PATH: &str = VERIFY.path;
 
 /// The login URL for the proxy in front, on a 401.
-pub const X_AUTH_REQUEST_LOGIN: HeaderName = HeaderName::from_static("x-auth-request-login");
+pub(super) const X_AUTH_REQUEST_LOGIN: HeaderName = HeaderName::from_static("x-auth-request-login");
 
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 const X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");

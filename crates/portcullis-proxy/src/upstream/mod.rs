@@ -28,17 +28,17 @@ use rustls::pki_types::ServerName;
 use crate::hop;
 use crate::inbound::RequestBody;
 use crate::shutdown::Tracker;
-pub use pool::PooledBody;
+pub(crate) use pool::PooledBody;
 use pool::{Endpoint, Pool};
 
 /// A client's request to switch protocols, already checked against the allow-list.
-pub struct UpgradeRequest {
+pub(crate) struct UpgradeRequest {
     pub protocol: HeaderValue,
     /// Resolves when the tunnel must close (the session behind it ended).
     pub until: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
-pub struct Upstream {
+pub(crate) struct Upstream {
     pool: Arc<Pool>,
     authority_header: HeaderValue,
     /// The upstream URL's path without a trailing slash ("" for the root).
@@ -49,7 +49,7 @@ pub struct Upstream {
 
 /// Why a request could not be forwarded; the error page says which.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     #[error("upstream unreachable: {0}")]
     Unreachable(String),
     #[error("upstream did not answer in time")]
@@ -61,7 +61,7 @@ pub enum UpstreamError {
 
 /// What the upstream answered: a response whose body streams through, or its `101`
 /// for an upgrade, after which the two connections are spliced.
-pub enum Forwarded {
+pub(crate) enum Forwarded {
     Response(Response<PooledBody>),
     Switched(Response<()>),
 }
@@ -91,7 +91,7 @@ fn tls_connector(host: &str) -> Result<(tokio_rustls::TlsConnector, ServerName<'
 }
 
 impl Upstream {
-    pub fn new(url: &Url, config: &UpstreamConfig) -> Result<Self, UpstreamSetupError> {
+    pub(crate) fn new(url: &Url, config: &UpstreamConfig) -> Result<Self, UpstreamSetupError> {
         let host = url
             .host_str()
             .ok_or_else(|| UpstreamSetupError::NoHost(url.to_string()))?;
@@ -179,7 +179,7 @@ impl Upstream {
     /// Sends `req` (headers already prepared by the caller, hop-by-hop fields removed) to
     /// the upstream and streams the answer back. `upgrade` is the protocol the client
     /// asked to switch to, if any; `client_host` is the host the client addressed.
-    pub async fn forward(
+    pub(crate) async fn forward(
         &self,
         mut req: Request<RequestBody>,
         upgrade: Option<UpgradeRequest>,

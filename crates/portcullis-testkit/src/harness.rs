@@ -1,7 +1,7 @@
-//! Test harness: the real `portcullis` binary as a child process, an upstream that echoes
-//! what it received, a browser that keeps cookies and fills in forms, and a real
-//! third-party OpenID provider (npm `oidc-provider`) as a child process.
-#![allow(dead_code)]
+//! The harness for end-to-end tests: the real `portcullis` binary as a child process, an
+//! upstream that echoes what it received, a browser that keeps cookies and fills in
+//! forms, the development provider in-process, and a real third-party OpenID provider
+//! (npm `oidc-provider`) as a child process.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -23,10 +23,55 @@ use url::Url;
 
 pub const SECRET: &str = "test-cookie-secret-0123456789abcdef";
 
-pub use portcullis_testkit::free_port;
+use crate::free_port;
 
-pub mod fakes;
-pub mod raw;
+/// The `portcullis` binary the tests run: `PORTCULLIS_BIN`, else the one cargo built
+/// beside the running test (`target/<profile>/portcullis`).
+pub fn portcullis_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("PORTCULLIS_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("the test knows where it runs");
+    // target/<profile>/deps/<test>-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("a test binary lives in target/<profile>/deps");
+    profile_dir.join("portcullis")
+}
+
+/// Peak resident memory of a process, from /proc (KiB).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+/// Resident memory of a process now, from /proc (KiB).
+pub fn rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One request header as the echoing upstream reports it.
+pub fn echo_header<'a>(echo: &'a Value, name: &str) -> Option<&'a str> {
+    echo["headers"][name][0].as_str()
+}
+
+/// A browser signed in as `user` (with `groups`) through the development provider.
+pub async fn logged_in(p: &Portcullis, user: &str, groups: &str) -> Browser {
+    let browser = Browser::new();
+    let form = browser.navigate(&p.url("/")).await;
+    let page = dev_idp_sign_in(&browser, &form, user, groups).await;
+    assert_eq!(page.status, 200, "login of {user} failed: {}", page.body);
+    browser
+}
 
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -272,7 +317,7 @@ impl PortcullisBuilder {
     async fn launch(self, tls: bool) -> Portcullis {
         let port = self.port.unwrap_or_else(free_port);
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        let mut cmd = Command::new(portcullis_bin());
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("LISTEN_ADDR", addr.to_string())
@@ -389,7 +434,7 @@ impl Portcullis {
 
 /// Runs the binary to completion (for `check` and start-up failures).
 pub fn run_portcullis(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    let out = Command::new(portcullis_bin())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(env.iter().copied())
@@ -499,6 +544,12 @@ fn attr(tag: &str, name: &str) -> Option<String> {
         }
     }
     None
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Browser {
