@@ -184,6 +184,9 @@ pub struct ClaimMapping {
     pub username: Vec<String>,
     pub name: Vec<String>,
     pub groups: String,
+    /// Further claims to keep with the identity, because a rule looks at them (the
+    /// `claims` of routes).
+    pub keep: Vec<String>,
 }
 
 impl ClaimMapping {
@@ -194,6 +197,7 @@ impl ClaimMapping {
             username: vec!["preferred_username".into()],
             name: vec!["name".into()],
             groups: "groups".into(),
+            keep: Vec::new(),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The authenticated user, as every later step (policy, headers, `/me`) sees it.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Who a request belongs to, once an identity provider has vouched for them.
@@ -7,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// `id` is the provider's stable subject identifier; it is never empty. Every other field
 /// is optional because providers differ in what they release; policy treats a missing
 /// field as "does not match", never as "matches".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     /// Stable subject identifier at the provider (`sub`, a GitHub user id, Entra `oid`).
     pub id: String,
@@ -21,6 +23,38 @@ pub struct Identity {
     pub groups: Vec<String>,
     /// The configured name of the provider that authenticated the user.
     pub provider: String,
+    /// Other claims the configuration asks about (route rules on `department`, say),
+    /// kept when they are strings, lists of strings or booleans.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, ClaimValue>,
+    /// When the user authenticated at the provider (unix seconds): the ID token's
+    /// `auth_time`, else the moment the login completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<u64>,
+    /// How they authenticated (`acr`), when the provider says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr: Option<String>,
+}
+
+/// A claim value a rule can compare with text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ClaimValue {
+    Flag(bool),
+    Text(String),
+    List(Vec<String>),
+}
+
+impl ClaimValue {
+    /// Whether the claim holds `wanted`: the string itself, one of the list's, or
+    /// `true`/`false` for a boolean.
+    pub fn holds(&self, wanted: &str) -> bool {
+        match self {
+            ClaimValue::Text(t) => t == wanted,
+            ClaimValue::List(items) => items.iter().any(|i| i == wanted),
+            ClaimValue::Flag(b) => wanted.eq_ignore_ascii_case(if *b { "true" } else { "false" }),
+        }
+    }
 }
 
 impl Identity {
@@ -52,6 +86,7 @@ mod tests {
             username: Some("alice".into()),
             groups: vec!["admins".into()],
             provider: "oidc".into(),
+            ..Identity::default()
         }
     }
 
@@ -63,6 +98,15 @@ mod tests {
         assert_eq!(who.display(), "alice");
         who.username = None;
         assert_eq!(who.display(), "sub-1");
+    }
+
+    #[test]
+    fn claim_values_match_strings_lists_and_booleans() {
+        assert!(ClaimValue::Text("eng".into()).holds("eng"));
+        assert!(!ClaimValue::Text("eng".into()).holds("Eng"));
+        assert!(ClaimValue::List(vec!["a".into(), "eng".into()]).holds("eng"));
+        assert!(ClaimValue::Flag(true).holds("true"));
+        assert!(!ClaimValue::Flag(false).holds("true"));
     }
 
     #[test]

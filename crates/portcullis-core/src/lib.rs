@@ -11,7 +11,7 @@ pub mod random;
 pub mod seal;
 pub mod time;
 
-pub use identity::Identity;
+pub use identity::{ClaimValue, Identity};
 
 /// Compares two byte strings in time that depends only on their lengths, never on where
 /// they first differ. Use it for every comparison involving a secret (state, passwords,

@@ -6,8 +6,10 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use std::collections::BTreeMap;
+
 use portcullis_config::ClaimMapping;
-use portcullis_core::Identity;
+use portcullis_core::{ClaimValue, Identity};
 
 /// An ID token's claims after signature and standard-claim checks.
 #[derive(Debug, Clone, Deserialize)]
@@ -91,7 +93,35 @@ pub fn identity_from_claims(
         username: first_claim(claims, &mapping.username),
         groups: string_list_claim(claims, &mapping.groups),
         provider: provider.to_string(),
+        claims: kept_claims(claims, &mapping.keep),
+        // When the provider does not say, the login is happening now.
+        auth_time: claims
+            .get("auth_time")
+            .and_then(Value::as_u64)
+            .or_else(|| Some(portcullis_core::time::unix_now())),
+        acr: string_claim(claims, "acr"),
     }
+}
+
+/// The claims in `keep` that are strings, lists of strings or booleans; anything else
+/// (numbers, objects) is left out, so a rule on it never matches.
+fn kept_claims(claims: &Map<String, Value>, keep: &[String]) -> BTreeMap<String, ClaimValue> {
+    keep.iter()
+        .filter_map(|name| {
+            let value = match claims.get(name)? {
+                Value::Bool(b) => ClaimValue::Flag(*b),
+                Value::String(s) => ClaimValue::Text(s.clone()),
+                Value::Array(items) => ClaimValue::List(
+                    items
+                        .iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect(),
+                ),
+                _ => return None,
+            };
+            Some((name.clone(), value))
+        })
+        .collect()
 }
 
 fn looks_like_email(v: &str) -> bool {
@@ -114,6 +144,7 @@ mod tests {
             username: vec!["preferred_username".into()],
             name: vec!["name".into()],
             groups: "groups".into(),
+            keep: vec!["department".into(), "contractor".into()],
         }
     }
 

@@ -272,6 +272,8 @@ impl GitHubProvider {
             username: Some(user.login),
             groups: Vec::new(),
             provider: self.config.name.clone(),
+            auth_time: Some(portcullis_core::time::unix_now()),
+            ..Identity::default()
         };
         let read_org = self.config.scopes.iter().any(|s| s == "read:org");
         if self.restricted() || read_org {

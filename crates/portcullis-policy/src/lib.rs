@@ -177,6 +177,7 @@ mod tests {
             username: username.map(str::to_string),
             groups: vec![],
             provider: "oidc".into(),
+            ..Identity::default()
         }
     }
 

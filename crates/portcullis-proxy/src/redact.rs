@@ -196,6 +196,7 @@ mod tests {
             username: Some("alice".into()),
             groups: vec!["admins".into(), "devs".into()],
             provider: "oidc".into(),
+            ..Identity::default()
         }
     }
 

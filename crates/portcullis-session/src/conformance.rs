@@ -17,6 +17,7 @@ pub fn identity(id: &str) -> Identity {
         username: Some(id.into()),
         groups: vec!["staff".into()],
         provider: "conformance".into(),
+        ..Identity::default()
     }
 }
 

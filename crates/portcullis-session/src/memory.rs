@@ -271,6 +271,7 @@ mod tests {
             username: None,
             groups: vec![],
             provider: "p".into(),
+            ..Identity::default()
         }
     }
 
