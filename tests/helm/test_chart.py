@@ -10,7 +10,9 @@ example Secret), so a chart that Portcullis would refuse to start with fails her
 
 usage: test_chart.py PORTCULLIS_BINARY
 """
+import json
 import os
+import tempfile
 import subprocess
 import sys
 
@@ -88,6 +90,11 @@ def container_env(container, secrets):
 
 def portcullis_accepts(label, binary, env):
     env = dict(env, PATH=os.environ["PATH"])
+    # A key the chart mounts from a Secret: a real key of the same kind stands in for it.
+    if "IDENTITY_JWT__SIGNING_KEY_FILE" in env:
+        key = os.path.join(tempfile.mkdtemp(prefix="portcullis-chart-"), "identity-key.pem")
+        run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key])
+        env["IDENTITY_JWT__SIGNING_KEY_FILE"] = key
     out = run([binary, "check", "--offline"], env=env)
     check(out.returncode == 0, f"{label}: portcullis check refused the rendered configuration:\n{out.stdout}{out.stderr}")
 
@@ -166,6 +173,14 @@ def main():
     for kind in ("Ingress", "HorizontalPodAutoscaler", "ServiceMonitor", "PodDisruptionBudget"):
         check(any(m["kind"] == kind for m in manifests), f"gateway: no {kind}")
 
+    _, manifests, env = cases["gateway-values.yaml"]
+    routes = json.loads(env.get("ROUTES", "[]"))
+    check([r.get("name") for r in routes] == ["health", "admin", None], f"gateway: routes not passed through as JSON: {env.get('ROUTES')}")
+    check(env.get("IDENTITY_JWT__ENABLED") == "true", "gateway: identityJwt.secretName did not turn the assertion on")
+    check(env.get("IDENTITY_JWT__SIGNING_KEY_FILE") == "/etc/portcullis/identity-jwt/identity-key.pem", "gateway: the assertion key is not the mounted file")
+    deployment = next(m for m in manifests if m["kind"] == "Deployment")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    check(volumes.get("portcullis-identity-jwt", {}).get("secret", {}).get("secretName") == "grafana-identity-key", "gateway: the identity key Secret is not mounted")
     _, manifests, env = cases["forward-auth-values.yaml"]
     check(env.get("FORWARD_AUTH_ONLY") == "true" and "UPSTREAM_URL" not in env, "forward-auth: not forward-auth only")
     check(env.get("SCIM__ENDPOINTS__MICROSOFT__TOKEN") == EXISTING_SECRET["scim-microsoft-token"], "forward-auth: Entra token not from the Secret")

@@ -52,7 +52,11 @@ left out. Portcullis reads these exactly as it reads its YAML file.
 {{- if kindIs "map" $value }}
 {{- include "portcullis.flatEnv" (dict "prefix" (printf "%s__" $name) "value" $value) }}
 {{- else if kindIs "slice" $value }}
-{{- if $value }}
+{{- if and $value (kindIs "map" (first $value)) }}
+{{- /* A list of mappings (routes) travels as JSON, which Portcullis reads as YAML. */}}
+- name: {{ $name }}
+  value: {{ toJson $value | quote }}
+{{- else if $value }}
 - name: {{ $name }}
   value: {{ join "," $value | quote }}
 {{- end }}
@@ -74,6 +78,12 @@ left out. Portcullis reads these exactly as it reads its YAML file.
 {{- $outbound := default (dict) $config.outbound -}}
 {{- $_ := set $outbound "ca_file" (printf "/etc/portcullis/ca/%s" .Values.extraCaBundle.key) -}}
 {{- $_ := set $config "outbound" $outbound -}}
+{{- end -}}
+{{- if .Values.identityJwt.secretName -}}
+{{- $jwt := default (dict) $config.identity_jwt -}}
+{{- $_ := set $jwt "enabled" true -}}
+{{- $_ := set $jwt "signing_key_file" (printf "/etc/portcullis/identity-jwt/%s" .Values.identityJwt.key) -}}
+{{- $_ := set $config "identity_jwt" $jwt -}}
 {{- end -}}
 {{- if .Values.scim.enabled -}}
 {{- $scim := dict "enabled" true "required" .Values.scim.required -}}
@@ -189,6 +199,11 @@ left out. Portcullis reads these exactly as it reads its YAML file.
   mountPath: /etc/portcullis/ca
   readOnly: true
 {{- end }}
+{{- if .Values.identityJwt.secretName }}
+- name: portcullis-identity-jwt
+  mountPath: /etc/portcullis/identity-jwt
+  readOnly: true
+{{- end }}
 {{- with .Values.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
@@ -209,6 +224,12 @@ left out. Portcullis reads these exactly as it reads its YAML file.
 - name: portcullis-ca
   configMap:
     name: {{ .Values.extraCaBundle.configMap }}
+{{- end }}
+{{- if .Values.identityJwt.secretName }}
+- name: portcullis-identity-jwt
+  secret:
+    secretName: {{ .Values.identityJwt.secretName }}
+    items: [{key: {{ .Values.identityJwt.key | quote }}, path: {{ .Values.identityJwt.key | quote }}}]
 {{- end }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}

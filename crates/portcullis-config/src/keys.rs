@@ -509,6 +509,127 @@ pub const KEYS: &[Key] = &[
         "scim.required",
         "required, for this provider only",
     ),
+    // Routes: each request is decided by the first route whose `match` holds.
+    key(
+        "routes.<index>.name",
+        "",
+        "the route's name in logs and metrics",
+    ),
+    key(
+        "routes.<index>.match.host",
+        "",
+        "exact host, or *.example.com",
+    ),
+    key("routes.<index>.match.path", "", "exact path"),
+    key(
+        "routes.<index>.match.path_prefix",
+        "",
+        "path prefix, on segment boundaries",
+    ),
+    key(
+        "routes.<index>.match.methods",
+        "",
+        "the methods it applies to",
+    ),
+    key(
+        "routes.<index>.public",
+        "false",
+        "no login; client identity headers still removed",
+    ),
+    key(
+        "routes.<index>.allow.authenticated",
+        "",
+        "admit every signed-in user",
+    ),
+    key(
+        "routes.<index>.allow.users",
+        "",
+        "admit these emails or user names",
+    ),
+    key("routes.<index>.allow.emails", "", "admit these emails"),
+    key(
+        "routes.<index>.allow.domains",
+        "",
+        "admit emails of these domains",
+    ),
+    key(
+        "routes.<index>.allow.groups",
+        "",
+        "admit members of these groups or teams",
+    ),
+    key(
+        "routes.<index>.allow.claims.<claim>",
+        "",
+        "admit users whose claim holds one of these values",
+    ),
+    key(
+        "routes.<index>.deny.users",
+        "",
+        "refuse these emails or user names",
+    ),
+    key("routes.<index>.deny.emails", "", "refuse these emails"),
+    key(
+        "routes.<index>.deny.domains",
+        "",
+        "refuse emails of these domains",
+    ),
+    key(
+        "routes.<index>.deny.groups",
+        "",
+        "refuse members of these groups or teams",
+    ),
+    key(
+        "routes.<index>.deny.claims.<claim>",
+        "",
+        "refuse users whose claim holds one of these values",
+    ),
+    key(
+        "routes.<index>.max_auth_age",
+        "",
+        "step-up: a login older than this signs in again",
+    ),
+    key(
+        "routes.<index>.acr_values",
+        "",
+        "step-up: the acr values accepted",
+    ),
+    key("routes.<index>.provider", "", "this route's login provider"),
+    key(
+        "routes.<index>.upstream_url",
+        "upstream_url",
+        "this route's upstream",
+    ),
+    key(
+        "routes.<index>.audience",
+        "the upstream's origin",
+        "aud of the identity assertion",
+    ),
+    key(
+        "routes.<index>.path_parameters",
+        "false",
+        "accept ; path parameters on this route",
+    ),
+    // The identity assertion.
+    key(
+        "identity_jwt.enabled",
+        "false",
+        "sign an identity assertion for the app",
+    ),
+    key(
+        "identity_jwt.signing_key_file",
+        "",
+        "EC P-256 private key (PEM)",
+    ),
+    key(
+        "identity_jwt.previous_key_files",
+        "",
+        "earlier public keys still published",
+    ),
+    key(
+        "identity_jwt.lifetime",
+        "2m",
+        "how long an assertion is valid (at most 5m)",
+    ),
     // The sign-in page.
     key("branding.title", "Sign in", "the page's title and heading"),
     key("branding.message", "", "a line under the heading"),
@@ -521,9 +642,13 @@ pub const KEYS: &[Key] = &[
     ),
 ];
 
-/// Whether the pattern segment `p` (maybe a `<placeholder>`) matches `s`.
+/// Whether the pattern segment `p` (maybe a `<placeholder>`) matches `s`; `<index>`
+/// matches a list position.
 fn segment_matches(p: &str, s: &str) -> bool {
-    (p.starts_with('<') && p.ends_with('>')) || p == s
+    match p {
+        "<index>" => !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()),
+        _ => (p.starts_with('<') && p.ends_with('>')) || p == s,
+    }
 }
 
 /// The registered key a dotted path is, if any.
@@ -553,6 +678,12 @@ pub fn is_known_or_section(path: &str) -> bool {
                 .zip(&parts)
                 .all(|(p, s)| segment_matches(p, s))
     })
+}
+
+/// Whether `path` holds a structured value (a list of mappings), which an environment
+/// variable gives as YAML or JSON text.
+pub fn is_structured(path: &str) -> bool {
+    path == "routes"
 }
 
 /// Whether `path` is a secret key (and so may be given as `<path>_file`).

@@ -62,7 +62,8 @@ pub fn load(sources: &Sources) -> Result<Config, LoadError> {
         })?;
         root.merge(tree::parse_yaml(path, &text)?);
     }
-    let suspects = overlay_env(&mut root, &sources.env);
+    let mut env_errors = Vec::new();
+    let suspects = overlay_env(&mut root, &sources.env, &mut env_errors);
     for (key, flag, value) in &sources.flags {
         root.set(&split(key), scalar(value, Origin::Flag(flag)));
     }
@@ -73,6 +74,7 @@ pub fn load(sources: &Sources) -> Result<Config, LoadError> {
     let config = Config::read(&reader);
     let verdict = reader.finish(&suspects);
     let mut errors = file_errors;
+    errors.extend(env_errors);
     if let Err(ConfigErrors(more)) = verdict {
         // A secret whose file could not be read is already reported; do not also
         // report it as missing.
@@ -102,12 +104,29 @@ fn scalar(value: &str, origin: Origin) -> Node {
 
 /// Applies environment variables in a stable order. Setting `X` clears `X_FILE` from an
 /// earlier layer and the other way round, so the environment always wins over the file.
-fn overlay_env(root: &mut Node, env: &[(String, String)]) -> Vec<Suspect> {
+fn overlay_env(
+    root: &mut Node,
+    env: &[(String, String)],
+    errors: &mut Vec<ConfigError>,
+) -> Vec<Suspect> {
     let mut vars: Vec<&(String, String)> = env.iter().collect();
     vars.sort();
     let mut suspects = Vec::new();
     for (name, value) in vars {
         match tree::env_path(name, keys::top_level()) {
+            // A list of mappings (`ROUTES`) is written in YAML (or JSON) in the variable.
+            Ok(Some(path)) if keys::is_structured(&path.join(".")) => {
+                match tree::parse_yaml_value(name, value) {
+                    Ok(node) => root.set(&path, node),
+                    Err(problem) => errors.push(ConfigError {
+                        key: path.join("."),
+                        env: name.clone(),
+                        origin: Some(Origin::Env(name.clone())),
+                        problem: format!("is not valid YAML or JSON: {problem}"),
+                        fix: "write the list as JSON, such as [{\"match\": {\"path_prefix\": \"/\"}, \"allow\": {\"authenticated\": true}}]".into(),
+                    }),
+                }
+            }
             Ok(Some(path)) => {
                 if let Some(last) = path.last() {
                     let twin = match last.strip_suffix("_file") {

@@ -42,6 +42,77 @@ pub struct Config {
     /// system's.
     pub outbound_ca_file: Option<PathBuf>,
     pub branding: Branding,
+    /// The route table; empty: every request is decided by the global allow-lists.
+    pub routes: Vec<RouteConfig>,
+    pub identity_jwt: Option<IdentityJwtConfig>,
+}
+
+/// One route: which requests it takes, and who may make them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Its position in the table (0-based), for messages.
+    pub index: usize,
+    pub name: Option<String>,
+    /// Lowercase; `*.example.com` for any subdomain.
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    /// Uppercase; empty: any method.
+    pub methods: Vec<String>,
+    pub public: bool,
+    pub allow: RuleSet,
+    pub deny: RuleSet,
+    pub max_auth_age: Option<Duration>,
+    pub acr_values: Vec<String>,
+    pub provider: Option<String>,
+    pub upstream_url: Option<Url>,
+    pub audience: Option<String>,
+    /// Accept `;` path parameters on this route.
+    pub path_parameters: bool,
+}
+
+impl RouteConfig {
+    /// `route 2 (admin)` or `route 2`, for messages.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(name) => format!("route {} ({name})", self.index),
+            None => format!("route {}", self.index),
+        }
+    }
+}
+
+/// Conditions of a route's `allow` (any one admits) or `deny` (any one refuses).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleSet {
+    pub authenticated: bool,
+    /// Lowercase emails or user names.
+    pub users: Vec<String>,
+    /// Lowercase.
+    pub emails: Vec<String>,
+    /// Lowercase, without `@`.
+    pub domains: Vec<String>,
+    pub groups: Vec<String>,
+    /// Claim name and the values that match.
+    pub claims: Vec<(String, Vec<String>)>,
+}
+
+impl RuleSet {
+    pub fn is_empty(&self) -> bool {
+        !self.authenticated
+            && self.users.is_empty()
+            && self.emails.is_empty()
+            && self.domains.is_empty()
+            && self.groups.is_empty()
+            && self.claims.is_empty()
+    }
+}
+
+/// The signed identity assertion for the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityJwtConfig {
+    pub signing_key_file: PathBuf,
+    pub previous_key_files: Vec<PathBuf>,
+    pub lifetime: Duration,
 }
 
 /// SCIM provisioning.

@@ -296,6 +296,30 @@ impl<'a> Reader<'a> {
     }
 
     /// The child names of a map (`auth.openid_connect` -> `okta`, `google`, `flow`).
+    /// How many items the list at `key` has (a list of mappings, such as `routes`);
+    /// `0` when unset.
+    pub(crate) fn items(&self, key: &str) -> usize {
+        match self.root.get(&split(key)) {
+            Some(Node {
+                value: Value::List(items),
+                ..
+            }) => items.len(),
+            Some(Node {
+                value: Value::Scalar(s),
+                ..
+            }) if s.is_empty() => 0,
+            None => 0,
+            Some(_) => {
+                self.error(
+                    key,
+                    "must be a list",
+                    "write it as a YAML list, one `- ` entry per item",
+                );
+                0
+            }
+        }
+    }
+
     pub(crate) fn keys(&self, key: &str) -> Vec<String> {
         match self.node(key) {
             Some(Node {
@@ -392,11 +416,18 @@ fn collect_unknown(
     known: &BTreeSet<String>,
     out: &mut Vec<(Vec<String>, Origin)>,
 ) {
-    let Value::Map(map) = &node.value else {
-        return;
+    let children: Vec<(String, &Node)> = match &node.value {
+        Value::Map(map) => map.iter().map(|(k, v)| (k.clone(), v)).collect(),
+        // A list of mappings (`routes`): each item by its index.
+        Value::List(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v))
+            .collect(),
+        Value::Scalar(_) => return,
     };
-    for (key, child) in map {
-        path.push(key.clone());
+    for (key, child) in children {
+        path.push(key);
         let dotted = path.join(".");
         let prefix = format!("{dotted}.");
         let has_known_children = known.iter().any(|k| k.starts_with(&prefix));

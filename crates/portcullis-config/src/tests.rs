@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, unreachable_pub)]
 
 use super::*;
+use std::time::Duration;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
@@ -956,5 +957,203 @@ fn a_provider_kind_can_be_named_and_flat_parameters_nest() {
             "audience".to_string(),
             "https://api.example.com".to_string()
         )]
+    );
+}
+
+fn load_yaml(yaml: &str, env: &[(&str, &str)]) -> Result<Config, LoadError> {
+    let file = temp_file(yaml);
+    load(&Sources {
+        file: Some(file.path().to_path_buf()),
+        env: self::env(env),
+        ..Sources::default()
+    })
+}
+
+const ROUTES_YAML: &str = r#"
+upstream_url: http://127.0.0.1:3000
+cookie_secret: 0123456789abcdef0123456789abcdef
+public_url: https://app.example.com
+auth:
+  openid_connect:
+    okta: {enabled: true, client_id: c, discovery_url: "https://example.okta.com"}
+routes:
+  - name: health
+    match: {path: /status}
+    public: true
+  - name: admin
+    match: {host: App.Example.com, path_prefix: /admin, methods: [get, POST]}
+    allow: {groups: [admins]}
+    deny: {emails: [Contractor@Example.com]}
+    max_auth_age: 15m
+    acr_values: [urn:example:mfa]
+  - name: api
+    match: {path_prefix: /api/}
+    allow: {domains: ["@example.com"], claims: {Department: [eng, sre], contractor: false}}
+    provider: okta
+    upstream_url: http://api.internal:8080
+    audience: https://api.example.com
+  - match: {path_prefix: /}
+    allow: {authenticated: true}
+"#;
+
+#[test]
+fn routes_are_read_in_order_with_their_rules() {
+    let config = load_yaml(ROUTES_YAML, &[]).expect("valid");
+    let r = &config.routes;
+    assert_eq!(r.len(), 4);
+    assert!(r[0].public && r[0].path.as_deref() == Some("/status"));
+    assert_eq!(r[1].host.as_deref(), Some("app.example.com"));
+    assert_eq!(r[1].methods, vec!["GET", "POST"]);
+    assert_eq!(r[1].deny.emails, vec!["contractor@example.com"]);
+    assert_eq!(r[1].max_auth_age, Some(Duration::from_secs(900)));
+    assert_eq!(r[2].allow.domains, vec!["example.com"]);
+    // Claim names are kept exactly as written; values as strings.
+    assert_eq!(
+        r[2].allow.claims,
+        vec![
+            (
+                "Department".to_string(),
+                vec!["eng".to_string(), "sre".to_string()]
+            ),
+            ("contractor".to_string(), vec!["false".to_string()]),
+        ]
+    );
+    assert_eq!(r[2].provider.as_deref(), Some("okta"));
+    assert!(r[3].allow.authenticated);
+    // The claims rules look at travel with the identity.
+    assert_eq!(
+        config.auth.providers[0].claims.keep,
+        vec!["Department".to_string(), "contractor".to_string()]
+    );
+}
+
+#[test]
+fn route_mistakes_name_the_route_the_key_and_the_fix() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "routes:\n  - name: open\n    match: {path: /x}\n    public: true\n    allow: {groups: [a]}\n",
+            "routes.0.allow",
+            "route 0 (open)",
+        ),
+        (
+            "routes:\n  - match: {path: /x}\n",
+            "routes.0.allow",
+            "route 0",
+        ),
+        (
+            "routes:\n  - name: a\n    allow: {authenticated: true}\n",
+            "routes.0.match",
+            "route 0 (a)",
+        ),
+        (
+            "routes:\n  - match: {path: /a/../b}\n    allow: {authenticated: true}\n",
+            "routes.0.match.path",
+            "not a path",
+        ),
+        (
+            "routes:\n  - name: x\n    match: {path: /x}\n    allow: {authenticated: true}\n    provider: github\n",
+            "routes.0.provider",
+            "not a configured login provider",
+        ),
+        (
+            "routes:\n  - match: {path: /x}\n    allow: {groups: [a]}\n    frobnicate: 1\n",
+            "routes.0.frobnicate",
+            "",
+        ),
+        (
+            "routes:\n  - match: {path: /x, path_prefix: /y}\n    allow: {authenticated: true}\n",
+            "routes.0.match.path_prefix",
+            "together",
+        ),
+    ];
+    let base = "upstream_url: http://127.0.0.1:3000\ncookie_secret: 0123456789abcdef0123456789abcdef\npublic_url: https://app.example.com\nauth:\n  openid_connect:\n    okta: {enabled: true, client_id: c, discovery_url: \"https://example.okta.com\"}\n";
+    for (yaml, key, text) in cases {
+        let errs = errors(load_yaml(&format!("{base}{yaml}"), &[]));
+        let found = errs.iter().find(|e| e.key == *key);
+        assert!(
+            found.is_some(),
+            "{yaml}: expected an error at {key}, got {errs:#?}"
+        );
+        let e = found.unwrap();
+        assert!(
+            e.problem.contains(text) || e.fix.contains(text),
+            "{key}: {e:?}"
+        );
+    }
+    // Rules need authentication.
+    let errs = errors(load_yaml(
+        "upstream_url: http://127.0.0.1:3000\nroutes:\n  - match: {path: /x}\n    allow: {authenticated: true}\n",
+        &[],
+    ));
+    assert_eq!(errs[0].key, "routes");
+    assert!(errs[0].problem.contains("open mode"));
+}
+
+#[test]
+fn the_identity_assertion_needs_a_key_and_a_short_lifetime() {
+    let base = "upstream_url: http://127.0.0.1:3000\n";
+    let errs = errors(load_yaml(
+        &format!("{base}identity_jwt: {{enabled: true}}\n"),
+        &[],
+    ));
+    assert_eq!(errs[0].key, "identity_jwt.signing_key_file");
+    let errs = errors(load_yaml(
+        &format!("{base}identity_jwt: {{enabled: true, signing_key_file: /k.pem, lifetime: 1h}}\n"),
+        &[],
+    ));
+    assert_eq!(errs[0].key, "identity_jwt.lifetime");
+    let config = load_yaml(
+        &format!("{base}identity_jwt: {{enabled: true, signing_key_file: /k.pem}}\n"),
+        &[],
+    )
+    .expect("valid");
+    assert_eq!(
+        config.identity_jwt.unwrap().lifetime,
+        Duration::from_secs(120)
+    );
+}
+
+#[test]
+fn routes_can_come_from_one_environment_variable_in_json_or_yaml() {
+    let base = [
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("COOKIE_SECRET", SECRET),
+        ("PUBLIC_URL", "https://app.example.com"),
+        ("OAUTH_ENABLED", "true"),
+        ("OAUTH_PROVIDER", "oidc"),
+        ("OAUTH_ISSUER_URL", "https://idp.example.com"),
+        ("OAUTH_CLIENT_ID", "c"),
+    ];
+    let mut vars = base.to_vec();
+    vars.push((
+        "ROUTES",
+        r#"[{"name": "admin", "match": {"path_prefix": "/admin"}, "allow": {"groups": ["admins"], "claims": {"Dept": ["eng"]}}}, {"match": {"path_prefix": "/"}, "allow": {"authenticated": true}}]"#,
+    ));
+    let config = load_env(&vars).expect("valid");
+    assert_eq!(config.routes.len(), 2);
+    assert_eq!(config.routes[0].allow.groups, vec!["admins"]);
+    assert_eq!(config.routes[0].allow.claims[0].0, "Dept");
+    let mut vars = base.to_vec();
+    vars.push(("ROUTES", "- match: {path: /x}\n  public: true\n"));
+    assert!(load_env(&vars).expect("valid").routes[0].public);
+    let mut vars = base.to_vec();
+    vars.push(("ROUTES", "[{unclosed"));
+    let errs = errors(load_env(&vars));
+    assert_eq!(errs[0].env, "ROUTES");
+    // Problems inside name the route and the variable it came from.
+    let mut vars = base.to_vec();
+    vars.push((
+        "ROUTES",
+        r#"[{"match": {"path": "x"}, "allow": {"authenticated": true}}]"#,
+    ));
+    let errs = errors(load_env(&vars));
+    assert_eq!(errs[0].key, "routes.0.match.path");
+    assert!(
+        errs[0]
+            .origin
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .contains("ROUTES")
     );
 }

@@ -59,12 +59,14 @@ impl Node {
         }
     }
 
+    /// The node at `path`; a numeric segment indexes a list (`routes.0.name`).
     pub(crate) fn get(&self, path: &[&str]) -> Option<&Node> {
         let mut node = self;
         for segment in path {
             match &node.value {
                 Value::Map(map) => node = map.get(*segment)?,
-                _ => return None,
+                Value::List(items) => node = items.get(segment.parse::<usize>().ok()?)?,
+                Value::Scalar(_) => return None,
             }
         }
         Some(node)
@@ -139,6 +141,10 @@ impl Node {
 
 /// Maps whose keys are data, not settings: their keys are kept as written.
 const FREE_FORM_MAPS: &[&str] = &["auth_url_params"];
+
+/// Maps whose keys are data when they sit under one of these keys: a route's
+/// `allow.claims` and `deny.claims` name claims exactly as the provider spells them.
+const FREE_FORM_UNDER: &[(&str, &[&str])] = &[("claims", &["allow", "deny"])];
 
 /// `clientId` -> `client_id`, `discoveryURL` -> `discovery_url`, `CLIENT_ID` ->
 /// `client_id`, `max-sessions` -> `max_sessions`.
@@ -234,6 +240,30 @@ pub(crate) fn parse_yaml(path: &Path, text: &str) -> Result<Node, TreeError> {
     }
 }
 
+/// A YAML (or JSON) value given in an environment variable `name`, for keys whose value
+/// is structured (a list of mappings).
+pub(crate) fn parse_yaml_value(name: &str, text: &str) -> Result<Node, String> {
+    let indented: String = text.lines().map(|l| format!("  {l}\n")).collect();
+    let wrapped = format!("value:\n{indented}");
+    let doc = parse_yaml(Path::new(name), &wrapped).map_err(|e| e.to_string())?;
+    let Value::Map(mut map) = doc.value else {
+        return Err("not a value".into());
+    };
+    let mut node = map.remove("value").ok_or("empty")?;
+    relabel(&mut node, &Origin::Env(name.to_string()));
+    Ok(node)
+}
+
+/// Marks a whole subtree as coming from `origin`.
+fn relabel(node: &mut Node, origin: &Origin) {
+    node.origin = origin.clone();
+    match &mut node.value {
+        Value::Map(map) => map.values_mut().for_each(|n| relabel(n, origin)),
+        Value::List(items) => items.iter_mut().for_each(|n| relabel(n, origin)),
+        Value::Scalar(_) => {}
+    }
+}
+
 fn origin_path(origin: &Origin) -> PathBuf {
     match origin {
         Origin::File { path, .. } => path.to_path_buf(),
@@ -256,6 +286,8 @@ enum Frame {
         anchor: usize,
         /// The value count when it opened.
         started: usize,
+        /// The key this map is the value of, if any.
+        key: Option<String>,
     },
     List {
         node: Node,
@@ -302,9 +334,23 @@ impl YamlBuilder {
         match self.stack.last() {
             Some(Frame::Map {
                 pending_key: Some(key),
+                key: parent,
                 ..
-            }) => FREE_FORM_MAPS.contains(&key.as_str()),
+            }) => {
+                FREE_FORM_MAPS.contains(&key.as_str())
+                    || FREE_FORM_UNDER.iter().any(|(k, parents)| {
+                        k == key && parent.as_deref().is_some_and(|p| parents.contains(&p))
+                    })
+            }
             _ => false,
+        }
+    }
+
+    /// The key a value opened now will be stored under.
+    fn opening_key(&self) -> Option<String> {
+        match self.stack.last() {
+            Some(Frame::Map { pending_key, .. }) => pending_key.clone(),
+            _ => None,
         }
     }
 
@@ -394,6 +440,7 @@ impl MarkedEventReceiver for YamlBuilder {
             }
             Event::MappingStart(anchor, _) => {
                 let free_form = self.opening_free_form();
+                let key = self.opening_key();
                 let node = Node::empty_map(self.origin(mark));
                 let started = self.nodes;
                 self.open(
@@ -403,6 +450,7 @@ impl MarkedEventReceiver for YamlBuilder {
                         free_form,
                         anchor,
                         started,
+                        key,
                     },
                     mark,
                 );

@@ -26,4 +26,4 @@ pub use github::GitHubProvider;
 pub use jwks::JwksCache;
 pub use oidc::{AuthorizationRequest, OidcProvider, TokenResponse};
 pub use portcullis_core::Identity;
-pub use provider::{LoginStep, Provider, unverified_issuer};
+pub use provider::{LoginStep, Provider, StepUp, unverified_issuer};

@@ -281,6 +281,7 @@ impl OidcProvider {
     pub async fn authorization_request(
         &self,
         redirect_uri: &str,
+        step_up: Option<&crate::provider::StepUp>,
     ) -> Result<AuthorizationRequest, IdentityError> {
         let d = self.discovered().await?;
         let state = portcullis_core::random::token();
@@ -319,6 +320,15 @@ impl OidcProvider {
             for (name, value) in &self.config.auth_url_params {
                 if !RESERVED_PARAMS.contains(&name.as_str()) {
                     q.append_pair(name, value);
+                }
+            }
+            if let Some(step_up) = step_up {
+                if let Some(max_age) = step_up.max_age {
+                    q.append_pair("max_age", &max_age.to_string())
+                        .append_pair("prompt", "login");
+                }
+                if !step_up.acr_values.is_empty() {
+                    q.append_pair("acr_values", &step_up.acr_values.join(" "));
                 }
             }
             // Google preselects accounts of the domain; the `hd` claim is still checked.

@@ -10,6 +10,15 @@ use crate::IdentityError;
 use crate::github::GitHubProvider;
 use crate::oidc::{AuthorizationRequest, OidcProvider, TokenResponse};
 
+/// A fresh authentication a route asks for (OpenID Connect Core §3.1.2.1): `max_age`
+/// (with `prompt=login`, so the provider does not answer from its own session) and/or
+/// `acr_values`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepUp {
+    pub max_age: Option<u64>,
+    pub acr_values: Vec<String>,
+}
+
 /// Which step of finishing a login failed: the token exchange and the user info are
 /// logged under different messages ("OAuth token exchange failed", "Failed to get user
 /// info"), because they point at different fixes (client credentials, scopes).
@@ -74,12 +83,15 @@ impl Provider {
         }
     }
 
+    /// The authorization request a login starts with; `step_up` asks an OpenID Connect
+    /// provider to authenticate the user again (GitHub has no such parameters).
     pub async fn authorization_request(
         &self,
         redirect_uri: &str,
+        step_up: Option<&StepUp>,
     ) -> Result<AuthorizationRequest, IdentityError> {
         match self {
-            Provider::Oidc(p) => p.authorization_request(redirect_uri).await,
+            Provider::Oidc(p) => p.authorization_request(redirect_uri, step_up).await,
             Provider::GitHub(p) => Ok(p.authorization_request(redirect_uri)),
         }
     }

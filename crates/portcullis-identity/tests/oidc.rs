@@ -80,7 +80,10 @@ async fn sign_in(authorize_url: &str, username: &str, groups: &str) -> HashMap<S
 async fn a_full_code_flow_yields_the_signed_in_identity() {
     let idp = idp().await;
     let provider = provider_for(idp.issuer(), Some(SECRET));
-    let request = provider.authorization_request(REDIRECT).await.unwrap();
+    let request = provider
+        .authorization_request(REDIRECT, None)
+        .await
+        .unwrap();
     let params = query(&request.url);
     assert_eq!(params["code_challenge_method"], "S256");
     assert_eq!(
@@ -107,7 +110,10 @@ async fn a_full_code_flow_yields_the_signed_in_identity() {
 async fn a_code_can_be_exchanged_only_once() {
     let idp = idp().await;
     let provider = provider_for(idp.issuer(), Some(SECRET));
-    let request = provider.authorization_request(REDIRECT).await.unwrap();
+    let request = provider
+        .authorization_request(REDIRECT, None)
+        .await
+        .unwrap();
     let back = sign_in(&request.url, "bob", "").await;
     provider
         .exchange_code(&back["code"], &request.pkce_verifier, REDIRECT)
@@ -127,7 +133,10 @@ async fn a_code_can_be_exchanged_only_once() {
 async fn a_wrong_pkce_verifier_is_refused() {
     let idp = idp().await;
     let provider = provider_for(idp.issuer(), Some(SECRET));
-    let request = provider.authorization_request(REDIRECT).await.unwrap();
+    let request = provider
+        .authorization_request(REDIRECT, None)
+        .await
+        .unwrap();
     let back = sign_in(&request.url, "carol", "").await;
     let err = provider
         .exchange_code(
@@ -153,7 +162,10 @@ async fn a_wrong_pkce_verifier_is_refused() {
 async fn a_wrong_client_secret_is_a_provider_side_refusal() {
     let idp = idp().await;
     let provider = provider_for(idp.issuer(), Some("not-the-secret"));
-    let request = provider.authorization_request(REDIRECT).await.unwrap();
+    let request = provider
+        .authorization_request(REDIRECT, None)
+        .await
+        .unwrap();
     let back = sign_in(&request.url, "dan", "").await;
     let err = provider
         .exchange_code(&back["code"], &request.pkce_verifier, REDIRECT)

@@ -15,6 +15,10 @@ use std::fmt;
 
 use portcullis_core::Identity;
 
+pub mod routes;
+
+pub use routes::{Route, RouteDecision, RouteTable};
+
 /// Who may enter.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -70,6 +74,10 @@ pub enum DenyReason {
     Deactivated { user: String },
     /// Provisioning is required and the user was never provisioned.
     NotProvisioned { user: String },
+    /// A route's `deny` names the user.
+    RouteDenied { user: String, route: String },
+    /// No condition of the route's `allow` holds for the user.
+    RouteNotAllowed { user: String, route: String },
 }
 
 impl fmt::Display for DenyReason {
@@ -97,6 +105,16 @@ impl fmt::Display for DenyReason {
             DenyReason::NotProvisioned { user } => write!(
                 f,
                 "{user} has not been provisioned for this application by the identity provider"
+            ),
+            DenyReason::RouteDenied { user, route } => {
+                write!(
+                    f,
+                    "{user} is refused on this part of the application ({route})"
+                )
+            }
+            DenyReason::RouteNotAllowed { user, route } => write!(
+                f,
+                "{user} is not among those allowed on this part of the application ({route})"
             ),
         }
     }

@@ -24,10 +24,11 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use portcullis_identity::Provider;
-use portcullis_policy::Policy;
+use portcullis_policy::{Policy, RouteTable};
 use portcullis_session::MemoryStore;
 use portcullis_session::cookie::{self, CookieSpec};
 
+use crate::assertion::Assertions;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::forwarding::TrustedProxies;
@@ -117,11 +118,21 @@ pub struct App {
     metrics: Metrics,
     /// Session-store outages, logged once per interval.
     store_outage: Throttle,
+    /// Forward-auth checks that could not be decided (no original URL with routes).
+    forward_auth_blind: Throttle,
     /// Limits on the bodies Portcullis reads itself.
     bodies: BodyLimits,
     /// Protocols a client may upgrade to.
     upgrades: Vec<String>,
     paths: PathRules,
+    /// The route table; empty without `routes`.
+    routes: RouteTable,
+    /// The routes' own upstreams, each one per worker, as `Route::upstream` indexes them.
+    route_upstreams: Vec<Vec<Upstream>>,
+    /// The `aud` of each route's identity assertion, by route index, and without a route.
+    audiences: Vec<String>,
+    default_audience: String,
+    assertions: Option<Assertions>,
 }
 
 impl App {
@@ -175,6 +186,7 @@ impl App {
             Own::Verify => return self.verify(conn, req).await,
             Own::Callback => return self.callback(conn, req).await,
             Own::ImplicitRedirect => return self.implicit_redirect(),
+            Own::Jwks => Ok(self.jwks()),
             Own::Healthz => Ok(pages::text(StatusCode::OK, "ok\n")),
             Own::Readyz => Ok(self.readyz().await),
             Own::Metrics => Ok(self.metrics()),
@@ -193,6 +205,7 @@ impl App {
         if let Some(found) = endpoints::find(path) {
             return match found.0 {
                 Own::Scim if self.scim.is_none() => None,
+                Own::Jwks if self.assertions.is_none() => None,
                 _ => Some(found),
             };
         }
@@ -228,6 +241,25 @@ impl App {
             .to_string();
         scim.handle(req, &format!("{}://{host}", origin.proto))
             .await
+    }
+
+    /// The identity assertion's public keys, for apps to verify it (cacheable for a
+    /// short while: a rotation publishes the new key before it signs).
+    fn jwks(&self) -> Response<ProxyBody> {
+        let Some(assertions) = &self.assertions else {
+            return ProxyError::NotFound.into_response(false, endpoints::LOGIN.path);
+        };
+        let mut resp = Response::new(ProxyBody::full(assertions.jwks()));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/jwk-set+json"),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=300"),
+        );
+        resp
     }
 
     fn implicit_redirect(&self) -> Response<ProxyBody> {

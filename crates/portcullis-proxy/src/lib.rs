@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod app;
+mod assertion;
 mod body;
 mod error;
 mod forwarding;
@@ -27,5 +28,6 @@ mod upstream;
 
 pub use app::endpoints;
 pub use app::{App, AppError, ConnInfo};
+pub use assertion::check_key_file;
 pub use inbound::RequestBody;
 pub use server::{ServerSettings, TlsError, default_max_connections, load_tls, serve};

@@ -36,6 +36,12 @@ pub(crate) struct LoginState {
     /// Unix seconds.
     #[serde(rename = "t")]
     pub issued_at: u64,
+    /// A step-up login: the provider must have authenticated the user within this many
+    /// seconds, and (when listed) with one of these `acr` values.
+    #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u64>,
+    #[serde(rename = "a", default, skip_serializing_if = "Vec::is_empty")]
+    pub acr_values: Vec<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -198,6 +204,8 @@ mod tests {
             provider: "oidc".into(),
             return_to: "/x".into(),
             issued_at,
+            max_age: None,
+            acr_values: Vec::new(),
         }
     }
 

@@ -17,10 +17,65 @@ pub(crate) struct Metrics {
     pub logins_failed: AtomicU64,
     pub logins_refused: AtomicU64,
     pub logouts: AtomicU64,
+    pub routes: RouteMetrics,
 }
 
 pub(crate) fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What happened to a request a route decided.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RouteOutcome {
+    Forwarded = 0,
+    Verified = 1,
+    Challenged = 2,
+    Denied = 3,
+    SteppedUp = 4,
+}
+
+const ROUTE_OUTCOMES: [&str; 5] = ["forwarded", "verified", "challenged", "denied", "step_up"];
+
+/// Requests by route and outcome; the routes are fixed at start-up, so counting is one
+/// relaxed add into a preallocated slot.
+#[derive(Default)]
+pub(crate) struct RouteMetrics {
+    labels: Vec<String>,
+    counts: Vec<[AtomicU64; 5]>,
+}
+
+impl RouteMetrics {
+    pub(crate) fn new(labels: Vec<String>) -> Self {
+        let counts = labels.iter().map(|_| Default::default()).collect();
+        RouteMetrics { labels, counts }
+    }
+
+    pub(crate) fn count(&self, route: usize, outcome: RouteOutcome) {
+        if let Some(slots) = self.counts.get(route) {
+            inc(&slots[outcome as usize]);
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        if self.labels.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "# HELP portcullis_route_requests_total Requests decided by each route, by outcome."
+        );
+        let _ = writeln!(out, "# TYPE portcullis_route_requests_total counter");
+        for (label, slots) in self.labels.iter().zip(&self.counts) {
+            let label = label.replace(['\\', '"', '\n'], "_");
+            for (outcome, slot) in ROUTE_OUTCOMES.iter().zip(slots) {
+                let _ = writeln!(
+                    out,
+                    "portcullis_route_requests_total{{route=\"{label}\",outcome=\"{outcome}\"}} {}",
+                    slot.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
 }
 
 impl Metrics {
@@ -76,6 +131,7 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE portcullis_sessions gauge");
             let _ = writeln!(out, "portcullis_sessions {n}");
         }
+        self.routes.render(&mut out);
         out
     }
 }

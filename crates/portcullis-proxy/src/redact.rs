@@ -17,6 +17,11 @@ pub(crate) const GROUPS: HeaderName = HeaderName::from_static("x-forwarded-group
 pub(crate) const PROVIDER: HeaderName = HeaderName::from_static("x-forwarded-provider");
 /// The session's access token, for an upstream that asked for it.
 pub(crate) const ACCESS_TOKEN: HeaderName = HeaderName::from_static("x-forwarded-access-token");
+/// The signed identity assertion, on forwarded requests.
+pub(crate) const JWT_ASSERTION: HeaderName = HeaderName::from_static("x-portcullis-jwt-assertion");
+/// The signed identity assertion, on forward-auth answers.
+pub(crate) const AUTH_REQUEST_JWT_ASSERTION: HeaderName =
+    HeaderName::from_static("x-auth-request-jwt-assertion");
 
 const AUTH_REQUEST_USER: HeaderName = HeaderName::from_static("x-auth-request-user");
 const AUTH_REQUEST_EMAIL: HeaderName = HeaderName::from_static("x-auth-request-email");
@@ -64,13 +69,15 @@ pub(crate) const AUTH_REQUEST: IdentityHeaders = IdentityHeaders {
 /// cannot be forgotten here (a test checks every set header is stripped). The
 /// `x-auth-request-*` names are the forward-auth answers; a client must not be able to
 /// pre-set those either.
-static OWNED: [HeaderName; 11] = [
+static OWNED: [HeaderName; 13] = [
     USER,
     EMAIL,
     PREFERRED_USERNAME,
     GROUPS,
     PROVIDER,
     ACCESS_TOKEN,
+    JWT_ASSERTION,
+    AUTH_REQUEST_JWT_ASSERTION,
     AUTH_REQUEST_USER,
     AUTH_REQUEST_EMAIL,
     AUTH_REQUEST_PREFERRED_USERNAME,
@@ -248,7 +255,9 @@ mod tests {
         );
         set_token_headers(&mut set, Some("at"), None);
         set.remove(http::header::AUTHORIZATION);
-        assert_eq!(set.len(), 10, "{set:?}");
+        set.insert(JWT_ASSERTION, HeaderValue::from_static("a"));
+        set.insert(AUTH_REQUEST_JWT_ASSERTION, HeaderValue::from_static("a"));
+        assert_eq!(set.len(), 12, "{set:?}");
         for name in set.keys() {
             let lower = name.as_str().to_string();
             let underscored = lower.replace('-', "_");

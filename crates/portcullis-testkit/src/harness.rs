@@ -933,3 +933,21 @@ impl OidcProvider {
         }
     }
 }
+
+/// Signs in at oidc-provider's own login and consent forms.
+pub async fn op_sign_in(browser: &Browser, login: &Page, user: &str) -> Page {
+    assert!(
+        login.body.contains("name=\"login\""),
+        "expected oidc-provider's login form at {}: {}",
+        login.url,
+        login.body
+    );
+    let consent = browser
+        .submit(login, &[("login", user), ("password", "anything")])
+        .await;
+    if consent.body.contains("name=\"prompt\" value=\"consent\"") {
+        browser.submit(&consent, &[]).await
+    } else {
+        consent
+    }
+}

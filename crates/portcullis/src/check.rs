@@ -59,6 +59,8 @@ pub(crate) async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn static_checks(config: &Config, report: &mut Report) {
+    route_table(config, report);
+    identity_assertion(config, report);
     if !config.auth.enabled {
         report.warn(
             "OPEN MODE: authentication is off (OAUTH_ENABLED is unset or false): every request reaches the app without a login",
@@ -133,6 +135,122 @@ fn static_checks(config: &Config, report: &mut Report) {
             "implicit flow with fragment ({}): register the redirect page {page} too",
             fragment_providers.join(", ")
         ));
+    }
+}
+
+/// The route table as Portcullis will use it, and the mistakes that make it other than
+/// its author meant: a route no request can reach, a public route that takes requests a
+/// later protected route was written for.
+fn route_table(config: &Config, report: &mut Report) {
+    if config.routes.is_empty() {
+        return;
+    }
+    let table = portcullis_policy::RouteTable::new(&config.routes, |_| None);
+    println!("      routes, tried in order:");
+    for r in &config.routes {
+        let mut matched = Vec::new();
+        if let Some(h) = &r.host {
+            matched.push(format!("host {h}"));
+        }
+        if let Some(p) = &r.path {
+            matched.push(format!("path {p}"));
+        }
+        if let Some(p) = &r.path_prefix {
+            matched.push(format!("path prefix {p}"));
+        }
+        if !r.methods.is_empty() {
+            matched.push(r.methods.join(","));
+        }
+        let who = if r.public {
+            "public".to_string()
+        } else {
+            let mut rules = Vec::new();
+            let a = &r.allow;
+            if a.authenticated {
+                rules.push("any signed-in user".to_string());
+            }
+            for (what, list) in [
+                ("users", &a.users),
+                ("emails", &a.emails),
+                ("domains", &a.domains),
+                ("groups", &a.groups),
+            ] {
+                if !list.is_empty() {
+                    rules.push(format!("{what} {}", list.join(",")));
+                }
+            }
+            for (claim, values) in &a.claims {
+                rules.push(format!("claim {claim}={}", values.join("|")));
+            }
+            let mut text = format!("allow {}", rules.join(" or "));
+            if !r.deny.is_empty() {
+                text.push_str(", with deny rules");
+            }
+            if let Some(age) = r.max_auth_age {
+                text.push_str(&format!(", login at most {}s old", age.as_secs()));
+            }
+            if !r.acr_values.is_empty() {
+                text.push_str(&format!(", acr {}", r.acr_values.join("|")));
+            }
+            text
+        };
+        println!(
+            "        {:<24} {:<40} {who}",
+            r.label(),
+            if matched.is_empty() {
+                "everything".to_string()
+            } else {
+                matched.join(" ")
+            }
+        );
+    }
+    for (shadowed, by) in table.shadowed() {
+        let key = format!("routes.{}", shadowed.index);
+        if by.public && !shadowed.public {
+            report.fail(
+                &key,
+                &format!(
+                    "route {} ({}) is protected, but the public route {} ({}) before it takes all of its requests, so they are served without a login",
+                    shadowed.index, shadowed.label(), by.index, by.label()
+                ),
+                "move the protected route before the public one, or narrow the public route's match",
+            );
+        } else {
+            report.fail(
+                &key,
+                &format!(
+                    "route {} ({}) can never decide: route {} ({}) before it takes every request it would",
+                    shadowed.index, shadowed.label(), by.index, by.label()
+                ),
+                "move it before the broader route, or remove it",
+            );
+        }
+    }
+    if table.has_catch_all() {
+        report.ok(&format!(
+            "{} routes; the last takes what the others do not",
+            config.routes.len()
+        ));
+    } else {
+        report.warn("no route takes every request: requests no route matches are refused (404); add `match: {path_prefix: /}` at the end if that is not what you want");
+    }
+}
+
+/// The identity assertion's key, loaded as start-up will load it.
+fn identity_assertion(config: &Config, report: &mut Report) {
+    let Some(jwt) = &config.identity_jwt else {
+        return;
+    };
+    match portcullis_proxy::check_key_file(&jwt.signing_key_file) {
+        Ok(kid) => report.ok(&format!(
+            "identity assertion signed with {} (kid {kid}), published at /.well-known/portcullis/jwks.json",
+            jwt.signing_key_file.display()
+        )),
+        Err(e) => report.fail(
+            "identity_jwt.signing_key_file (IDENTITY_JWT__SIGNING_KEY_FILE)",
+            &e,
+            "point it at an EC P-256 private key in PEM (openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256)",
+        ),
     }
 }
 

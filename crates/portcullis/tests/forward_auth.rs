@@ -603,3 +603,72 @@ async fn one_sign_in_serves_every_app_under_the_cookie_domain() {
     assert_eq!(done.location().as_deref(), Some("/"));
     drop(nginx);
 }
+
+/// The route table behind real nginx (examples/nginx/portcullis.conf as written): nginx
+/// sends the raw request URI in X-Original-URL, Portcullis normalizes it and decides with
+/// the route it falls under, so `/admin` cannot be reached by another spelling.
+#[tokio::test]
+#[cfg_attr(not(feature = "e2e"), ignore = "needs nginx: run scripts/test")]
+async fn nginx_forward_auth_decides_with_the_route_table() {
+    let dir = TempDir::new("fa-routes");
+    let config = dir.path().join("routes.yaml");
+    std::fs::write(
+        &config,
+        "routes:\n  - name: health\n    match: {path: /status}\n    public: true\n  - name: admin\n    match: {path_prefix: /admin}\n    allow: {groups: [admins]}\n  - match: {path_prefix: /}\n    allow: {authenticated: true}\n",
+    )
+    .unwrap();
+    let s = setup(&[("PORTCULLIS_CONFIG", config.to_str().unwrap())]).await;
+    let conf = s.adapt(&example("examples/nginx/portcullis.conf")).replace(
+        "listen 80;",
+        &format!("listen 127.0.0.1:{};", s.front_port()),
+    );
+    let nginx = Nginx::start(&conf, s.front_port());
+    // Public: no login.
+    let stranger = Browser::new();
+    let status = stranger.get(&s.url("/status")).await;
+    assert_eq!(status.status, 200, "{status:?}\n{}", nginx.error_log());
+    let alice = Browser::new();
+    let form = alice.navigate(&s.url("/admin/")).await;
+    assert_eq!(
+        dev_idp_sign_in(&alice, &form, "alice", "admins")
+            .await
+            .status,
+        200
+    );
+    let bob = Browser::new();
+    let form = bob.navigate(&s.url("/")).await;
+    assert_eq!(
+        dev_idp_sign_in(&bob, &form, "bob", "staff").await.status,
+        200
+    );
+    assert_eq!(alice.get(&s.url("/admin/panel")).await.status, 200);
+    assert_eq!(bob.get(&s.url("/admin/panel")).await.status, 403);
+    assert_eq!(bob.get(&s.url("/other")).await.status, 200);
+    // Other spellings of /admin, sent raw (a client library would tidy them up).
+    for sneaky in [
+        "/x/../admin/panel",
+        "/%61dmin/panel",
+        "//admin/panel",
+        "/x/%2e%2e/admin",
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", s.front_port()))
+            .await
+            .unwrap();
+        let cookie = bob.cookie("127.0.0.1", "session_token").unwrap();
+        let req = format!(
+            "GET {sneaky} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nCookie: session_token={cookie}\r\nConnection: close\r\n\r\n",
+            s.front_port()
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut stream, req.as_bytes())
+            .await
+            .unwrap();
+        let r = read_response(&mut stream).await;
+        assert!(
+            r.status == 403 || r.status == 400 || r.status == 500,
+            "{sneaky} got {}: {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_ne!(r.status, 200, "{sneaky} reached the app");
+    }
+}

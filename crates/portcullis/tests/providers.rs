@@ -12,24 +12,6 @@ use serde_json::json;
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const OTHER_TENANT: &str = "f8cdef31-a31e-4b4a-93e4-5f571e91255a";
 
-/// Signs in at oidc-provider's own login and consent forms.
-async fn op_sign_in(browser: &Browser, login: &Page, user: &str) -> Page {
-    assert!(
-        login.body.contains("name=\"login\""),
-        "expected oidc-provider's login form at {}: {}",
-        login.url,
-        login.body
-    );
-    let consent = browser
-        .submit(login, &[("login", user), ("password", "anything")])
-        .await;
-    if consent.body.contains("name=\"prompt\" value=\"consent\"") {
-        browser.submit(&consent, &[]).await
-    } else {
-        consent
-    }
-}
-
 struct Env(Vec<(String, String)>);
 
 impl Env {

@@ -4,6 +4,7 @@
 
 mod auth;
 mod branding;
+mod routes;
 mod scim;
 mod session;
 
@@ -32,7 +33,9 @@ impl Config {
         let cookie_secret = r.secret("cookie_secret");
         let tls = read_tls(r);
         let trusted_proxies = read_cidrs(r, "trusted_proxies");
-        let auth = auth::read_auth(r, public_url.as_ref());
+        let mut auth = auth::read_auth(r, public_url.as_ref());
+        let routes = routes::read_routes(r, &mut auth);
+        let identity_jwt = routes::read_identity_jwt(r);
         let forward_auth_only = r.bool("forward_auth_only", false);
         if upstream_url.is_none() && !r.is_set("upstream_url") && !forward_auth_only {
             r.error(
@@ -126,6 +129,8 @@ impl Config {
             },
             scim: scim::link_scim(r, scim::read_scim(r), &auth),
             branding: branding::read_branding(r),
+            routes,
+            identity_jwt,
             auth,
             session,
             log,

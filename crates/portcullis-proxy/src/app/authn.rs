@@ -67,7 +67,7 @@ impl Principal {
     }
 
     /// The provider's groups and the directory's teams, each once.
-    pub(super) fn all_groups(&self) -> impl Iterator<Item = &str> {
+    pub(super) fn all_groups(&self) -> impl Iterator<Item = &str> + Clone {
         let identity = self.identity();
         let groups = identity.groups.iter().map(String::as_str);
         let teams = self

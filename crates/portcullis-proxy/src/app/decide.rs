@@ -1,23 +1,27 @@
-//! The one decision every entry point makes about a request: who it belongs to
-//! (authenticate), whether they may enter (authorize: the global allow-lists, then a
-//! narrower policy the entry point adds, such as forward-auth's per-location lists), and
-//! so who the app is told about. The proxied path and forward-auth call [`App::decide`]
-//! and differ only in how they answer.
+//! The one decision every entry point makes about a request: which route takes it, who
+//! it belongs to (authenticate), whether they may enter (authorize: the global
+//! allow-lists, then a narrower policy the entry point adds, such as forward-auth's
+//! per-location lists, then the route's rules and step-up), and so who the app is told
+//! about. The proxied path and forward-auth call [`App::decide`] and differ only in how
+//! they answer.
 //!
-//! A refusal is logged here, once, with the same fields wherever it happens:
-//! `User not allowed: <user>` with `user`, `provider`, `reason`, `client` and `entry`.
-//! An outage of the session store is counted and logged once per interval; a refused
-//! bearer token only at debug level (anyone can send junk; the client gets the reason).
+//! With routes configured, a request no route takes is refused, never forwarded; a
+//! public route needs no login (and looks up no session). A refusal is logged here, once,
+//! with the same fields wherever it happens: `User not allowed: <user>` with `user`,
+//! `provider`, `reason`, `client`, `entry` and `route`. An outage of the session store is
+//! counted and logged once per interval; a refused bearer token only at debug level
+//! (anyone can send junk; the client gets the reason).
 
 use std::net::IpAddr;
 
 use http::HeaderMap;
-use portcullis_policy::{Policy, PolicyDecision};
+use portcullis_identity::StepUp;
+use portcullis_policy::{Policy, PolicyDecision, Route, RouteDecision};
 
 use super::authn::Principal;
 use super::{App, Auth};
 use crate::error::ProxyError;
-use crate::metrics::inc;
+use crate::metrics::{RouteOutcome, inc};
 
 /// Where a decision was asked for, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +44,16 @@ impl Entry {
     }
 }
 
+/// The request being decided: for forward-auth, the one the proxy in front holds.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Target<'a> {
+    pub method: &'a str,
+    /// The host the client addressed (maybe with a port).
+    pub host: Option<&'a str>,
+    /// The normalized path.
+    pub path: &'a str,
+}
+
 /// What is being decided.
 pub(super) struct Check<'a> {
     /// The headers that carry the credential (cookie or bearer token).
@@ -48,15 +62,34 @@ pub(super) struct Check<'a> {
     pub entry: Entry,
     /// A policy that must also admit the user (it can only narrow the global one).
     pub narrower: Option<&'a Policy>,
+    pub target: Target<'a>,
 }
 
 pub(super) enum Decision<'a> {
-    /// Let it through, as `principal` (`None`: authentication is off, open mode).
-    Admit(Option<Principal>),
-    /// No usable credential: the entry point sends the client to log in.
-    Challenge(&'a Auth),
+    /// Let it through, as `who` (`None`: open mode or a public route), under `route`.
+    Admit {
+        who: Option<Principal>,
+        route: Option<&'a Route>,
+    },
+    /// No usable credential (or one from another provider than the route's): the entry
+    /// point sends the client to log in.
+    Challenge {
+        auth: &'a Auth,
+        route: Option<&'a Route>,
+    },
+    /// Signed in and allowed, but the route wants a fresher or stronger login.
+    StepUp {
+        auth: &'a Auth,
+        route: &'a Route,
+        step: StepUp,
+        who: Principal,
+    },
     /// Authenticated but refused, for this reason (already logged).
     Deny(String),
+    /// Routes are configured and none takes the request.
+    NoRoute,
+    /// The path carries `;` parameters the route does not accept.
+    PathParameters,
     /// Authentication could not be done: a refused bearer token, the session store or
     /// the provider unreachable (already counted and logged).
     Fail(ProxyError),
@@ -64,26 +97,78 @@ pub(super) enum Decision<'a> {
 
 impl App {
     pub(super) async fn decide(&self, check: Check<'_>) -> Decision<'_> {
+        let t = check.target;
+        let route = if self.routes.is_empty() {
+            None
+        } else {
+            match self.routes.find(t.method, t.host, t.path) {
+                Some(route) => Some(route),
+                None => {
+                    tracing::debug!(path = t.path, "no route takes the request: refused");
+                    return Decision::NoRoute;
+                }
+            }
+        };
+        if let Some(route) = route
+            && t.path.contains(';')
+            && !route.path_parameters
+        {
+            return Decision::PathParameters;
+        }
+        if route.is_some_and(|r| r.public) {
+            return Decision::Admit { who: None, route };
+        }
         let Some(auth) = &self.auth else {
-            return Decision::Admit(None);
+            return Decision::Admit { who: None, route };
+        };
+        let count = |outcome| {
+            if let Some(r) = route {
+                self.metrics.routes.count(r.index, outcome);
+            }
         };
         let principal = match self.authenticate(auth, check.headers).await {
             Ok(Some(principal)) => principal,
             Ok(None) => {
                 inc(&self.metrics.challenged);
-                return Decision::Challenge(auth);
+                count(RouteOutcome::Challenged);
+                return Decision::Challenge { auth, route };
             }
             Err(e) => return Decision::Fail(self.authentication_failed(e)),
         };
+        // A route with its own provider takes only that provider's users.
+        if let Some(wanted) = route.and_then(|r| r.provider.as_deref())
+            && principal.identity().provider != wanted
+        {
+            inc(&self.metrics.challenged);
+            count(RouteOutcome::Challenged);
+            return Decision::Challenge { auth, route };
+        }
         let subject = principal.subject();
-        let decision = match auth.policy.decide(&subject) {
+        let mut decision = match auth.policy.decide(&subject) {
             PolicyDecision::Allow => check
                 .narrower
                 .map_or(PolicyDecision::Allow, |narrower| narrower.decide(&subject)),
             deny => deny,
         };
+        let mut step = None;
+        if let (PolicyDecision::Allow, Some(route)) = (&decision, route) {
+            match route.decide(&subject, portcullis_core::time::unix_now()) {
+                RouteDecision::Allow => {}
+                RouteDecision::Deny(reason) => decision = PolicyDecision::Deny(reason),
+                RouteDecision::StepUp {
+                    max_age,
+                    acr_values,
+                } => {
+                    step = Some(StepUp {
+                        max_age,
+                        acr_values,
+                    })
+                }
+            }
+        }
         if let PolicyDecision::Deny(reason) = decision {
             inc(&self.metrics.denied);
+            count(RouteOutcome::Denied);
             let reason = reason.to_string();
             let who = principal.identity();
             self.refused(
@@ -92,10 +177,28 @@ impl App {
                 &reason,
                 check.client,
                 check.entry,
+                route,
             );
             return Decision::Deny(reason);
         }
-        Decision::Admit(Some(principal))
+        if let (Some(step), Some(route)) = (step, route) {
+            count(RouteOutcome::SteppedUp);
+            tracing::info!(
+                user = %principal.identity().display(),
+                route = %route.label(),
+                "a fresher login is needed for this route: stepping up"
+            );
+            return Decision::StepUp {
+                auth,
+                route,
+                step,
+                who: principal,
+            };
+        }
+        Decision::Admit {
+            who: Some(principal),
+            route,
+        }
     }
 
     /// The one log line for a user the policy (or the provider) refuses.
@@ -106,13 +209,16 @@ impl App {
         reason: &str,
         client: IpAddr,
         entry: Entry,
+        route: Option<&Route>,
     ) {
+        let route = route.map(Route::label).unwrap_or_default();
         tracing::warn!(
             user = %user,
             provider = %provider,
             reason = %reason,
             client = %client,
             entry = entry.as_str(),
+            route = %route,
             "User not allowed: {user}"
         );
     }

@@ -22,6 +22,8 @@ pub enum Own {
     Callback,
     /// The implicit flow's fragment page, at its configured path.
     ImplicitRedirect,
+    /// The identity assertion's public keys (with `identity_jwt.enabled`).
+    Jwks,
 }
 
 #[derive(Debug)]
@@ -105,6 +107,14 @@ pub const SCIM: Endpoint = Endpoint {
     allow_methods: None,
     allow: "",
 };
+/// The identity assertion's public keys.
+pub const JWKS: Endpoint = Endpoint {
+    own: Own::Jwks,
+    path: "/.well-known/portcullis/jwks.json",
+    prefix: false,
+    allow_methods: Some(READ),
+    allow: "GET, HEAD",
+};
 /// At the path of the configured redirect URL.
 pub const CALLBACK: Endpoint = Endpoint {
     own: Own::Callback,
@@ -124,7 +134,7 @@ pub const IMPLICIT_REDIRECT: Endpoint = Endpoint {
 
 /// The endpoints at fixed paths, in the order they are matched.
 pub const FIXED: &[Endpoint] = &[
-    STATUS, LOGIN, ME, LOGOUT, VERIFY, HEALTHZ, READYZ, METRICS, SCIM,
+    STATUS, LOGIN, ME, LOGOUT, VERIFY, HEALTHZ, READYZ, METRICS, SCIM, JWKS,
 ];
 
 impl Endpoint {

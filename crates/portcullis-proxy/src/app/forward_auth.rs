@@ -24,16 +24,18 @@
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
+use portcullis_identity::StepUp;
 use portcullis_policy::Policy;
 
-use super::decide::{Check, Decision, Entry};
+use super::decide::{Check, Decision, Entry, Target};
 use super::endpoints::{LOGIN, LOGOUT, VERIFY};
 use super::login::login_link;
 use super::{App, Auth, ConnInfo, wants_html};
 use crate::body::ProxyBody;
 use crate::forwarding::{self, Origin, X_FORWARDED_URI};
 use crate::inbound::RequestBody;
-use crate::metrics::inc;
+use crate::metrics::{RouteOutcome, inc};
+use crate::normalize;
 use crate::pages;
 use crate::redact;
 use crate::return_to;
@@ -190,23 +192,79 @@ impl App {
                 return pages::json_error(StatusCode::BAD_REQUEST, "invalid_request", &problem);
             }
         };
+        let original = original(&req, &origin);
+        // With routes, the request in question decides which route applies: its path,
+        // normalized as the proxied path's is (an ambiguous one is refused), its host
+        // and method.
+        let target_url = original.url.as_deref().map(|u| split_url(u, &origin));
+        let target_path = match &target_url {
+            Some((_, path)) => match normalize::normalize_path(path, self.paths) {
+                Ok(p) => Some(p.into_owned()),
+                Err(m) => {
+                    tracing::debug!(
+                        reason = m.explain(),
+                        "forward-auth: the original path is ambiguous: refused"
+                    );
+                    return pages::json_error(StatusCode::FORBIDDEN, "forbidden", m.explain());
+                }
+            },
+            None if !self.routes.is_empty() => {
+                if let Some(count) = self.forward_auth_blind.hit() {
+                    tracing::error!(
+                        refused = count,
+                        "forward-auth with routes needs the original URL (X-Original-URL, or X-Forwarded-Uri from a trusted proxy): refusing"
+                    );
+                }
+                return pages::json_error(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "the proxy in front did not say which URL it asks about",
+                );
+            }
+            None => None,
+        };
+        let method = original
+            .method
+            .clone()
+            .unwrap_or_else(|| req.method().to_string());
         let here = Policy::new(&location.allowed_emails, &location.allowed_groups);
         let check = Check {
             headers: req.headers(),
             client: origin.client_ip,
             entry: Entry::ForwardAuth,
             narrower: Some(&here),
+            target: Target {
+                method: &method,
+                host: target_url.as_ref().and_then(|(h, _)| h.as_deref()),
+                path: target_path.as_deref().unwrap_or("/"),
+            },
         };
-        let principal = match self.decide(check).await {
-            Decision::Admit(Some(principal)) => principal,
-            Decision::Admit(None) => return pages::text(StatusCode::OK, ""),
-            Decision::Challenge(auth) => {
-                return self.verify_challenge(auth, &req, &origin, &location, html);
+        let (principal, route) = match self.decide(check).await {
+            Decision::Admit {
+                who: Some(principal),
+                route,
+            } => (principal, route),
+            Decision::Admit { who: None, .. } => return pages::text(StatusCode::OK, ""),
+            Decision::Challenge { auth, .. } => {
+                return self.verify_challenge(auth, &req, &original, &location, html, None);
+            }
+            Decision::StepUp { auth, step, .. } => {
+                return self.verify_challenge(auth, &req, &original, &location, html, Some(&step));
             }
             Decision::Deny(reason) => return pages::denied(&reason, html, LOGOUT.path),
+            Decision::NoRoute | Decision::PathParameters => {
+                return pages::json_error(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "no route admits this request",
+                );
+            }
             Decision::Fail(e) => return e.into_response(html, LOGIN.path),
         };
         inc(&self.metrics.verified);
+        if let Some(r) = route {
+            self.metrics.routes.count(r.index, RouteOutcome::Verified);
+        }
         let mut resp = pages::text(StatusCode::OK, "");
         redact::set_identity_headers(
             resp.headers_mut(),
@@ -214,6 +272,25 @@ impl App {
             principal.identity(),
             principal.all_groups(),
         );
+        if let Some(assertions) = &self.assertions {
+            // The route's audience, else the origin of the request in question.
+            let audience = match (route.and_then(|r| r.audience.as_deref()), &target_url) {
+                (Some(aud), _) => aud.to_string(),
+                (None, Some((Some(host), _))) => format!("{}://{host}", origin.proto),
+                _ => self.default_audience.clone(),
+            };
+            let session = self.session_key(req.headers());
+            if let Some(token) = assertions.assertion(
+                conn.worker,
+                session.as_ref().map(|k| &k.0),
+                principal.identity(),
+                principal.all_groups(),
+                &audience,
+            ) {
+                resp.headers_mut()
+                    .insert(redact::AUTH_REQUEST_JWT_ASSERTION, token);
+            }
+        }
         resp
     }
 
@@ -223,11 +300,11 @@ impl App {
         &self,
         auth: &Auth,
         req: &Request<RequestBody>,
-        origin: &Origin,
+        original: &Original,
         location: &Location,
         html: bool,
+        step: Option<&StepUp>,
     ) -> Response<ProxyBody> {
-        let original = original(req, origin);
         let return_to = original
             .url
             .as_deref()
@@ -244,9 +321,9 @@ impl App {
             Some(public) => format!(
                 "{}{}",
                 public.as_str().trim_end_matches('/'),
-                login_link(None, &return_to)
+                login_link(None, &return_to, step)
             ),
-            None => login_link(None, &return_to),
+            None => login_link(None, &return_to, step),
         };
         let method = original.method.as_deref().unwrap_or(req.method().as_str());
         let navigates = method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD");
@@ -262,6 +339,42 @@ impl App {
             resp.headers_mut().insert(X_AUTH_REQUEST_LOGIN, v);
         }
         resp
+    }
+}
+
+/// The host (if the URL names one, else the request's) and the path of an original URL,
+/// absolute or a path with a query.
+fn split_url(url: &str, origin: &Origin) -> (Option<String>, String) {
+    if url.starts_with('/') {
+        let path = url.split(['?', '#']).next().unwrap_or("/").to_string();
+        let host = origin
+            .host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string);
+        return (host, path);
+    }
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let host = u.host_str().map(|h| match u.port() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_string(),
+            });
+            // The raw path as sent, not the URL parser's normalized one: the same
+            // normalization as the proxied path decides on it.
+            let after_authority = url
+                .split_once("://")
+                .map(|(_, rest)| rest)
+                .and_then(|rest| rest.find('/').map(|i| &rest[i..]))
+                .unwrap_or("/");
+            let path = after_authority
+                .split(['?', '#'])
+                .next()
+                .unwrap_or("/")
+                .to_string();
+            (host, path)
+        }
+        Err(_) => (None, url.to_string()),
     }
 }
 

@@ -7,11 +7,12 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use portcullis_config::{Flow, ResponseMode};
-use portcullis_identity::{IdentityError, LoginStep, Provider};
+use portcullis_identity::{IdentityError, LoginStep, Provider, StepUp};
+use portcullis_policy::Route;
 use portcullis_policy::{PolicyDecision, Subject};
 use portcullis_session::{SessionData, SessionId, SessionStore};
 
-use super::authn::session_tokens;
+use super::authn::{Principal, session_tokens};
 use super::decide::Entry;
 use super::endpoints::LOGIN;
 use super::{App, Auth, ConnInfo, body_refused, query_param, session_cookie_value, with_cookie};
@@ -30,6 +31,7 @@ impl App {
     pub(super) async fn challenge(
         &self,
         auth: &Auth,
+        route: Option<&Route>,
         req: &Request<RequestBody>,
         html: bool,
     ) -> Response<ProxyBody> {
@@ -40,23 +42,73 @@ impl App {
             .and_then(|pq| return_to::validate(pq.as_str(), &auth.return_rules))
             .unwrap_or_else(|| "/".into());
         let navigates = req.method() == Method::GET || req.method() == Method::HEAD;
+        // The route's own provider, else the only one; several: the chooser.
+        let provider = route
+            .and_then(|r| r.provider.as_deref())
+            .and_then(|name| auth.providers.iter().find(|p| p.name() == name))
+            .or(match auth.providers.as_slice() {
+                [only] => Some(only),
+                _ => None,
+            });
+        let link = login_link(provider.map(|p| p.name()), &return_to, None);
         let mut resp = if html && navigates {
-            match auth.providers.as_slice() {
-                [only] => self
-                    .start_login(auth, only, return_to)
+            match provider {
+                Some(p) => self
+                    .start_login(auth, p, return_to, None)
                     .await
                     .unwrap_or_else(|e| e.into_response(true, LOGIN.path)),
-                _ => pages::redirect(&login_link(None, &return_to)),
+                None => pages::redirect(&link),
             }
         } else if html {
-            pages::unauthenticated(true, &login_link(None, &return_to))
+            pages::unauthenticated(true, &link)
         } else {
             pages::unauthenticated(false, LOGIN.path)
         };
-        if had_cookie {
+        // A cookie that did not authenticate is stale: forget it. (On a route with its
+        // own provider it may be a live session of another provider: keep that.)
+        let live_elsewhere = route.is_some_and(|r| r.provider.is_some());
+        if had_cookie && !live_elsewhere {
             resp = with_cookie(resp, &auth.session_cookie.clear());
         }
         resp
+    }
+
+    /// A signed-in user a route wants to sign in again (too long ago, or not strongly
+    /// enough): a browser goes straight back to its provider, which re-authenticates and
+    /// returns it to the same URL; anything else gets RFC 9470's 401.
+    pub(super) async fn step_up(
+        &self,
+        auth: &Auth,
+        route: &Route,
+        step: &StepUp,
+        who: &Principal,
+        req: &Request<RequestBody>,
+        html: bool,
+    ) -> Response<ProxyBody> {
+        let return_to = req
+            .uri()
+            .path_and_query()
+            .and_then(|pq| return_to::validate(pq.as_str(), &auth.return_rules))
+            .unwrap_or_else(|| "/".into());
+        let provider_name = route
+            .provider
+            .as_deref()
+            .unwrap_or(&who.identity().provider);
+        let provider = auth.providers.iter().find(|p| p.name() == provider_name);
+        let navigates = req.method() == Method::GET || req.method() == Method::HEAD;
+        if html
+            && navigates
+            && let Some(provider) = provider
+        {
+            return self
+                .start_login(auth, provider, return_to, Some(step))
+                .await
+                .unwrap_or_else(|e| e.into_response(true, LOGIN.path));
+        }
+        insufficient_authentication(
+            &login_link(Some(provider_name), &return_to, Some(step)),
+            step,
+        )
     }
 
     async fn start_login(
@@ -64,6 +116,7 @@ impl App {
         auth: &Auth,
         provider: &Provider,
         return_to: String,
+        step_up: Option<&StepUp>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let config = provider.config();
         let implicit = config.flow == Flow::Implicit;
@@ -72,7 +125,9 @@ impl App {
             _ => auth.redirect_url.as_str(),
         };
         let form_post = implicit && config.response_mode == ResponseMode::FormPost;
-        let request = provider.authorization_request(redirect_uri).await?;
+        let request = provider
+            .authorization_request(redirect_uri, step_up)
+            .await?;
         let state = LoginState {
             state: request.state,
             nonce: request.nonce,
@@ -80,6 +135,8 @@ impl App {
             provider: provider.name().to_string(),
             return_to,
             issued_at: portcullis_core::time::unix_now(),
+            max_age: step_up.and_then(|s| s.max_age),
+            acr_values: step_up.map(|s| s.acr_values.clone()).unwrap_or_default(),
         };
         Ok(with_cookie(
             pages::redirect(&request.url),
@@ -111,7 +168,23 @@ impl App {
                 _ => return Ok(self.provider_choice(auth, &return_to, StatusCode::OK)),
             },
         };
-        self.start_login(auth, chosen, return_to).await
+        // A step-up asked for by a route (through a proxy in front that relays our
+        // login URL): the provider must authenticate the user again.
+        let max_age = query_param(req, "max_age").and_then(|v| v.parse::<u64>().ok());
+        let acr_values: Vec<String> = query_param(req, "acr_values")
+            .map(|v| {
+                v.split(' ')
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let step = (max_age.is_some() || !acr_values.is_empty()).then_some(StepUp {
+            max_age,
+            acr_values,
+        });
+        self.start_login(auth, chosen, return_to, step.as_ref())
+            .await
     }
 
     /// The page offering one sign-in button per provider.
@@ -127,7 +200,7 @@ impl App {
             .map(|p| {
                 (
                     format!("Log in with {}", p.display_name()),
-                    login_link(Some(p.name()), return_to),
+                    login_link(Some(p.name()), return_to, None),
                 )
             })
             .collect();
@@ -243,6 +316,31 @@ impl App {
                 .map_err(|(step, e)| self.login_failed(provider, step, e, client))?;
             (identity, Some(tokens))
         };
+        // A step-up login must really be fresh (and strong enough): a provider that
+        // answered from its own old session would send the browser round in a loop.
+        if let Some(max_age) = login.max_age {
+            const SKEW: u64 = 60;
+            let fresh = identity.auth_time.is_some_and(|t| {
+                portcullis_core::time::unix_now().saturating_sub(t) <= max_age + SKEW
+            });
+            if !fresh {
+                return Err(ProxyError::BadLogin(
+                    "The identity provider did not sign you in again, as this page requires."
+                        .into(),
+                ));
+            }
+        }
+        if !login.acr_values.is_empty()
+            && !identity
+                .acr
+                .as_ref()
+                .is_some_and(|acr| login.acr_values.contains(acr))
+        {
+            return Err(ProxyError::BadLogin(
+                "The identity provider did not sign you in as strongly as this page requires."
+                    .into(),
+            ));
+        }
         let (provisioning, directory_user, teams) = self.directory_view(&identity).await?;
         if let PolicyDecision::Deny(reason) = auth.policy.decide(&Subject {
             identity: &identity,
@@ -256,6 +354,7 @@ impl App {
                 &reason,
                 client,
                 Entry::Login,
+                None,
             );
             return Err(ProxyError::Denied {
                 who: identity.display().to_string(),
@@ -302,7 +401,7 @@ impl App {
                 tracing::warn!(provider = %name, "ID token rejected: {reason}")
             }
             IdentityError::NotAllowed { who, reason } => {
-                self.refused(&who, name, &reason, client, Entry::Login);
+                self.refused(&who, name, &reason, client, Entry::Login, None);
                 return ProxyError::Denied { who, reason };
             }
             IdentityError::ProviderUnavailable { .. } | IdentityError::UserInfo(_) => {
@@ -325,11 +424,44 @@ fn parse_form(bytes: &[u8]) -> Vec<(String, String)> {
 }
 
 /// `/api/v1/auth/login?provider=...&rd=...`
-pub(super) fn login_link(provider: Option<&str>, return_to: &str) -> String {
+pub(super) fn login_link(provider: Option<&str>, return_to: &str, step: Option<&StepUp>) -> String {
     let mut query = form_urlencoded::Serializer::new(String::new());
     if let Some(p) = provider {
         query.append_pair("provider", p);
     }
     query.append_pair("rd", return_to);
+    if let Some(step) = step {
+        if let Some(max_age) = step.max_age {
+            query.append_pair("max_age", &max_age.to_string());
+        }
+        if !step.acr_values.is_empty() {
+            query.append_pair("acr_values", &step.acr_values.join(" "));
+        }
+    }
     format!("{}?{}", LOGIN.path, query.finish())
+}
+
+/// RFC 9470 §3: the request needs a fresher (`max_age`) or stronger (`acr_values`) login.
+pub(super) fn insufficient_authentication(login_href: &str, step: &StepUp) -> Response<ProxyBody> {
+    let mut resp = pages::json(
+        StatusCode::UNAUTHORIZED,
+        &serde_json::json!({
+            "error": "insufficient_user_authentication",
+            "message": "this needs a fresher or stronger sign-in",
+            "login_url": login_href,
+        }),
+    );
+    let mut challenge = String::from(
+        "Bearer realm=\"portcullis\", error=\"insufficient_user_authentication\", error_description=\"A fresher or stronger sign-in is needed\"",
+    );
+    if let Some(max_age) = step.max_age {
+        challenge.push_str(&format!(", max_age=\"{max_age}\""));
+    }
+    if !step.acr_values.is_empty() {
+        challenge.push_str(&format!(", acr_values=\"{}\"", step.acr_values.join(" ")));
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    resp
 }

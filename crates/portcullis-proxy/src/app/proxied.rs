@@ -8,10 +8,10 @@ use std::pin::Pin;
 
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
-use portcullis_session::SessionId;
 use portcullis_session::cookie;
+use portcullis_session::{SessionId, SessionKey};
 
-use super::decide::{Check, Decision, Entry};
+use super::decide::{Check, Decision, Entry, Target};
 use super::endpoints::{LOGIN, LOGOUT};
 use super::{App, ConnInfo, session_cookie_value, wants_html};
 use crate::body::ProxyBody;
@@ -19,7 +19,7 @@ use crate::error::ProxyError;
 use crate::forwarding;
 use crate::inbound::RequestBody;
 use crate::login_state::is_login_cookie;
-use crate::metrics::inc;
+use crate::metrics::{RouteOutcome, inc};
 use crate::pages;
 use crate::upstream::{Forwarded, UpgradeRequest};
 use crate::{hop, redact};
@@ -39,6 +39,24 @@ fn forward_cookies(headers: &mut HeaderMap, session_cookie: Option<&str>) {
     {
         headers.insert(header::COOKIE, v);
     }
+}
+
+/// No route takes the request: refused, never forwarded. `404` says as little as
+/// possible about what exists.
+pub(super) fn no_route(html: bool) -> Response<ProxyBody> {
+    if html {
+        return pages::page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is nothing here.",
+            None,
+        );
+    }
+    pages::json_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no route takes this request",
+    )
 }
 
 impl App {
@@ -62,14 +80,40 @@ impl App {
             client: origin.client_ip,
             entry: Entry::Proxied,
             narrower: None,
+            target: Target {
+                method: req.method().as_str(),
+                host: origin.host.as_ref().and_then(|h| h.to_str().ok()),
+                path: req.uri().path(),
+            },
         };
-        let who = match self.decide(check).await {
-            Decision::Admit(who) => who,
-            Decision::Challenge(auth) => return self.challenge(auth, &req, html).await,
+        let (who, route) = match self.decide(check).await {
+            Decision::Admit { who, route } => (who, route),
+            Decision::Challenge { auth, route } => {
+                return self.challenge(auth, route, &req, html).await;
+            }
+            Decision::StepUp {
+                auth,
+                route,
+                step,
+                who,
+            } => return self.step_up(auth, route, &step, &who, &req, html).await,
             Decision::Deny(reason) => return pages::denied(&reason, html, LOGOUT.path),
+            Decision::NoRoute => return no_route(html),
+            Decision::PathParameters => {
+                return pages::json_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the path has a ; parameter, which this route does not accept",
+                );
+            }
             Decision::Fail(e) => return e.into_response(html, LOGIN.path),
         };
 
+        // Read before Portcullis's cookies leave the request.
+        let session = match (&self.assertions, &who) {
+            (Some(_), Some(_)) => self.session_key(req.headers()),
+            _ => None,
+        };
         let upgrade =
             hop::upgrade_protocol(req.headers(), &self.upgrades).map(|protocol| UpgradeRequest {
                 protocol,
@@ -90,6 +134,20 @@ impl App {
                 principal.identity(),
                 principal.all_groups(),
             );
+            if let Some(assertions) = &self.assertions {
+                let audience = route.map_or(self.default_audience.as_str(), |r| {
+                    self.audiences[r.index].as_str()
+                });
+                if let Some(token) = assertions.assertion(
+                    conn.worker,
+                    session.as_ref().map(|k| &k.0),
+                    principal.identity(),
+                    principal.all_groups(),
+                    audience,
+                ) {
+                    headers.insert(redact::JWT_ASSERTION, token);
+                }
+            }
             if let Some(auth) = &self.auth
                 && (auth.pass_access_token || auth.pass_id_token)
                 && let Some(tokens) = principal.tokens()
@@ -102,13 +160,19 @@ impl App {
                 );
             }
         }
-        let upstream = &self.upstreams[conn.worker % self.upstreams.len()];
+        let pools = route
+            .and_then(|r| r.upstream)
+            .map_or(&self.upstreams, |i| &self.route_upstreams[i]);
+        let upstream = &pools[conn.worker % pools.len()];
         match upstream
             .forward(req, upgrade, origin.host.as_ref(), &self.tracker)
             .await
         {
             Ok(forwarded) => {
                 inc(&self.metrics.forwarded);
+                if let Some(r) = route {
+                    self.metrics.routes.count(r.index, RouteOutcome::Forwarded);
+                }
                 match forwarded {
                     Forwarded::Response(resp) => resp.map(ProxyBody::Upstream),
                     Forwarded::Switched(resp) => resp.map(|()| ProxyBody::empty()),
@@ -120,6 +184,15 @@ impl App {
                 ProxyError::from(e).into_response(html, LOGIN.path)
             }
         }
+    }
+
+    /// The key of the request's session, when it carries one (the assertion cache is
+    /// kept per session).
+    pub(super) fn session_key(&self, headers: &HeaderMap) -> Option<SessionKey> {
+        let auth = self.auth.as_ref()?;
+        session_cookie_value(headers, &auth.session_cookie.name)
+            .and_then(SessionId::parse)
+            .map(|id| id.key())
     }
 
     /// What ends a tunnel opened on this request: the end of its session. Without a

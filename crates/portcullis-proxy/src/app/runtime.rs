@@ -6,15 +6,16 @@ use std::time::Duration;
 
 use portcullis_config::{Config, ExposeSecret, Flow, ResponseMode, SessionStoreKind};
 use portcullis_identity::Provider;
-use portcullis_policy::Policy;
+use portcullis_policy::{Policy, RouteTable};
 use portcullis_session::cookie::CookieSpec;
 use portcullis_session::{AnyStore, MemoryStore, RedisSettings, RedisStore, SessionLimits};
 
 use super::{App, AppError, Auth};
+use crate::assertion::Assertions;
 use crate::forwarding::TrustedProxies;
 use crate::inbound::BodyLimits;
 use crate::login_state::LoginCookies;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::normalize::PathRules;
 use crate::pages;
 use crate::return_to::ReturnRules;
@@ -59,17 +60,81 @@ impl App {
         } else {
             None
         };
+        // Each distinct route upstream gets its pools, one per worker.
+        let mut route_urls: Vec<url::Url> = Vec::new();
+        for route in &config.routes {
+            if let Some(url) = &route.upstream_url
+                && !route_urls.contains(url)
+            {
+                route_urls.push(url.clone());
+            }
+        }
+        let route_upstreams = route_urls
+            .iter()
+            .map(|url| {
+                (0..workers.max(1))
+                    .map(|_| Upstream::new(url, &config.upstream))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let routes = RouteTable::new(&config.routes, |r| {
+            r.upstream_url
+                .as_ref()
+                .and_then(|u| route_urls.iter().position(|known| known == u))
+        });
+        // `aud` of the assertion: the route's audience, else its upstream's origin.
+        let origin = |u: &url::Url| u.origin().ascii_serialization();
+        let default_audience = config
+            .upstream_url
+            .as_ref()
+            .map(origin)
+            .or_else(|| config.public_origin().map(|u| origin(&u)))
+            .unwrap_or_default();
+        let audiences = config
+            .routes
+            .iter()
+            .map(|r| {
+                r.audience
+                    .clone()
+                    .or_else(|| r.upstream_url.as_ref().map(origin))
+                    .unwrap_or_else(|| default_audience.clone())
+            })
+            .collect();
+        let assertions = match &config.identity_jwt {
+            Some(jwt) => {
+                let issuer = config
+                    .public_origin()
+                    .map(|u| u.origin().ascii_serialization())
+                    .unwrap_or_default();
+                Some(Assertions::load(jwt, issuer, workers).map_err(AppError::Setup)?)
+            }
+            None => None,
+        };
+        let metrics = Metrics {
+            routes: RouteMetrics::new(routes.routes().iter().map(|r| r.label()).collect()),
+            ..Metrics::default()
+        };
         Ok(App {
             upstreams,
             trusted: TrustedProxies::new(config.trusted_proxies.clone()),
             auth,
             scim,
             tracker: Tracker::default(),
-            metrics: Metrics::default(),
+            metrics,
             store_outage: Throttle::new(Duration::from_secs(10)),
+            forward_auth_blind: Throttle::new(Duration::from_secs(60)),
             bodies,
             upgrades: config.upstream.allowed_upgrades.clone(),
-            paths: PathRules::default(),
+            // Without routes every path is decided alike, so `;` parameters (a session id
+            // in the path, say) pass; with routes, only where a route accepts them.
+            paths: PathRules {
+                allow_semicolon: routes.is_empty() || routes.any_path_parameters(),
+            },
+            routes,
+            route_upstreams,
+            audiences,
+            default_audience,
+            assertions,
         })
     }
 

@@ -35,7 +35,10 @@ impl Drop for Echo {
     }
 }
 
-async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn echo(
+    addr: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut headers = serde_json::Map::new();
     for (name, value) in req.headers() {
         if let Some(values) = headers
@@ -51,6 +54,7 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallibl
         "path": req.uri().path(),
         "query": req.uri().query(),
         "headers": headers,
+        "upstream": addr.to_string(),
     });
     Ok(Response::new(Full::new(Bytes::from(body.to_string()))))
 }
@@ -62,8 +66,9 @@ impl Echo {
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| echo(addr, req));
                     let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), hyper::service::service_fn(echo))
+                        .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
             }
@@ -82,15 +87,34 @@ struct Rig {
 const CALLBACK: &str = "http://app.test/api/v1/auth/callback";
 
 fn config(pairs: &[(&str, &str)]) -> Config {
+    config_with(None, pairs)
+}
+
+/// A configuration from a YAML file (routes are YAML) and environment variables.
+fn config_with(yaml: Option<&str>, pairs: &[(&str, &str)]) -> Config {
     let env = pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    portcullis_config::load(&Sources {
+    let file = yaml.map(|text| {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "portcullis-app-test-{}-{n}.yaml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).unwrap();
+        path
+    });
+    let loaded = portcullis_config::load(&Sources {
         env,
+        file: file.clone(),
         ..Sources::default()
-    })
-    .unwrap_or_else(|e| panic!("test configuration refused: {e}"))
+    });
+    if let Some(f) = file {
+        let _ = std::fs::remove_file(f);
+    }
+    loaded.unwrap_or_else(|e| panic!("test configuration refused: {e}"))
 }
 
 async fn app_from(config: &Config) -> App {
@@ -113,6 +137,11 @@ async fn open_rig(extra: &[(&str, &str)]) -> Rig {
 
 /// Authentication on, with the development provider; `extra` adds settings.
 async fn rig(extra: &[(&str, &str)]) -> Rig {
+    rig_with(None, extra).await
+}
+
+/// Like [`rig`], with a YAML file (for routes); `{upstream}` in it is the echo's URL.
+async fn rig_with(yaml: Option<&str>, extra: &[(&str, &str)]) -> Rig {
     let echo = Echo::start().await;
     let idp = DevIdp::start(
         "127.0.0.1:0".parse().unwrap(),
@@ -136,7 +165,8 @@ async fn rig(extra: &[(&str, &str)]) -> Rig {
         ("UPSTREAM_URL", upstream.as_str()),
     ];
     env.extend_from_slice(extra);
-    let app = app_from(&config(&env)).await;
+    let yaml = yaml.map(|y| y.replace("{upstream}", &upstream));
+    let app = app_from(&config_with(yaml.as_deref(), &env)).await;
     Rig {
         app: Arc::new(app),
         idp: Some(idp),
@@ -227,6 +257,19 @@ async fn sign_in(r: &Rig, user: &str, groups: &str) -> String {
 /// Like [`sign_in`]; the callback's answer when it did not sign the user in.
 async fn try_sign_in(r: &Rig, user: &str, groups: &str) -> Result<String, Answer> {
     let started = call(&r.app, request("GET", "/start", &[("accept", "text/html")])).await;
+    at_provider(r, started, user, groups, "/start").await
+}
+
+/// Completes a login `started` (the 302 to the provider) as `user`; the session cookie,
+/// or the callback's answer when it did not sign the user in. `lands_on` is where the
+/// login returns to.
+async fn at_provider(
+    r: &Rig,
+    started: Answer,
+    user: &str,
+    groups: &str,
+    lands_on: &str,
+) -> Result<String, Answer> {
     assert_eq!(started.status, StatusCode::FOUND, "{}", started.text());
     let login_cookie = started
         .cookies()
@@ -261,7 +304,7 @@ async fn try_sign_in(r: &Rig, user: &str, groups: &str) -> Result<String, Answer
     if done.status != StatusCode::FOUND {
         return Err(done);
     }
-    assert_eq!(done.location(), "/start");
+    assert_eq!(done.location(), lands_on);
     Ok(done
         .cookies()
         .into_iter()
@@ -540,7 +583,8 @@ async fn a_forged_session_cookie_is_challenged_and_cleared() {
 async fn own_endpoints_answer_405_with_the_methods_they_take() {
     let r = rig(&[]).await;
     for e in super::endpoints::FIXED {
-        if e.allow.is_empty() {
+        // Without identity_jwt the keys' path is the app's.
+        if e.allow.is_empty() || e.own == super::endpoints::Own::Jwks {
             continue;
         }
         let a = call(
@@ -834,4 +878,498 @@ async fn without_a_refresh_token_nothing_is_refreshed() {
     let cookie = sign_in(&r, "quinn", "").await;
     assert_eq!(get_as(&r, &cookie, "/x").await.status, StatusCode::OK);
     assert_eq!(idp.refreshes(), 0);
+}
+
+// Routes: the table decides, the path it matched is the path forwarded.
+
+const ROUTES: &str = r#"
+routes:
+  - name: health
+    match: {path: /status}
+    public: true
+  - name: admin
+    match: {path_prefix: /admin, methods: [GET, POST]}
+    allow: {groups: [admins]}
+    deny: {emails: [mallory@example.com]}
+  - name: mail
+    match: {path_prefix: /mail}
+    allow: {domains: [example.com], emails: [guest@other.org]}
+  - name: verified
+    match: {path_prefix: /verified}
+    allow: {claims: {email_verified: true}}
+  - name: fresh
+    match: {path_prefix: /fresh}
+    allow: {authenticated: true}
+    max_auth_age: 2s
+  - name: params
+    match: {path_prefix: /legacy}
+    allow: {authenticated: true}
+    path_parameters: true
+  - name: everything
+    match: {path_prefix: /app}
+    allow: {authenticated: true}
+  - match: {path: /start}
+    allow: {authenticated: true}
+"#;
+
+async fn get_html(r: &Rig, cookie: &str, path: &str) -> Answer {
+    call(
+        &r.app,
+        request("GET", path, &[("cookie", cookie), ("accept", "text/html")]),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn routes_admit_by_group_domain_email_and_claim_and_deny_wins() {
+    let r = rig_with(Some(ROUTES), &[]).await;
+    let admin = sign_in(&r, "ada", "admins").await;
+    let staff = sign_in(&r, "bob", "staff").await;
+    let mallory = sign_in(&r, "mallory", "admins").await;
+    assert_eq!(
+        get_as(&r, &admin, "/admin/users").await.status,
+        StatusCode::OK
+    );
+    let refused = get_as(&r, &staff, "/admin/users").await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(
+        refused.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("(admin)")
+    );
+    // In the group, but named in deny.
+    assert_eq!(
+        get_as(&r, &mallory, "/admin").await.status,
+        StatusCode::FORBIDDEN
+    );
+    // Methods: DELETE is not among the route's, and no later route takes /admin.
+    let delete = call(
+        &r.app,
+        request(
+            "DELETE",
+            "/admin/x",
+            &[("cookie", &admin), ("accept", "application/json")],
+        ),
+    )
+    .await;
+    assert_eq!(delete.status, StatusCode::NOT_FOUND);
+    // Domain (every dev user is name@example.com) and the boolean claim.
+    assert_eq!(
+        get_as(&r, &staff, "/mail/inbox").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(get_as(&r, &staff, "/verified").await.status, StatusCode::OK);
+    // Segment boundaries: /administrator is not under /admin, and nothing takes it.
+    assert_eq!(
+        get_as(&r, &admin, "/administrator").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn a_public_route_needs_no_login_and_still_strips_identity_headers() {
+    let r = rig_with(Some(ROUTES), &[]).await;
+    let a = call(
+        &r.app,
+        request(
+            "GET",
+            "/status",
+            &[("x-forwarded-user", "admin"), ("accept", "text/html")],
+        ),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.seen_header("x-forwarded-user").is_none());
+    // Exact: /status/x is not the public route.
+    let b = call(
+        &r.app,
+        request("GET", "/status/x", &[("accept", "application/json")]),
+    )
+    .await;
+    assert_eq!(b.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_request_no_route_takes_is_refused_not_forwarded() {
+    let r = rig_with(Some(ROUTES), &[]).await;
+    let admin = sign_in(&r, "ada", "admins").await;
+    let a = get_as(&r, &admin, "/elsewhere").await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert!(
+        a.json().get("upstream").is_none(),
+        "forwarded: {}",
+        a.text()
+    );
+}
+
+#[tokio::test]
+async fn an_old_login_steps_up_and_a_fresh_one_is_admitted() {
+    let r = rig_with(Some(ROUTES), &[]).await;
+    let cookie = sign_in(&r, "cy", "").await;
+    assert_eq!(get_as(&r, &cookie, "/fresh").await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    // An API call hears RFC 9470's answer.
+    let api = get_as(&r, &cookie, "/fresh").await;
+    assert_eq!(api.status, StatusCode::UNAUTHORIZED);
+    let challenge = api.headers["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.contains("error=\"insufficient_user_authentication\""),
+        "{challenge}"
+    );
+    assert!(challenge.contains("max_age=\"2\""), "{challenge}");
+    assert!(
+        api.json()["login_url"]
+            .as_str()
+            .unwrap()
+            .contains("max_age=2")
+    );
+    // A browser is sent to sign in again, and comes back to the same page.
+    let page = get_html(&r, &cookie, "/fresh/page?x=1").await;
+    assert_eq!(page.status, StatusCode::FOUND);
+    let to = url::Url::parse(&page.location()).unwrap();
+    let q: HashMap<_, _> = to.query_pairs().into_owned().collect();
+    assert_eq!(q.get("max_age").map(String::as_str), Some("2"));
+    assert_eq!(q.get("prompt").map(String::as_str), Some("login"));
+    let fresh = at_provider(&r, page, "cy", "", "/fresh/page?x=1")
+        .await
+        .unwrap_or_else(|a| panic!("{} {}", a.status, a.text()));
+    assert_eq!(
+        get_as(&r, &fresh, "/fresh/page").await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn path_parameters_pass_only_where_a_route_accepts_them() {
+    let r = rig_with(Some(ROUTES), &[]).await;
+    let cookie = sign_in(&r, "dee", "").await;
+    assert_eq!(
+        get_as(&r, &cookie, "/app/a;jsessionid=1").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let ok = get_as(&r, &cookie, "/legacy/a;jsessionid=1").await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.json()["path"], "/legacy/a;jsessionid=1");
+}
+
+#[tokio::test]
+async fn a_route_can_have_its_own_upstream() {
+    let other = Echo::start().await;
+    let yaml = format!(
+        "routes:\n  - match: {{path_prefix: /api}}\n    allow: {{authenticated: true}}\n    upstream_url: http://{}\n  - match: {{path_prefix: /}}\n    allow: {{authenticated: true}}\n",
+        other.addr
+    );
+    let r = rig_with(Some(&yaml), &[]).await;
+    let cookie = sign_in(&r, "eve", "").await;
+    let api = get_as(&r, &cookie, "/api/x").await;
+    assert_eq!(api.json()["upstream"], other.addr.to_string());
+    let rest = get_as(&r, &cookie, "/x").await;
+    assert_eq!(rest.json()["upstream"], r._echo.addr.to_string());
+}
+
+#[tokio::test]
+async fn forward_auth_decides_with_the_route_of_the_original_url() {
+    let r = rig_with(Some(ROUTES), &[]).await;
+    let staff = sign_in(&r, "fred", "staff").await;
+    let admin = sign_in(&r, "gail", "admins").await;
+    let verify = |cookie: &str, original: Option<&str>| {
+        let mut headers = vec![("cookie", cookie.to_string())];
+        if let Some(o) = original {
+            headers.push(("x-original-url", o.to_string()));
+        }
+        let app = r.app.clone();
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            call(&app, request("GET", "/api/v1/auth/verify", &h))
+                .await
+                .status
+        }
+    };
+    assert_eq!(
+        verify(&admin, Some("http://app.test/admin/x")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        verify(&staff, Some("http://app.test/admin/x")).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        verify(&staff, Some("http://app.test/app/x")).await,
+        StatusCode::OK
+    );
+    // Another spelling of /admin is the same route, or refused.
+    for sneaky in [
+        "http://app.test/app/../admin/x",
+        "http://app.test/%61dmin/x",
+        "http://app.test//admin",
+        "http://app.test/app/%2e%2e/admin",
+        "http://app.test/app/..%2fadmin",
+    ] {
+        assert_eq!(
+            verify(&staff, Some(sneaky)).await,
+            StatusCode::FORBIDDEN,
+            "{sneaky}"
+        );
+    }
+    // Nothing to decide on: refused, never admitted.
+    assert_eq!(verify(&admin, None).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        verify(&admin, Some("http://app.test/nowhere")).await,
+        StatusCode::FORBIDDEN
+    );
+}
+
+/// Payloads that try to reach `/admin` under another spelling.
+fn admin_spellings() -> Vec<String> {
+    let mut out = Vec::new();
+    let dots = ["..", "%2e%2e", "%2E%2E", ".%2e", "%2e.", "%2e%2E"];
+    let slashes = ["/", "%2f", "%2F", "%5c", "%5C", "\\", "//", "/./", "%252f"];
+    for d in dots {
+        for s in slashes {
+            out.push(format!("/app/{d}{s}admin"));
+            out.push(format!("/app{s}{d}{s}admin/x"));
+        }
+    }
+    for p in [
+        "//admin",
+        "///admin/x",
+        "/./admin",
+        "/admin/./x",
+        "/%61dmin",
+        "/%41dmin",
+        "/ADMIN",
+        "/admin;x",
+        "/admin%3bx",
+        "/admin%00",
+        "/admin%20",
+        "/%2561dmin",
+        "/admin%2f",
+        "/app/%c0%ae%c0%ae/admin",
+        "/app/%e0%80%ae%e0%80%ae/admin",
+        "/app/%ef%bc%8fadmin",
+        "/app/..;/admin",
+        "/app;/../admin",
+        "/app/.;/admin",
+        "/%2e/admin",
+        "/app/%252e%252e/admin",
+        "/app/%%32%65/admin",
+        "/app/\u{ff0e}\u{ff0e}/admin",
+        "/admin#x",
+        "/app/..%00/admin",
+        "/app/..%0d%0a/admin",
+        "/app/%2e%2e%5cadmin",
+        "/app/...//admin",
+        "/app/..../admin",
+        "/admin/",
+        "/Admin",
+        "/ad%6din",
+        "/%2fadmin",
+        "/app/%2e%2e%2f%2e%2e%2fadmin",
+    ] {
+        out.push(p.to_string());
+    }
+    out
+}
+
+#[tokio::test]
+async fn no_spelling_of_admin_reaches_the_apps_admin_past_a_refusal() {
+    let r = rig_with(Some(ROUTES), &[]).await;
+    let staff = sign_in(&r, "hal", "staff").await;
+    let payloads = admin_spellings();
+    assert!(payloads.len() >= 80, "{}", payloads.len());
+    for p in &payloads {
+        // Some are not even valid request targets (a raw `\\`, `#`, non-ASCII): those
+        // never reach Portcullis as such.
+        let Ok(uri) = p.parse::<http::Uri>() else {
+            continue;
+        };
+        let req = Request::builder()
+            .uri(uri)
+            .header("host", "app.test")
+            .header("cookie", &staff)
+            .header("accept", "application/json")
+            .body(RequestBody::empty())
+            .unwrap();
+        let a = call(&r.app, req).await;
+        if a.status == StatusCode::OK {
+            let path = a.json()["path"].as_str().unwrap().to_string();
+            let lower = path.to_ascii_lowercase();
+            assert!(
+                !lower.starts_with("/admin") && !lower.contains("/admin/") && lower != "/admin",
+                "{p} reached the app as {path}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_path_a_route_matched_is_the_path_forwarded() {
+    // Random paths from an alphabet of the characters that matter: whatever the app
+    // receives is exactly the normalized path, and the route decided on that.
+    let yaml = "routes:\n  - name: secret\n    match: {path_prefix: /s}\n    allow: {groups: [nobody]}\n  - match: {path_prefix: /}\n    allow: {authenticated: true}\n";
+    let r = rig_with(Some(yaml), &[]).await;
+    let cookie = sign_in(&r, "ivy", "").await;
+    let alphabet = [
+        "/", ".", "..", "%2e", "%2f", "%2F", "%5c", "s", "a", "%73", ";", "%25", "~", "-", "%7e",
+        "%c3%a9", "%ff", "//",
+    ];
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..400 {
+        let mut path = String::from("/");
+        for _ in 0..(next() % 8) {
+            path.push_str(alphabet[(next() % alphabet.len() as u64) as usize]);
+        }
+        let Ok(uri) = path.parse::<http::Uri>() else {
+            continue;
+        };
+        let expected =
+            crate::normalize::normalize_path(&path, crate::normalize::PathRules::default());
+        let req = Request::builder()
+            .uri(uri)
+            .header("host", "app.test")
+            .header("cookie", &cookie)
+            .header("accept", "application/json")
+            .body(RequestBody::empty())
+            .unwrap();
+        let a = call(&r.app, req).await;
+        match expected {
+            Err(_) => assert_eq!(a.status, StatusCode::BAD_REQUEST, "{path}"),
+            Ok(canonical) => {
+                let secret = canonical == "/s" || canonical.starts_with("/s/");
+                if secret {
+                    assert_eq!(a.status, StatusCode::FORBIDDEN, "{path} -> {canonical}");
+                } else {
+                    assert_eq!(a.status, StatusCode::OK, "{path} -> {canonical}");
+                    assert_eq!(a.json()["path"], canonical.as_ref(), "{path}");
+                }
+            }
+        }
+    }
+}
+
+/// A P-256 signing key in a temporary PEM file.
+fn signing_key_file() -> std::path::PathBuf {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+    let doc = EcdsaKeyPair::generate_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &aws_lc_rs::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, doc.as_ref())
+    );
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "portcullis-app-key-{}-{}.pem",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::write(&path, pem).unwrap();
+    path
+}
+
+/// Verifies an assertion against the app's JWKS with the `jsonwebtoken` crate (not
+/// Portcullis's signing code); returns its claims.
+async fn verify_assertion(r: &Rig, token: &str, audience: &str) -> Value {
+    let jwks = call(
+        &r.app,
+        request("GET", "/.well-known/portcullis/jwks.json", &[]),
+    )
+    .await;
+    assert_eq!(jwks.status, StatusCode::OK);
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&jwks.body).unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    let jwk = set
+        .find(header.kid.as_deref().unwrap())
+        .expect("the kid is published");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.set_audience(&[audience]);
+    v.set_issuer(&["http://app.test"]);
+    jsonwebtoken::decode::<Value>(token, &key, &v)
+        .unwrap_or_else(|e| panic!("the assertion does not verify: {e}"))
+        .claims
+}
+
+#[tokio::test]
+async fn forwarded_requests_carry_a_verifiable_identity_assertion() {
+    let key = signing_key_file();
+    let yaml = format!(
+        "identity_jwt:\n  enabled: true\n  signing_key_file: {}\nroutes:\n  - match: {{path_prefix: /api}}\n    allow: {{authenticated: true}}\n    audience: https://api.example.com\n  - match: {{path_prefix: /}}\n    allow: {{authenticated: true}}\n",
+        key.display()
+    );
+    let r = rig_with(Some(&yaml), &[]).await;
+    let cookie = sign_in(&r, "jan", "crew").await;
+    let forged = call(
+        &r.app,
+        request(
+            "GET",
+            "/api/x",
+            &[
+                ("cookie", &cookie),
+                ("x-portcullis-jwt-assertion", "forged"),
+                ("X_Portcullis_Jwt_Assertion", "forged"),
+            ],
+        ),
+    )
+    .await;
+    let tokens = forged.seen_header("x-portcullis-jwt-assertion").unwrap();
+    assert_eq!(tokens.len(), 1, "the forged copies were removed");
+    let claims = verify_assertion(&r, &tokens[0], "https://api.example.com").await;
+    assert_eq!(claims["email"], "jan@example.com");
+    assert_eq!(claims["preferred_username"], "jan");
+    assert_eq!(claims["groups"], json!(["crew"]));
+    assert_eq!(claims["provider"], "oidc");
+    assert!(claims["exp"].as_u64().unwrap() <= claims["iat"].as_u64().unwrap() + 300);
+    // Other routes: the upstream's origin is the audience.
+    let other = get_as(&r, &cookie, "/x").await;
+    let token = other.seen_header("x-portcullis-jwt-assertion").unwrap()[0].clone();
+    verify_assertion(&r, &token, &format!("http://{}", r._echo.addr)).await;
+    // Signed once per session and audience.
+    let again = get_as(&r, &cookie, "/api/y").await;
+    assert_eq!(
+        again.seen_header("x-portcullis-jwt-assertion").unwrap()[0],
+        tokens[0]
+    );
+    // Tampered: the signature no longer holds.
+    let mut tampered = tokens[0].clone();
+    let dot = tampered.rfind('.').unwrap();
+    tampered.replace_range(dot + 1..dot + 3, "AA");
+    let jwks = call(
+        &r.app,
+        request("GET", "/.well-known/portcullis/jwks.json", &[]),
+    )
+    .await;
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&jwks.body).unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(&set.keys[0]).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.set_audience(&["https://api.example.com"]);
+    assert!(jsonwebtoken::decode::<Value>(&tampered, &key, &v).is_err());
+    // Forward-auth answers carry it too.
+    let fa = call(
+        &r.app,
+        request(
+            "GET",
+            "/api/v1/auth/verify",
+            &[
+                ("cookie", &cookie),
+                ("x-original-url", "http://app.test/api/z"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(fa.status, StatusCode::OK);
+    let token = fa.headers["x-auth-request-jwt-assertion"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    verify_assertion(&r, &token, "https://api.example.com").await;
 }
