@@ -14,6 +14,10 @@ holds SESSIONS live sessions (created by real logins, then loaded again).
 On a 2-core machine the load generator is pinned to core 0 and every server to core 1,
 so wrk does not steal the proxies' CPU.
 
+A third row, "routes", is Portcullis with a table of 20 routes (the measured paths fall
+through 19 of them to the catch-all) and the signed identity assertion on: the cost of
+per-route policy and of the assertion, against the plain row.
+
 Environment: DURATION (seconds, default 10), CONNECTIONS (64), ROUNDS (3),
 SESSIONS (100000), PORTCULLIS_BIN / LOGIN_FLOOD_BIN (skip the release build).
 """
@@ -33,9 +37,22 @@ from common import (CONNECTIONS, DURATION, LOAD_CORE, ROUNDS, SERVER_CORE, SESSI
                     children, free_port, measure, need, nginx, pinned, proc_status, wait_http, wire_size)
 
 
+def routes_yaml(key):
+    """Twenty routes: nineteen the measured paths do not match (so each request is
+    checked against them first), then the catch-all; and the identity assertion."""
+    lines = ["identity_jwt:", "  enabled: true", f"  signing_key_file: {key}", "routes:"]
+    for i in range(19):
+        lines += [f"  - name: r{i}", f"    match: {{path_prefix: /section-{i}, methods: [GET, POST]}}",
+                  f"    allow: {{groups: [team-{i}], domains: [example.com]}}",
+                  f"    deny: {{emails: [blocked-{i}@example.com]}}"]
+    lines += ["  - name: everything", "    match: {path_prefix: /}", "    allow: {authenticated: true}"]
+    return "\n".join(lines) + "\n"
+
+
 def main():
     need("nginx", "nginx")
     need("wrk", "wrk")
+    need("openssl", "openssl")
     need("taskset", "util-linux")
     portcullis, flood = build()
     work = tempfile.mkdtemp(prefix="portcullis-bench-")
@@ -99,16 +116,42 @@ def main():
             assert r.status == 200 and r.read().decode() == SMALL_BODY, "the session does not reach the upstream"
         idle_rss = proc_status(pc_proc.pid, "VmRSS")
 
+        # The same with 20 routes and the identity assertion, on its own port.
+        rt = free_port()
+        key = os.path.join(work, "identity-key.pem")
+        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-out", key], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(os.path.join(work, "routes.yaml"), "w") as f:
+            f.write(routes_yaml(key))
+        rt_callback = f"http://127.0.0.1:{rt}/api/v1/auth/callback"
+        procs.append(subprocess.Popen(pinned(SERVER_CORE, [portcullis, "dev-idp", "--listen", f"127.0.0.1:{idp_port + 1}",
+                                                           "--client-id", "bench", "--client-secret", "bench-secret",
+                                                           "--redirect-uri", rt_callback]),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        rt_env = dict(env, LISTEN_ADDR=f"127.0.0.1:{rt}", OAUTH_ISSUER_URL=f"http://127.0.0.1:{idp_port + 1}",
+                      OAUTH_REDIRECT_URL=rt_callback, PORTCULLIS_CONFIG=os.path.join(work, "routes.yaml"))
+        rt_proc = subprocess.Popen(pinned(SERVER_CORE, [portcullis]), env=rt_env, stdout=subprocess.DEVNULL,
+                                   stderr=open(os.path.join(work, "routes.log"), "w"))
+        procs.append(rt_proc)
+        wait_http(f"http://127.0.0.1:{rt}/readyz")
+        rt_cookie = subprocess.run(pinned(LOAD_CORE, [flood, f"http://127.0.0.1:{rt}/", "1", "1"]),
+                                   capture_output=True, text=True, check=True).stdout.strip()
+        req = urllib.request.Request(f"http://127.0.0.1:{rt}/small", headers={"Cookie": rt_cookie})
+        with urllib.request.urlopen(req) as r:
+            assert r.status == 200 and r.read().decode() == SMALL_BODY, "the routes row does not reach the upstream"
+
         nginx_pids = [procs[1].pid] + children(procs[1].pid)
         rows = {}
-        expected = {(name, path): wire_size(port, "/" + path, cookie)
-                    for name, port in (("nginx", ngx), ("portcullis", pc)) for path in ("small", "big")}
+        targets = (("nginx", ngx, nginx_pids, cookie), ("portcullis", pc, [pc_proc.pid], cookie),
+                   ("routes", rt, [rt_proc.pid], rt_cookie))
+        expected = {(name, path): wire_size(port, "/" + path, c)
+                    for name, port, _, c in targets for path in ("small", "big")}
         print(f"wrk: 1 thread, {CONNECTIONS} connections, {DURATION}s per run, {ROUNDS} interleaved rounds; "
               f"wrk on core {LOAD_CORE}, servers on core {SERVER_CORE}", flush=True)
         for rnd in range(ROUNDS):
             for path in ("small", "big"):
-                for name, port, pids in (("nginx", ngx, nginx_pids), ("portcullis", pc, [pc_proc.pid])):
-                    r = measure(name, f"http://127.0.0.1:{port}/{path}", cookie, pids, expected[(name, path)])
+                for name, port, pids, c in targets:
+                    r = measure(name, f"http://127.0.0.1:{port}/{path}", c, pids, expected[(name, path)])
                     rows.setdefault((name, path), []).append(r)
                     print(f"  round {rnd + 1} {name:10} /{path:5} {r['rps']:>10.0f} req/s  p99 {r['p99']:.2f} ms",
                           flush=True)
@@ -118,9 +161,10 @@ def main():
 
         print()
         print(f"{'proxy':<12}{'path':<8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}{'peak RSS MiB':>14}")
-        peaks = {"nginx": max(proc_status(p, "VmHWM") for p in nginx_pids), "portcullis": proc_status(pc_proc.pid, "VmHWM")}
+        peaks = {"nginx": max(proc_status(p, "VmHWM") for p in nginx_pids), "portcullis": proc_status(pc_proc.pid, "VmHWM"),
+                 "routes": proc_status(rt_proc.pid, "VmHWM")}
         for path in ("small", "big"):
-            for name in ("nginx", "portcullis"):
+            for name in ("nginx", "portcullis", "routes"):
                 print(f"{name:<12}{'/' + path:<8}{med(name, path, 'rps'):>10.0f}{med(name, path, 'p50'):>9.2f}"
                       f"{med(name, path, 'p99'):>9.2f}{med(name, path, 'cpu_us'):>12.1f}{peaks[name] / 1024:>14.1f}")
         print()
@@ -128,6 +172,9 @@ def main():
             tput = med("portcullis", path, "rps") / med("nginx", path, "rps")
             p99 = med("portcullis", path, "p99") / med("nginx", path, "p99")
             print(f"portcullis / nginx  /{path:<6} throughput {tput:.2f}x (target >= 0.80), p99 {p99:.2f}x (target <= 1.50)")
+        for path in ("small", "big"):
+            tput = med("routes", path, "rps") / med("portcullis", path, "rps")
+            print(f"20 routes + assertion / plain  /{path:<6} throughput {tput:.2f}x (target >= 0.95)")
         print(f"portcullis idle RSS (one session): {idle_rss / 1024:.1f} MiB (target < 20)")
 
         if SESSIONS > 0:
