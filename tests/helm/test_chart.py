@@ -10,6 +10,7 @@ example Secret), so a chart that Portcullis would refuse to start with fails her
 
 usage: test_chart.py PORTCULLIS_BINARY
 """
+import base64
 import json
 import os
 import tempfile
@@ -103,7 +104,10 @@ def secrets_of(manifests):
     found = {}
     for m in manifests:
         if m["kind"] == "Secret":
-            found[m["metadata"]["name"]] = m.get("stringData", {})
+            values = dict(m.get("stringData", {}))
+            for k, v in m.get("data", {}).items():
+                values[k] = base64.b64decode(v).decode()
+            found[m["metadata"]["name"]] = values
     return found
 
 
@@ -145,7 +149,9 @@ def chart_case(binary, values):
         given = yaml.safe_load(f)
     existing = given.get("secrets", {}).get("existingSecret")
     if existing:
-        check("Secret" not in kinds, f"{label}: a Secret is created although existingSecret is set")
+        made = [m["metadata"]["name"] for m in manifests if m["kind"] == "Secret"]
+        check(made in ([], ["release-portcullis-admin"]),
+              f"{label}: a Secret other than the admin token's is created although existingSecret is set: {made}")
         secrets[existing] = EXISTING_SECRET
     env = container_env(container, secrets)
     portcullis_accepts(label, binary, env)
@@ -181,6 +187,24 @@ def main():
     deployment = next(m for m in manifests if m["kind"] == "Deployment")
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     check(volumes.get("portcullis-identity-jwt", {}).get("secret", {}).get("secretName") == "grafana-identity-key", "gateway: the identity key Secret is not mounted")
+    # The admin listener: a port of its own, in the Service but behind no Ingress, its
+    # token from a chart-made Secret, scraped by the ServiceMonitor.
+    for name in ("gateway-values.yaml", "minimal-values.yaml", "forward-auth-values.yaml"):
+        _, manifests, env = cases[name]
+        check(env.get("ADMIN__LISTEN_ADDR") == "0.0.0.0:9090", f"{name}: no admin listener: {env.get('ADMIN__LISTEN_ADDR')}")
+        check(len(env.get("ADMIN__TOKEN", "")) >= 32, f"{name}: no admin token of 32 bytes from a Secret")
+        service = next(m for m in manifests if m["kind"] == "Service")
+        ports = {p["name"]: p for p in service["spec"]["ports"]}
+        check(ports.get("admin", {}).get("targetPort") == "admin", f"{name}: the Service has no admin port: {ports}")
+        container = next(m for m in manifests if m["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        check(any(p["name"] == "admin" and p["containerPort"] == 9090 for p in container["ports"]), f"{name}: no admin container port")
+    _, manifests, _ = cases["gateway-values.yaml"]
+    ingress = next(m for m in manifests if m["kind"] == "Ingress")
+    backends = [p["backend"]["service"]["port"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
+    check(all(b.get("number") != 9090 and b.get("name") != "admin" for b in backends), f"gateway: the Ingress routes to the admin port: {backends}")
+    monitor = next(m for m in manifests if m["kind"] == "ServiceMonitor")
+    check(monitor["spec"]["endpoints"][0]["port"] == "admin", "gateway: the ServiceMonitor does not scrape the admin port")
+
     _, manifests, env = cases["forward-auth-values.yaml"]
     check(env.get("FORWARD_AUTH_ONLY") == "true" and "UPSTREAM_URL" not in env, "forward-auth: not forward-auth only")
     check(env.get("SCIM__ENDPOINTS__MICROSOFT__TOKEN") == EXISTING_SECRET["scim-microsoft-token"], "forward-auth: Entra token not from the Secret")
@@ -241,6 +265,7 @@ def main():
     check(refs.get("OAUTH_CLIENT_SECRET", {}).get("key") == "oauth-client-secret", "sidecar chart: no client secret ref")
     env = container_env(portcullis, {"my-app-oauth": EXISTING_SECRET})
     check(env.get("UPSTREAM_URL") == "http://127.0.0.1:3000", "sidecar chart: Portcullis does not forward to the app on localhost")
+    check("ADMIN__LISTEN_ADDR" not in env, "sidecar chart: an admin listener without a Secret for its token")
     service = next(m for m in manifests if m["kind"] == "Service")
     check(service["spec"]["ports"][0]["targetPort"] == "http", "sidecar chart: the Service does not point at Portcullis")
     portcullis_accepts("sidecar chart", binary, env)

@@ -13,6 +13,14 @@
 //
 // "accessTokenTtl": seconds an access token lives (default 3600), for refresh tests.
 //
+// "backchannelLogout": true turns on OpenID Connect Back-Channel Logout: a sign-out at
+// the provider posts a logout token to each client's `backchannel_logout_uri`. The
+// provider's outbound requests refuse loopback addresses by default (SSRF protection);
+// this test provider drops that guard so it can reach Portcullis on 127.0.0.1.
+//
+// Token introspection (RFC 7662) and revocation (RFC 7009) are on: access tokens are
+// opaque, and `POST /token/revocation` revokes one.
+//
 // Test controls: `GET /test/disable?login=alice` disables an account (its refresh tokens
 // are refused from then on, as when an administrator blocks a user).
 //
@@ -48,7 +56,14 @@ const provider = new Provider(issuer, {
     groups: ['groups'],
   },
   scopes: ['openid', 'email', 'profile', 'groups', 'offline_access'],
-  features: { devInteractions: { enabled: true } },
+  features: {
+    devInteractions: { enabled: true },
+    introspection: { enabled: true },
+    revocation: { enabled: true },
+    backchannelLogout: { enabled: Boolean(config.backchannelLogout) },
+  },
+  // Test provider only: no SSRF guard, so logout tokens reach 127.0.0.1.
+  fetch: (url, { dispatcher, ...options }) => globalThis.fetch(url, options),
   conformIdTokenClaims: !config.idTokenClaims,
   async findAccount(ctx, id) {
     const login = String(id);
@@ -82,6 +97,8 @@ provider.Client.Schema.prototype.invalidate = function invalidate(message, code)
 };
 
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
+provider.on('backchannel.success', (ctx, client) => console.log(`backchannel ok ${client.clientId}`));
+provider.on('backchannel.error', (ctx, err, client) => console.log(`backchannel error ${client.clientId} ${err.message}`));
 provider.on('grant.success', (ctx) => console.log(`grant ${ctx.oidc.params.grant_type}`));
 provider.on('grant.error', (ctx, err) => console.log(`grant error ${ctx.oidc.params?.grant_type} ${err.error}`));
 

@@ -36,6 +36,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{/* Whether the admin listener is on: a sidecar has it only with its own Secret. */}}
+{{- define "portcullis.admin" -}}
+{{- if and .Values.admin.enabled (or (include "portcullis.deploys" .) .Values.admin.existingSecret) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "portcullis.adminSecretName" -}}
+{{- default (printf "%s-admin" (include "portcullis.fullname" .)) .Values.admin.existingSecret -}}
+{{- end -}}
+
 {{/* The SQLite directory lives on a volume unless PostgreSQL is configured. */}}
 {{- define "portcullis.scimSqlite" -}}
 {{- if and .Values.scim.enabled (not .Values.secrets.scimDatabaseUrl) (not .Values.secrets.existingSecret) -}}true{{- end -}}
@@ -74,6 +83,9 @@ left out. Portcullis reads these exactly as it reads its YAML file.
 {{- $_ := unset $config "upstream_url" -}}
 {{- end -}}
 {{- $_ := set $config "listen_addr" (printf "0.0.0.0:%d" (int .Values.containerPort)) -}}
+{{- if include "portcullis.admin" . -}}
+{{- $_ := set $config "admin" (dict "listen_addr" (printf "0.0.0.0:%d" (int .Values.admin.port))) -}}
+{{- end -}}
 {{- if .Values.extraCaBundle.configMap -}}
 {{- $outbound := default (dict) $config.outbound -}}
 {{- $_ := set $outbound "ca_file" (printf "/etc/portcullis/ca/%s" .Values.extraCaBundle.key) -}}
@@ -111,6 +123,11 @@ left out. Portcullis reads these exactly as it reads its YAML file.
 - name: COOKIE_SECRET
   valueFrom:
     secretKeyRef: {name: {{ $secret }}, key: {{ $keys.cookieSecret }}}
+{{- if include "portcullis.admin" . }}
+- name: ADMIN__TOKEN
+  valueFrom:
+    secretKeyRef: {name: {{ include "portcullis.adminSecretName" . }}, key: {{ .Values.admin.key }}}
+{{- end }}
 {{- if or (not $own) .Values.secrets.clientSecret }}
 - name: OAUTH_CLIENT_SECRET
   valueFrom:
@@ -152,6 +169,11 @@ left out. Portcullis reads these exactly as it reads its YAML file.
     - name: http
       containerPort: {{ .Values.containerPort }}
       protocol: TCP
+    {{- if include "portcullis.admin" . }}
+    - name: admin
+      containerPort: {{ .Values.admin.port }}
+      protocol: TCP
+    {{- end }}
   env:
     {{- include "portcullis.flatEnv" (dict "prefix" "" "value" (fromYaml (include "portcullis.config" .))) | trim | nindent 4 }}
     {{- include "portcullis.secretEnv" . | nindent 4 }}

@@ -6,7 +6,7 @@
 //! and this list name the same keys.
 //!
 //! A segment in angle brackets stands for a name the operator chooses: `<name>` a login
-//! provider, `<idp>` a SCIM endpoint, `<param>` an authorization request parameter.
+//! provider (or, under `ssf.transmitters`, a transmitter), `<idp>` a SCIM endpoint, `<param>` an authorization request parameter.
 
 use std::sync::LazyLock;
 
@@ -413,6 +413,11 @@ pub const KEYS: &[Key] = &[
         "logout also ends the session at the provider",
     ),
     key(
+        "auth.introspection_cache_ttl",
+        "30s",
+        "how long an opaque token's introspection is trusted",
+    ),
+    key(
         "auth.post_logout_redirect_url",
         "the public origin",
         "where the provider sends the browser after its logout",
@@ -508,6 +513,53 @@ pub const KEYS: &[Key] = &[
         "scim.endpoints.<idp>.required",
         "scim.required",
         "required, for this provider only",
+    ),
+    // The admin listener.
+    key(
+        "admin.listen_addr",
+        "",
+        "serve the admin API, health and metrics here (off when unset)",
+    ),
+    secret(
+        "admin.token",
+        "",
+        "bearer token of the admin API; at least 32 bytes",
+    ),
+    // Shared Signals: transmitters whose events end sessions.
+    key(
+        "ssf.transmitters.<name>.metadata_url",
+        "",
+        "the transmitter's /.well-known/ssf-configuration",
+    ),
+    secret(
+        "ssf.transmitters.<name>.push_token",
+        "",
+        "bearer token the transmitter pushes with",
+    ),
+    key(
+        "ssf.transmitters.<name>.audience",
+        "the public URL",
+        "aud the events must carry",
+    ),
+    key(
+        "ssf.transmitters.<name>.provider",
+        "the only login provider",
+        "the login provider whose users it describes",
+    ),
+    key(
+        "ssf.transmitters.<name>.poll_url",
+        "",
+        "poll this endpoint for events instead (RFC 8936)",
+    ),
+    secret(
+        "ssf.transmitters.<name>.poll_token",
+        "",
+        "bearer token sent when polling",
+    ),
+    key(
+        "ssf.transmitters.<name>.poll_interval",
+        "10s",
+        "pause between polls",
     ),
     // Routes: each request is decided by the first route whose `match` holds.
     key(
@@ -771,7 +823,18 @@ mod tests {
             .find("\n## Endpoints")
             .map_or(readme.len(), |e| start + e);
         let mut keys = Vec::new();
+        // Rows of the tables whose first column is `key` (other tables list calls or
+        // events).
+        let mut in_key_table = false;
         for line in readme[start..end].lines() {
+            if line.starts_with("| key |") {
+                in_key_table = true;
+            } else if !line.starts_with('|') {
+                in_key_table = false;
+            }
+            if !in_key_table {
+                continue;
+            }
             let Some(cell) = line.strip_prefix("| `") else {
                 continue;
             };

@@ -45,6 +45,43 @@ pub struct Config {
     /// The route table; empty: every request is decided by the global allow-lists.
     pub routes: Vec<RouteConfig>,
     pub identity_jwt: Option<IdentityJwtConfig>,
+    /// The admin listener; `None` when `admin.listen_addr` is not set.
+    pub admin: Option<AdminConfig>,
+    /// Shared Signals transmitters.
+    pub ssf: Vec<SsfTransmitterConfig>,
+}
+
+/// The admin listener: the admin API, health and metrics, on an address of its own.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen_addr: SocketAddr,
+    /// The bearer token of the admin API; at least 32 bytes.
+    pub token: SecretString,
+}
+
+/// A Shared Signals (SSF 1.0) transmitter whose events Portcullis receives.
+#[derive(Debug, Clone)]
+pub struct SsfTransmitterConfig {
+    /// The configured name: events are pushed to `/api/v1/auth/ssf/<name>`.
+    pub name: String,
+    /// The transmitter's configuration document (`issuer`, `jwks_uri`).
+    pub metadata_url: Url,
+    /// Push delivery (RFC 8935): the bearer token the transmitter sends.
+    pub push_token: Option<SecretString>,
+    /// Poll delivery (RFC 8936).
+    pub poll: Option<SsfPollConfig>,
+    /// The `aud` events must carry.
+    pub audience: String,
+    /// The login provider whose users the events describe.
+    pub provider: String,
+}
+
+/// Where and how often to poll a transmitter.
+#[derive(Debug, Clone)]
+pub struct SsfPollConfig {
+    pub url: Url,
+    pub token: Option<SecretString>,
+    pub interval: Duration,
 }
 
 /// One route: which requests it takes, and who may make them.
@@ -347,6 +384,8 @@ pub struct AuthConfig {
     pub refresh_before: Duration,
     /// On logout, also end the session at the provider (RP-initiated logout).
     pub provider_logout: bool,
+    /// How long an introspected opaque token's answer is kept.
+    pub introspection_cache_ttl: Duration,
     /// Where the provider sends the browser after its logout; the public origin when
     /// not set.
     pub post_logout_redirect_url: Option<Url>,

@@ -34,6 +34,14 @@ pub struct Identity {
     /// How they authenticated (`acr`), when the provider says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acr: Option<String>,
+    /// The provider's session this login belongs to (the ID token's `sid`): back- and
+    /// front-channel logout name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// The ID token's `sub`, kept only when `id` comes from another claim (Entra's
+    /// `oid`): logout tokens and shared signals name users by `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
 }
 
 /// A claim value a rule can compare with text.
@@ -67,10 +75,9 @@ impl Identity {
             .unwrap_or(&self.id)
     }
 
-    /// The key under which a user's sessions are indexed for "revoke every session of
-    /// this user": the provider and the subject, which together never change.
-    pub fn user_key(&self) -> String {
-        format!("{}:{}", self.provider, self.id)
+    /// The provider's subject (`sub`) for this user: `sub` when kept apart, else `id`.
+    pub fn subject(&self) -> &str {
+        self.sub.as_deref().unwrap_or(&self.id)
     }
 }
 
@@ -110,8 +117,11 @@ mod tests {
     }
 
     #[test]
-    fn user_key_binds_provider_and_subject() {
-        assert_eq!(alice().user_key(), "oidc:sub-1");
+    fn the_subject_is_the_kept_sub_else_the_id() {
+        let mut who = alice();
+        assert_eq!(who.subject(), "sub-1");
+        who.sub = Some("pairwise".into());
+        assert_eq!(who.subject(), "pairwise");
     }
 
     #[test]

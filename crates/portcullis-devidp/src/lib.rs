@@ -13,4 +13,4 @@ mod pages;
 mod server;
 
 pub use key::SigningKey;
-pub use server::{Client, DevIdp};
+pub use server::{Client, DevIdp, subject_of};

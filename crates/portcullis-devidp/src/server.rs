@@ -47,18 +47,22 @@ struct User {
     groups: Vec<String>,
 }
 
+/// The subject id of a user name: the same every time the same user name signs in.
+pub fn subject_of(username: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        username.to_lowercase().as_bytes(),
+    );
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("dev-{hex}")
+}
+
 impl User {
-    /// A subject id that is the same every time the same user name signs in.
     fn subject(&self) -> String {
-        let digest = aws_lc_rs::digest::digest(
-            &aws_lc_rs::digest::SHA256,
-            self.username.to_lowercase().as_bytes(),
-        );
-        let hex: String = digest.as_ref()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("dev-{hex}")
+        subject_of(&self.username)
     }
 
     fn claims(&self) -> serde_json::Map<String, Value> {
@@ -96,6 +100,8 @@ struct State {
     token_lifetime: AtomicU64,
     /// Refresh grants answered with new tokens.
     refreshes: AtomicUsize,
+    /// The provider session (`sid`) of each login, by subject, oldest first.
+    sids: Mutex<HashMap<String, Vec<String>>>,
 }
 
 /// A running development provider. Dropping it stops it.
@@ -125,6 +131,7 @@ impl DevIdp {
             refresh_tokens: Mutex::new(HashMap::new()),
             token_lifetime: AtomicU64::new(TOKEN_LIFETIME_SECS),
             refreshes: AtomicUsize::new(0),
+            sids: Mutex::new(HashMap::new()),
         });
         let serving = state.clone();
         let task = tokio::spawn(async move {
@@ -186,6 +193,18 @@ impl DevIdp {
     /// How many refresh grants were answered with new tokens.
     pub fn refreshes(&self) -> usize {
         self.state.refreshes.load(Ordering::Relaxed)
+    }
+
+    /// The provider sessions (`sid` claims) of `username`'s logins, oldest first: what
+    /// a back-channel logout token names.
+    pub fn sessions_of(&self, username: &str) -> Vec<String> {
+        self.state
+            .sids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&subject_of(username))
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -303,7 +322,7 @@ fn discovery(state: &State) -> Resp {
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
             "code_challenge_methods_supported": ["S256"],
             "scopes_supported": ["openid", "email", "profile", "groups", "offline_access"],
-            "claims_supported": ["sub", "email", "email_verified", "name", "preferred_username", "groups"],
+            "claims_supported": ["sub", "email", "email_verified", "name", "preferred_username", "groups", "sid"],
         }),
     )
 }
@@ -519,6 +538,17 @@ async fn token(state: &State, req: Request<Incoming>) -> Resp {
     claims.insert("iat".into(), json!(now));
     claims.insert("auth_time".into(), json!(now));
     claims.insert("exp".into(), json!(now + ID_TOKEN_LIFETIME_SECS));
+    // Each login is a session at the provider, named in the ID token (Back-Channel
+    // Logout 1.0 §2.1).
+    let sid = portcullis_core::random::token();
+    claims.insert("sid".into(), json!(sid));
+    state
+        .sids
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(grant.user.subject())
+        .or_default()
+        .push(sid);
     if let Some(nonce) = &grant.nonce {
         claims.insert("nonce".into(), json!(nonce));
     }

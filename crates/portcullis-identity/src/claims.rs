@@ -86,8 +86,10 @@ pub fn identity_from_claims(
         }
         string_claim(claims, name).filter(|v| name == "email" || looks_like_email(v))
     });
+    let id = first_claim(claims, &mapping.id).unwrap_or_else(|| subject.to_string());
     Identity {
-        id: first_claim(claims, &mapping.id).unwrap_or_else(|| subject.to_string()),
+        sub: (id != subject && !subject.is_empty()).then(|| subject.to_string()),
+        id,
         email,
         name: first_claim(claims, &mapping.name),
         username: first_claim(claims, &mapping.username),
@@ -100,6 +102,7 @@ pub fn identity_from_claims(
             .and_then(Value::as_u64)
             .or_else(|| Some(portcullis_core::time::unix_now())),
         acr: string_claim(claims, "acr"),
+        sid: string_claim(claims, "sid"),
     }
 }
 

@@ -33,6 +33,19 @@ pub struct ProviderMetadata {
     pub code_challenge_methods_supported: Vec<String>,
     #[serde(default)]
     pub response_modes_supported: Vec<String>,
+    /// RFC 7662: where opaque access tokens are introspected.
+    #[serde(default)]
+    pub introspection_endpoint: Option<String>,
+    /// OpenID Connect Back-Channel Logout 1.0 §2.1.
+    #[serde(default)]
+    pub backchannel_logout_supported: bool,
+    #[serde(default)]
+    pub backchannel_logout_session_supported: bool,
+    /// OpenID Connect Front-Channel Logout 1.0 §3.
+    #[serde(default)]
+    pub frontchannel_logout_supported: bool,
+    #[serde(default)]
+    pub frontchannel_logout_session_supported: bool,
 }
 
 /// Where the discovery document of `configured` is: the URL itself when it already ends

@@ -18,12 +18,16 @@ mod jwks;
 mod oidc;
 pub mod pkce;
 mod provider;
+pub mod ssf;
 
 pub use claims::{IdTokenClaims, identity_from_claims};
 pub use discovery::{ProviderMetadata, discovery_document_url, expected_issuer};
 pub use error::IdentityError;
 pub use github::GitHubProvider;
 pub use jwks::JwksCache;
-pub use oidc::{AuthorizationRequest, OidcProvider, TokenResponse};
+pub use oidc::{
+    AuthorizationRequest, Introspected, LOGOUT_EVENT, LogoutToken, OidcProvider, TokenResponse,
+    VerifiedBearer,
+};
 pub use portcullis_core::Identity;
 pub use provider::{LoginStep, Provider, StepUp, unverified_issuer};

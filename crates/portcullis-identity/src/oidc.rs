@@ -28,6 +28,23 @@ use crate::discovery::{ProviderMetadata, TENANT_TEMPLATE, error_chain};
 use crate::jwks::JwksCache;
 use crate::{IdentityError, pkce};
 
+mod introspect;
+mod logout;
+
+pub use introspect::Introspected;
+pub use logout::{LOGOUT_EVENT, LogoutToken};
+
+/// A bearer token an API client sent, verified: who it vouches for and when it was
+/// issued (to refuse tokens issued before their user's sessions were revoked).
+#[derive(Debug, Clone)]
+pub struct VerifiedBearer {
+    pub identity: Identity,
+    /// `iat`, when the token says.
+    pub issued_at: Option<u64>,
+    /// `exp`, when the token says.
+    pub expires_at: Option<u64>,
+}
+
 /// Clock skew tolerated on `exp`, `nbf` and `iat`.
 const LEEWAY_SECS: u64 = 60;
 
@@ -389,17 +406,14 @@ impl OidcProvider {
         Ok(tokens)
     }
 
-    async fn token_request(
-        &self,
-        mut form: Vec<(&str, &str)>,
-    ) -> Result<TokenResponse, IdentityError> {
-        let d = self.discovered().await?;
-        let Some(endpoint) = d.metadata.token_endpoint.as_deref() else {
-            return Err(IdentityError::ProviderUnavailable {
-                provider: self.config.name.clone(),
-                reason: "the provider publishes no token_endpoint".into(),
-            });
-        };
+    /// A POST to one of the provider's endpoints, authenticated as this client the way
+    /// the provider's token endpoint accepts (credentials added to `form` or a header).
+    fn client_authenticated<'f>(
+        &'f self,
+        d: &Discovered,
+        endpoint: &str,
+        form: &mut Vec<(&'f str, &'f str)>,
+    ) -> reqwest::RequestBuilder {
         let mut request = self
             .http
             .post(endpoint)
@@ -426,6 +440,20 @@ impl OidcProvider {
             }
             None => form.push(("client_id", &self.config.client_id)),
         }
+        request
+    }
+
+    async fn token_request(&self, form: Vec<(&str, &str)>) -> Result<TokenResponse, IdentityError> {
+        // Shortened to this call, so the client's credentials can join it.
+        let mut form: Vec<(&str, &str)> = form;
+        let d = self.discovered().await?;
+        let Some(endpoint) = d.metadata.token_endpoint.as_deref() else {
+            return Err(IdentityError::ProviderUnavailable {
+                provider: self.config.name.clone(),
+                reason: "the provider publishes no token_endpoint".into(),
+            });
+        };
+        let request = self.client_authenticated(&d, endpoint, &mut form);
         let response =
             request
                 .form(&form)
@@ -498,16 +526,20 @@ impl OidcProvider {
     /// provider for one of the configured audiences, checked exactly like an ID token
     /// (signature, issuer, expiry, tenant and domain rules) except for the nonce, and
     /// turned into an identity by the same claim mapping.
-    pub async fn verify_bearer(&self, token: &str) -> Result<Identity, IdentityError> {
+    pub async fn verify_bearer(&self, token: &str) -> Result<VerifiedBearer, IdentityError> {
         let claims = self
             .verify_jwt(token, &self.config.audiences, None, false)
             .await?;
-        Ok(identity_from_claims(
-            &self.config.name,
-            &claims.sub,
-            &claims.other,
-            &self.config.claims,
-        ))
+        Ok(VerifiedBearer {
+            identity: identity_from_claims(
+                &self.config.name,
+                &claims.sub,
+                &claims.other,
+                &self.config.claims,
+            ),
+            issued_at: claims.iat,
+            expires_at: Some(claims.exp),
+        })
     }
 
     async fn verify_jwt(

@@ -33,6 +33,7 @@ use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::forwarding::TrustedProxies;
 use crate::inbound::{BodyError, BodyLimits, RequestBody};
+use crate::introspection::IntrospectionCache;
 use crate::login_state::LoginCookies;
 use crate::metrics::Metrics;
 use crate::normalize::{self, Malformed, PathRules};
@@ -45,14 +46,17 @@ use crate::throttle::Throttle;
 use crate::upstream::Upstream;
 
 mod account;
+mod admin;
 mod authn;
 mod decide;
 pub mod endpoints;
 mod forward_auth;
 mod health;
+mod idp_logout;
 mod login;
 mod proxied;
 mod runtime;
+mod signals;
 
 #[cfg(test)]
 mod tests;
@@ -103,6 +107,10 @@ struct Auth {
     /// The implicit flow's fragment page (URL, path), served only when a provider uses it.
     implicit_redirect: Option<(String, String)>,
     sign_in_page: pages::SignInPage,
+    /// Introspected opaque bearer tokens.
+    introspection: IntrospectionCache,
+    /// Shared Signals transmitters.
+    signals: Vec<signals::Receiver>,
 }
 
 pub struct App {
@@ -133,6 +141,8 @@ pub struct App {
     audiences: Vec<String>,
     default_audience: String,
     assertions: Option<Assertions>,
+    /// The admin API's bearer token, with `admin.listen_addr`.
+    admin_token: Option<portcullis_config::SecretString>,
 }
 
 impl App {
@@ -195,6 +205,9 @@ impl App {
             Own::Me => self.me(&req).await,
             Own::Logout if req.method() == Method::POST => self.logout(conn, &req).await,
             Own::Logout => Ok(pages::logout_form(endpoints::LOGOUT.path)),
+            Own::BackchannelLogout => return self.backchannel_logout(req).await,
+            Own::FrontchannelLogout => return self.frontchannel_logout(&req).await,
+            Own::Ssf => return self.ssf_push(req).await,
         };
         result.unwrap_or_else(|e| e.into_response(wants_html(req.headers()), endpoints::LOGIN.path))
     }
@@ -206,6 +219,8 @@ impl App {
             return match found.0 {
                 Own::Scim if self.scim.is_none() => None,
                 Own::Jwks if self.assertions.is_none() => None,
+                Own::BackchannelLogout | Own::FrontchannelLogout if self.auth.is_none() => None,
+                Own::Ssf if self.auth.as_ref().is_none_or(|a| a.signals.is_empty()) => None,
                 _ => Some(found),
             };
         }

@@ -17,7 +17,20 @@ pub(crate) struct Metrics {
     pub logins_failed: AtomicU64,
     pub logins_refused: AtomicU64,
     pub logouts: AtomicU64,
+    /// Sessions ended from outside, by who ended them.
+    pub ended_backchannel: AtomicU64,
+    pub ended_frontchannel: AtomicU64,
+    pub ended_signal: AtomicU64,
+    pub ended_admin: AtomicU64,
+    /// Logout tokens and security events refused (forged, expired, replayed, malformed).
+    pub logout_tokens_refused: AtomicU64,
+    pub events_accepted: AtomicU64,
+    pub events_refused: AtomicU64,
     pub routes: RouteMetrics,
+}
+
+pub(crate) fn add(counter: &AtomicU64, n: usize) {
+    counter.fetch_add(n as u64, Ordering::Relaxed);
 }
 
 pub(crate) fn inc(counter: &AtomicU64) {
@@ -123,6 +136,39 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE portcullis_logouts_total counter");
         let _ = writeln!(out, "portcullis_logouts_total {}", get(&self.logouts));
+        let _ = writeln!(
+            out,
+            "# HELP portcullis_sessions_ended_total Sessions ended from outside, by who ended them."
+        );
+        let _ = writeln!(out, "# TYPE portcullis_sessions_ended_total counter");
+        for (by, c) in [
+            ("backchannel_logout", &self.ended_backchannel),
+            ("frontchannel_logout", &self.ended_frontchannel),
+            ("shared_signal", &self.ended_signal),
+            ("admin", &self.ended_admin),
+        ] {
+            let _ = writeln!(
+                out,
+                "portcullis_sessions_ended_total{{by=\"{by}\"}} {}",
+                get(c)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP portcullis_provider_messages_total Logout tokens and security events received, by result."
+        );
+        let _ = writeln!(out, "# TYPE portcullis_provider_messages_total counter");
+        for (kind, result, c) in [
+            ("logout_token", "refused", &self.logout_tokens_refused),
+            ("security_event", "accepted", &self.events_accepted),
+            ("security_event", "refused", &self.events_refused),
+        ] {
+            let _ = writeln!(
+                out,
+                "portcullis_provider_messages_total{{kind=\"{kind}\",result=\"{result}\"}} {}",
+                get(c)
+            );
+        }
         if let Some(n) = sessions {
             let _ = writeln!(
                 out,

@@ -170,6 +170,28 @@ history.replaceState(null,'',location.pathname);f.submit();";
     resp
 }
 
+/// The page a provider frames for front-channel logout: it may be framed by the
+/// provider's origins (`ancestors`, space-separated), nothing else.
+pub(crate) fn framed_logout(ancestors: &str) -> Response<ProxyBody> {
+    let mut resp = base(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        document(
+            "Signed out",
+            STYLE,
+            "",
+            "<main><h1>Signed out</h1><p>The session has ended.</p></main>",
+        ),
+    );
+    let policy =
+        format!("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors {ancestors}");
+    let policy = HeaderValue::from_str(&policy)
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
+    resp.headers_mut()
+        .insert(header::CONTENT_SECURITY_POLICY, policy);
+    resp
+}
+
 pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
     base(status, "application/json", value.to_string())
 }

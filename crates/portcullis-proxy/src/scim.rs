@@ -17,7 +17,7 @@ use portcullis_scim::error::ScimError;
 use portcullis_scim::resource::UserRecord;
 use portcullis_scim::service::{AccessHooks, Endpoint, ScimRequest, ScimResponse, ScimService};
 use portcullis_scim::store::{DirectoryStore, LoginKeys, LoginUser, SqlDirectory};
-use portcullis_session::{DirectoryUser, SessionStore};
+use portcullis_session::{Amend, Index, SessionStore};
 
 use crate::body::ProxyBody;
 use crate::inbound::{BodyError, BodyLimits, RequestBody};
@@ -38,14 +38,26 @@ impl AccessHooks for SessionHooks {
         let Some(sessions) = &self.sessions else {
             return Ok(());
         };
-        let mut keys = vec![DirectoryUser::index_key(tenant, &user.id)];
+        let mut keys = vec![
+            Index::Directory {
+                tenant,
+                id: &user.id,
+            }
+            .key(),
+        ];
         if let (Some(provider), Some(external)) = (self.providers.get(tenant), &user.external_id) {
-            keys.push(format!("{provider}:{external}"));
+            keys.push(
+                Index::Account {
+                    provider,
+                    id: external,
+                }
+                .key(),
+            );
         }
         let mut revoked = 0;
         for key in keys {
             revoked += sessions
-                .revoke_user(&key)
+                .revoke_indexed(&key)
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -62,8 +74,13 @@ impl AccessHooks for SessionHooks {
         let Some(sessions) = &self.sessions else {
             return Ok(());
         };
+        let key = Index::Directory {
+            tenant,
+            id: user_id,
+        }
+        .key();
         sessions
-            .set_user_teams(&DirectoryUser::index_key(tenant, user_id), teams)
+            .amend_indexed(&key, Amend::Teams(teams))
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())

@@ -444,6 +444,61 @@ pub async fn serve(
     Ok(())
 }
 
+/// Connections the admin listener serves at once.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// The longest an admin connection is kept.
+const ADMIN_CONNECTION_LIMIT: Duration = Duration::from_secs(300);
+
+/// Serves the admin listener (HTTP/1.1, a few connections) on the current runtime; runs
+/// until the process ends.
+pub async fn serve_admin(
+    app: Arc<App>,
+    listener: std::net::TcpListener,
+    header_read_timeout: Duration,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let slots = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
+    let accept_errors = Throttle::new(Duration::from_secs(10));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                if let Some(count) = accept_errors.hit() {
+                    tracing::warn!(error = %e, failures = count, "admin listener: accept failed");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let conn = ConnInfo {
+                peer,
+                tls: false,
+                worker: 0,
+            };
+            let service = service_fn(move |req| {
+                let app = app.clone();
+                async move {
+                    Ok::<_, Infallible>(app.handle_admin(&conn, req.map(RequestBody::from)).await)
+                }
+            });
+            let mut http1 = hyper::server::conn::http1::Builder::new();
+            http1
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .max_buf_size(16 * 1024);
+            let served = http1.serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(ADMIN_CONNECTION_LIMIT, served).await;
+            drop(slot);
+        });
+    }
+}
+
 struct Worker {
     app: Arc<App>,
     tls: Option<TlsAcceptor>,

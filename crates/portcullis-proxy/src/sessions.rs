@@ -8,7 +8,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_session::{AnyStore, SessionData, SessionId, SessionStore, StoreError};
+use portcullis_session::{
+    Amend, AnyStore, Marks, SessionData, SessionId, SessionInfo, SessionStore, StoreError,
+};
 use tokio::sync::watch;
 
 /// How often a long-lived connection checks that its session still exists, for ends
@@ -75,20 +77,49 @@ impl SessionStore for Sessions {
         result
     }
 
-    async fn revoke_user(&self, user_key: &str) -> Result<usize, StoreError> {
-        let ended = self.store.revoke_user(user_key).await?;
+    async fn revoke_indexed(&self, index: &str) -> Result<usize, StoreError> {
+        let ended = self.store.revoke_indexed(index).await?;
         if ended > 0 {
             self.signal();
         }
         Ok(ended)
     }
 
-    async fn set_user_teams(
+    async fn amend_indexed(&self, index: &str, amend: Amend) -> Result<usize, StoreError> {
+        self.store.amend_indexed(index, amend).await
+    }
+
+    async fn list_indexed(&self, index: &str) -> Result<Vec<SessionInfo>, StoreError> {
+        self.store.list_indexed(index).await
+    }
+
+    async fn revoke_handle(&self, handle: &str) -> Result<bool, StoreError> {
+        let ended = self.store.revoke_handle(handle).await?;
+        if ended {
+            self.signal();
+        }
+        Ok(ended)
+    }
+
+    async fn remember_once(
         &self,
-        user_key: &str,
-        teams: Vec<String>,
-    ) -> Result<usize, StoreError> {
-        self.store.set_user_teams(user_key, teams).await
+        scope: &str,
+        id: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.store.remember_once(scope, id, ttl).await
+    }
+
+    async fn set_disabled(&self, key: &str, disabled: bool) -> Result<(), StoreError> {
+        self.store.set_disabled(key, disabled).await
+    }
+
+    async fn set_revoked_at(&self, key: &str, at: u64) -> Result<(), StoreError> {
+        self.store.set_revoked_at(key, at).await
+    }
+
+    async fn marks(&self, keys: &[String]) -> Result<Marks, StoreError> {
+        self.store.marks(keys).await
     }
 
     async fn claim_refresh(&self, id: &SessionId, ttl: Duration) -> Result<bool, StoreError> {

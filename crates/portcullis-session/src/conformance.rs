@@ -7,7 +7,15 @@ use std::time::{Duration, Instant};
 
 use portcullis_core::Identity;
 
-use crate::{SessionData, SessionId, SessionLimits, SessionStore, StoreError};
+use crate::{Amend, Index, SessionData, SessionId, SessionLimits, SessionStore, StoreError};
+
+fn account(who: &Identity) -> String {
+    Index::Account {
+        provider: &who.provider,
+        id: &who.id,
+    }
+    .key()
+}
 
 pub fn identity(id: &str) -> Identity {
     Identity {
@@ -79,7 +87,10 @@ pub async fn revoke_user_ends_every_session_of_that_user_only<S: SessionStore>(s
         .create(SessionData::new(identity("dave"), LONG.lifetime))
         .await
         .unwrap();
-    let revoked = store.revoke_user(&carol.user_key()).await.expect("revoke");
+    let revoked = store
+        .revoke_indexed(&account(&carol))
+        .await
+        .expect("revoke");
     assert_eq!(revoked, 3);
     for id in &ids {
         assert!(
@@ -88,7 +99,7 @@ pub async fn revoke_user_ends_every_session_of_that_user_only<S: SessionStore>(s
         );
     }
     assert!(store.load(&dave).await.unwrap().is_some());
-    assert_eq!(store.revoke_user(&carol.user_key()).await.unwrap(), 0);
+    assert_eq!(store.revoke_indexed(&account(&carol)).await.unwrap(), 0);
     // A new login after revocation works.
     let again = store
         .create(SessionData::new(carol, LONG.lifetime))
@@ -188,7 +199,7 @@ pub async fn concurrent_refreshes_of_one_session_keep_it_whole<S: SessionStore>(
         .await
         .unwrap();
     store
-        .revoke_user(&identity("ivy").user_key())
+        .revoke_indexed(&account(&identity("ivy")))
         .await
         .unwrap();
     let late = SessionData::new(identity("ivy"), LONG.lifetime);
@@ -213,10 +224,14 @@ pub async fn teams_change_on_every_session_of_a_provisioned_user<S: SessionStore
     let a = store.create(linked("nina")).await.unwrap();
     let b = store.create(linked("nina")).await.unwrap();
     let other = store.create(linked("omar")).await.unwrap();
-    let key = crate::DirectoryUser::index_key("okta", "dir-nina");
+    let key = Index::Directory {
+        tenant: "okta",
+        id: "dir-nina",
+    }
+    .key();
     assert_eq!(
         store
-            .set_user_teams(&key, vec!["new-team".into()])
+            .amend_indexed(&key, Amend::Teams(vec!["new-team".into()]))
             .await
             .unwrap(),
         2
@@ -231,14 +246,132 @@ pub async fn teams_change_on_every_session_of_a_provisioned_user<S: SessionStore
         store.load(&other).await.unwrap().unwrap().teams,
         vec!["old-team".to_string()]
     );
-    // Revocation by the directory user ends both sessions.
-    assert_eq!(store.revoke_user(&key).await.unwrap(), 2);
+    // The same sessions are the account's: "log out everywhere" (by account) ends a
+    // provisioned user's sessions too.
+    assert_eq!(
+        store
+            .revoke_indexed(&account(&identity("nina")))
+            .await
+            .unwrap(),
+        2
+    );
     assert!(store.load(&a).await.unwrap().is_none());
     assert_eq!(
-        store.set_user_teams(&key, vec!["x".into()]).await.unwrap(),
+        store
+            .amend_indexed(&key, Amend::Teams(vec!["x".into()]))
+            .await
+            .unwrap(),
         0,
         "a revoked session came back"
     );
+    assert_eq!(store.revoke_indexed(&key).await.unwrap(), 0);
+}
+
+/// Sessions are found by email, user name and subject (at any provider), listed without
+/// their ids, and ended one by one by handle or all at once by provider session.
+pub async fn sessions_are_found_by_every_name_and_ended_by_handle<S: SessionStore>(store: &S) {
+    let mut web = SessionData::new(identity("pia"), LONG.lifetime);
+    web.identity.sid = Some("op-sid-1".into());
+    web.client = Some("192.0.2.7".into());
+    web.set_user_agent(&format!("Mozilla/5.0 {}", "x".repeat(400)));
+    let laptop = store.create(web).await.unwrap();
+    let mut other = SessionData::new(identity("pia"), LONG.lifetime);
+    other.identity.sid = Some("op-sid-2".into());
+    let phone = store.create(other).await.unwrap();
+    let quinn = store
+        .create(SessionData::new(identity("quinn"), LONG.lifetime))
+        .await
+        .unwrap();
+    for name in [
+        Index::Email("PIA@example.com").key(),
+        Index::Username("pia").key(),
+        Index::Subject("pia").key(),
+    ] {
+        let found = store.list_indexed(&name).await.unwrap();
+        assert_eq!(found.len(), 2, "{name}: {found:?}");
+        assert!(found.iter().all(|s| s.data.identity.id == "pia"));
+    }
+    let listed = store
+        .list_indexed(&Index::Email("pia@example.com").key())
+        .await
+        .unwrap();
+    let first = listed
+        .iter()
+        .find(|s| s.data.client.is_some())
+        .expect("the session with its client");
+    assert_eq!(first.data.client.as_deref(), Some("192.0.2.7"));
+    assert_eq!(
+        first.data.user_agent.as_ref().unwrap().len(),
+        crate::USER_AGENT_MAX
+    );
+    assert!(first.last_seen >= first.data.created_at);
+    for s in &listed {
+        assert_ne!(s.handle, laptop.expose());
+        assert_ne!(s.handle, phone.expose());
+    }
+    assert!(!store.revoke_handle("not-a-handle").await.unwrap());
+    // The provider session names exactly one of them.
+    let sid = Index::ProviderSession {
+        provider: "conformance",
+        sid: "op-sid-2",
+    }
+    .key();
+    assert_eq!(store.revoke_indexed(&sid).await.unwrap(), 1);
+    assert!(store.load(&phone).await.unwrap().is_none());
+    assert!(store.load(&laptop).await.unwrap().is_some());
+    assert!(store.revoke_handle(&first.handle).await.unwrap());
+    assert!(!store.revoke_handle(&first.handle).await.unwrap());
+    assert!(store.load(&laptop).await.unwrap().is_none());
+    assert!(store.load(&quinn).await.unwrap().is_some());
+    assert!(
+        store
+            .list_indexed(&Index::Email("pia@example.com").key())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// The replay cache and the marks are shared by every handle on one backing store.
+pub async fn replays_and_marks_are_seen_by_every_handle<S: SessionStore>(a: &S, b: &S) {
+    let jti = format!("jti-{}", portcullis_core::random::token());
+    let ttl = Duration::from_millis(700);
+    assert!(a.remember_once("logout", &jti, ttl).await.unwrap());
+    assert!(
+        !b.remember_once("logout", &jti, ttl).await.unwrap(),
+        "replayed"
+    );
+    assert!(
+        b.remember_once("ssf", &jti, ttl).await.unwrap(),
+        "scopes are apart"
+    );
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(
+        a.remember_once("logout", &jti, ttl).await.unwrap(),
+        "lapsed"
+    );
+
+    let ray = identity("ray");
+    let keys = crate::identity_keys(&ray, None);
+    assert_eq!(b.marks(&keys).await.unwrap(), crate::Marks::default());
+    a.set_disabled(&Index::Email("RAY@example.com").key(), true)
+        .await
+        .unwrap();
+    a.set_revoked_at(&account(&ray), 1_000).await.unwrap();
+    a.set_revoked_at(&account(&ray), 900).await.unwrap();
+    let marks = b.marks(&keys).await.unwrap();
+    assert!(marks.disabled);
+    assert_eq!(marks.revoked_at, Some(1_000));
+    assert_eq!(
+        b.marks(&crate::identity_keys(&identity("sam"), None))
+            .await
+            .unwrap(),
+        crate::Marks::default()
+    );
+    b.set_disabled(&Index::Email("ray@example.com").key(), false)
+        .await
+        .unwrap();
+    assert!(!a.marks(&keys).await.unwrap().disabled);
 }
 
 pub async fn a_refresh_is_claimed_by_one_handle_at_a_time<S: SessionStore>(a: &S, b: &S) {
@@ -340,6 +473,17 @@ mod memory {
     #[tokio::test]
     async fn teams_change_on_every_session_of_a_provisioned_user() {
         super::teams_change_on_every_session_of_a_provisioned_user(&store(LONG)).await;
+    }
+
+    #[tokio::test]
+    async fn sessions_are_found_by_every_name_and_ended_by_handle() {
+        super::sessions_are_found_by_every_name_and_ended_by_handle(&store(LONG)).await;
+    }
+
+    #[tokio::test]
+    async fn replays_and_marks_are_seen_by_every_handle() {
+        let one = store(LONG);
+        super::replays_and_marks_are_seen_by_every_handle(&one, &one).await;
     }
 
     #[tokio::test]
@@ -449,6 +593,25 @@ mod redis {
         super::teams_change_on_every_session_of_a_provisioned_user(&store(&server, LONG)).await;
     }
 
+    #[tokio::test]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
+    async fn sessions_are_found_by_every_name_and_ended_by_handle() {
+        let server = RedisServer::start();
+        super::sessions_are_found_by_every_name_and_ended_by_handle(&store(&server, LONG)).await;
+    }
+
+    /// Two stores on one server stand for two replicas.
+    #[tokio::test]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
+    async fn replays_and_marks_are_seen_by_every_handle() {
+        let server = RedisServer::start();
+        super::replays_and_marks_are_seen_by_every_handle(
+            &store(&server, LONG),
+            &store(&server, LONG),
+        )
+        .await;
+    }
+
     /// Two stores on one server stand for two replicas.
     #[tokio::test]
     #[cfg_attr(not(feature = "e2e"), ignore = "needs Redis: run scripts/test")]
@@ -471,6 +634,8 @@ mod redis {
         super::delete_ends_only_that_session(&s).await;
         super::revoke_user_ends_every_session_of_that_user_only(&s).await;
         super::teams_change_on_every_session_of_a_provisioned_user(&s).await;
+        super::sessions_are_found_by_every_name_and_ended_by_handle(&s).await;
+        super::replays_and_marks_are_seen_by_every_handle(&s, &s).await;
         super::concurrent_refreshes_of_one_session_keep_it_whole(Arc::new(s)).await;
     }
 

@@ -62,6 +62,20 @@ impl SessionKey {
     }
 }
 
+impl SessionKey {
+    /// Reads back [`SessionKey::to_hex`]; `None` for anything else.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        let mut key = [0u8; 32];
+        for (i, byte) in key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(SessionKey(key))
+    }
+}
+
 impl fmt::Debug for SessionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SessionKey({}…)", &self.to_hex()[..8])
@@ -94,6 +108,16 @@ mod tests {
             "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
         ] {
             assert!(SessionId::parse(bad).is_none(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn keys_read_back_from_hex_and_nothing_else_does() {
+        let key = SessionId::generate().key();
+        assert_eq!(SessionKey::from_hex(&key.to_hex()), Some(key));
+        let upper = key.to_hex().to_uppercase();
+        for bad in ["", "00", upper.as_str(), &"g".repeat(64), &"0".repeat(65)] {
+            assert_eq!(SessionKey::from_hex(bad), None, "{bad}");
         }
     }
 

@@ -3,12 +3,15 @@
 //! A session id is 256 random bits handed to the browser as the `session_token` cookie.
 //! Stores never see the id itself, only its SHA-256 ([`SessionKey`]), so a copy of a store
 //! (a Redis dump, a heap snapshot) holds nothing a browser could present. Every store
-//! implements [`SessionStore`]: absolute lifetime, idle timeout, delete, and "revoke every
-//! session of this user" as one operation. This crate never logs session ids or tokens.
+//! implements [`SessionStore`]: absolute lifetime, idle timeout, delete, "end every
+//! session filed under this [`Index`]" as one operation, the marks that outlive sessions
+//! (a disabled account, tokens revoked before a time) and a replay cache. This crate
+//! never logs session ids or tokens.
 #![forbid(unsafe_code)]
 
 pub mod cookie;
 mod id;
+mod index;
 mod memory;
 mod redis_store;
 
@@ -20,6 +23,7 @@ use portcullis_core::Identity;
 use serde::{Deserialize, Serialize};
 
 pub use id::{SessionId, SessionKey};
+pub use index::{Index, account_keys, identity_keys, is_revocation_key};
 pub use memory::MemoryStore;
 pub use redis_store::{RedisSettings, RedisStore};
 
@@ -43,7 +47,16 @@ pub struct SessionData {
     /// none, and an empty box costs one word where the tokens inline would cost fourteen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<Box<SessionTokens>>,
+    /// Where the login came from (the client address), for an administrator's list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// The browser's `User-Agent` at login (at most [`USER_AGENT_MAX`] bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
 }
+
+/// The longest `User-Agent` a session keeps.
+pub const USER_AGENT_MAX: usize = 256;
 
 /// Tokens from the provider. `Debug` never prints them.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,13 +99,6 @@ pub struct DirectoryUser {
     pub id: String,
 }
 
-impl DirectoryUser {
-    /// The key a linked session is indexed under.
-    pub fn index_key(tenant: &str, id: &str) -> String {
-        format!("scim:{tenant}:{id}")
-    }
-}
-
 impl SessionData {
     /// A session for `identity` starting now and lasting `lifetime`.
     pub fn new(identity: Identity, lifetime: Duration) -> Self {
@@ -104,18 +110,69 @@ impl SessionData {
             directory_user: None,
             teams: Vec::new(),
             tokens: None,
+            client: None,
+            user_agent: None,
         }
     }
 
-    /// The key under which the session is indexed for "every session of this user": the
-    /// provisioned user when there is one, else the provider and subject.
-    pub fn index_key(&self) -> String {
-        match &self.directory_user {
-            Some(d) => DirectoryUser::index_key(&d.tenant, &d.id),
-            None => self.identity.user_key(),
+    /// Keeps the browser's user agent, cut to [`USER_AGENT_MAX`] bytes.
+    pub fn set_user_agent(&mut self, agent: &str) {
+        let mut end = agent.len().min(USER_AGENT_MAX);
+        while !agent.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.user_agent = Some(agent[..end].to_string()).filter(|a| !a.is_empty());
+    }
+}
+
+/// A change made to every session filed under an index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Amend {
+    /// The directory's teams of the user changed.
+    Teams(Vec<String>),
+    /// How the user authenticated no longer holds (a shared signal said the assurance
+    /// level changed): forget when and how, so a route that asks for a fresh or strong
+    /// login steps up.
+    ForgetAssurance,
+}
+
+impl Amend {
+    fn apply(&self, data: &mut SessionData) {
+        match self {
+            Amend::Teams(teams) => data.teams = teams.clone(),
+            Amend::ForgetAssurance => {
+                data.identity.auth_time = None;
+                data.identity.acr = None;
+            }
         }
     }
 }
+
+/// A live session as an administrator sees it: never its id or tokens.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// A handle that names the session to [`SessionStore::revoke_handle`]: the hex
+    /// SHA-256 of its id, which cannot be presented as a cookie.
+    pub handle: String,
+    /// Unix seconds of the last use (to the second where the store knows it).
+    pub last_seen: u64,
+    pub data: Arc<SessionData>,
+}
+
+/// What is marked against a user, beyond their sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Marks {
+    /// The identity provider disabled the account: no login, no bearer token, until it
+    /// is enabled again.
+    pub disabled: bool,
+    /// Credentials issued before this time (unix seconds) are refused: tokens that
+    /// outlive the sessions that were revoked.
+    pub revoked_at: Option<u64>,
+}
+
+/// How long a "revoked before" mark is kept: longer than any session or access token
+/// it could concern.
+pub const REVOKED_MARK_TTL: Duration = Duration::from_secs(2 * 86_400);
 
 /// How long sessions live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,18 +221,55 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Ends one session. Deleting an unknown session is not an error.
     fn delete(&self, id: &SessionId) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Ends every session indexed under `user_key` (see [`SessionData::index_key`]), and
-    /// returns how many there were.
-    fn revoke_user(&self, user_key: &str)
+    /// Ends every session filed under `index` (an [`Index::key`]), and returns how many
+    /// there were.
+    fn revoke_indexed(&self, index: &str)
     -> impl Future<Output = Result<usize, StoreError>> + Send;
 
-    /// Sets the teams of every live session indexed under `user_key`; returns how many
-    /// were updated. Sessions that ended meanwhile are not brought back.
-    fn set_user_teams(
+    /// Changes every live session filed under `index`; returns how many were changed.
+    /// Sessions that ended meanwhile are not brought back, and idle timers keep running.
+    fn amend_indexed(
         &self,
-        user_key: &str,
-        teams: Vec<String>,
+        index: &str,
+        amend: Amend,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// The live sessions filed under `index`.
+    fn list_indexed(
+        &self,
+        index: &str,
+    ) -> impl Future<Output = Result<Vec<SessionInfo>, StoreError>> + Send;
+
+    /// Ends the session with this [`SessionInfo::handle`]; whether there was one.
+    fn revoke_handle(&self, handle: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records `id` in `scope` for `ttl`: `true` the first time, `false` if it was
+    /// already recorded, against every handle on the same backing store (a replay cache
+    /// for logout tokens and security events, shared by the replicas).
+    fn remember_once(
+        &self,
+        scope: &str,
+        id: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Marks the user known by `key` disabled, or lifts the mark.
+    fn set_disabled(
+        &self,
+        key: &str,
+        disabled: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Marks credentials of the user known by `key` issued before `at` as revoked, for
+    /// [`REVOKED_MARK_TTL`].
+    fn set_revoked_at(
+        &self,
+        key: &str,
+        at: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// What is marked against any of `keys` (one round trip).
+    fn marks(&self, keys: &[String]) -> impl Future<Output = Result<Marks, StoreError>> + Send;
 
     /// Claims the right to refresh the tokens of session `id`, for at most `ttl`, against
     /// every handle on the same backing store (every replica, with Redis). `false`:
@@ -198,6 +292,17 @@ pub trait SessionStore: Send + Sync + 'static {
 
 #[cfg(test)]
 mod conformance;
+
+/// The replay cache's key for `id` in `scope`.
+fn replay_digest(scope: &str, id: &str) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(scope.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(id.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
 
 /// The store chosen by configuration. Dispatching through an enum keeps the hot path
 /// free of boxed futures.
@@ -236,21 +341,64 @@ impl SessionStore for AnyStore {
         }
     }
 
-    async fn revoke_user(&self, user_key: &str) -> Result<usize, StoreError> {
+    async fn revoke_indexed(&self, index: &str) -> Result<usize, StoreError> {
         match self {
-            AnyStore::Memory(s) => s.revoke_user(user_key).await,
-            AnyStore::Redis(s) => s.revoke_user(user_key).await,
+            AnyStore::Memory(s) => s.revoke_indexed(index).await,
+            AnyStore::Redis(s) => s.revoke_indexed(index).await,
         }
     }
 
-    async fn set_user_teams(
-        &self,
-        user_key: &str,
-        teams: Vec<String>,
-    ) -> Result<usize, StoreError> {
+    async fn amend_indexed(&self, index: &str, amend: Amend) -> Result<usize, StoreError> {
         match self {
-            AnyStore::Memory(s) => s.set_user_teams(user_key, teams).await,
-            AnyStore::Redis(s) => s.set_user_teams(user_key, teams).await,
+            AnyStore::Memory(s) => s.amend_indexed(index, amend).await,
+            AnyStore::Redis(s) => s.amend_indexed(index, amend).await,
+        }
+    }
+
+    async fn list_indexed(&self, index: &str) -> Result<Vec<SessionInfo>, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.list_indexed(index).await,
+            AnyStore::Redis(s) => s.list_indexed(index).await,
+        }
+    }
+
+    async fn revoke_handle(&self, handle: &str) -> Result<bool, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.revoke_handle(handle).await,
+            AnyStore::Redis(s) => s.revoke_handle(handle).await,
+        }
+    }
+
+    async fn remember_once(
+        &self,
+        scope: &str,
+        id: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.remember_once(scope, id, ttl).await,
+            AnyStore::Redis(s) => s.remember_once(scope, id, ttl).await,
+        }
+    }
+
+    async fn set_disabled(&self, key: &str, disabled: bool) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.set_disabled(key, disabled).await,
+            AnyStore::Redis(s) => s.set_disabled(key, disabled).await,
+        }
+    }
+
+    async fn set_revoked_at(&self, key: &str, at: u64) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.set_revoked_at(key, at).await,
+            AnyStore::Redis(s) => s.set_revoked_at(key, at).await,
+        }
+    }
+
+    async fn marks(&self, keys: &[String]) -> Result<Marks, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.marks(keys).await,
+            AnyStore::Redis(s) => s.marks(keys).await,
         }
     }
 

@@ -4,16 +4,26 @@
 //! replicas need the Redis store. The map is bounded: when full, expired sessions are swept
 //! and then the least recently used session is evicted, so memory cannot grow without
 //! limit under a flood of logins.
+//!
+//! Sessions are indexed under their revocation keys (account, directory user, provider
+//! session); the rarer lookups by email, user name or subject scan the map instead of
+//! holding three more index entries per session.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use portcullis_core::time::unix_now_ms;
 
-use crate::{SessionData, SessionId, SessionKey, SessionLimits, SessionStore, StoreError};
+use crate::{
+    Amend, Marks, REVOKED_MARK_TTL, SessionData, SessionId, SessionInfo, SessionKey, SessionLimits,
+    SessionStore, StoreError, is_revocation_key,
+};
+
+/// How many replay-cache entries are held before expired ones are swept.
+const SEEN_SWEEP_AT: usize = 10_000;
 
 struct Entry {
     data: Arc<SessionData>,
@@ -23,21 +33,29 @@ struct Entry {
 
 pub struct MemoryStore {
     sessions: DashMap<SessionKey, Entry>,
-    by_user: DashMap<String, HashSet<SessionKey>>,
+    by_index: DashMap<String, HashSet<SessionKey>>,
     limits: SessionLimits,
     capacity: usize,
     /// Sessions being refreshed, until when.
-    refreshing: DashMap<SessionKey, std::time::Instant>,
+    refreshing: DashMap<SessionKey, Instant>,
+    /// The replay cache: SHA-256 of scope and id, until when.
+    seen: DashMap<[u8; 32], Instant>,
+    disabled: DashMap<String, ()>,
+    /// Revoked-before marks: the time, and until when the mark is kept.
+    revoked_at: DashMap<String, (u64, Instant)>,
 }
 
 impl MemoryStore {
     pub fn new(limits: SessionLimits, capacity: usize) -> Self {
         MemoryStore {
             sessions: DashMap::new(),
-            by_user: DashMap::new(),
+            by_index: DashMap::new(),
             limits,
             capacity: capacity.max(1),
             refreshing: DashMap::new(),
+            seen: DashMap::new(),
+            disabled: DashMap::new(),
+            revoked_at: DashMap::new(),
         }
     }
 
@@ -85,33 +103,56 @@ impl MemoryStore {
         self.sessions.retain(|key, entry| {
             let live = self.is_live(entry, now);
             if !live {
-                dead.push((*key, entry.data.index_key()));
+                dead.push((*key, entry.data.clone()));
             }
             live
         });
-        for (key, user) in &dead {
-            self.unindex(user, key);
+        for (key, data) in &dead {
+            self.unindex(data, key);
         }
         dead.len()
     }
 
-    fn unindex(&self, user: &str, key: &SessionKey) {
-        let now_empty = match self.by_user.get_mut(user) {
-            Some(mut keys) => {
-                keys.remove(key);
-                keys.is_empty()
+    fn unindex(&self, data: &SessionData, key: &SessionKey) {
+        for index in data.revocation_keys() {
+            let now_empty = match self.by_index.get_mut(&index) {
+                Some(mut keys) => {
+                    keys.remove(key);
+                    keys.is_empty()
+                }
+                None => false,
+            };
+            if now_empty {
+                self.by_index.remove_if(&index, |_, keys| keys.is_empty());
             }
-            None => false,
-        };
-        if now_empty {
-            self.by_user.remove_if(user, |_, keys| keys.is_empty());
         }
     }
 
-    fn remove(&self, key: &SessionKey) {
-        if let Some((_, entry)) = self.sessions.remove(key) {
-            self.unindex(&entry.data.index_key(), key);
+    fn remove(&self, key: &SessionKey) -> bool {
+        match self.sessions.remove(key) {
+            Some((_, entry)) => {
+                self.unindex(&entry.data, key);
+                true
+            }
+            None => false,
         }
+    }
+
+    /// The sessions filed under `index`: from the index for revocation keys, else by
+    /// scanning.
+    fn keys_under(&self, index: &str) -> Vec<SessionKey> {
+        if is_revocation_key(index) {
+            return self
+                .by_index
+                .get(index)
+                .map(|k| k.iter().copied().collect())
+                .unwrap_or_default();
+        }
+        self.sessions
+            .iter()
+            .filter(|e| e.value().data.index_keys().iter().any(|k| k == index))
+            .map(|e| *e.key())
+            .collect()
     }
 
     /// Makes room for one more session.
@@ -145,7 +186,9 @@ impl SessionStore for MemoryStore {
         self.make_room();
         let id = SessionId::generate();
         let key = id.key();
-        let user = data.index_key();
+        for index in data.revocation_keys() {
+            self.by_index.entry(index).or_default().insert(key);
+        }
         self.sessions.insert(
             key,
             Entry {
@@ -153,7 +196,6 @@ impl SessionStore for MemoryStore {
                 last_seen: AtomicU64::new(unix_now_ms()),
             },
         );
-        self.by_user.entry(user).or_default().insert(key);
         Ok(id)
     }
 
@@ -193,45 +235,114 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
-    async fn revoke_user(&self, user_key: &str) -> Result<usize, StoreError> {
-        let keys = self
-            .by_user
-            .remove(user_key)
-            .map(|(_, keys)| keys)
-            .unwrap_or_default();
-        let mut revoked = 0;
-        for key in keys {
-            if self.sessions.remove(&key).is_some() {
-                revoked += 1;
-            }
-        }
+    async fn revoke_indexed(&self, index: &str) -> Result<usize, StoreError> {
+        let revoked = self
+            .keys_under(index)
+            .iter()
+            .filter(|key| self.remove(key))
+            .count();
         Ok(revoked)
     }
 
-    async fn set_user_teams(
-        &self,
-        user_key: &str,
-        teams: Vec<String>,
-    ) -> Result<usize, StoreError> {
-        let keys: Vec<SessionKey> = self
-            .by_user
-            .get(user_key)
-            .map(|k| k.iter().copied().collect())
-            .unwrap_or_default();
-        let mut updated = 0;
-        for key in keys {
+    async fn amend_indexed(&self, index: &str, amend: Amend) -> Result<usize, StoreError> {
+        let mut amended = 0;
+        for key in self.keys_under(index) {
             if let Some(mut entry) = self.sessions.get_mut(&key) {
                 let mut data = (*entry.data).clone();
-                data.teams = teams.clone();
+                amend.apply(&mut data);
                 entry.data = Arc::new(data);
-                updated += 1;
+                amended += 1;
             }
         }
-        Ok(updated)
+        Ok(amended)
+    }
+
+    async fn list_indexed(&self, index: &str) -> Result<Vec<SessionInfo>, StoreError> {
+        let now = unix_now_ms();
+        Ok(self
+            .keys_under(index)
+            .iter()
+            .filter_map(|key| {
+                let entry = self.sessions.get(key)?;
+                self.is_live(&entry, now).then(|| SessionInfo {
+                    handle: key.to_hex(),
+                    last_seen: entry.last_seen.load(Ordering::Relaxed) / 1000,
+                    data: entry.data.clone(),
+                })
+            })
+            .collect())
+    }
+
+    async fn revoke_handle(&self, handle: &str) -> Result<bool, StoreError> {
+        Ok(SessionKey::from_hex(handle).is_some_and(|key| self.remove(&key)))
+    }
+
+    async fn remember_once(
+        &self,
+        scope: &str,
+        id: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        if self.seen.len() >= SEEN_SWEEP_AT {
+            self.seen.retain(|_, until| *until > now);
+        }
+        let mut first = false;
+        self.seen
+            .entry(crate::replay_digest(scope, id))
+            .and_modify(|until| {
+                if *until <= now {
+                    *until = now + ttl;
+                    first = true;
+                }
+            })
+            .or_insert_with(|| {
+                first = true;
+                now + ttl
+            });
+        Ok(first)
+    }
+
+    async fn set_disabled(&self, key: &str, disabled: bool) -> Result<(), StoreError> {
+        if disabled {
+            self.disabled.insert(key.to_string(), ());
+        } else {
+            self.disabled.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn set_revoked_at(&self, key: &str, at: u64) -> Result<(), StoreError> {
+        let until = Instant::now() + REVOKED_MARK_TTL;
+        self.revoked_at
+            .entry(key.to_string())
+            .and_modify(|(t, u)| {
+                *t = (*t).max(at);
+                *u = until;
+            })
+            .or_insert((at, until));
+        Ok(())
+    }
+
+    async fn marks(&self, keys: &[String]) -> Result<Marks, StoreError> {
+        let mut marks = Marks::default();
+        if self.disabled.is_empty() && self.revoked_at.is_empty() {
+            return Ok(marks);
+        }
+        let now = Instant::now();
+        for key in keys {
+            marks.disabled |= self.disabled.contains_key(key);
+            if let Some(mark) = self.revoked_at.get(key)
+                && mark.1 > now
+            {
+                marks.revoked_at = marks.revoked_at.max(Some(mark.0));
+            }
+        }
+        Ok(marks)
     }
 
     async fn claim_refresh(&self, id: &SessionId, ttl: Duration) -> Result<bool, StoreError> {
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         let mut claimed = false;
         self.refreshing
             .entry(id.key())
@@ -305,8 +416,13 @@ mod tests {
         assert!(store.load(&a).await.unwrap().is_some());
         assert!(store.load(&b).await.unwrap().is_none());
         assert!(store.load(&c).await.unwrap().is_some());
+        let b_key = crate::Index::Account {
+            provider: "p",
+            id: "b",
+        }
+        .key();
         assert!(
-            store.by_user.get("p:b").is_none(),
+            store.by_index.get(&b_key).is_none(),
             "evicted session left in the user index"
         );
     }
@@ -326,7 +442,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(store.sweep(), 1);
         assert!(store.is_empty());
-        assert!(store.by_user.is_empty());
+        assert!(store.by_index.is_empty());
     }
 
     #[tokio::test]

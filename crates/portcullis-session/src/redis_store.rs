@@ -6,9 +6,13 @@
 //! - Encrypted at rest: each record is sealed (AES-256-GCM, keyed from the session secret,
 //!   bound to its Redis key), and keys are SHA-256 digests of session ids and user keys. A
 //!   read of Redis shows no session id, token, email or user name.
-//! - Revocation: a sorted set per user lists its sessions (scored by expiry, pruned at
-//!   each login); revoking deletes exactly those sessions, on every replica at once, since
-//!   every request reads Redis.
+//! - Revocation: a sorted set per index key (see [`crate::Index`]: account, provider
+//!   session, directory user, email, user name, subject) lists its sessions, scored by
+//!   expiry and pruned at each login; revoking deletes exactly those sessions, on every
+//!   replica at once, since every request reads Redis.
+//! - Marks (a disabled account, credentials revoked before a time) live under one hash
+//!   tag, so checking every name of a user is one `MGET`, in a cluster too; the replay
+//!   cache is `SET NX` with the token's lifetime.
 //! - Fails closed: when Redis cannot be reached every operation returns
 //!   [`StoreError::Unavailable`] within the configured timeout, and the connection is
 //!   re-established in the background when Redis is back. Portcullis starts while Redis is
@@ -27,7 +31,10 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
-use crate::{SessionData, SessionId, SessionLimits, SessionStore, StoreError};
+use crate::{
+    Amend, Marks, REVOKED_MARK_TTL, SessionData, SessionId, SessionInfo, SessionKey, SessionLimits,
+    SessionStore, StoreError,
+};
 
 /// How a Redis deployment is reached.
 #[derive(Debug, Clone)]
@@ -99,6 +106,10 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+fn digest_hex(text: &str) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes()).as_ref())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -214,9 +225,37 @@ impl RedisStore {
         format!("{}:refresh:{}", self.prefix, id.key().to_hex())
     }
 
-    fn user_index_key(&self, user_key: &str) -> String {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, user_key.as_bytes());
-        format!("{}:user:{}", self.prefix, hex(digest.as_ref()))
+    fn index_key(&self, index: &str) -> String {
+        format!("{}:index:{}", self.prefix, digest_hex(index))
+    }
+
+    fn session_key_of(&self, member: &str) -> String {
+        format!("{}:session:{member}", self.prefix)
+    }
+
+    /// Marks share the hash tag `{marks}`: one slot, so one `MGET` reads them all.
+    fn mark_key(&self, kind: char, key: &str) -> String {
+        format!("{}:{{marks}}:{kind}:{}", self.prefix, digest_hex(key))
+    }
+
+    /// Runs a pipeline with the store's timeout.
+    async fn run_pipe<T: redis::FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, StoreError> {
+        let mut conn = self.conn().await?;
+        tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn))
+            .await
+            .map_err(|_| unavailable("Redis did not answer in time"))?
+            .map_err(unavailable)
+    }
+
+    /// The members (session key hexes) of an index.
+    async fn members(&self, index: &str) -> Result<Vec<String>, StoreError> {
+        self.run(
+            redis::cmd("ZRANGE")
+                .arg(self.index_key(index))
+                .arg(0)
+                .arg(-1),
+        )
+        .await
     }
 
     fn seal(&self, key: &str, data: &SessionData) -> Result<String, StoreError> {
@@ -252,29 +291,40 @@ impl SessionStore for RedisStore {
                 .arg(ttl_ms),
         )
         .await?;
-        // The user's index lives on its own key (its own cluster slot): one pipeline.
-        let index = self.user_index_key(&data.index_key());
+        // Each index lives on its own key (its own cluster slot): one pipeline each, all
+        // sent at once.
         let member = id.key().to_hex();
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZADD")
-            .arg(&index)
-            .arg(data.expires_at)
-            .arg(&member)
-            .ignore()
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&index)
-            .arg("-inf")
-            .arg(unix_now())
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&index)
-            .arg(self.limits.lifetime.as_secs().max(1))
-            .ignore();
-        let mut conn = self.conn().await?;
-        tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut conn))
-            .await
-            .map_err(|_| unavailable("Redis did not answer in time"))?
-            .map_err(unavailable)?;
+        let conn = self.conn().await?;
+        let mut pending = tokio::task::JoinSet::new();
+        for index in data.index_keys() {
+            let index = self.index_key(&index);
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZADD")
+                .arg(&index)
+                .arg(data.expires_at)
+                .arg(&member)
+                .ignore()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&index)
+                .arg("-inf")
+                .arg(unix_now())
+                .ignore()
+                .cmd("EXPIRE")
+                .arg(&index)
+                .arg(self.limits.lifetime.as_secs().max(1))
+                .ignore();
+            let mut conn = conn.clone();
+            let timeout = self.timeout;
+            pending.spawn(async move {
+                tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn))
+                    .await
+                    .map_err(|_| unavailable("Redis did not answer in time"))?
+                    .map_err(unavailable)
+            });
+        }
+        while let Some(done) = pending.join_next().await {
+            done.map_err(unavailable)??;
+        }
         Ok(id)
     }
 
@@ -321,44 +371,33 @@ impl SessionStore for RedisStore {
             .await
     }
 
-    async fn revoke_user(&self, user_key: &str) -> Result<usize, StoreError> {
-        let index = self.user_index_key(user_key);
-        let members: Vec<String> = self
-            .run(redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1))
-            .await?;
+    async fn revoke_indexed(&self, index: &str) -> Result<usize, StoreError> {
+        let members = self.members(index).await?;
         let mut revoked = 0;
         for member in &members {
             // Session keys live in their own cluster slots: one DEL each.
             let removed: usize = self
-                .run(redis::cmd("DEL").arg(format!("{}:session:{member}", self.prefix)))
+                .run(redis::cmd("DEL").arg(self.session_key_of(member)))
                 .await?;
             revoked += removed;
         }
         if !members.is_empty() {
             // Remove exactly what was revoked; a login racing with this keeps its entry.
-            self.run::<()>(redis::cmd("ZREM").arg(&index).arg(&members))
+            self.run::<()>(redis::cmd("ZREM").arg(self.index_key(index)).arg(&members))
                 .await?;
         }
         Ok(revoked)
     }
 
-    async fn set_user_teams(
-        &self,
-        user_key: &str,
-        teams: Vec<String>,
-    ) -> Result<usize, StoreError> {
-        let index = self.user_index_key(user_key);
-        let members: Vec<String> = self
-            .run(redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1))
-            .await?;
-        let mut updated = 0;
-        for member in members {
-            let key = format!("{}:session:{member}", self.prefix);
+    async fn amend_indexed(&self, index: &str, amend: Amend) -> Result<usize, StoreError> {
+        let mut amended = 0;
+        for member in self.members(index).await? {
+            let key = self.session_key_of(&member);
             let sealed: Option<String> = self.run(redis::cmd("GET").arg(&key)).await?;
             let Some(mut data) = sealed.and_then(|s| self.open(&key, &s)) else {
                 continue;
             };
-            data.teams = teams.clone();
+            amend.apply(&mut data);
             let resealed = self.seal(&key, &data)?;
             // XX KEEPTTL: never revive a session that ended, never reset its idle timer.
             let done: Option<String> = self
@@ -370,9 +409,116 @@ impl SessionStore for RedisStore {
                         .arg("KEEPTTL"),
                 )
                 .await?;
-            updated += usize::from(done.is_some());
+            amended += usize::from(done.is_some());
         }
-        Ok(updated)
+        Ok(amended)
+    }
+
+    async fn list_indexed(&self, index: &str) -> Result<Vec<SessionInfo>, StoreError> {
+        let now_ms = unix_now_ms();
+        let mut found = Vec::new();
+        for member in self.members(index).await? {
+            let key = self.session_key_of(&member);
+            let mut pipe = redis::pipe();
+            pipe.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
+            let (sealed, ttl_ms): (Option<String>, i64) = self.run_pipe(&pipe).await?;
+            let Some(data) = sealed.and_then(|s| self.open(&key, &s)) else {
+                continue;
+            };
+            if data.expires_at <= now_ms / 1000 {
+                continue;
+            }
+            // The idle timer restarts at each use, so the time left on it tells when the
+            // session was last used (unless the absolute expiry cut the timer short).
+            let left = u64::try_from(ttl_ms).unwrap_or(0);
+            let used_ms = now_ms.saturating_sub(self.idle_ms().saturating_sub(left));
+            let last_seen = (used_ms / 1000).max(data.created_at);
+            found.push(SessionInfo {
+                handle: member,
+                last_seen,
+                data: Arc::new(data),
+            });
+        }
+        Ok(found)
+    }
+
+    async fn revoke_handle(&self, handle: &str) -> Result<bool, StoreError> {
+        let Some(key) = SessionKey::from_hex(handle) else {
+            return Ok(false);
+        };
+        let removed: usize = self
+            .run(redis::cmd("DEL").arg(self.session_key_of(&key.to_hex())))
+            .await?;
+        Ok(removed > 0)
+    }
+
+    async fn remember_once(
+        &self,
+        scope: &str,
+        id: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = format!(
+            "{}:seen:{}",
+            self.prefix,
+            hex(&crate::replay_digest(scope, id))
+        );
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    async fn set_disabled(&self, key: &str, disabled: bool) -> Result<(), StoreError> {
+        let mark = self.mark_key('d', key);
+        if disabled {
+            self.run::<()>(redis::cmd("SET").arg(mark).arg(1)).await
+        } else {
+            self.run::<()>(redis::cmd("DEL").arg(mark)).await
+        }
+    }
+
+    async fn set_revoked_at(&self, key: &str, at: u64) -> Result<(), StoreError> {
+        let mark = self.mark_key('r', key);
+        let previous: Option<u64> = self.run(redis::cmd("GET").arg(&mark)).await?;
+        self.run::<()>(
+            redis::cmd("SET")
+                .arg(mark)
+                .arg(previous.unwrap_or(0).max(at))
+                .arg("EX")
+                .arg(REVOKED_MARK_TTL.as_secs()),
+        )
+        .await
+    }
+
+    async fn marks(&self, keys: &[String]) -> Result<Marks, StoreError> {
+        if keys.is_empty() {
+            return Ok(Marks::default());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for key in keys {
+            cmd.arg(self.mark_key('d', key))
+                .arg(self.mark_key('r', key));
+        }
+        let values: Vec<Option<String>> = self.run(&cmd).await?;
+        let mut marks = Marks::default();
+        for pair in values.chunks(2) {
+            marks.disabled |= pair.first().is_some_and(Option::is_some);
+            let revoked = pair
+                .get(1)
+                .and_then(|v| v.as_deref())
+                .and_then(|v| v.parse::<u64>().ok());
+            marks.revoked_at = marks.revoked_at.max(revoked);
+        }
+        Ok(marks)
     }
 
     async fn claim_refresh(&self, id: &SessionId, ttl: Duration) -> Result<bool, StoreError> {

@@ -44,6 +44,7 @@ pub(crate) async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         for provider in &config.auth.providers {
             probe_provider(&config, provider, &mut report).await;
         }
+        probe_transmitters(&config, &mut report).await;
     }
     if report.failures == 0 {
         println!("\nportcullis check: no problems found");
@@ -78,6 +79,7 @@ fn static_checks(config: &Config, report: &mut Report) {
         names.join(", ")
     ));
     scim_links(config, report);
+    provider_logout_urls(config, report);
     let Some(redirect) = &config.auth.redirect_url else {
         return;
     };
@@ -135,6 +137,66 @@ fn static_checks(config: &Config, report: &mut Report) {
             "implicit flow with fragment ({}): register the redirect page {page} too",
             fragment_providers.join(", ")
         ));
+    }
+}
+
+/// Where the provider (and a transmitter) reach Portcullis to end sessions, and the
+/// admin listener.
+fn provider_logout_urls(config: &Config, report: &mut Report) {
+    let origin = config
+        .public_origin()
+        .map(|u| u.origin().ascii_serialization());
+    if let Some(origin) = &origin {
+        report.ok(&format!(
+            "back-channel logout: register backchannel_logout_uri {origin}{} at the provider (front-channel: frontchannel_logout_uri {origin}{})",
+            portcullis_proxy::endpoints::BACKCHANNEL_LOGOUT.path,
+            portcullis_proxy::endpoints::FRONTCHANNEL_LOGOUT.path
+        ));
+        for t in &config.ssf {
+            if t.push_token.is_some() {
+                report.ok(&format!(
+                    "shared signals transmitter {}: push endpoint {origin}{}/{} (audience {})",
+                    t.name,
+                    portcullis_proxy::endpoints::SSF.path,
+                    t.name,
+                    t.audience
+                ));
+            }
+        }
+    }
+    match &config.admin {
+        Some(admin) => report.ok(&format!(
+            "admin API, /metrics and health on {} (keep it off the public network)",
+            admin.listen_addr
+        )),
+        None => report.warn(
+            "no admin listener (admin.listen_addr): sessions can be ended only by logout, SCIM, the provider's back-channel logout and shared signals",
+        ),
+    }
+}
+
+/// Each shared signals transmitter's configuration document and keys.
+async fn probe_transmitters(config: &Config, report: &mut Report) {
+    let Ok(http) = outbound_client(config) else {
+        return;
+    };
+    for t in &config.ssf {
+        let transmitter = portcullis_identity::ssf::Transmitter::new(
+            &t.name,
+            t.metadata_url.as_str(),
+            http.clone(),
+        );
+        match transmitter.issuer().await {
+            Ok(issuer) => report.ok(&format!(
+                "shared signals transmitter {}: issuer {issuer}, keys loaded",
+                t.name
+            )),
+            Err(e) => report.fail(
+                &format!("ssf.transmitters.{}.metadata_url", t.name),
+                &e,
+                "set it to the transmitter's /.well-known/ssf-configuration, reachable from here",
+            ),
+        }
     }
 }
 
@@ -398,6 +460,39 @@ async fn probe_provider(
             "the provider publishes no token_endpoint",
             "the code flow needs one; check the provider",
         );
+    }
+    match (
+        metadata.backchannel_logout_supported,
+        metadata.backchannel_logout_session_supported,
+    ) {
+        (true, true) => report.ok(&format!(
+            "{}: the provider supports back-channel logout with sid",
+            provider.name
+        )),
+        (true, false) => report.ok(&format!(
+            "{}: the provider supports back-channel logout (by user only: no sid)",
+            provider.name
+        )),
+        (false, _) if metadata.frontchannel_logout_supported => report.ok(&format!(
+            "{}: the provider supports front-channel logout only",
+            provider.name
+        )),
+        (false, _) => report.warn(&format!(
+            "{}: the provider's discovery document does not announce back-channel logout; sign-outs there reach Portcullis only if it sends logout tokens anyway",
+            provider.name
+        )),
+    }
+    if config.auth.bearer_tokens {
+        match &metadata.introspection_endpoint {
+            Some(url) => report.ok(&format!(
+                "{}: opaque bearer tokens are introspected at {url}",
+                provider.name
+            )),
+            None => report.warn(&format!(
+                "{}: no introspection_endpoint: only JWT bearer tokens can be verified",
+                provider.name
+            )),
+        }
     }
     if !metadata.code_challenge_methods_supported.is_empty()
         && !metadata

@@ -112,7 +112,24 @@ pub(crate) async fn run_with(config: Config, listener: TcpListener) -> anyhow::R
         max_connections: config.server.max_connections,
         idle_timeout: config.server.idle_timeout,
     };
-    portcullis_proxy::serve(Arc::new(app), listener, tls, settings, shutdown_signal())
+    let app = Arc::new(app);
+    App::start_polling(&app);
+    if let Some(admin) = &config.admin {
+        let listener = TcpListener::bind(admin.listen_addr).with_context(|| {
+            format!(
+                "cannot listen on {} (admin.listen_addr / ADMIN__LISTEN_ADDR): is another process using the port?",
+                admin.listen_addr
+            )
+        })?;
+        tracing::info!(addr = %admin.listen_addr, "admin listener on {}", admin.listen_addr);
+        let (app, timeout) = (app.clone(), config.server.header_read_timeout);
+        tokio::spawn(async move {
+            if let Err(e) = portcullis_proxy::serve_admin(app, listener, timeout).await {
+                tracing::error!(error = %e, "the admin listener stopped");
+            }
+        });
+    }
+    portcullis_proxy::serve(app, listener, tls, settings, shutdown_signal())
         .await
         .context("cannot start the server workers")?;
     Ok(ExitCode::SUCCESS)

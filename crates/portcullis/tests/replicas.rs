@@ -124,8 +124,8 @@ async fn a_login_on_one_replica_works_on_another_and_a_logout_on_either_ends_it_
     // The records are in database 3 (under the prefix the ACL allows), none in database 0.
     assert_eq!(
         redis.command_in(3, "DBSIZE").trim(),
-        ":2",
-        "a session and its user index"
+        ":6",
+        "a session and its five index keys (account, provider session, email, user name, subject)"
     );
     assert_eq!(redis.command_in(0, "DBSIZE").trim(), ":0");
     let stolen = browser.cookie("127.0.0.1", "session_token").unwrap();

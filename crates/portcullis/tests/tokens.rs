@@ -43,32 +43,6 @@ async fn provider(redirect: &str, extra: Value) -> OidcProvider {
     OidcProvider::start_with(APP.0, APP.1, &[redirect], options).await
 }
 
-/// Signs in at oidc-provider's forms, following redirects until the browser would be
-/// sent to `until`; returns that URL.
-async fn sign_in_until(browser: &Browser, start: &str, user: &str, until: &str) -> url::Url {
-    let mut page = browser.get(start).await;
-    for _ in 0..20 {
-        if let Some(location) = page.location() {
-            let next = page.url.join(&location).unwrap();
-            if next.as_str().starts_with(until) {
-                return next;
-            }
-            page = browser.get(next.as_str()).await;
-            continue;
-        }
-        let (action, mut fields) = page.form();
-        if page.body.contains("name=\"login\"") {
-            fields.retain(|(k, _)| k != "login" && k != "password");
-            fields.push(("login".into(), user.into()));
-            fields.push(("password".into(), "anything".into()));
-        }
-        page = browser
-            .request("POST", action.as_str(), Some(&fields))
-            .await;
-    }
-    panic!("never redirected to {until}: {page:?}");
-}
-
 /// What a CLI does: a code flow of its own client (with PKCE), then the token request.
 /// Returns the token answer (id_token, access_token).
 async fn cli_tokens(op: &OidcProvider, (id, secret): (&str, &str), user: &str) -> Value {
@@ -87,7 +61,7 @@ async fn cli_tokens(op: &OidcProvider, (id, secret): (&str, &str), user: &str) -
         .append_pair("nonce", "cli-nonce")
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256");
-    let back = sign_in_until(&Browser::new(), authorize.as_str(), user, CLI_REDIRECT).await;
+    let back = op_sign_in_until(&Browser::new(), authorize.as_str(), user, CLI_REDIRECT).await;
     let code = back
         .query_pairs()
         .find(|(k, _)| k == "code")
@@ -257,7 +231,7 @@ async fn a_cli_with_a_bearer_token_is_admitted_and_every_bad_token_is_a_401() {
 
     // A bad token is refused even with a good session cookie next to it: no fallback.
     let browser = Browser::new();
-    let landed = sign_in_until_app(&browser, &p, "alice").await;
+    let landed = op_sign_in_app(&browser, &p, "alice").await;
     assert_eq!(landed.status, 200);
     let cookie = browser.cookie("127.0.0.1", "session_token").unwrap();
     let mixed = get(
@@ -293,10 +267,6 @@ async fn bearer_tokens_are_ignored_unless_turned_on() {
 }
 
 /// Signs in through Portcullis and lands on the app.
-async fn sign_in_until_app(browser: &Browser, p: &Portcullis, user: &str) -> Page {
-    let back = sign_in_until(browser, &p.url("/"), user, &p.url("/api/v1/auth/callback")).await;
-    browser.navigate(back.as_str()).await
-}
 
 #[tokio::test]
 #[cfg_attr(
@@ -322,7 +292,7 @@ async fn sessions_refresh_once_before_expiry_and_end_when_the_provider_refuses()
     )
     .await;
     let browser = Browser::new();
-    let landed = sign_in_until_app(&browser, &p, "alice").await;
+    let landed = op_sign_in_app(&browser, &p, "alice").await;
     assert_eq!(landed.status, 200, "{landed:?}\n{}", p.logs());
     assert_eq!(
         op.wait_grants("authorization_code", 1).await,
@@ -413,7 +383,7 @@ async fn replicas_sharing_redis_refresh_a_session_once() {
     let a = portcullis(&op, port_a, &upstream, &env).await;
     let b = portcullis(&op, port_b, &upstream, &env).await;
     let browser = Browser::new();
-    assert_eq!(sign_in_until_app(&browser, &a, "alice").await.status, 200);
+    assert_eq!(op_sign_in_app(&browser, &a, "alice").await.status, 200);
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
 
     let cookie = browser.cookie("127.0.0.1", "session_token").unwrap();
@@ -451,7 +421,7 @@ async fn all_at_once(urls: impl Iterator<Item = String>, cookie: &str) -> Vec<re
 async fn logout_also_ends_the_session_at_the_provider_when_asked() {
     let (op, _upstream, p) = rig(json!({}), &[("AUTH__PROVIDER_LOGOUT", "true")]).await;
     let browser = Browser::new();
-    assert_eq!(sign_in_until_app(&browser, &p, "alice").await.status, 200);
+    assert_eq!(op_sign_in_app(&browser, &p, "alice").await.status, 200);
 
     // A browser's sign-out form goes on to the provider's end_session_endpoint.
     let out = browser
@@ -483,7 +453,7 @@ async fn logout_also_ends_the_session_at_the_provider_when_asked() {
 
     // An API client gets the URL instead of a redirect.
     let mut json_client = Browser::new();
-    assert_eq!(sign_in_until_app(&json_client, &p, "bob").await.status, 200);
+    assert_eq!(op_sign_in_app(&json_client, &p, "bob").await.status, 200);
     json_client.accept = "application/json".into();
     let out = json_client
         .request("POST", &p.url("/api/v1/auth/logout"), None)
@@ -512,7 +482,7 @@ async fn tokens_reach_the_upstream_only_when_configured() {
     )
     .await;
     let browser = Browser::new();
-    let landed = sign_in_until_app(&browser, &p, "alice").await;
+    let landed = op_sign_in_app(&browser, &p, "alice").await;
     let echo = landed.json();
     let access = echo_header(&echo, "x-forwarded-access-token").expect("access token passed");
     assert!(!access.is_empty());
@@ -523,7 +493,7 @@ async fn tokens_reach_the_upstream_only_when_configured() {
     // Off by default; and a client cannot send its own X-Forwarded-Access-Token through.
     let (_op2, _upstream2, p2) = rig(json!({}), &[]).await;
     let browser = Browser::new();
-    sign_in_until_app(&browser, &p2, "alice").await;
+    op_sign_in_app(&browser, &p2, "alice").await;
     let cookie = browser.cookie("127.0.0.1", "session_token").unwrap();
     let echo: Value = get(
         &p2.url("/x"),
@@ -657,7 +627,7 @@ async fn the_implicit_flow_with_a_fragment_goes_through_the_redirect_page() {
     let q: std::collections::HashMap<_, _> = authorize.query_pairs().into_owned().collect();
     assert_eq!(q["redirect_uri"], p.url("/v1/oauth/redirect/"));
     assert_eq!(q["response_mode"], "fragment");
-    let back = sign_in_until(
+    let back = op_sign_in_until(
         &browser,
         authorize.as_str(),
         "alice",
@@ -818,7 +788,7 @@ async fn an_implicit_id_token_with_another_nonce_is_refused() {
         .append_pair("redirect_uri", &page)
         .append_pair("state", "attacker-state")
         .append_pair("nonce", "attacker-nonce");
-    let back = sign_in_until(&Browser::new(), theirs.as_str(), "mallory", &page).await;
+    let back = op_sign_in_until(&Browser::new(), theirs.as_str(), "mallory", &page).await;
     let id_token = url::form_urlencoded::parse(back.fragment().unwrap().as_bytes())
         .find(|(k, _)| k == "id_token")
         .map(|(_, v)| v.into_owned())

@@ -485,6 +485,8 @@ pub(super) fn read_auth(r: &Reader<'_>, public_url: Option<&Url>) -> AuthConfig 
         pass_id_token: r.bool("auth.pass_id_token", false),
         refresh_before: r.duration("auth.refresh_before", Duration::from_secs(60)),
         provider_logout: r.bool("auth.provider_logout", false),
+        introspection_cache_ttl: r
+            .duration("auth.introspection_cache_ttl", Duration::from_secs(30)),
         post_logout_redirect_url: r.url(
             "auth.post_logout_redirect_url",
             "set it to where the provider should send the browser after logging out, such as https://app.example.com/",

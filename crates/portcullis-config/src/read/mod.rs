@@ -7,6 +7,7 @@ mod branding;
 mod routes;
 mod scim;
 mod session;
+mod signals;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -95,8 +96,10 @@ impl Config {
                 }
             },
         };
+        let listen_addr = r.socket_addr("listen_addr", "0.0.0.0:8080");
+        let ssf = signals::read_ssf(r, &auth, public_url.as_ref());
         Config {
-            listen_addr: r.socket_addr("listen_addr", "0.0.0.0:8080"),
+            listen_addr,
             outbound_ca_file: r.string("outbound.ca_file").map(PathBuf::from),
             upstream_url,
             forward_auth_only,
@@ -131,6 +134,8 @@ impl Config {
             branding: branding::read_branding(r),
             routes,
             identity_jwt,
+            admin: signals::read_admin(r, listen_addr),
+            ssf,
             auth,
             session,
             log,

@@ -4,7 +4,7 @@
 
 use http::header;
 use http::{Request, Response, StatusCode};
-use portcullis_session::{SessionData, SessionId, SessionStore};
+use portcullis_session::{Index, SessionData, SessionId, SessionStore};
 use serde_json::json;
 
 use super::authn::Principal;
@@ -57,10 +57,11 @@ impl App {
         {
             if let Some(session) = auth.sessions.load(&id).await? {
                 if everywhere {
-                    ended = auth
-                        .sessions
-                        .revoke_user(&session.identity.user_key())
-                        .await?;
+                    let account = Index::Account {
+                        provider: &session.identity.provider,
+                        id: &session.identity.id,
+                    };
+                    ended = auth.sessions.revoke_indexed(&account.key()).await?;
                     tracing::info!(user = %session.identity.display(), sessions = ended, "logged out everywhere");
                 } else {
                     auth.sessions.delete(&id).await?;

@@ -1,7 +1,10 @@
 //! Authenticate: who a request belongs to. A session cookie points into the session
 //! store; an `Authorization: Bearer <JWT>` (when bearer tokens are on) is verified against
-//! the provider that issued it. A bearer request never falls back to the cookie or to
-//! anonymous: a token that fails verification is a 401.
+//! the provider that issued it, and an opaque bearer token is introspected (RFC 7662) at
+//! the providers that publish an introspection endpoint, through a cache. A bearer
+//! request never falls back to the cookie or to anonymous: a token that fails
+//! verification is a 401. A bearer token of a user the provider has since disabled, or
+//! issued before their sessions were revoked, is refused too (the store's marks).
 //!
 //! Sessions with a refresh token are refreshed here, before the access token expires: one
 //! refresh per session at a time, claimed in the session store so that this holds across
@@ -12,12 +15,17 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 use portcullis_core::Identity;
-use portcullis_identity::{IdentityError, TokenResponse, unverified_issuer};
+use portcullis_identity::{
+    IdentityError, Introspected, TokenResponse, VerifiedBearer, unverified_issuer,
+};
 use portcullis_policy::{Provisioning, Subject};
-use portcullis_session::{DirectoryUser, SessionData, SessionId, SessionStore, SessionTokens};
+use portcullis_session::{
+    DirectoryUser, SessionData, SessionId, SessionStore, SessionTokens, identity_keys,
+};
 
 use super::{App, Auth, session_cookie_value};
 use crate::error::ProxyError;
+use crate::introspection::{Answer, IntrospectionCache};
 
 /// Who a request belongs to.
 pub(super) enum Principal {
@@ -101,6 +109,16 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Loads the discovery of each provider that has not loaded it yet (just after start):
+/// until then it knows no issuer, and a token or logout from it would be refused.
+pub(super) async fn discover_all(auth: &Auth) {
+    for provider in auth.providers.iter().filter_map(|p| p.as_oidc()) {
+        if !provider.is_ready() {
+            let _ = provider.metadata().await;
+        }
+    }
+}
+
 /// Keeps the tokens a session needs later.
 pub(super) fn session_tokens(auth: &Auth, tokens: &TokenResponse) -> Option<Box<SessionTokens>> {
     let wanted = tokens.refresh_token.is_some()
@@ -152,13 +170,54 @@ impl App {
     }
 
     async fn authenticate_bearer(&self, auth: &Auth, token: &str) -> Result<Principal, ProxyError> {
+        let refuse = |reason: &str| ProxyError::BadBearer(reason.to_string());
+        // A JWT is verified here; anything else is an opaque token its provider is asked
+        // about.
+        let verified = if token.bytes().filter(|b| *b == b'.').count() == 2 {
+            self.verify_jwt_bearer(auth, token).await?
+        } else {
+            self.introspect_bearer(auth, token).await?
+        };
+        let identity = verified.identity;
+        let (provisioning, directory, teams) = self.directory_view(&identity).await?;
+        // What the provider said since (a disabled account, revoked sessions) holds for
+        // tokens too: one read of the marks, for bearer requests only.
+        let keys = identity_keys(
+            &identity,
+            directory
+                .as_ref()
+                .map(|d| (d.tenant.as_str(), d.id.as_str())),
+        );
+        let marks = auth.sessions.marks(&keys).await?;
+        if marks.disabled {
+            return Err(refuse("the account is disabled at the identity provider"));
+        }
+        if let Some(at) = marks.revoked_at
+            && verified.issued_at.is_none_or(|iat| iat <= at)
+        {
+            return Err(refuse(
+                "the token was issued before the user's sessions were revoked",
+            ));
+        }
+        Ok(Principal::Bearer(Box::new(BearerUser {
+            identity,
+            teams,
+            provisioning,
+        })))
+    }
+
+    async fn verify_jwt_bearer(
+        &self,
+        auth: &Auth,
+        token: &str,
+    ) -> Result<VerifiedBearer, ProxyError> {
         let refuse = |reason: String| ProxyError::BadBearer(reason);
         let iss =
             unverified_issuer(token).ok_or_else(|| refuse("not a JWT with an issuer".into()))?;
+        discover_all(auth).await;
         // Several configured clients may share one issuer (two apps at one Okta): the
         // token is accepted by the first whose audiences and rules it satisfies.
         let mut refusal = None;
-        let mut identity = None;
         for provider in auth
             .providers
             .iter()
@@ -166,10 +225,7 @@ impl App {
             .filter(|p| p.issued(&iss))
         {
             match provider.verify_bearer(token).await {
-                Ok(who) => {
-                    identity = Some(who);
-                    break;
-                }
+                Ok(verified) => return Ok(verified),
                 Err(e @ IdentityError::ProviderUnavailable { .. }) => {
                     return Err(ProxyError::Identity(e));
                 }
@@ -178,14 +234,55 @@ impl App {
                 }
             }
         }
-        let identity = identity.ok_or_else(|| {
-            refuse(refusal.unwrap_or_else(|| "issued by no configured provider".into()))
-        })?;
-        let (provisioning, _, teams) = self.directory_view(&identity).await?;
-        Ok(Principal::Bearer(Box::new(BearerUser {
-            identity,
-            teams,
-            provisioning,
+        Err(refuse(refusal.unwrap_or_else(|| {
+            "issued by no configured provider".into()
+        })))
+    }
+
+    /// Asks the providers that introspect (RFC 7662) about an opaque token, in their
+    /// configured order, through the cache. The first that vouches for it wins; a
+    /// refusal or a failure to ask is a refusal, never a fallback.
+    async fn introspect_bearer(
+        &self,
+        auth: &Auth,
+        token: &str,
+    ) -> Result<VerifiedBearer, ProxyError> {
+        let mut refusal = None;
+        for provider in auth.providers.iter().filter_map(|p| p.as_oidc()) {
+            let url = match provider.introspection_endpoint().await {
+                Ok(Some(url)) => url,
+                Ok(None) => continue,
+                Err(e) => {
+                    refusal.get_or_insert(e.to_string());
+                    continue;
+                }
+            };
+            let key = IntrospectionCache::key(provider.name(), &url, token);
+            let answer = match auth.introspection.get(&key) {
+                Some(answer) => answer,
+                None => {
+                    let answer = match provider.introspect(token).await {
+                        Ok(Introspected::Active(verified)) => Answer::Active(verified),
+                        Ok(Introspected::Refused(reason)) => Answer::Refused(reason),
+                        Err(e) => {
+                            tracing::warn!(provider = %provider.name(), error = %e, "token introspection failed: refusing the token");
+                            refusal.get_or_insert(format!("introspection failed: {e}"));
+                            continue;
+                        }
+                    };
+                    auth.introspection.put(key, answer.clone());
+                    answer
+                }
+            };
+            match answer {
+                Answer::Active(verified) => return Ok(*verified),
+                Answer::Refused(reason) => {
+                    refusal.get_or_insert(reason);
+                }
+            }
+        }
+        Err(ProxyError::BadBearer(refusal.unwrap_or_else(|| {
+            "not a JWT, and no provider introspects tokens".into()
         })))
     }
 

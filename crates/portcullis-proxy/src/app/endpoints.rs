@@ -24,6 +24,12 @@ pub enum Own {
     ImplicitRedirect,
     /// The identity assertion's public keys (with `identity_jwt.enabled`).
     Jwks,
+    /// OpenID Connect Back-Channel Logout: the provider posts a logout token.
+    BackchannelLogout,
+    /// OpenID Connect Front-Channel Logout: the provider frames this page.
+    FrontchannelLogout,
+    /// Shared Signals push delivery: `/api/v1/auth/ssf/<transmitter>`.
+    Ssf,
 }
 
 #[derive(Debug)]
@@ -41,6 +47,7 @@ pub struct Endpoint {
 
 const READ: &[Method] = &[Method::GET, Method::HEAD];
 const READ_OR_POST: &[Method] = &[Method::GET, Method::HEAD, Method::POST];
+const POST: &[Method] = &[Method::POST];
 
 pub const STATUS: Endpoint = Endpoint {
     own: Own::Status,
@@ -132,9 +139,44 @@ pub const IMPLICIT_REDIRECT: Endpoint = Endpoint {
     allow: "GET, HEAD",
 };
 
+pub const BACKCHANNEL_LOGOUT: Endpoint = Endpoint {
+    own: Own::BackchannelLogout,
+    path: "/api/v1/auth/backchannel-logout",
+    prefix: false,
+    allow_methods: Some(POST),
+    allow: "POST",
+};
+pub const FRONTCHANNEL_LOGOUT: Endpoint = Endpoint {
+    own: Own::FrontchannelLogout,
+    path: "/api/v1/auth/frontchannel-logout",
+    prefix: false,
+    allow_methods: Some(READ),
+    allow: "GET, HEAD",
+};
+/// `/api/v1/auth/ssf/<transmitter>`.
+pub const SSF: Endpoint = Endpoint {
+    own: Own::Ssf,
+    path: "/api/v1/auth/ssf",
+    prefix: true,
+    allow_methods: Some(POST),
+    allow: "POST",
+};
+
 /// The endpoints at fixed paths, in the order they are matched.
 pub const FIXED: &[Endpoint] = &[
-    STATUS, LOGIN, ME, LOGOUT, VERIFY, HEALTHZ, READYZ, METRICS, SCIM, JWKS,
+    STATUS,
+    LOGIN,
+    ME,
+    LOGOUT,
+    VERIFY,
+    HEALTHZ,
+    READYZ,
+    METRICS,
+    SCIM,
+    JWKS,
+    BACKCHANNEL_LOGOUT,
+    FRONTCHANNEL_LOGOUT,
+    SSF,
 ];
 
 impl Endpoint {

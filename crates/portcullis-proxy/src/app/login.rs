@@ -10,7 +10,7 @@ use portcullis_config::{Flow, ResponseMode};
 use portcullis_identity::{IdentityError, LoginStep, Provider, StepUp};
 use portcullis_policy::Route;
 use portcullis_policy::{PolicyDecision, Subject};
-use portcullis_session::{SessionData, SessionId, SessionStore};
+use portcullis_session::{SessionData, SessionId, SessionStore, identity_keys};
 
 use super::authn::{Principal, session_tokens};
 use super::decide::Entry;
@@ -361,6 +361,29 @@ impl App {
                 reason,
             });
         }
+        // The provider may have disabled the account since (a shared signal): a login
+        // it still answers is refused until the account is enabled again.
+        let keys = identity_keys(
+            &identity,
+            directory_user
+                .as_ref()
+                .map(|d| (d.tenant.as_str(), d.id.as_str())),
+        );
+        if auth.sessions.marks(&keys).await?.disabled {
+            let reason = "the identity provider disabled the account".to_string();
+            self.refused(
+                identity.display(),
+                &identity.provider,
+                &reason,
+                client,
+                Entry::Login,
+                None,
+            );
+            return Err(ProxyError::Denied {
+                who: identity.display().to_string(),
+                reason,
+            });
+        }
         // A fresh session every login; any session the browser had ends.
         if let Some(old) =
             session_cookie_value(headers, &auth.session_cookie.name).and_then(SessionId::parse)
@@ -372,6 +395,13 @@ impl App {
         data.directory_user = directory_user;
         data.teams = teams;
         data.tokens = tokens.as_ref().and_then(|t| session_tokens(auth, t));
+        data.client = Some(client.to_string());
+        if let Some(agent) = headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+        {
+            data.set_user_agent(agent);
+        }
         let id = auth.sessions.create(data).await?;
         tracing::info!(user = %who, provider = %provider.name(), "login succeeded");
         Ok(with_cookie(

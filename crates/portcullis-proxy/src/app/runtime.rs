@@ -14,6 +14,7 @@ use super::{App, AppError, Auth};
 use crate::assertion::Assertions;
 use crate::forwarding::TrustedProxies;
 use crate::inbound::BodyLimits;
+use crate::introspection::IntrospectionCache;
 use crate::login_state::LoginCookies;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::normalize::PathRules;
@@ -135,6 +136,7 @@ impl App {
             audiences,
             default_audience,
             assertions,
+            admin_token: config.admin.as_ref().map(|a| a.token.clone()),
         })
     }
 
@@ -223,6 +225,11 @@ impl App {
                 Arc::new(Provider::new(p.clone(), http.clone()))
             })
             .collect();
+        let signals = config
+            .ssf
+            .iter()
+            .map(|t| super::signals::Receiver::new(t.clone(), http.clone()))
+            .collect();
         Ok(Auth {
             providers,
             sessions,
@@ -261,6 +268,8 @@ impl App {
                 .then_some(config.auth.implicit_redirect_url.as_ref())
                 .flatten()
                 .map(|u| (u.to_string(), u.path().to_string())),
+            introspection: IntrospectionCache::new(config.auth.introspection_cache_ttl),
+            signals,
         })
     }
 }

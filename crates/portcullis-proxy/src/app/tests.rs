@@ -583,8 +583,12 @@ async fn a_forged_session_cookie_is_challenged_and_cleared() {
 async fn own_endpoints_answer_405_with_the_methods_they_take() {
     let r = rig(&[]).await;
     for e in super::endpoints::FIXED {
-        // Without identity_jwt the keys' path is the app's.
-        if e.allow.is_empty() || e.own == super::endpoints::Own::Jwks {
+        // Without identity_jwt the keys' path is the app's, and without transmitters
+        // the shared signals path.
+        if e.allow.is_empty()
+            || e.own == super::endpoints::Own::Jwks
+            || e.own == super::endpoints::Own::Ssf
+        {
             continue;
         }
         let a = call(
@@ -1373,3 +1377,5 @@ async fn forwarded_requests_carry_a_verifiable_identity_assertion() {
         .to_string();
     verify_assertion(&r, &token, "https://api.example.com").await;
 }
+
+mod session_control;
