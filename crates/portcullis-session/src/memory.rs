@@ -7,9 +7,10 @@
 //!
 //! Sessions are indexed under their revocation keys (account, directory user, provider
 //! session); the rarer lookups by email, user name or subject scan the map instead of
-//! holding three more index entries per session.
+//! holding three more index entries per session. An index entry is the SHA-256 of its
+//! key and a short list of sessions (a user has few): about 90 bytes, where a string key
+//! and a hash set cost some 260.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -22,6 +23,16 @@ use crate::{
     SessionStore, StoreError, is_revocation_key,
 };
 
+/// An index key, hashed.
+type IndexDigest = [u8; 32];
+
+fn digest(index: &str) -> IndexDigest {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, index.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
 /// How many replay-cache entries are held before expired ones are swept.
 const SEEN_SWEEP_AT: usize = 10_000;
 
@@ -33,7 +44,7 @@ struct Entry {
 
 pub struct MemoryStore {
     sessions: DashMap<SessionKey, Entry>,
-    by_index: DashMap<String, HashSet<SessionKey>>,
+    by_index: DashMap<IndexDigest, Vec<SessionKey>>,
     limits: SessionLimits,
     capacity: usize,
     /// Sessions being refreshed, until when.
@@ -115,9 +126,10 @@ impl MemoryStore {
 
     fn unindex(&self, data: &SessionData, key: &SessionKey) {
         for index in data.revocation_keys() {
+            let index = digest(&index);
             let now_empty = match self.by_index.get_mut(&index) {
                 Some(mut keys) => {
-                    keys.remove(key);
+                    keys.retain(|k| k != key);
                     keys.is_empty()
                 }
                 None => false,
@@ -144,8 +156,8 @@ impl MemoryStore {
         if is_revocation_key(index) {
             return self
                 .by_index
-                .get(index)
-                .map(|k| k.iter().copied().collect())
+                .get(&digest(index))
+                .map(|k| k.clone())
                 .unwrap_or_default();
         }
         self.sessions
@@ -187,7 +199,13 @@ impl SessionStore for MemoryStore {
         let id = SessionId::generate();
         let key = id.key();
         for index in data.revocation_keys() {
-            self.by_index.entry(index).or_default().insert(key);
+            let mut keys = self
+                .by_index
+                .entry(digest(&index))
+                .or_insert_with(|| Vec::with_capacity(1));
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
         }
         self.sessions.insert(
             key,
@@ -422,7 +440,7 @@ mod tests {
         }
         .key();
         assert!(
-            store.by_index.get(&b_key).is_none(),
+            store.by_index.get(&digest(&b_key)).is_none(),
             "evicted session left in the user index"
         );
     }
