@@ -655,23 +655,26 @@ async fn bad_scim_requests_get_scim_errors_with_the_right_type() {
         None,
     );
     {
-        // The server answers 413 without reading the body and then closes the connection,
-        // so this request gets a client (and connection) of its own.
-        let resp = reqwest::Client::new()
-            .post(format!("{}/Users", okta.base))
-            .header("authorization", &okta.auth)
-            .header("content-type", "application/scim+json")
-            .body(vec![b' '; 2 * 1024 * 1024])
-            .send()
-            .await
+        // The server answers 413 from the declared length without reading the body, then
+        // closes the connection: sent raw, so no client is caught writing the body into
+        // a closed socket.
+        let url = url::Url::parse(&okta.base).unwrap();
+        let addr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
+            .parse()
             .unwrap();
-        let status = resp.status().as_u16();
-        let body: Value = resp.json().await.unwrap();
+        let request = format!(
+            "POST {}/Users HTTP/1.1\r\nhost: {}\r\nauthorization: {}\r\ncontent-type: application/scim+json\r\ncontent-length: {}\r\n\r\n",
+            url.path(),
+            url.host_str().unwrap(),
+            okta.auth,
+            2 * 1024 * 1024
+        );
+        let raw = exchange(addr, request.as_bytes()).await;
         error(
             &Answer {
-                status,
+                status: raw.status,
                 headers: Default::default(),
-                body,
+                body: raw.json(),
             },
             413,
             None,
