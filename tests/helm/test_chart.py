@@ -198,6 +198,8 @@ def main():
         check(ports.get("admin", {}).get("targetPort") == "admin", f"{name}: the Service has no admin port: {ports}")
         container = next(m for m in manifests if m["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
         check(any(p["name"] == "admin" and p["containerPort"] == 9090 for p in container["ports"]), f"{name}: no admin container port")
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            check(container[probe]["httpGet"]["port"] == "admin", f"{name}: {probe} not on the admin port")
     _, manifests, _ = cases["gateway-values.yaml"]
     ingress = next(m for m in manifests if m["kind"] == "Ingress")
     backends = [p["backend"]["service"]["port"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
@@ -241,6 +243,25 @@ def main():
     ):
         code, _, err = render(CHART, minimal, sets)
         check(code != 0 and expected in err, f"helm template --set {sets} should fail with {expected!r}: {err}")
+
+    # The defaults a new user starts from: one replica on the memory store, no PDB that
+    # would block node drains; several replicas on the memory store are refused (a user
+    # would be sent back to the login by every other replica) unless pinned by ClientIP.
+    code, text, err = render(CHART, None, ("config.upstream_url=http://app:8080", "secrets.cookieSecret=" + "c" * 40))
+    check(code == 0, f"defaults: helm template failed: {err}")
+    if code == 0:
+        manifests = docs(text)
+        deployment = next(m for m in manifests if m["kind"] == "Deployment")
+        check(deployment["spec"].get("replicas") == 1, "defaults: not one replica")
+        check(not any(m["kind"] == "PodDisruptionBudget" for m in manifests), "defaults: a PDB with one replica blocks node drains")
+    base = ("config.upstream_url=http://app:8080", "secrets.cookieSecret=" + "c" * 40)
+    for sets in (("replicaCount=2",), ("autoscaling.enabled=true",)):
+        code, _, err = render(CHART, None, base + sets)
+        check(code != 0 and "config.session.store: redis" in err, f"defaults --set {sets}: several replicas on the memory store not refused: {err}")
+    code, text, err = render(CHART, None, base + ("replicaCount=2", "service.sessionAffinity=ClientIP"))
+    check(code == 0 and "sessionAffinity: ClientIP" in text, f"replicas pinned by ClientIP refused: {err}")
+    code, _, err = render(CHART, None, base + ("replicaCount=2", "config.session.store=redis", "secrets.redisUrl=redis://r:6379"))
+    check(code == 0, f"several replicas on Redis refused: {err}")
 
     # The sidecar, included by another chart.
     sidecar = os.path.join(ROOT, "examples", "kubernetes", "sidecar-chart")

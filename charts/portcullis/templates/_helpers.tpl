@@ -188,16 +188,17 @@ left out. Portcullis reads these exactly as it reads its YAML file.
     {{- with .Values.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
+  {{- $probePort := ternary "admin" "http" (eq (include "portcullis.admin" .) "true") }}
   livenessProbe:
-    httpGet: {path: /healthz, port: http}
+    httpGet: {path: /healthz, port: {{ $probePort }}}
     periodSeconds: 10
     failureThreshold: 3
   readinessProbe:
-    httpGet: {path: /readyz, port: http}
+    httpGet: {path: /readyz, port: {{ $probePort }}}
     periodSeconds: 5
     failureThreshold: 2
   startupProbe:
-    httpGet: {path: /healthz, port: http}
+    httpGet: {path: /healthz, port: {{ $probePort }}}
     periodSeconds: 2
     failureThreshold: 30
   resources:

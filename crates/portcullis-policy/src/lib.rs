@@ -80,6 +80,19 @@ pub enum DenyReason {
     RouteNotAllowed { user: String, route: String },
 }
 
+impl DenyReason {
+    /// The kind of refusal, for a metric's label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DenyReason::NotAllowedUser { .. } => "not_allowed",
+            DenyReason::Deactivated { .. } => "deactivated",
+            DenyReason::NotProvisioned { .. } => "not_provisioned",
+            DenyReason::RouteDenied { .. } => "route_denied",
+            DenyReason::RouteNotAllowed { .. } => "route_not_allowed",
+        }
+    }
+}
+
 impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

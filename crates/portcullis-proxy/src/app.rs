@@ -87,6 +87,11 @@ struct Auth {
     providers: Vec<Arc<Provider>>,
     sessions: Sessions,
     memory: Option<Arc<MemoryStore>>,
+    /// The store's settings, hashed: a reload with the same keeps the sessions.
+    store_fingerprint: runtime::StoreFingerprint,
+    /// Whether this app opened its store (else it carried it over from before a reload,
+    /// with its sweeper).
+    fresh_store: bool,
     policy: Policy,
     session_cookie: CookieSpec,
     login: LoginCookies,
@@ -152,9 +157,20 @@ impl App {
             for p in &auth.providers {
                 p.spawn_maintenance();
             }
-            if let Some(memory) = &auth.memory {
+            if let Some(memory) = &auth.memory
+                && auth.fresh_store
+            {
                 memory.spawn_sweeper(Duration::from_secs(60));
             }
+        }
+    }
+
+    /// Counts a configuration reload: applied, or refused (the old configuration kept).
+    pub fn count_reload(&self, applied: bool) {
+        if applied {
+            crate::metrics::inc(&self.metrics.reloads_succeeded);
+        } else {
+            crate::metrics::inc(&self.metrics.reload_failures);
         }
     }
 
@@ -199,7 +215,6 @@ impl App {
             Own::Jwks => Ok(self.jwks()),
             Own::Healthz => Ok(pages::text(StatusCode::OK, "ok\n")),
             Own::Readyz => Ok(self.readyz().await),
-            Own::Metrics => Ok(self.metrics()),
             Own::Status => Ok(self.status()),
             Own::Login => self.login(&req).await,
             Own::Me => self.me(&req).await,

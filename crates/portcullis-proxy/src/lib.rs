@@ -31,4 +31,7 @@ pub use app::endpoints;
 pub use app::{App, AppError, ConnInfo};
 pub use assertion::check_key_file;
 pub use inbound::RequestBody;
-pub use server::{ServerSettings, TlsError, default_max_connections, load_tls, serve, serve_admin};
+pub use server::{
+    Certificates, Live, ServerSettings, TlsError, default_max_connections, load_tls, serve,
+    serve_admin,
+};

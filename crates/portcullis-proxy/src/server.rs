@@ -28,11 +28,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -43,6 +46,10 @@ use crate::inbound::RequestBody;
 use crate::throttle::Throttle;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The app as it is now: replaced whole by a reload, while requests in flight finish on
+/// the one they started with.
+pub type Live = Arc<ArcSwap<App>>;
 
 /// RFC 9113 §3.4: every HTTP/2 connection starts with these 24 octets.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -71,9 +78,15 @@ pub enum TlsError {
     Config(String),
 }
 
-/// Loads a PEM certificate chain and private key into a server configuration offering
-/// HTTP/2 and HTTP/1.1 by ALPN.
-pub fn load_tls(cert_file: &Path, key_file: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// The serving certificate and key, replaceable while serving (a cert-manager
+/// rotation): new TLS handshakes use the newest pair, open connections keep theirs.
+#[derive(Debug)]
+pub struct Certificates {
+    current: ArcSwap<CertifiedKey>,
+}
+
+/// Reads a PEM certificate chain and private key, checking that they belong together.
+fn read_pair(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| TlsError::Cert {
@@ -90,16 +103,49 @@ pub fn load_tls(cert_file: &Path, key_file: &Path) -> Result<Arc<rustls::ServerC
         path: key_file.display().to_string(),
         reason: e.to_string(),
     })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| TlsError::Config(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    CertifiedKey::from_der(certs, key, &rustls::crypto::aws_lc_rs::default_provider())
+        .map_err(|e| TlsError::Config(e.to_string()))
+}
+
+impl Certificates {
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<Certificates>, TlsError> {
+        Ok(Arc::new(Certificates {
+            current: ArcSwap::from_pointee(read_pair(cert_file, key_file)?),
+        }))
+    }
+
+    /// Reads the files again; on any problem the current pair stays.
+    pub fn reload(&self, cert_file: &Path, key_file: &Path) -> Result<(), TlsError> {
+        self.current
+            .store(Arc::new(read_pair(cert_file, key_file)?));
+        Ok(())
+    }
+
+    /// A server configuration offering HTTP/2 and HTTP/1.1 by ALPN with these
+    /// certificates.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// Loads a PEM certificate chain and private key into a server configuration offering
+/// HTTP/2 and HTTP/1.1 by ALPN.
+pub fn load_tls(cert_file: &Path, key_file: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    Certificates::load(cert_file, key_file)?.server_config()
 }
 
 /// The connection cap when none is configured: half of what the open-files limit leaves
@@ -283,7 +329,7 @@ impl Connections {
 async fn serve_connection<I>(
     mut io: I,
     protocols: Protocols,
-    app: Arc<App>,
+    app: Live,
     conn: ConnInfo,
     settings: Arc<ServerSettings>,
     mut stopped: watch::Receiver<bool>,
@@ -302,7 +348,9 @@ async fn serve_connection<I>(
     });
     let tracked = activity.clone();
     let service = service_fn(move |req| {
-        let app = app.clone();
+        // The app in force when the request arrived serves it to the end, even if a
+        // reload replaces it meanwhile.
+        let app = app.load_full();
         let guard = tracked.begin();
         async move {
             let resp = app.handle(&conn, req.map(RequestBody::from)).await;
@@ -373,7 +421,7 @@ where
 /// Serves on `settings.workers` threads until `shutdown` resolves, then drains within the
 /// grace period.
 pub async fn serve(
-    app: Arc<App>,
+    app: Live,
     listener: std::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     mut settings: ServerSettings,
@@ -452,7 +500,7 @@ const ADMIN_CONNECTION_LIMIT: Duration = Duration::from_secs(300);
 /// Serves the admin listener (HTTP/1.1, a few connections) on the current runtime; runs
 /// until the process ends.
 pub async fn serve_admin(
-    app: Arc<App>,
+    app: Live,
     listener: std::net::TcpListener,
     header_read_timeout: Duration,
 ) -> std::io::Result<()> {
@@ -482,7 +530,7 @@ pub async fn serve_admin(
                 worker: 0,
             };
             let service = service_fn(move |req| {
-                let app = app.clone();
+                let app = app.load_full();
                 async move {
                     Ok::<_, Infallible>(app.handle_admin(&conn, req.map(RequestBody::from)).await)
                 }
@@ -500,7 +548,7 @@ pub async fn serve_admin(
 }
 
 struct Worker {
-    app: Arc<App>,
+    app: Live,
     tls: Option<TlsAcceptor>,
     settings: Arc<ServerSettings>,
     index: usize,
@@ -612,10 +660,11 @@ impl Worker {
             return;
         }
         let left = grace.saturating_sub(started.elapsed());
-        if !self.app.tracker().wait(left).await {
+        let tracker = self.app.load().tracker().clone();
+        if !tracker.wait(left).await {
             tracing::warn!(
                 worker = self.index,
-                upgraded = self.app.tracker().running(),
+                upgraded = tracker.running(),
                 "grace period over with upgraded connections still open; closing them"
             );
         }

@@ -6,12 +6,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use portcullis_session::{
     Amend, AnyStore, Marks, SessionData, SessionId, SessionInfo, SessionStore, StoreError,
 };
 use tokio::sync::watch;
+
+use crate::metrics::{StoreLatency, StoreOp};
 
 /// How often a long-lived connection checks that its session still exists, for ends
 /// this process does not see (another replica's logout, an expiry).
@@ -21,14 +23,34 @@ pub(crate) const RECHECK: Duration = Duration::from_secs(5);
 pub(crate) struct Sessions {
     store: AnyStore,
     ended: Arc<watch::Sender<u64>>,
+    latency: StoreLatency,
 }
 
 impl Sessions {
-    pub(crate) fn new(store: AnyStore) -> Self {
+    pub(crate) fn new(store: AnyStore, latency: StoreLatency) -> Self {
         Sessions {
             store,
             ended: Arc::new(watch::Sender::new(0)),
+            latency,
         }
+    }
+
+    /// The same store (and the same end signal), observed by other histograms: after a
+    /// reload, the new app's.
+    pub(crate) fn with_latency(&self, latency: StoreLatency) -> Self {
+        Sessions {
+            store: self.store.clone(),
+            ended: self.ended.clone(),
+            latency,
+        }
+    }
+
+    /// Runs a store operation, observing how long it took.
+    async fn timed<T>(&self, op: StoreOp, work: impl Future<Output = T>) -> T {
+        let start = Instant::now();
+        let out = work.await;
+        self.latency.observe(op, start);
+        out
     }
 
     fn signal(&self) {
@@ -60,25 +82,28 @@ impl Sessions {
 
 impl SessionStore for Sessions {
     async fn create(&self, data: SessionData) -> Result<SessionId, StoreError> {
-        self.store.create(data).await
+        self.timed(StoreOp::Create, self.store.create(data)).await
     }
 
     async fn load(&self, id: &SessionId) -> Result<Option<Arc<SessionData>>, StoreError> {
-        self.store.load(id).await
+        self.timed(StoreOp::Load, self.store.load(id)).await
     }
 
     async fn update(&self, id: &SessionId, data: SessionData) -> Result<bool, StoreError> {
-        self.store.update(id, data).await
+        self.timed(StoreOp::Update, self.store.update(id, data))
+            .await
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
-        let result = self.store.delete(id).await;
+        let result = self.timed(StoreOp::Delete, self.store.delete(id)).await;
         self.signal();
         result
     }
 
     async fn revoke_indexed(&self, index: &str) -> Result<usize, StoreError> {
-        let ended = self.store.revoke_indexed(index).await?;
+        let ended = self
+            .timed(StoreOp::Revoke, self.store.revoke_indexed(index))
+            .await?;
         if ended > 0 {
             self.signal();
         }
@@ -119,7 +144,7 @@ impl SessionStore for Sessions {
     }
 
     async fn marks(&self, keys: &[String]) -> Result<Marks, StoreError> {
-        self.store.marks(keys).await
+        self.timed(StoreOp::Other, self.store.marks(keys)).await
     }
 
     async fn claim_refresh(&self, id: &SessionId, ttl: Duration) -> Result<bool, StoreError> {

@@ -665,11 +665,32 @@ impl Browser {
         url: &str,
         form: Option<&[(String, String)]>,
     ) -> Page {
+        self.send(method, url, form, &[]).await
+    }
+
+    /// A request with extra headers (an `accept` among them replaces the browser's).
+    pub async fn request_with(&self, method: &str, url: &str, headers: &[(&str, &str)]) -> Page {
+        self.send(method, url, None, headers).await
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        form: Option<&[(String, String)]>,
+        headers: &[(&str, &str)],
+    ) -> Page {
         let url = Url::parse(url).unwrap();
-        let mut req = self
-            .http
-            .request(method.parse().unwrap(), url.clone())
-            .header("accept", &self.accept);
+        let mut req = self.http.request(method.parse().unwrap(), url.clone());
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("accept"))
+        {
+            req = req.header("accept", &self.accept);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         if let Some(cookies) = self.cookie_header(&url) {
             req = req.header("cookie", cookies);
         }

@@ -17,19 +17,44 @@ const MAX_SKEW: Duration = Duration::from_secs(60);
 
 struct Report {
     failures: usize,
+    /// Collects the failures instead of printing (for a reload's log).
+    quiet: bool,
+    problems: Vec<String>,
 }
 
 impl Report {
+    fn new(quiet: bool) -> Self {
+        Report {
+            failures: 0,
+            quiet,
+            problems: Vec::new(),
+        }
+    }
     fn ok(&mut self, what: &str) {
-        println!("ok    {what}");
+        if !self.quiet {
+            println!("ok    {what}");
+        }
     }
     fn warn(&mut self, what: &str) {
-        println!("warn  {what}");
+        if !self.quiet {
+            println!("warn  {what}");
+        }
     }
     fn fail(&mut self, key: &str, problem: &str, fix: &str) {
         self.failures += 1;
-        println!("FAIL  {key}: {problem}. Fix: {fix}");
+        let line = format!("{key}: {problem}. Fix: {fix}");
+        if !self.quiet {
+            println!("FAIL  {line}");
+        }
+        self.problems.push(line);
     }
+}
+
+/// The problems `portcullis check --offline` would report, for a reload to refuse.
+pub(crate) fn offline_problems(config: &Config) -> Vec<String> {
+    let mut report = Report::new(true);
+    static_checks(config, &mut report);
+    report.problems
 }
 
 pub(crate) async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
@@ -37,7 +62,7 @@ pub(crate) async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(_) => return Ok(ExitCode::FAILURE),
     };
-    let mut report = Report { failures: 0 };
+    let mut report = Report::new(false);
     report.ok("configuration keys and values");
     static_checks(&config, &mut report);
     if !args.offline {

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use portcullis_config::{ProviderConfig, SecretString, Url};
-use portcullis_devidp::{Client, DevIdp};
+use portcullis_devidp::{Client, DevIdp, WhoAmI};
 
 use crate::cli::{DevArgs, DevIdpArgs};
 use crate::logging;
@@ -60,16 +60,36 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     if let Some(upstream) = args.upstream {
         flags.push(("upstream_url", "--upstream", upstream));
     }
-    let defaults = vec![("cookie_secret", portcullis_core::random::token())];
-    let env = env_vars()
+    // Without an app of your own (no --upstream, UPSTREAM_URL or upstream_url in the
+    // file), the built-in "who am I" app stands in.
+    let whoami = WhoAmI::start(SocketAddr::new([127, 0, 0, 1].into(), 0))
+        .await
+        .context("cannot start the built-in who-am-I app")?;
+    let defaults = vec![
+        ("cookie_secret", portcullis_core::random::token()),
+        ("upstream_url", whoami.url()),
+    ];
+    let env: Vec<(String, String)> = env_vars()
         .into_iter()
         .filter(|(k, _)| keep_env(k))
         .collect();
-    let mut config = match load_config(args.config, env, defaults, flags) {
+    // What a reload reads again: the same sources, the same generated secret.
+    let sources = portcullis_config::Sources {
+        file: args.config.clone(),
+        env: env.clone(),
+        defaults: defaults.clone(),
+        flags: flags.clone(),
+    };
+    let mut config = match load_config(args.config.clone(), env, defaults, flags) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
     logging::init(&config.log)?;
+    let builtin_app = config
+        .upstream_url
+        .as_ref()
+        .is_some_and(|u| u.as_str().trim_end_matches('/') == whoami.url());
+    let whoami = builtin_app.then_some(whoami);
 
     let listener = bind(&config)?;
     let bound = listener.local_addr()?;
@@ -91,31 +111,43 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     .await
     .with_context(|| format!("cannot start the development identity provider on {idp_listen}"))?;
 
-    config.auth.enabled = true;
-    config.auth.redirect_url = Some(redirect);
-    config.auth.providers = vec![ProviderConfig {
-        client_secret: Some(SecretString::from(client_secret)),
-        ..ProviderConfig::oidc(
-            "dev",
-            "Development IdP",
-            Url::parse(idp.issuer())?,
-            CLIENT_ID,
-        )
-    }];
+    let issuer = Url::parse(idp.issuer())?;
+    use_dev_provider(&mut config, &redirect, &client_secret, &issuer);
+    let load: crate::reload::LoadAgain = Box::new(move || {
+        let mut config = portcullis_config::load(&sources)?;
+        use_dev_provider(&mut config, &redirect, &client_secret, &issuer);
+        Ok(config)
+    });
 
     eprintln!(
         "\n  ********************************************************************\n  *  portcullis dev: DEVELOPMENT MODE. NOT FOR PRODUCTION.           *\n  *  The embedded identity provider signs in ANYONE who fills in its *\n  *  form. Use it only on your own machine.                          *\n  ********************************************************************\n\n  App:      {}\n  Open:     http://{browser_host}/\n  IdP:      {}\n",
-        config
-            .upstream_url
-            .as_ref()
-            .map(|u| u.as_str())
-            .unwrap_or("?"),
+        match (&whoami, &config.upstream_url) {
+            (Some(_), _) => "the built-in \"who am I\" page (give --upstream http://127.0.0.1:3000 for your own app)".to_string(),
+            (None, Some(u)) => u.to_string(),
+            (None, None) => "?".to_string(),
+        },
         idp.issuer()
     );
     tracing::warn!(issuer = %idp.issuer(), "development identity provider running: it signs in anyone; never expose it");
-    let code = run_with(config, listener).await;
+    let code = run_with(config, listener, Some((load, args.config))).await;
     drop(idp);
+    drop(whoami);
     code
+}
+
+/// Makes the embedded provider the only one.
+fn use_dev_provider(
+    config: &mut portcullis_config::Config,
+    redirect: &Url,
+    secret: &str,
+    issuer: &Url,
+) {
+    config.auth.enabled = true;
+    config.auth.redirect_url = Some(redirect.clone());
+    config.auth.providers = vec![ProviderConfig {
+        client_secret: Some(SecretString::from(secret.to_string())),
+        ..ProviderConfig::oidc("dev", "Development IdP", issuer.clone(), CLIENT_ID)
+    }];
 }
 
 /// `portcullis dev-idp`: the development provider alone.

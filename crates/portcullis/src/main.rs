@@ -6,6 +6,7 @@ mod check;
 mod cli;
 mod dev;
 mod logging;
+mod reload;
 mod serve;
 
 use std::process::ExitCode;

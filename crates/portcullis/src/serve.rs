@@ -5,13 +5,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use portcullis_config::{Config, LoadError, Sources};
 use portcullis_identity::http::{OutboundSettings, ProxyEnv};
-use portcullis_proxy::{App, ServerSettings};
+use portcullis_proxy::{App, Certificates, Live, ServerSettings};
 use std::net::TcpListener;
 
 use crate::cli::ServeArgs;
 use crate::logging;
+use crate::reload::{LoadAgain, Reloader};
 
 /// Loads the configuration, printing problems the way an operator needs them.
 pub(crate) fn load_config(
@@ -59,13 +61,23 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(upstream) = args.upstream {
         flags.push(("upstream_url", "--upstream", upstream));
     }
-    let config = match load_config(args.config, env_vars(), Vec::new(), flags) {
+    let file = args.config;
+    let config = match load_config(file.clone(), env_vars(), Vec::new(), flags.clone()) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
     logging::init(&config.log)?;
     let listener = bind(&config)?;
-    run_with(config, listener).await
+    // A reload reads the same sources again (files anew; the environment is the
+    // process's).
+    let sources = Sources {
+        file: file.clone(),
+        env: env_vars(),
+        defaults: Vec::new(),
+        flags,
+    };
+    let load: LoadAgain = Box::new(move || portcullis_config::load(&sources));
+    run_with(config, listener, Some((load, file))).await
 }
 
 pub(crate) fn bind(config: &Config) -> anyhow::Result<TcpListener> {
@@ -77,8 +89,13 @@ pub(crate) fn bind(config: &Config) -> anyhow::Result<TcpListener> {
     })
 }
 
-/// Runs the proxy on `listener` until a shutdown signal.
-pub(crate) async fn run_with(config: Config, listener: TcpListener) -> anyhow::Result<ExitCode> {
+/// Runs the proxy on `listener` until a shutdown signal; with `reload` (how to read the
+/// configuration again, and its file), reloads it on SIGHUP and file changes.
+pub(crate) async fn run_with(
+    config: Config,
+    listener: TcpListener,
+    reload: Option<(LoadAgain, Option<PathBuf>)>,
+) -> anyhow::Result<ExitCode> {
     let workers = match config.server.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -86,8 +103,12 @@ pub(crate) async fn run_with(config: Config, listener: TcpListener) -> anyhow::R
     let app = App::new(&config, outbound_client(&config)?, workers)
         .await
         .context("cannot start")?;
-    let tls = match &config.tls {
-        Some(t) => Some(portcullis_proxy::load_tls(&t.cert_file, &t.key_file)?),
+    let certificates = match &config.tls {
+        Some(t) => Some(Certificates::load(&t.cert_file, &t.key_file)?),
+        None => None,
+    };
+    let tls = match &certificates {
+        Some(c) => Some(c.server_config()?),
         None => None,
     };
     if !app.auth_enabled() {
@@ -114,6 +135,7 @@ pub(crate) async fn run_with(config: Config, listener: TcpListener) -> anyhow::R
     };
     let app = Arc::new(app);
     App::start_polling(&app);
+    let live: Live = Arc::new(ArcSwap::new(app));
     if let Some(admin) = &config.admin {
         let listener = TcpListener::bind(admin.listen_addr).with_context(|| {
             format!(
@@ -122,14 +144,24 @@ pub(crate) async fn run_with(config: Config, listener: TcpListener) -> anyhow::R
             )
         })?;
         tracing::info!(addr = %admin.listen_addr, "admin listener on {}", admin.listen_addr);
-        let (app, timeout) = (app.clone(), config.server.header_read_timeout);
+        let (live, timeout) = (live.clone(), config.server.header_read_timeout);
         tokio::spawn(async move {
-            if let Err(e) = portcullis_proxy::serve_admin(app, listener, timeout).await {
+            if let Err(e) = portcullis_proxy::serve_admin(live, listener, timeout).await {
                 tracing::error!(error = %e, "the admin listener stopped");
             }
         });
     }
-    portcullis_proxy::serve(app, listener, tls, settings, shutdown_signal())
+    if let Some((load, file)) = reload {
+        let reloader = Reloader {
+            load,
+            live: live.clone(),
+            current: config,
+            workers,
+            certificates,
+        };
+        tokio::spawn(reloader.run(file));
+    }
+    portcullis_proxy::serve(live, listener, tls, settings, shutdown_signal())
         .await
         .context("cannot start the server workers")?;
     Ok(ExitCode::SUCCESS)

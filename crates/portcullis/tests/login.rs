@@ -53,6 +53,57 @@ async fn the_local_dev_example_runs_as_written() {
     assert_eq!(refused.status, 403, "{refused:?}");
 }
 
+/// The README's first command, as written: no app of your own, so the built-in "who am
+/// I" page stands in and shows the identity headers; signing out there works.
+#[tokio::test]
+async fn dev_without_an_app_shows_the_built_in_who_am_i_page() {
+    let port = free_port();
+    let p = Portcullis::builder()
+        .arg("dev")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .port(port)
+        .wait_ready()
+        .start()
+        .await;
+    assert!(p.logs().contains("who am I"), "{}", p.logs());
+    let browser = Browser::new();
+    let form = browser.navigate(&p.url("/")).await;
+    let landed = dev_idp_sign_in(&browser, &form, "quinn", "ops").await;
+    assert_eq!(landed.status, 200, "{landed:?}");
+    assert!(landed.body.contains("<h1>Who am I</h1>"), "{}", landed.body);
+    assert!(landed.body.contains("quinn@example.com"), "{}", landed.body);
+    assert!(landed.body.contains("<td>ops</td>"), "{}", landed.body);
+    // What a client sends as an identity header never shows up as the identity.
+    let forged = browser
+        .request_with(
+            "GET",
+            &p.url("/"),
+            &[
+                ("x-forwarded-email", "ceo@example.com"),
+                ("accept", "application/json"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        forged.json()["headers"]["x-forwarded-email"],
+        "quinn@example.com"
+    );
+    // The sign-out button posts to Portcullis, which ends the session.
+    let (action, fields) = landed.form();
+    assert_eq!(action.path(), "/api/v1/auth/logout");
+    let out = browser
+        .request("POST", action.as_str(), Some(&fields))
+        .await;
+    assert_eq!(out.status, 200, "{out:?}");
+    let again = browser.navigate(&p.url("/")).await;
+    assert!(
+        again.body.contains("Development identity provider"),
+        "{}",
+        again.body
+    );
+}
+
 #[tokio::test]
 async fn the_dev_quickstart_logs_in_through_the_embedded_provider() {
     let upstream = EchoUpstream::start().await;

@@ -88,6 +88,8 @@ fn jose_verify(
 }
 
 struct Site {
+    /// The admin listener (metrics).
+    admin: String,
     _dir: TempDir,
     _op: OidcProvider,
     _upstream: EchoUpstream,
@@ -112,6 +114,7 @@ async fn site() -> Site {
         }),
     )
     .await;
+    let admin = format!("127.0.0.1:{}", free_port());
     let yaml = ROUTES
         .replace("{api}", &api.url())
         .replace("{key}", &key_file(&dir).display().to_string());
@@ -129,10 +132,13 @@ async fn site() -> Site {
         .env("OAUTH_REDIRECT_URL", &callback)
         .env("COOKIE_SECRET", SECRET)
         .env("UPSTREAM_URL", upstream.url())
+        .env("ADMIN__LISTEN_ADDR", &admin)
+        .env("ADMIN__TOKEN", "routes-test-admin-token-0123456789-abcdef")
         .wait_ready()
         .start()
         .await;
     Site {
+        admin,
         _dir: dir,
         _op: op,
         _upstream: upstream,
@@ -188,7 +194,7 @@ async fn routes_decide_by_group_email_domain_claim_and_method_and_deny_wins() {
     assert_eq!(exact.status, 404);
     // The refusal names the route in the log.
     assert!(s.p.wait_for_log("route=admin").await, "{}", s.p.logs());
-    let metrics = reqwest::get(s.p.url("/metrics"))
+    let metrics = reqwest::get(format!("http://{}/metrics", s.admin))
         .await
         .unwrap()
         .text()

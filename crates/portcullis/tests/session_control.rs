@@ -130,11 +130,15 @@ async fn a_sign_out_at_the_provider_ends_the_session_on_every_replica() {
     )
     .await;
     let redis_url = redis.url();
+    let admin_a = format!("127.0.0.1:{}", free_port());
     let env = [
         ("SESSION__STORE", "redis"),
         ("SESSION__REDIS__URL", redis_url.as_str()),
     ];
-    let a = portcullis(&op, port_a, &upstream, &env).await;
+    let mut env_a = env.to_vec();
+    env_a.push(("ADMIN__LISTEN_ADDR", admin_a.as_str()));
+    env_a.push(("ADMIN__TOKEN", ADMIN_TOKEN));
+    let a = portcullis(&op, port_a, &upstream, &env_a).await;
     let b = portcullis(&op, port_b, &upstream, &env).await;
 
     let alice = Browser::new();
@@ -174,7 +178,7 @@ async fn a_sign_out_at_the_provider_ends_the_session_on_every_replica() {
     }
     assert!(a.wait_for_log("back-channel logout: sessions ended").await);
     // The provider sends the token once; a replay of what it sent is refused.
-    let metrics = reqwest::get(a.url("/metrics"))
+    let metrics = reqwest::get(format!("http://{admin_a}/metrics"))
         .await
         .unwrap()
         .text()
@@ -497,6 +501,7 @@ async fn security_events_pushed_by_a_transmitter_end_sessions_and_refuse_logins(
         json!({"clients": [app_client(&[callback(port)], None)]}),
     )
     .await;
+    let admin_p = format!("127.0.0.1:{}", free_port());
     let routes = json!([
         {"name": "admin", "match": {"path_prefix": "/admin"}, "allow": {"authenticated": true},
          "max_auth_age": "1h"},
@@ -515,6 +520,8 @@ async fn security_events_pushed_by_a_transmitter_end_sessions_and_refuse_logins(
             ),
             ("SSF__TRANSMITTERS__IDP__PUSH_TOKEN", PUSH_TOKEN),
             ("ROUTES", routes.as_str()),
+            ("ADMIN__LISTEN_ADDR", admin_p.as_str()),
+            ("ADMIN__TOKEN", ADMIN_TOKEN),
         ],
     )
     .await;
@@ -644,7 +651,7 @@ async fn security_events_pushed_by_a_transmitter_end_sessions_and_refuse_logins(
         .await;
     assert_eq!(status, 202);
     assert_ne!(status_with(&gina_cookie, &p).await, 200);
-    let metrics = reqwest::get(p.url("/metrics"))
+    let metrics = reqwest::get(format!("http://{admin_p}/metrics"))
         .await
         .unwrap()
         .text()

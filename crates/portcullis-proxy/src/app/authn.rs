@@ -26,6 +26,7 @@ use portcullis_session::{
 use super::{App, Auth, session_cookie_value};
 use crate::error::ProxyError;
 use crate::introspection::{Answer, IntrospectionCache};
+use crate::metrics::ProviderCall;
 
 /// Who a request belongs to.
 pub(super) enum Principal {
@@ -261,7 +262,11 @@ impl App {
             let answer = match auth.introspection.get(&key) {
                 Some(answer) => answer,
                 None => {
-                    let answer = match provider.introspect(token).await {
+                    let asked = std::time::Instant::now();
+                    let introspected = provider.introspect(token).await;
+                    self.metrics
+                        .provider_call(provider.name(), ProviderCall::Introspection, asked);
+                    let answer = match introspected {
                         Ok(Introspected::Active(verified)) => Answer::Active(verified),
                         Ok(Introspected::Refused(reason)) => Answer::Refused(reason),
                         Err(e) => {
@@ -406,7 +411,11 @@ impl App {
             return Ok(Some(Principal::Session(current)));
         };
         let who = current.identity.display();
-        match provider.refresh(refresh_token).await {
+        let asked = std::time::Instant::now();
+        let refreshed = provider.refresh(refresh_token).await;
+        self.metrics
+            .provider_call(provider.name(), ProviderCall::Refresh, asked);
+        match refreshed {
             None => Ok(Some(Principal::Session(current))),
             Some(Ok(tokens)) => {
                 let mut data = (*current).clone();

@@ -21,7 +21,7 @@ use portcullis_policy::{Policy, PolicyDecision, Route, RouteDecision};
 use super::authn::Principal;
 use super::{App, Auth};
 use crate::error::ProxyError;
-use crate::metrics::{RouteOutcome, inc};
+use crate::metrics::{Outcome, inc};
 
 /// Where a decision was asked for, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,8 +84,11 @@ pub(super) enum Decision<'a> {
         step: StepUp,
         who: Principal,
     },
-    /// Authenticated but refused, for this reason (already logged).
-    Deny(String),
+    /// Authenticated but refused, for this reason (already logged and counted).
+    Deny {
+        reason: String,
+        route: Option<&'a Route>,
+    },
     /// Routes are configured and none takes the request.
     NoRoute,
     /// The path carries `;` parameters the route does not accept.
@@ -123,14 +126,14 @@ impl App {
         };
         let count = |outcome| {
             if let Some(r) = route {
-                self.metrics.routes.count(r.index, outcome);
+                self.metrics.route(r.index, outcome);
             }
         };
         let principal = match self.authenticate(auth, check.headers).await {
             Ok(Some(principal)) => principal,
             Ok(None) => {
                 inc(&self.metrics.challenged);
-                count(RouteOutcome::Challenged);
+                count(Outcome::Challenged);
                 return Decision::Challenge { auth, route };
             }
             Err(e) => return Decision::Fail(self.authentication_failed(e)),
@@ -140,7 +143,7 @@ impl App {
             && principal.identity().provider != wanted
         {
             inc(&self.metrics.challenged);
-            count(RouteOutcome::Challenged);
+            count(Outcome::Challenged);
             return Decision::Challenge { auth, route };
         }
         let subject = principal.subject();
@@ -168,21 +171,22 @@ impl App {
         }
         if let PolicyDecision::Deny(reason) = decision {
             inc(&self.metrics.denied);
-            count(RouteOutcome::Denied);
+            count(Outcome::Denied);
+            let kind = reason.kind();
             let reason = reason.to_string();
             let who = principal.identity();
             self.refused(
                 who.display(),
                 &who.provider,
-                &reason,
+                (kind, &reason),
                 check.client,
                 check.entry,
                 route,
             );
-            return Decision::Deny(reason);
+            return Decision::Deny { reason, route };
         }
         if let (Some(step), Some(route)) = (step, route) {
-            count(RouteOutcome::SteppedUp);
+            count(Outcome::SteppedUp);
             tracing::info!(
                 user = %principal.identity().display(),
                 route = %route.label(),
@@ -201,16 +205,18 @@ impl App {
         }
     }
 
-    /// The one log line for a user the policy (or the provider) refuses.
+    /// The one log line for a user the policy (or the provider) refuses, and its count
+    /// by reason kind (one of `metrics::REFUSAL_REASONS`).
     pub(super) fn refused(
         &self,
         user: &str,
         provider: &str,
-        reason: &str,
+        (kind, reason): (&str, &str),
         client: IpAddr,
         entry: Entry,
         route: Option<&Route>,
     ) {
+        self.metrics.refusal(kind);
         let route = route.map(Route::label).unwrap_or_default();
         tracing::warn!(
             user = %user,

@@ -16,7 +16,6 @@ pub enum Own {
     Verify,
     Healthz,
     Readyz,
-    Metrics,
     Scim,
     /// The path of the configured redirect URL.
     Callback,
@@ -99,13 +98,6 @@ pub const READYZ: Endpoint = Endpoint {
     allow_methods: Some(READ),
     allow: "GET, HEAD",
 };
-pub const METRICS: Endpoint = Endpoint {
-    own: Own::Metrics,
-    path: "/metrics",
-    prefix: false,
-    allow_methods: Some(READ),
-    allow: "GET, HEAD",
-};
 /// `/v1/scim/v2/<endpoint>/...`; the SCIM service answers its own 405s.
 pub const SCIM: Endpoint = Endpoint {
     own: Own::Scim,
@@ -171,7 +163,6 @@ pub const FIXED: &[Endpoint] = &[
     VERIFY,
     HEALTHZ,
     READYZ,
-    METRICS,
     SCIM,
     JWKS,
     BACKCHANNEL_LOGOUT,

@@ -34,7 +34,7 @@ use super::{App, Auth, ConnInfo, wants_html};
 use crate::body::ProxyBody;
 use crate::forwarding::{self, Origin, X_FORWARDED_URI};
 use crate::inbound::RequestBody;
-use crate::metrics::{RouteOutcome, inc};
+use crate::metrics::{Outcome, inc};
 use crate::normalize;
 use crate::pages;
 use crate::redact;
@@ -178,6 +178,23 @@ impl App {
         conn: &ConnInfo,
         req: Request<RequestBody>,
     ) -> Response<ProxyBody> {
+        let start = std::time::Instant::now();
+        let resp = self.verify_request(conn, req).await;
+        let outcome = match resp.status() {
+            StatusCode::OK => Outcome::Verified,
+            StatusCode::UNAUTHORIZED | StatusCode::FOUND => Outcome::Challenged,
+            StatusCode::FORBIDDEN => Outcome::Denied,
+            _ => Outcome::Error,
+        };
+        self.metrics.request_done(None, outcome, start);
+        resp
+    }
+
+    async fn verify_request(
+        &self,
+        conn: &ConnInfo,
+        req: Request<RequestBody>,
+    ) -> Response<ProxyBody> {
         if self.auth.is_none() {
             // Open mode lets everything through, here as on the proxied path.
             return pages::text(StatusCode::OK, "");
@@ -251,7 +268,7 @@ impl App {
             Decision::StepUp { auth, step, .. } => {
                 return self.verify_challenge(auth, &req, &original, &location, html, Some(&step));
             }
-            Decision::Deny(reason) => return pages::denied(&reason, html, LOGOUT.path),
+            Decision::Deny { reason, .. } => return pages::denied(&reason, html, LOGOUT.path),
             Decision::NoRoute | Decision::PathParameters => {
                 return pages::json_error(
                     StatusCode::FORBIDDEN,
@@ -263,7 +280,7 @@ impl App {
         };
         inc(&self.metrics.verified);
         if let Some(r) = route {
-            self.metrics.routes.count(r.index, RouteOutcome::Verified);
+            self.metrics.route(r.index, Outcome::Verified);
         }
         let mut resp = pages::text(StatusCode::OK, "");
         redact::set_identity_headers(

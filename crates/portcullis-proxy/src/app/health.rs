@@ -66,7 +66,7 @@ impl App {
         let mut resp = Response::new(ProxyBody::full(self.metrics.render(sessions)));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
         );
         resp
     }

@@ -21,7 +21,7 @@ use crate::error::ProxyError;
 use crate::forwarding;
 use crate::inbound::RequestBody;
 use crate::login_state::{LoginState, LoginStateError};
-use crate::metrics::inc;
+use crate::metrics::{ProviderCall, inc};
 use crate::pages;
 use crate::return_to;
 
@@ -297,6 +297,7 @@ impl App {
         // The answer must be the one this provider's flow produces: never a code for an
         // implicit login or an ID token for a code-flow login.
         let implicit = provider.config().flow == Flow::Implicit;
+        let asked = std::time::Instant::now();
         let (identity, tokens) = if implicit {
             let id_token = param("id_token").filter(|t| !t.is_empty()).ok_or_else(|| {
                 ProxyError::BadLogin("The identity provider sent no ID token.".into())
@@ -316,6 +317,8 @@ impl App {
                 .map_err(|(step, e)| self.login_failed(provider, step, e, client))?;
             (identity, Some(tokens))
         };
+        self.metrics
+            .provider_call(provider.name(), ProviderCall::Login, asked);
         // A step-up login must really be fresh (and strong enough): a provider that
         // answered from its own old session would send the browser round in a loop.
         if let Some(max_age) = login.max_age {
@@ -347,11 +350,12 @@ impl App {
             teams: &teams,
             provisioning,
         }) {
+            let kind = reason.kind();
             let reason = reason.to_string();
             self.refused(
                 identity.display(),
                 &identity.provider,
-                &reason,
+                (kind, &reason),
                 client,
                 Entry::Login,
                 None,
@@ -374,7 +378,7 @@ impl App {
             self.refused(
                 identity.display(),
                 &identity.provider,
-                &reason,
+                ("account_disabled", &reason),
                 client,
                 Entry::Login,
                 None,
@@ -431,7 +435,14 @@ impl App {
                 tracing::warn!(provider = %name, "ID token rejected: {reason}")
             }
             IdentityError::NotAllowed { who, reason } => {
-                self.refused(&who, name, &reason, client, Entry::Login, None);
+                self.refused(
+                    &who,
+                    name,
+                    ("provider_refused", &reason),
+                    client,
+                    Entry::Login,
+                    None,
+                );
                 return ProxyError::Denied { who, reason };
             }
             IdentityError::ProviderUnavailable { .. } | IdentityError::UserInfo(_) => {

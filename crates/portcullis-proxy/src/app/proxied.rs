@@ -19,7 +19,7 @@ use crate::error::ProxyError;
 use crate::forwarding;
 use crate::inbound::RequestBody;
 use crate::login_state::is_login_cookie;
-use crate::metrics::{RouteOutcome, inc};
+use crate::metrics::{Outcome, inc};
 use crate::pages;
 use crate::upstream::{Forwarded, UpgradeRequest};
 use crate::{hop, redact};
@@ -63,15 +63,28 @@ impl App {
     pub(super) async fn proxied(
         &self,
         conn: &ConnInfo,
-        mut req: Request<RequestBody>,
+        req: Request<RequestBody>,
     ) -> Response<ProxyBody> {
+        let start = std::time::Instant::now();
+        let (resp, outcome, route) = self.decide_and_forward(conn, req).await;
+        self.metrics.request_done(route, outcome, start);
+        resp
+    }
+
+    /// The answer, what it was, and the route that decided it.
+    async fn decide_and_forward(
+        &self,
+        conn: &ConnInfo,
+        mut req: Request<RequestBody>,
+    ) -> (Response<ProxyBody>, Outcome, Option<usize>) {
         let html = wants_html(req.headers());
         if self.upstreams.is_empty() {
-            return pages::json_error(
+            let resp = pages::json_error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "this Portcullis answers forward-auth only (/api/v1/auth/verify); it proxies to no app",
             );
+            return (resp, Outcome::Error, None);
         }
         let origin =
             forwarding::resolve(conn.peer, conn.tls, req.headers(), req.uri(), &self.trusted);
@@ -89,24 +102,34 @@ impl App {
         let (who, route) = match self.decide(check).await {
             Decision::Admit { who, route } => (who, route),
             Decision::Challenge { auth, route } => {
-                return self.challenge(auth, route, &req, html).await;
+                let resp = self.challenge(auth, route, &req, html).await;
+                return (resp, Outcome::Challenged, route.map(|r| r.index));
             }
             Decision::StepUp {
                 auth,
                 route,
                 step,
                 who,
-            } => return self.step_up(auth, route, &step, &who, &req, html).await,
-            Decision::Deny(reason) => return pages::denied(&reason, html, LOGOUT.path),
-            Decision::NoRoute => return no_route(html),
+            } => {
+                let resp = self.step_up(auth, route, &step, &who, &req, html).await;
+                return (resp, Outcome::SteppedUp, Some(route.index));
+            }
+            Decision::Deny { reason, route } => {
+                let resp = pages::denied(&reason, html, LOGOUT.path);
+                return (resp, Outcome::Denied, route.map(|r| r.index));
+            }
+            Decision::NoRoute => return (no_route(html), Outcome::Denied, None),
             Decision::PathParameters => {
-                return pages::json_error(
+                let resp = pages::json_error(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
                     "the path has a ; parameter, which this route does not accept",
                 );
+                return (resp, Outcome::Denied, None);
             }
-            Decision::Fail(e) => return e.into_response(html, LOGIN.path),
+            Decision::Fail(e) => {
+                return (e.into_response(html, LOGIN.path), Outcome::Error, None);
+            }
         };
 
         // Read before Portcullis's cookies leave the request.
@@ -164,24 +187,29 @@ impl App {
             .and_then(|r| r.upstream)
             .map_or(&self.upstreams, |i| &self.route_upstreams[i]);
         let upstream = &pools[conn.worker % pools.len()];
-        match upstream
+        let route = route.map(|r| r.index);
+        let asked = std::time::Instant::now();
+        let forwarded = upstream
             .forward(req, upgrade, origin.host.as_ref(), &self.tracker)
-            .await
-        {
+            .await;
+        self.metrics.upstream_done(route, asked);
+        match forwarded {
             Ok(forwarded) => {
                 inc(&self.metrics.forwarded);
                 if let Some(r) = route {
-                    self.metrics.routes.count(r.index, RouteOutcome::Forwarded);
+                    self.metrics.route(r, Outcome::Forwarded);
                 }
-                match forwarded {
+                let resp = match forwarded {
                     Forwarded::Response(resp) => resp.map(ProxyBody::Upstream),
                     Forwarded::Switched(resp) => resp.map(|()| ProxyBody::empty()),
-                }
+                };
+                (resp, Outcome::Forwarded, route)
             }
             Err(e) => {
                 inc(&self.metrics.upstream_errors);
                 tracing::warn!(error = %e, client = %origin.client_ip, "upstream request failed");
-                ProxyError::from(e).into_response(html, LOGIN.path)
+                let resp = ProxyError::from(e).into_response(html, LOGIN.path);
+                (resp, Outcome::Error, route)
             }
         }
     }

@@ -16,7 +16,7 @@ use crate::forwarding::TrustedProxies;
 use crate::inbound::BodyLimits;
 use crate::introspection::IntrospectionCache;
 use crate::login_state::LoginCookies;
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::{Metrics, StoreLatency};
 use crate::normalize::PathRules;
 use crate::pages;
 use crate::return_to::ReturnRules;
@@ -26,6 +26,41 @@ use crate::shutdown::Tracker;
 use crate::throttle::Throttle;
 use crate::upstream::Upstream;
 
+/// What identifies a session store's settings: the same fingerprint after a reload
+/// means the sessions carry over.
+pub(super) type StoreFingerprint = [u8; 32];
+
+/// The store's kind and address, its sealing secrets and its limits, hashed.
+fn store_fingerprint(config: &Config, secrets: &[&[u8]]) -> StoreFingerprint {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut part = |bytes: &[u8]| {
+        ctx.update(&(bytes.len() as u64).to_be_bytes());
+        ctx.update(bytes);
+    };
+    match &config.session.store {
+        SessionStoreKind::Memory => part(b"memory"),
+        SessionStoreKind::Redis(redis) => {
+            part(b"redis");
+            for url in &redis.urls {
+                part(url.as_bytes());
+            }
+            part(&[u8::from(redis.cluster)]);
+            part(redis.key_prefix.as_bytes());
+            part(format!("{:?}", redis.ca_file).as_bytes());
+            part(&redis.timeout.as_millis().to_be_bytes());
+        }
+    }
+    for secret in secrets {
+        part(secret);
+    }
+    part(&config.session.lifetime.as_secs().to_be_bytes());
+    part(&config.session.idle_timeout.as_secs().to_be_bytes());
+    part(&config.session.max_sessions.to_be_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
 impl App {
     /// Builds the application from a validated configuration for `workers` server
     /// workers. `http` is the outbound client for identity-provider calls.
@@ -34,32 +69,33 @@ impl App {
         http: portcullis_identity::http::HttpClient,
         workers: usize,
     ) -> Result<App, AppError> {
+        Self::build(config, http, workers, None).await
+    }
+
+    /// Builds the app that replaces `previous` after a configuration reload. What must
+    /// outlive the swap carries over: the sessions (when the store's settings are
+    /// unchanged), the tracking of upgraded connections, the reload counters.
+    pub async fn reloaded(
+        config: &Config,
+        http: portcullis_identity::http::HttpClient,
+        workers: usize,
+        previous: &App,
+    ) -> Result<App, AppError> {
+        Self::build(config, http, workers, Some(previous)).await
+    }
+
+    async fn build(
+        config: &Config,
+        http: portcullis_identity::http::HttpClient,
+        workers: usize,
+        previous: Option<&App>,
+    ) -> Result<App, AppError> {
         let upstreams = match &config.upstream_url {
             Some(url) => (0..workers.max(1))
                 .map(|_| Upstream::new(url, &config.upstream))
                 .collect::<Result<Vec<_>, _>>()?,
             None if config.forward_auth_only => Vec::new(),
             None => return Err(AppError::Missing("upstream_url")),
-        };
-        let auth = if config.auth.enabled {
-            Some(Self::build_auth(config, http)?)
-        } else {
-            None
-        };
-        let bodies = BodyLimits::new(
-            config.server.max_body_bytes,
-            config.server.max_buffered_body_bytes,
-            config.server.body_read_timeout,
-        );
-        let scim = if config.scim.enabled {
-            let sessions = auth.as_ref().map(|a| a.sessions.clone());
-            Some(
-                Scim::open(config, sessions, bodies.clone())
-                    .await
-                    .map_err(AppError::Setup)?,
-            )
-        } else {
-            None
         };
         // Each distinct route upstream gets its pools, one per worker.
         let mut route_urls: Vec<url::Url> = Vec::new();
@@ -83,6 +119,44 @@ impl App {
                 .as_ref()
                 .and_then(|u| route_urls.iter().position(|known| known == u))
         });
+        let providers: Vec<String> = config
+            .auth
+            .providers
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        let metrics = Metrics::new(
+            &routes
+                .routes()
+                .iter()
+                .map(|r| r.label())
+                .collect::<Vec<_>>(),
+            &providers,
+            previous.map(|p| p.metrics.reload_counters()),
+        );
+        let kept = previous
+            .and_then(|p| p.auth.as_ref())
+            .map(|a| (a.store_fingerprint, &a.sessions, &a.memory));
+        let auth = if config.auth.enabled {
+            Some(Self::build_auth(config, http, metrics.store.clone(), kept)?)
+        } else {
+            None
+        };
+        let bodies = BodyLimits::new(
+            config.server.max_body_bytes,
+            config.server.max_buffered_body_bytes,
+            config.server.body_read_timeout,
+        );
+        let scim = if config.scim.enabled {
+            let sessions = auth.as_ref().map(|a| a.sessions.clone());
+            Some(
+                Scim::open(config, sessions, bodies.clone())
+                    .await
+                    .map_err(AppError::Setup)?,
+            )
+        } else {
+            None
+        };
         // `aud` of the assertion: the route's audience, else its upstream's origin.
         let origin = |u: &url::Url| u.origin().ascii_serialization();
         let default_audience = config
@@ -111,16 +185,12 @@ impl App {
             }
             None => None,
         };
-        let metrics = Metrics {
-            routes: RouteMetrics::new(routes.routes().iter().map(|r| r.label()).collect()),
-            ..Metrics::default()
-        };
         Ok(App {
             upstreams,
             trusted: TrustedProxies::new(config.trusted_proxies.clone()),
             auth,
             scim,
-            tracker: Tracker::default(),
+            tracker: previous.map_or_else(Tracker::default, |p| p.tracker.clone()),
             metrics,
             store_outage: Throttle::new(Duration::from_secs(10)),
             forward_auth_blind: Throttle::new(Duration::from_secs(60)),
@@ -140,37 +210,21 @@ impl App {
         })
     }
 
-    fn build_auth(
+    /// Opens the configured session store.
+    fn open_store(
         config: &Config,
-        http: portcullis_identity::http::HttpClient,
-    ) -> Result<Auth, AppError> {
-        let secret = config
-            .cookie_secret
-            .as_ref()
-            .ok_or(AppError::Missing("cookie_secret"))?;
-        let redirect = config
-            .auth
-            .redirect_url
-            .as_ref()
-            .ok_or(AppError::Missing("oauth.redirect_url"))?;
+        secrets: &[&[u8]],
+        store_latency: StoreLatency,
+    ) -> Result<(Sessions, Option<Arc<MemoryStore>>), AppError> {
         let limits = SessionLimits {
             lifetime: config.session.lifetime,
             idle_timeout: config.session.idle_timeout,
         };
-        let secrets: Vec<&[u8]> = std::iter::once(secret.expose_secret().as_bytes())
-            .chain(
-                config
-                    .session
-                    .previous_secrets
-                    .iter()
-                    .map(|s| s.expose_secret().as_bytes()),
-            )
-            .collect();
-        let (sessions, memory) = match &config.session.store {
+        Ok(match &config.session.store {
             SessionStoreKind::Memory => {
                 let memory = Arc::new(MemoryStore::new(limits, config.session.max_sessions));
                 (
-                    Sessions::new(AnyStore::Memory(memory.clone())),
+                    Sessions::new(AnyStore::Memory(memory.clone()), store_latency),
                     Some(memory),
                 )
             }
@@ -191,9 +245,54 @@ impl App {
                     key_prefix: redis.key_prefix.clone(),
                     timeout: redis.timeout,
                 };
-                let store = RedisStore::new(&settings, &secrets, limits)
+                let store = RedisStore::new(&settings, secrets, limits)
                     .map_err(|e| AppError::Setup(format!("session.redis: {e}")))?;
-                (Sessions::new(AnyStore::Redis(Arc::new(store))), None)
+                (
+                    Sessions::new(AnyStore::Redis(Arc::new(store)), store_latency),
+                    None,
+                )
+            }
+        })
+    }
+
+    fn build_auth(
+        config: &Config,
+        http: portcullis_identity::http::HttpClient,
+        store_latency: StoreLatency,
+        kept: Option<(StoreFingerprint, &Sessions, &Option<Arc<MemoryStore>>)>,
+    ) -> Result<Auth, AppError> {
+        let secret = config
+            .cookie_secret
+            .as_ref()
+            .ok_or(AppError::Missing("cookie_secret"))?;
+        let redirect = config
+            .auth
+            .redirect_url
+            .as_ref()
+            .ok_or(AppError::Missing("oauth.redirect_url"))?;
+        let secrets: Vec<&[u8]> = std::iter::once(secret.expose_secret().as_bytes())
+            .chain(
+                config
+                    .session
+                    .previous_secrets
+                    .iter()
+                    .map(|s| s.expose_secret().as_bytes()),
+            )
+            .collect();
+        let fingerprint = store_fingerprint(config, &secrets);
+        let (sessions, memory, fresh_store) = match kept {
+            // The same store settings: the sessions live on across the reload.
+            Some((kept_fingerprint, sessions, memory)) if kept_fingerprint == fingerprint => {
+                (sessions.with_latency(store_latency), memory.clone(), false)
+            }
+            kept => {
+                if kept.is_some() {
+                    tracing::warn!(
+                        "the session store's settings changed: sessions start afresh (on the memory store, everyone signs in again)"
+                    );
+                }
+                let (sessions, memory) = Self::open_store(config, &secrets, store_latency)?;
+                (sessions, memory, true)
             }
         };
         let secure = config.secure_cookies();
@@ -234,6 +333,8 @@ impl App {
             providers,
             sessions,
             memory,
+            store_fingerprint: fingerprint,
+            fresh_store,
             policy: Policy::new(&config.auth.allowed_users, &config.auth.allowed_groups),
             session_cookie: CookieSpec {
                 name: config.session.cookie_name.clone(),

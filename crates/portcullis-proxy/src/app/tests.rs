@@ -744,8 +744,21 @@ async fn status_health_and_readiness_answer() {
         (health.status, health.text().as_str()),
         (StatusCode::OK, "ok\n")
     );
+    // Metrics are the admin listener's: on the public one, /metrics is the app's path.
     let metrics = call(&r.app, request("GET", "/metrics", &[])).await;
-    assert!(metrics.text().contains("portcullis_requests_total"));
+    assert!(!metrics.text().contains("portcullis_requests_total"));
+    let admin = r
+        .app
+        .handle_admin(
+            &conn(),
+            Request::builder()
+                .uri("/metrics")
+                .body(RequestBody::empty())
+                .unwrap(),
+        )
+        .await;
+    let text = admin.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&text).contains("portcullis_requests_total"));
 }
 
 #[tokio::test]
