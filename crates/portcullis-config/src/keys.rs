@@ -446,6 +446,22 @@ pub const KEYS: &[Key] = &[
         "every Redis key starts with it",
     ),
     key("session.redis.timeout", "2s", "longest wait for Redis"),
+    key(
+        "session.redis.sentinel.master_name",
+        "",
+        "Redis Sentinel: the master's name",
+    ),
+    key(
+        "session.redis.sentinel.urls",
+        "",
+        "the sentinels' redis:// or rediss:// URLs",
+    ),
+    secret(
+        "session.redis.sentinel.password",
+        "",
+        "the data nodes' password",
+    ),
+    key("session.redis.sentinel.db", "0", "the database number"),
     secret(
         "session.previous_secrets",
         "",

@@ -414,7 +414,30 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// Longest wait for Redis before a request fails closed.
     pub timeout: Duration,
+    /// Redis Sentinel (then `urls` are the sentinels').
+    pub sentinel: Option<SentinelConfig>,
 }
+
+/// The master a set of sentinels watches.
+#[derive(Clone)]
+pub struct SentinelConfig {
+    pub master_name: String,
+    /// The data nodes' password.
+    pub password: Option<SecretString>,
+    pub db: i64,
+}
+
+impl PartialEq for SentinelConfig {
+    fn eq(&self, other: &Self) -> bool {
+        use secrecy::ExposeSecret;
+        self.master_name == other.master_name
+            && self.db == other.db
+            && self.password.as_ref().map(|p| p.expose_secret())
+                == other.password.as_ref().map(|p| p.expose_secret())
+    }
+}
+
+impl Eq for SentinelConfig {}
 
 impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -424,6 +447,10 @@ impl std::fmt::Debug for RedisConfig {
             .field("ca_file", &self.ca_file)
             .field("key_prefix", &self.key_prefix)
             .field("timeout", &self.timeout)
+            .field(
+                "sentinel",
+                &self.sentinel.as_ref().map(|s| s.master_name.as_str()),
+            )
             .finish()
     }
 }

@@ -641,6 +641,56 @@ fn redis_mistakes_are_named_without_printing_the_url() {
 }
 
 #[test]
+fn sentinel_settings_are_read_and_their_mistakes_named() {
+    let config = load_env(&[
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("SESSION__STORE", "redis"),
+        ("SESSION__REDIS__SENTINEL__MASTER_NAME", "mymaster"),
+        (
+            "SESSION__REDIS__SENTINEL__URLS",
+            "redis://s0:26379,redis://s1:26379",
+        ),
+        ("SESSION__REDIS__SENTINEL__PASSWORD", "data-node-password"),
+    ])
+    .unwrap();
+    let SessionStoreKind::Redis(redis) = &config.session.store else {
+        panic!("not redis");
+    };
+    assert_eq!(redis.urls.len(), 2);
+    let sentinel = redis.sentinel.as_ref().unwrap();
+    assert_eq!(sentinel.master_name, "mymaster");
+    assert!(!format!("{redis:?}").contains("data-node-password"));
+    // Sentinel and a plain URL together, sentinels without a master name, a master name
+    // without sentinels.
+    for (pairs, key) in [
+        (
+            vec![
+                ("SESSION__REDIS__SENTINEL__MASTER_NAME", "m"),
+                ("SESSION__REDIS__SENTINEL__URLS", "redis://s0:26379"),
+                ("SESSION__REDIS__URL", "redis://r:6379"),
+            ],
+            "SESSION__REDIS__SENTINEL__MASTER_NAME",
+        ),
+        (
+            vec![("SESSION__REDIS__SENTINEL__URLS", "redis://s0:26379")],
+            "SESSION__REDIS__SENTINEL__MASTER_NAME",
+        ),
+        (
+            vec![("SESSION__REDIS__SENTINEL__MASTER_NAME", "m")],
+            "SESSION__REDIS__SENTINEL__URLS",
+        ),
+    ] {
+        let mut all = vec![
+            ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+            ("SESSION__STORE", "redis"),
+        ];
+        all.extend(pairs);
+        let errs = errors(load_env(&all));
+        assert!(errs.iter().any(|e| e.env == key), "{key}: {errs:?}");
+    }
+}
+
+#[test]
 fn previous_secrets_come_from_a_file_one_per_line() {
     let file =
         temp_file("0123456789abcdef0123456789abcdef-old1\n0123456789abcdef0123456789abcdef-old2\n");

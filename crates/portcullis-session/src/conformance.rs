@@ -505,6 +505,7 @@ mod redis {
         let settings = RedisSettings {
             urls,
             cluster,
+            sentinel: None,
             ca_pem: None,
             key_prefix: "conformance".into(),
             timeout: Duration::from_secs(2),
@@ -668,6 +669,7 @@ mod redis {
         let settings = RedisSettings {
             urls: vec![server.url()],
             cluster: false,
+            sentinel: None,
             ca_pem: None,
             key_prefix: "conformance".into(),
             timeout: Duration::from_secs(2),

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use id::{SessionId, SessionKey};
 pub use index::{Index, account_keys, identity_keys, is_revocation_key};
 pub use memory::MemoryStore;
-pub use redis_store::{RedisSettings, RedisStore};
+pub use redis_store::{RedisSettings, RedisStore, SentinelSettings};
 
 /// What a session remembers about its user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

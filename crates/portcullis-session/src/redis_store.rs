@@ -13,6 +13,8 @@
 //! - Marks (a disabled account, credentials revoked before a time) live under one hash
 //!   tag, so checking every name of a user is one `MGET`, in a cluster too; the replay
 //!   cache is `SET NX` with the token's lifetime.
+//! - Redis Sentinel: the sentinels name the master at each connection; a failed command
+//!   drops the connection, so the next asks again and follows a failover.
 //! - Fails closed: when Redis cannot be reached every operation returns
 //!   [`StoreError::Unavailable`] within the configured timeout, and the connection is
 //!   re-established in the background when Redis is back. Portcullis starts while Redis is
@@ -29,7 +31,8 @@ use portcullis_core::time::{unix_now, unix_now_ms};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{Cmd, Pipeline, RedisConnectionInfo, RedisFuture, RedisResult, Value};
 
 use crate::{
     Amend, Marks, REVOKED_MARK_TTL, SessionData, SessionId, SessionInfo, SessionKey, SessionLimits,
@@ -40,9 +43,11 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     /// `redis://` or `rediss://` URLs: one for a single server, the seed nodes for a
-    /// cluster.
+    /// cluster, the sentinels with `sentinel`.
     pub urls: Vec<String>,
     pub cluster: bool,
+    /// Redis Sentinel: the master's name, and how to reach the data nodes it names.
+    pub sentinel: Option<SentinelSettings>,
     /// Extra CA certificates (PEM) trusted for `rediss://`, instead of the system store.
     pub ca_pem: Option<Vec<u8>>,
     /// Prefix of every key, so several deployments can share a Redis.
@@ -51,9 +56,34 @@ pub struct RedisSettings {
     pub timeout: Duration,
 }
 
+/// The master a set of sentinels watches, and the data nodes' credentials.
+#[derive(Clone)]
+pub struct SentinelSettings {
+    pub master_name: String,
+    /// The data nodes' password, if they need one (the sentinels' own credentials are
+    /// in their URLs).
+    pub password: Option<String>,
+    pub db: i64,
+    /// Whether the data nodes speak TLS (as the sentinels do, with `rediss://`).
+    pub tls: bool,
+}
+
+impl std::fmt::Debug for SentinelSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelSettings")
+            .field("master_name", &self.master_name)
+            .field("has_password", &self.password.is_some())
+            .field("db", &self.db)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
 enum Target {
     Single(Box<redis::Client>),
     Cluster(Box<ClusterClient>),
+    /// Asked for the current master at each (re)connection.
+    Sentinel(Box<tokio::sync::Mutex<SentinelClient>>),
 }
 
 /// A multiplexed connection to either kind; cheap to clone.
@@ -134,7 +164,24 @@ impl RedisStore {
             client_tls: None,
             root_cert: ca.clone(),
         };
-        let target = if settings.cluster {
+        let target = if let Some(sentinel) = &settings.sentinel {
+            let mut node = RedisConnectionInfo::default().set_db(sentinel.db);
+            if let Some(password) = &sentinel.password {
+                node = node.set_password(password);
+            }
+            let mut info = SentinelNodeConnectionInfo::default().set_redis_connection_info(node);
+            if sentinel.tls {
+                info = info.set_tls_mode(redis::TlsMode::Secure);
+            }
+            let client = SentinelClient::build(
+                settings.urls.clone(),
+                sentinel.master_name.clone(),
+                Some(info),
+                SentinelServerType::Master,
+            )
+            .map_err(unavailable)?;
+            Target::Sentinel(Box::new(tokio::sync::Mutex::new(client)))
+        } else if settings.cluster {
             let mut builder = ClusterClient::builder(settings.urls.clone())
                 .connection_timeout(settings.timeout)
                 .response_timeout(settings.timeout)
@@ -181,6 +228,18 @@ impl RedisStore {
                         .map(Conn::Single)
                 }
                 Target::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+                Target::Sentinel(sentinel) => {
+                    // The master as the sentinels see it now.
+                    let client = sentinel.lock().await.async_get_client().await?;
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(self.timeout))
+                        .set_response_timeout(Some(self.timeout))
+                        .set_number_of_retries(0);
+                    client
+                        .get_connection_manager_with_config(config)
+                        .await
+                        .map(Conn::Single)
+                }
             }
         };
         tokio::time::timeout(self.timeout, attempt)
@@ -202,7 +261,9 @@ impl RedisStore {
             return Err(unavailable("Redis could not be reached moments ago"));
         }
         *last = Some(Instant::now());
-        let conn = self.connect().await?;
+        // Boxed: the connection futures (Sentinel's above all) are deep, and every
+        // request's future would otherwise carry their whole layout.
+        let conn = Box::pin(self.connect()).await?;
         self.conn.store(Some(Arc::new(conn.clone())));
         tracing::info!("connected to Redis for sessions");
         Ok(conn)
@@ -211,10 +272,27 @@ impl RedisStore {
     /// Runs a command with the store's timeout.
     async fn run<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
         let mut conn = self.conn().await?;
-        let result: RedisResult<T> = tokio::time::timeout(self.timeout, cmd.query_async(&mut conn))
-            .await
-            .map_err(|_| unavailable("Redis did not answer in time"))?;
-        result.map_err(unavailable)
+        let result = tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await;
+        self.settle(result)
+    }
+
+    /// The outcome of a command; with Sentinel, a failure drops the connection so the
+    /// next command asks the sentinels for the master again (after a failover the old
+    /// master is gone or a read-only replica).
+    fn settle<T>(
+        &self,
+        result: Result<RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, StoreError> {
+        let outcome = match result {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => unavailable(e),
+            Err(_) => unavailable("Redis did not answer in time"),
+        };
+        if matches!(self.target, Target::Sentinel(_)) && self.conn.load().is_some() {
+            self.conn.store(None);
+            tracing::warn!("a Redis command failed: asking the sentinels for the master again");
+        }
+        Err(outcome)
     }
 
     fn session_key(&self, id: &SessionId) -> String {
@@ -241,10 +319,8 @@ impl RedisStore {
     /// Runs a pipeline with the store's timeout.
     async fn run_pipe<T: redis::FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, StoreError> {
         let mut conn = self.conn().await?;
-        tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn))
-            .await
-            .map_err(|_| unavailable("Redis did not answer in time"))?
-            .map_err(unavailable)
+        let result = tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn)).await;
+        self.settle(result)
     }
 
     /// The members (session key hexes) of an index.

@@ -346,6 +346,14 @@ impl RedisServer {
         }
     }
 
+    /// Kills the server at once (`SIGKILL`), as a crashed node.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Starts it again on the same port with the same data.
     pub fn restart(&mut self) {
         self.stop();
@@ -359,6 +367,68 @@ impl Drop for RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A Redis Sentinel watching one master, quick to decide (a master is down after one
+/// second without an answer; one sentinel is a quorum).
+pub struct RedisSentinel {
+    child: Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl RedisSentinel {
+    pub fn start(master_name: &str, master_port: u16) -> RedisSentinel {
+        require("redis-server");
+        let dir = TempDir::new("sentinel");
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+                 sentinel monitor {master_name} 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds {master_name} 1000\n\
+                 sentinel failover-timeout {master_name} 5000\n\
+                 sentinel parallel-syncs {master_name} 1\n",
+                dir.path().display()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !redis_command(port, None, "PING").is_ok_and(|a| a.starts_with("+PONG")) {
+            assert!(Instant::now() < deadline, "the sentinel did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisSentinel {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs an inline command and returns the raw answer.
+    pub fn command(&self, command: &str) -> String {
+        redis_command(self.port, None, command).expect("the sentinel answers")
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -10,11 +10,22 @@ use crate::model::*;
 use crate::reader::Reader;
 
 pub(super) fn read_store(r: &Reader<'_>) -> SessionStoreKind {
-    let redis_settings_given =
-        r.is_set("session.redis.url") || r.is_set("session.redis.cluster_urls");
+    let redis_settings_given = r.is_set("session.redis.url")
+        || r.is_set("session.redis.cluster_urls")
+        || r.is_set("session.redis.sentinel.master_name");
     match r.string("session.store").as_deref() {
         None | Some("memory") => {
-            for key in ["url", "cluster_urls", "ca_file", "key_prefix", "timeout"] {
+            for key in [
+                "url",
+                "cluster_urls",
+                "ca_file",
+                "key_prefix",
+                "timeout",
+                "sentinel.master_name",
+                "sentinel.urls",
+                "sentinel.password",
+                "sentinel.db",
+            ] {
                 r.mark_known(&format!("session.redis.{key}"));
             }
             if redis_settings_given {
@@ -31,25 +42,41 @@ pub(super) fn read_store(r: &Reader<'_>) -> SessionStoreKind {
             let cluster = r
                 .list("session.redis.cluster_urls")
                 .filter(|l| !l.is_empty());
-            let (urls, is_cluster, key) = match (single, cluster) {
-                (Some(url), None) => (vec![url], false, "session.redis.url"),
-                (None, Some(urls)) => (urls, true, "session.redis.cluster_urls"),
-                (Some(_), Some(_)) => {
-                    r.error(
+            let sentinel = read_sentinel(r);
+            if sentinel.is_some() && (single.is_some() || cluster.is_some()) {
+                r.error(
+                    "session.redis.sentinel.master_name",
+                    "is set together with session.redis.url or cluster_urls",
+                    "with Sentinel, list the sentinels in session.redis.sentinel.urls (and the data nodes' password in session.redis.sentinel.password) instead of url",
+                );
+            }
+            let (single, cluster) = if sentinel.is_some() {
+                (None, None)
+            } else {
+                (single, cluster)
+            };
+            let (urls, is_cluster, key) = match (&sentinel, single, cluster) {
+                (Some((_, urls)), _, _) => (urls.clone(), false, "session.redis.sentinel.urls"),
+                (None, single, cluster) => match (single, cluster) {
+                    (Some(url), None) => (vec![url], false, "session.redis.url"),
+                    (None, Some(urls)) => (urls, true, "session.redis.cluster_urls"),
+                    (Some(_), Some(_)) => {
+                        r.error(
                         "session.redis.cluster_urls",
                         "is set together with session.redis.url",
                         "set session.redis.url for one Redis server, or session.redis.cluster_urls for the seed nodes of a Redis Cluster, not both",
                     );
-                    (Vec::new(), false, "session.redis.url")
-                }
-                (None, None) => {
-                    r.error(
+                        (Vec::new(), false, "session.redis.url")
+                    }
+                    (None, None) => {
+                        r.error(
                         "session.redis.url",
                         "is missing, and session.store is redis",
-                        "set SESSION__REDIS__URL to redis://[user:password@]host:6379[/db] (rediss:// for TLS), or SESSION__REDIS__CLUSTER_URLS to the cluster's seed nodes",
+                        "set SESSION__REDIS__URL to redis://[user:password@]host:6379[/db] (rediss:// for TLS), or SESSION__REDIS__CLUSTER_URLS to the cluster's seed nodes, or SESSION__REDIS__SENTINEL__MASTER_NAME and SESSION__REDIS__SENTINEL__URLS",
                     );
-                    (Vec::new(), false, "session.redis.url")
-                }
+                        (Vec::new(), false, "session.redis.url")
+                    }
+                },
             };
             for url in &urls {
                 // Never echo the URL: it may carry a password.
@@ -74,6 +101,7 @@ pub(super) fn read_store(r: &Reader<'_>) -> SessionStoreKind {
                     .string("session.redis.key_prefix")
                     .unwrap_or_else(|| "portcullis".into()),
                 timeout: r.duration("session.redis.timeout", Duration::from_secs(2)),
+                sentinel: sentinel.map(|(config, _)| config),
             })
         }
         Some(other) => {
@@ -85,6 +113,38 @@ pub(super) fn read_store(r: &Reader<'_>) -> SessionStoreKind {
             SessionStoreKind::Memory
         }
     }
+}
+
+/// Redis Sentinel, when its master's name is set: the settings and the sentinels' URLs.
+fn read_sentinel(r: &Reader<'_>) -> Option<(SentinelConfig, Vec<String>)> {
+    let password = r.secret("session.redis.sentinel.password");
+    let db = r.number("session.redis.sentinel.db", 0);
+    let urls = r.list("session.redis.sentinel.urls").unwrap_or_default();
+    let Some(master_name) = r.string("session.redis.sentinel.master_name") else {
+        if !urls.is_empty() || password.is_some() {
+            r.error(
+                "session.redis.sentinel.master_name",
+                "is missing while other session.redis.sentinel settings are set",
+                "set the name the sentinels know the master by (the Bitnami chart's default is mymaster)",
+            );
+        }
+        return None;
+    };
+    if urls.is_empty() {
+        r.error(
+            "session.redis.sentinel.urls",
+            "is missing, and session.redis.sentinel.master_name is set",
+            "list the sentinels, such as redis://redis-sentinel-0.redis-headless:26379,redis://redis-sentinel-1.redis-headless:26379",
+        );
+    }
+    Some((
+        SentinelConfig {
+            master_name,
+            password,
+            db: i64::try_from(db).unwrap_or(0),
+        },
+        urls,
+    ))
 }
 
 pub(super) fn read_previous_secrets(r: &Reader<'_>) -> Vec<SecretString> {

@@ -8,7 +8,9 @@ use portcullis_config::{Config, ExposeSecret, Flow, ResponseMode, SessionStoreKi
 use portcullis_identity::Provider;
 use portcullis_policy::{Policy, RouteTable};
 use portcullis_session::cookie::CookieSpec;
-use portcullis_session::{AnyStore, MemoryStore, RedisSettings, RedisStore, SessionLimits};
+use portcullis_session::{
+    AnyStore, MemoryStore, RedisSettings, RedisStore, SentinelSettings, SessionLimits,
+};
 
 use super::{App, AppError, Auth};
 use crate::assertion::Assertions;
@@ -48,6 +50,16 @@ fn store_fingerprint(config: &Config, secrets: &[&[u8]]) -> StoreFingerprint {
             part(redis.key_prefix.as_bytes());
             part(format!("{:?}", redis.ca_file).as_bytes());
             part(&redis.timeout.as_millis().to_be_bytes());
+            if let Some(s) = &redis.sentinel {
+                part(s.master_name.as_bytes());
+                part(
+                    s.password
+                        .as_ref()
+                        .map(|p| p.expose_secret().as_bytes())
+                        .unwrap_or_default(),
+                );
+                part(&s.db.to_be_bytes());
+            }
         }
     }
     for secret in secrets {
@@ -241,6 +253,12 @@ impl App {
                 let settings = RedisSettings {
                     urls: redis.urls.clone(),
                     cluster: redis.cluster,
+                    sentinel: redis.sentinel.as_ref().map(|s| SentinelSettings {
+                        master_name: s.master_name.clone(),
+                        password: s.password.as_ref().map(|p| p.expose_secret().to_string()),
+                        db: s.db,
+                        tls: redis.urls.iter().any(|u| u.starts_with("rediss://")),
+                    }),
                     ca_pem,
                     key_prefix: redis.key_prefix.clone(),
                     timeout: redis.timeout,
