@@ -89,6 +89,16 @@ async fn admin(method: &str, url: &str, token: Option<&str>) -> (u16, Value) {
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// The metrics text of the admin listener at `admin`.
+async fn metrics_of(admin: &str) -> String {
+    reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Waits until `check` holds, for at most `limit`.
 async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
 where
@@ -178,12 +188,7 @@ async fn a_sign_out_at_the_provider_ends_the_session_on_every_replica() {
     }
     assert!(a.wait_for_log("back-channel logout: sessions ended").await);
     // The provider sends the token once; a replay of what it sent is refused.
-    let metrics = reqwest::get(format!("http://{admin_a}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&admin_a).await;
     assert!(
         metrics.contains("portcullis_sessions_ended_total{by=\"backchannel_logout\"} 1"),
         "{metrics}"
@@ -651,12 +656,7 @@ async fn security_events_pushed_by_a_transmitter_end_sessions_and_refuse_logins(
         .await;
     assert_eq!(status, 202);
     assert_ne!(status_with(&gina_cookie, &p).await, 200);
-    let metrics = reqwest::get(format!("http://{admin_p}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&admin_p).await;
     assert!(
         metrics.contains("portcullis_sessions_ended_total{by=\"shared_signal\"} 3"),
         "{metrics}"

@@ -33,6 +33,18 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
     pages::json_error(status, code, message)
 }
 
+/// `405` with the methods the path takes.
+fn wrong_method(allow: &'static str, message: &str) -> Response<ProxyBody> {
+    let mut resp = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        message,
+    );
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
 impl App {
     /// Handles one request on the admin listener. Never fails.
     pub async fn handle_admin(
@@ -43,16 +55,7 @@ impl App {
         let path = req.uri().path();
         let read = req.method() == Method::GET || req.method() == Method::HEAD;
         match path {
-            "/healthz" | "/readyz" | "/metrics" if !read => {
-                let mut resp = error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    "use GET",
-                );
-                resp.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-                resp
-            }
+            "/healthz" | "/readyz" | "/metrics" if !read => wrong_method("GET, HEAD", "use GET"),
             "/healthz" => pages::text(StatusCode::OK, "ok\n"),
             "/readyz" => self.readyz().await,
             "/metrics" => self.metrics(),
@@ -127,14 +130,7 @@ impl App {
         };
         if let Some(handle) = handle {
             if req.method() != Method::DELETE {
-                let mut resp = error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    "a session is ended with DELETE",
-                );
-                resp.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("DELETE"));
-                return resp;
+                return wrong_method("DELETE", "a session is ended with DELETE");
             }
             let ended = match auth.sessions.revoke_handle(handle).await {
                 Ok(ended) => usize::from(ended),
@@ -230,16 +226,7 @@ impl App {
                 );
                 pages::json(StatusCode::OK, &json!({"user": user, "ended": ended}))
             }
-            _ => {
-                let mut resp = error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    "list with GET, end with DELETE",
-                );
-                resp.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, DELETE"));
-                resp
-            }
+            _ => wrong_method("GET, HEAD, DELETE", "list with GET, end with DELETE"),
         }
     }
 }
