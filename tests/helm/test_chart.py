@@ -69,7 +69,8 @@ def validate(label, manifests):
             kubernetes_validate.validate(m, K8S_VERSION, strict=True)
         except kubernetes_validate.SchemaNotFoundError:
             # Custom resources (ServiceMonitor, HTTPRoute): no schema in the package.
-            check(kind in ("ServiceMonitor", "HTTPRoute"), f"{label}: no schema for {kind}")
+            custom = ("ServiceMonitor", "HTTPRoute", "SecurityPolicy", "ReferenceGrant", "AuthorizationPolicy")
+            check(kind in custom, f"{label}: no schema for {kind}")
         except kubernetes_validate.ValidationError as e:
             check(False, f"{label}: {kind} {m['metadata']['name']}: {e.message} at {list(e.path)}")
 
@@ -209,6 +210,16 @@ def main():
 
     _, manifests, env = cases["forward-auth-values.yaml"]
     check(env.get("FORWARD_AUTH_ONLY") == "true" and "UPSTREAM_URL" not in env, "forward-auth: not forward-auth only")
+    # Envoy's gRPC check: on only when asked for, a port of its own in the Service (h2c).
+    check(env.get("EXT_AUTHZ__LISTEN_ADDR") == "0.0.0.0:9001", f"forward-auth: no gRPC check: {env.get('EXT_AUTHZ__LISTEN_ADDR')}")
+    service = next(m for m in manifests if m["kind"] == "Service")
+    grpc_port = next((p for p in service["spec"]["ports"] if p["name"] == "grpc"), {})
+    check(grpc_port.get("targetPort") == "grpc" and grpc_port.get("appProtocol") == "kubernetes.io/h2c",
+          f"forward-auth: the Service has no h2c grpc port: {service['spec']['ports']}")
+    container = next(m for m in manifests if m["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    check(any(p["name"] == "grpc" and p["containerPort"] == 9001 for p in container["ports"]), "forward-auth: no grpc container port")
+    for name in ("gateway-values.yaml", "minimal-values.yaml"):
+        check("EXT_AUTHZ__LISTEN_ADDR" not in cases[name][2], f"{name}: the gRPC check is on by default")
     check(env.get("SCIM__ENDPOINTS__MICROSOFT__TOKEN") == EXISTING_SECRET["scim-microsoft-token"], "forward-auth: Entra token not from the Secret")
     check(env.get("SCIM__ENDPOINTS__OKTA__USERNAME") == "okta-provisioning", "forward-auth: Okta user name missing")
     check(env.get("SCIM__DATABASE_URL", "").startswith("postgres://"), "forward-auth: SCIM not on PostgreSQL")
@@ -311,6 +322,58 @@ def main():
                     check(ann["nginx.ingress.kubernetes.io/auth-url"].split("?")[0].endswith("/api/v1/auth/verify"), f"{name}: auth-url")
                     check("/api/v1/auth/login" in ann["nginx.ingress.kubernetes.io/auth-signin"], f"{name}: auth-signin")
         print(f"ok    examples/kubernetes/{name}: {len(manifests)} manifests")
+
+    # Envoy's gRPC check behind Envoy Gateway, the Gateway API filter and Istio: the
+    # Portcullis manifests validated and accepted by portcullis check, and every gateway
+    # file pointing at the port Portcullis serves the check on.
+    ext_dir = os.path.join(ROOT, "examples", "kubernetes", "ext-authz")
+    def ext_docs(name):
+        with open(os.path.join(ext_dir, name)) as f:
+            manifests = docs(f.read())
+        validate(f"ext-authz/{name}", manifests)
+        return manifests
+    manifests = ext_docs("portcullis.yaml")
+    secrets = secrets_of(manifests)
+    deployment = next(m for m in manifests if m["kind"] == "Deployment")
+    c = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert_container("ext-authz/portcullis.yaml", c)
+    env = container_env(c, secrets)
+    portcullis_accepts("ext-authz/portcullis.yaml", binary, env)
+    grpc_port = int(env["EXT_AUTHZ__LISTEN_ADDR"].rsplit(":", 1)[1])
+    check({"name": "grpc", "containerPort": grpc_port} in c["ports"], "ext-authz: the grpc container port is not the check's")
+    service = next(m for m in manifests if m["kind"] == "Service")
+    svc_ports = {p["name"]: p for p in service["spec"]["ports"]}
+    check(svc_ports["grpc"]["targetPort"] == "grpc", "ext-authz: the Service's grpc port")
+    check(svc_ports["grpc"].get("appProtocol") == "kubernetes.io/h2c", "ext-authz: the grpc port must say h2c")
+    svc = (service["metadata"]["name"], service["metadata"]["namespace"])
+    def names_check(label, ref):
+        check((ref["name"], ref.get("namespace")) == svc and ref["port"] == svc_ports["grpc"]["port"],
+              f"{label}: does not name the Service's grpc port: {ref}")
+    eg = ext_docs("envoy-gateway.yaml")
+    policy = next(m for m in eg if m["kind"] == "SecurityPolicy")
+    check(policy["spec"]["extAuth"].get("failOpen") is False, "envoy gateway: fails closed")
+    names_check("envoy gateway", policy["spec"]["extAuth"]["grpc"]["backendRefs"][0])
+    login = next(m for m in eg if m["kind"] == "HTTPRoute" and m["metadata"]["name"] == "app-login")
+    check(login["spec"]["rules"][0]["matches"][0]["path"]["value"] == "/api/v1/auth/", "envoy gateway: login route")
+    check(login["spec"]["rules"][0]["backendRefs"][0]["port"] == svc_ports["http"]["port"], "envoy gateway: login goes to http")
+    ga = ext_docs("gateway-api.yaml")
+    rules = next(m for m in ga if m["kind"] == "HTTPRoute")["spec"]["rules"]
+    check(rules[0]["matches"][0]["path"]["value"] == "/api/v1/auth/" and "filters" not in rules[0],
+          "gateway api: /api/v1/auth/ first and unchecked")
+    ext = rules[1]["filters"][0]
+    check(ext["type"] == "ExternalAuth" and ext["externalAuth"]["protocol"] == "GRPC", "gateway api: ExternalAuth GRPC")
+    names_check("gateway api", ext["externalAuth"]["backendRef"])
+    istio = ext_docs("istio.yaml")
+    mesh = yaml.safe_load(next(m for m in istio if m["kind"] == "ConfigMap")["data"]["mesh"])
+    provider = mesh["extensionProviders"][0]
+    grpc = provider["envoyExtAuthzGrpc"]
+    check(grpc["service"] == f"{svc[0]}.{svc[1]}.svc.cluster.local" and grpc["port"] == svc_ports["grpc"]["port"],
+          "istio: the provider does not name the grpc port")
+    check(grpc.get("failOpen") is False, "istio: fails closed")
+    policy = next(m for m in istio if m["kind"] == "AuthorizationPolicy")
+    check(policy["spec"]["action"] == "CUSTOM" and policy["spec"]["provider"]["name"] == provider["name"],
+          "istio: the policy does not use the provider")
+    print("ok    examples/kubernetes/ext-authz: Portcullis, Envoy Gateway, Gateway API, Istio")
 
     # docker compose: the environment as compose would resolve it from .env.example.
     compose_dir = os.path.join(ROOT, "examples", "docker-compose")

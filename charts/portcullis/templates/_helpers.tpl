@@ -86,6 +86,9 @@ left out. Portcullis reads these exactly as it reads its YAML file.
 {{- if include "portcullis.admin" . -}}
 {{- $_ := set $config "admin" (dict "listen_addr" (printf "0.0.0.0:%d" (int .Values.admin.port))) -}}
 {{- end -}}
+{{- if .Values.extAuthz.enabled -}}
+{{- $_ := set $config "ext_authz" (dict "listen_addr" (printf "0.0.0.0:%d" (int .Values.extAuthz.port))) -}}
+{{- end -}}
 {{- if .Values.extraCaBundle.configMap -}}
 {{- $outbound := default (dict) $config.outbound -}}
 {{- $_ := set $outbound "ca_file" (printf "/etc/portcullis/ca/%s" .Values.extraCaBundle.key) -}}
@@ -172,6 +175,11 @@ left out. Portcullis reads these exactly as it reads its YAML file.
     {{- if include "portcullis.admin" . }}
     - name: admin
       containerPort: {{ .Values.admin.port }}
+      protocol: TCP
+    {{- end }}
+    {{- if .Values.extAuthz.enabled }}
+    - name: grpc
+      containerPort: {{ .Values.extAuthz.port }}
       protocol: TCP
     {{- end }}
   env:

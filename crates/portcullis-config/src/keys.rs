@@ -541,6 +541,17 @@ pub const KEYS: &[Key] = &[
         "",
         "bearer token of the admin API; at least 32 bytes",
     ),
+    // Envoy's gRPC check.
+    key(
+        "ext_authz.listen_addr",
+        "",
+        "serve Envoy's ext_authz gRPC check (Authorization/Check) here (off when unset)",
+    ),
+    key(
+        "ext_authz.tls",
+        "false",
+        "serve it over TLS with the tls.cert_file certificate (else h2c)",
+    ),
     // Shared Signals: transmitters whose events end sessions.
     key(
         "ssf.transmitters.<name>.metadata_url",

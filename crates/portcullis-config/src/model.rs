@@ -47,6 +47,8 @@ pub struct Config {
     pub identity_jwt: Option<IdentityJwtConfig>,
     /// The admin listener; `None` when `admin.listen_addr` is not set.
     pub admin: Option<AdminConfig>,
+    /// Envoy's gRPC check; `None` when `ext_authz.listen_addr` is not set.
+    pub ext_authz: Option<ExtAuthzConfig>,
     /// Shared Signals transmitters.
     pub ssf: Vec<SsfTransmitterConfig>,
 }
@@ -57,6 +59,14 @@ pub struct AdminConfig {
     pub listen_addr: SocketAddr,
     /// The bearer token of the admin API; at least 32 bytes.
     pub token: SecretString,
+}
+
+/// The listener of Envoy's `envoy.service.auth.v3.Authorization/Check` (gRPC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtAuthzConfig {
+    pub listen_addr: SocketAddr,
+    /// TLS with the public listener's certificate; else h2c.
+    pub tls: bool,
 }
 
 /// A Shared Signals (SSF 1.0) transmitter whose events Portcullis receives.

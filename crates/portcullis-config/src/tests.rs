@@ -1207,3 +1207,37 @@ fn routes_can_come_from_one_environment_variable_in_json_or_yaml() {
             .contains("ROUTES")
     );
 }
+
+#[test]
+fn the_grpc_check_needs_a_port_of_its_own_and_tls_a_certificate() {
+    let mut pairs = flat_oidc();
+    pairs.push(("EXT_AUTHZ__LISTEN_ADDR", "0.0.0.0:9001"));
+    let config = load_env(&pairs).unwrap();
+    let ext = config.ext_authz.unwrap();
+    assert_eq!(ext.listen_addr.port(), 9001);
+    assert!(!ext.tls, "h2c unless asked");
+
+    let mut same = flat_oidc();
+    same.push(("EXT_AUTHZ__LISTEN_ADDR", "0.0.0.0:4180"));
+    let e = errors(load_env(&same));
+    assert!(
+        e.iter()
+            .any(|e| e.key == "ext_authz.listen_addr" && e.problem.contains("public")),
+        "{e:?}"
+    );
+
+    let mut tls = flat_oidc();
+    tls.push(("EXT_AUTHZ__LISTEN_ADDR", "0.0.0.0:9001"));
+    tls.push(("EXT_AUTHZ__TLS", "true"));
+    let e = errors(load_env(&tls));
+    assert!(
+        e.iter()
+            .any(|e| e.key == "ext_authz.tls" && e.fix.contains("TLS__CERT_FILE")),
+        "{e:?}"
+    );
+
+    let mut orphan = flat_oidc();
+    orphan.push(("EXT_AUTHZ__TLS", "true"));
+    let e = errors(load_env(&orphan));
+    assert!(e.iter().any(|e| e.key == "ext_authz.tls"), "{e:?}");
+}

@@ -50,6 +50,7 @@ mod admin;
 mod authn;
 mod decide;
 pub mod endpoints;
+mod ext_authz;
 mod forward_auth;
 mod health;
 mod idp_logout;

@@ -10,6 +10,7 @@ mod app;
 mod assertion;
 mod body;
 mod error;
+mod ext_authz;
 mod forwarding;
 mod hop;
 mod inbound;
@@ -30,6 +31,7 @@ mod upstream;
 pub use app::endpoints;
 pub use app::{App, AppError, ConnInfo};
 pub use assertion::check_key_file;
+pub use ext_authz::serve_ext_authz;
 pub use inbound::RequestBody;
 pub use server::{
     Certificates, Live, ServerSettings, TlsError, default_max_connections, load_tls, serve,

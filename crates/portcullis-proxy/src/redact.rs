@@ -85,7 +85,7 @@ static OWNED: [HeaderName; 13] = [
     AUTH_REQUEST_ACCESS_TOKEN,
 ];
 
-fn is_owned(name: &str) -> bool {
+pub(crate) fn is_owned(name: &str) -> bool {
     // Header names arrive lowercased; only `_` needs folding.
     let bytes = name.as_bytes();
     OWNED.iter().any(|owned| {

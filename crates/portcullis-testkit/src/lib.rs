@@ -882,3 +882,60 @@ impl Hypercorn {
         format!("http://127.0.0.1:{}", self.port)
     }
 }
+
+/// The Python interpreter of `tests/grpc/.venv` (installed by `scripts/test`), and that
+/// directory.
+fn grpc_peers() -> (PathBuf, PathBuf) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/grpc")
+        .canonicalize()
+        .expect("tests/grpc exists");
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/test, which installs the test peers",
+        python.display()
+    );
+    (python, root)
+}
+
+/// Envoy's ext_authz client: `tests/grpc/envoy_check.py` sends each case as a
+/// `CheckRequest` built with Envoy's generated API (PyPI `xds-protos`) over grpcio, and
+/// returns what came back, one JSON value per case.
+pub fn envoy_check(addr: &str, cases: &serde_json::Value) -> Vec<serde_json::Value> {
+    envoy_check_over(addr, None, cases)
+}
+
+/// [`envoy_check`], over TLS trusting `ca` when given.
+pub fn envoy_check_over(
+    addr: &str,
+    ca: Option<&std::path::Path>,
+    cases: &serde_json::Value,
+) -> Vec<serde_json::Value> {
+    let (python, root) = grpc_peers();
+    let mut child = Command::new(python)
+        .arg(root.join("envoy_check.py"))
+        .arg(addr)
+        .args(ca)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the ext_authz client starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(cases.to_string().as_bytes())
+        .expect("write the cases");
+    let out = child.wait_with_output().expect("the ext_authz client ends");
+    assert!(
+        out.status.success(),
+        "envoy_check.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}

@@ -198,6 +198,13 @@ fn provider_logout_urls(config: &Config, report: &mut Report) {
             "no admin listener (admin.listen_addr): sessions can be ended only by logout, SCIM, the provider's back-channel logout and shared signals",
         ),
     }
+    if let Some(ext) = &config.ext_authz {
+        report.ok(&format!(
+            "Envoy gRPC check (envoy.service.auth.v3.Authorization/Check) on {} over {} (reachable by the gateway only: it is trusted to describe the request)",
+            ext.listen_addr,
+            if ext.tls { "TLS" } else { "h2c" }
+        ));
+    }
 }
 
 /// Each shared signals transmitter's configuration document and keys.

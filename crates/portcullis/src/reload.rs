@@ -98,6 +98,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
             "admin.listen_addr",
             old.admin.as_ref().map(|a| a.listen_addr) != new.admin.as_ref().map(|a| a.listen_addr),
         ),
+        ("ext_authz", old.ext_authz != new.ext_authz),
         ("log_level", old.log.level != new.log.level),
         ("log_format", old.log.format != new.log.format),
     ] {

@@ -151,6 +151,25 @@ pub(crate) async fn run_with(
             }
         });
     }
+    if let Some(ext) = &config.ext_authz {
+        let listener = TcpListener::bind(ext.listen_addr).with_context(|| {
+            format!(
+                "cannot listen on {} (ext_authz.listen_addr / EXT_AUTHZ__LISTEN_ADDR): is another process using the port?",
+                ext.listen_addr
+            )
+        })?;
+        let tls = match (&certificates, ext.tls) {
+            (Some(c), true) => Some(c.server_config()?),
+            _ => None,
+        };
+        tracing::info!(addr = %ext.listen_addr, tls = ext.tls, "Envoy gRPC check (ext_authz) on {}", ext.listen_addr);
+        let (live, timeout) = (live.clone(), config.server.header_read_timeout);
+        tokio::spawn(async move {
+            if let Err(e) = portcullis_proxy::serve_ext_authz(live, listener, tls, timeout).await {
+                tracing::error!(error = %e, "the ext_authz listener stopped");
+            }
+        });
+    }
     if let Some((load, file)) = reload {
         let reloader = Reloader {
             load,

@@ -233,3 +233,34 @@ async fn a_rotated_certificate_is_served_to_new_connections() {
     }
     assert!(trusting(&first).get(&url).send().await.is_err());
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs openssl, grpcio and xds-protos (pip): run scripts/test"
+)]
+async fn the_grpc_check_speaks_tls_with_the_servers_certificate() {
+    let ca = TestCa::generate();
+    let other = TestCa::generate();
+    let upstream = EchoUpstream::start().await;
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let p = Portcullis::builder()
+        .env("UPSTREAM_URL", upstream.url())
+        .env("TLS__CERT_FILE", ca.server_cert().display().to_string())
+        .env("TLS__KEY_FILE", ca.server_key().display().to_string())
+        .env("EXT_AUTHZ__LISTEN_ADDR", &grpc)
+        .env("EXT_AUTHZ__TLS", "true")
+        .start_tls()
+        .await;
+    // Open mode: allowed, and a client's own identity header is still removed.
+    let cases = serde_json::json!([{"path": "/", "headers": {"x-forwarded-user": "root"}}]);
+    let answers = portcullis_testkit::envoy_check_over(&grpc, Some(&ca.ca_pem()), &cases);
+    assert_eq!(answers[0]["grpc"], 0, "{answers:?} {}", p.logs());
+    assert_eq!(
+        answers[0]["ok"]["headers_to_remove"],
+        serde_json::json!(["x-forwarded-user"])
+    );
+    // A client that does not trust the certificate gets no answer.
+    let refused = portcullis_testkit::envoy_check_over(&grpc, Some(&other.ca_pem()), &cases);
+    assert!(refused[0].get("rpc_error").is_some(), "{refused:?}");
+}

@@ -8,6 +8,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use portcullis_testkit::envoy_check;
 use portcullis_testkit::prelude::*;
 use serde_json::{Value, json};
 
@@ -90,6 +91,8 @@ fn jose_verify(
 struct Site {
     /// The admin listener (metrics).
     admin: String,
+    /// Envoy's gRPC check.
+    ext_authz: String,
     _dir: TempDir,
     _op: OidcProvider,
     _upstream: EchoUpstream,
@@ -115,6 +118,7 @@ async fn site() -> Site {
     )
     .await;
     let admin = format!("127.0.0.1:{}", free_port());
+    let ext_authz = format!("127.0.0.1:{}", free_port());
     let yaml = ROUTES
         .replace("{api}", &api.url())
         .replace("{key}", &key_file(&dir).display().to_string());
@@ -134,11 +138,13 @@ async fn site() -> Site {
         .env("UPSTREAM_URL", upstream.url())
         .env("ADMIN__LISTEN_ADDR", &admin)
         .env("ADMIN__TOKEN", "routes-test-admin-token-0123456789-abcdef")
+        .env("EXT_AUTHZ__LISTEN_ADDR", &ext_authz)
         .wait_ready()
         .start()
         .await;
     Site {
         admin,
+        ext_authz,
         _dir: dir,
         _op: op,
         _upstream: upstream,
@@ -280,5 +286,165 @@ async fn a_route_upstream_gets_a_verifiable_identity_assertion() {
     assert!(
         expired.is_err_and(|e| e.contains("EXPIRED")),
         "expiry not enforced"
+    );
+}
+
+/// The value of `name` among an ext_authz answer's header options.
+fn option<'a>(headers: &'a Value, name: &str) -> Option<&'a str> {
+    headers
+        .as_array()?
+        .iter()
+        .find(|h| h[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+        .and_then(|h| h[1].as_str())
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm), grpcio and xds-protos (pip), openssl: run scripts/test"
+)]
+async fn envoy_grpc_check_decides_with_the_route_table() {
+    let s = site().await;
+    let ada = signed_in(&s, "ada", "/app/").await;
+    let bob = signed_in(&s, "bob", "/app/").await;
+    let cookie = |b: &Browser| {
+        format!(
+            "session_token={}",
+            b.cookie("127.0.0.1", "session_token").unwrap()
+        )
+    };
+    let (ada_cookie, bob_cookie) = (cookie(&ada), cookie(&bob));
+    let json_api = "application/json";
+    let public_host =
+        s.p.url("")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+    let html = "text/html,application/xhtml+xml";
+    let cases = json!([
+        // 0: allowed, and the client's own identity headers replaced or removed.
+        {"path": "/admin/users?x=1", "source": "203.0.113.9",
+         "headers": {"cookie": ada_cookie, "accept": json_api,
+                     "x-forwarded-user": "root", "x_forwarded_groups": "root",
+                     "x-auth-request-email": "root@example.com"}},
+        // 1: signed in, refused by the route's groups.
+        {"path": "/admin/users", "headers": {"cookie": bob_cookie, "accept": json_api}},
+        // 2: no route takes it.
+        {"path": "/nowhere", "headers": {"cookie": bob_cookie, "accept": json_api}},
+        // 3: a browser without a session: a 302 to the login, back to the URL asked for
+        // (on the public origin; another host only if allowed_redirect_hosts lists it).
+        {"path": "/app/page?a=b", "host": public_host, "scheme": "http", "headers": {"accept": html}},
+        // 4: an API client without a session: 401, the login URL in a header.
+        {"path": "/app/data", "headers": {"accept": json_api}},
+        // 5: a public route needs no session and sets no identity.
+        {"path": "/status", "headers": {"x-forwarded-user": "root"}},
+        // 6: a forged cookie is no session.
+        {"path": "/app/x", "headers": {"cookie": "session_token=forged", "accept": json_api}},
+        // 7: the route's narrower per-location policy (context_extensions).
+        {"path": "/app/x", "headers": {"cookie": ada_cookie, "accept": json_api},
+         "context_extensions": {"allowed_groups": "nobody"}},
+        // 8: a misspelt context extension is refused, not ignored.
+        {"path": "/app/x", "headers": {"cookie": ada_cookie, "accept": json_api},
+         "context_extensions": {"allowed_group": "admins"}},
+        // 9: a path that reaches /admin through dot segments is decided as /admin.
+        {"path": "/app/../admin/users", "headers": {"cookie": bob_cookie, "accept": json_api}},
+        // 10: not a CheckRequest.
+        {"rpc": "/envoy.service.auth.v3.Authorization/Check", "raw": "ffffffff"},
+        // 11: another method.
+        {"rpc": "/envoy.service.auth.v3.Authorization/Nope", "raw": ""},
+    ]);
+    let answers = envoy_check(&s.ext_authz, &cases);
+    assert_eq!(answers.len(), 12, "{answers:?}");
+
+    let ok = &answers[0];
+    assert_eq!(ok["grpc"], 0, "{ok}");
+    let set = &ok["ok"]["headers"];
+    let user = option(set, "x-forwarded-user").unwrap();
+    assert!(!user.is_empty() && user != "root", "{ok}");
+    assert!(
+        option(set, "x-forwarded-groups")
+            .unwrap()
+            .contains("admins")
+    );
+    assert_eq!(option(set, "x-forwarded-email"), Some("ada@example.com"));
+    assert!(
+        set.as_array().unwrap().iter().all(|h| h[2] == 2),
+        "every header overwrites the client's: {ok}"
+    );
+    let assertion = option(set, "x-portcullis-jwt-assertion").expect("the assertion");
+    let jwks = s.p.url("/.well-known/portcullis/jwks.json");
+    let issuer = s.p.url("").trim_end_matches('/').to_string();
+    let verified = jose_verify(&jwks, assertion, &issuer, "https://app.example.com", 0)
+        .unwrap_or_else(|e| panic!("jose refused the assertion: {e}"));
+    assert_eq!(verified["claims"]["sub"], user);
+    let removed: Vec<&str> = ok["ok"]["headers_to_remove"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(removed.contains(&"x_forwarded_groups"), "{ok}");
+    assert!(removed.contains(&"x-auth-request-email"), "{ok}");
+    assert!(
+        !removed.contains(&"x-forwarded-user"),
+        "set, so not removed: {ok}"
+    );
+
+    for (i, why) in [
+        (1, "route groups"),
+        (2, "no route"),
+        (7, "context_extensions"),
+    ] {
+        assert_eq!(answers[i]["grpc"], 7, "case {i} ({why}): {}", answers[i]);
+        assert_eq!(
+            answers[i]["denied"]["status"], 403,
+            "case {i}: {}",
+            answers[i]
+        );
+    }
+    let browser = &answers[3];
+    assert_eq!(browser["grpc"], 16, "{browser}");
+    assert_eq!(browser["denied"]["status"], 302, "{browser}");
+    let location = option(&browser["denied"]["headers"], "location").unwrap();
+    assert!(
+        location.contains("/api/v1/auth/login") && location.contains("rd=%2Fapp%2Fpage%3Fa%3Db"),
+        "{location}"
+    );
+    for i in [4, 6] {
+        assert_eq!(answers[i]["grpc"], 16, "case {i}: {}", answers[i]);
+        assert_eq!(
+            answers[i]["denied"]["status"], 401,
+            "case {i}: {}",
+            answers[i]
+        );
+        assert!(option(&answers[i]["denied"]["headers"], "x-auth-request-login").is_some());
+    }
+    let public = &answers[5];
+    assert_eq!(public["grpc"], 0, "{public}");
+    assert!(option(&public["ok"]["headers"], "x-forwarded-user").is_none());
+    assert_eq!(
+        public["ok"]["headers_to_remove"],
+        json!(["x-forwarded-user"])
+    );
+    assert_eq!(answers[8]["grpc"], 3, "{}", answers[8]);
+    assert!(
+        answers[8]["message"]
+            .as_str()
+            .unwrap()
+            .contains("allowed_group")
+    );
+    assert_ne!(
+        answers[9]["grpc"], 0,
+        "dot segments must not reach /admin: {}",
+        answers[9]
+    );
+    assert_eq!(answers[10]["grpc"], 3, "{}", answers[10]);
+    assert_eq!(answers[11]["grpc"], 12, "{}", answers[11]);
+
+    // The refusals were logged like any other, naming the entry point.
+    assert!(
+        s.p.wait_for_log("entry=\"ext-authz\"").await,
+        "{}",
+        s.p.logs()
     );
 }

@@ -98,6 +98,8 @@ impl Config {
         };
         let listen_addr = r.socket_addr("listen_addr", "0.0.0.0:8080");
         let ssf = signals::read_ssf(r, &auth, public_url.as_ref());
+        let admin = signals::read_admin(r, listen_addr);
+        let ext_authz = signals::read_ext_authz(r, listen_addr, admin.as_ref(), tls.is_some());
         Config {
             listen_addr,
             outbound_ca_file: r.string("outbound.ca_file").map(PathBuf::from),
@@ -134,7 +136,8 @@ impl Config {
             branding: branding::read_branding(r),
             routes,
             identity_jwt,
-            admin: signals::read_admin(r, listen_addr),
+            admin,
+            ext_authz,
             ssf,
             auth,
             session,

@@ -58,6 +58,58 @@ pub(super) fn read_admin(r: &Reader<'_>, public: SocketAddr) -> Option<AdminConf
     Some(AdminConfig { listen_addr, token })
 }
 
+/// Envoy's gRPC check. Like the admin listener it belongs on an address of its own, where
+/// only the gateway reaches it: its caller is trusted to describe the request truly.
+pub(super) fn read_ext_authz(
+    r: &Reader<'_>,
+    public: SocketAddr,
+    admin: Option<&AdminConfig>,
+    has_tls: bool,
+) -> Option<ExtAuthzConfig> {
+    let tls = r.bool("ext_authz.tls", false);
+    if !r.is_set("ext_authz.listen_addr") {
+        if tls {
+            r.error(
+                "ext_authz.tls",
+                "is true, while ext_authz.listen_addr is not set",
+                "set EXT_AUTHZ__LISTEN_ADDR (such as 0.0.0.0:9001) to serve Envoy's gRPC check, or remove ext_authz.tls",
+            );
+        }
+        return None;
+    }
+    let listen_addr = r.socket_addr("ext_authz.listen_addr", "0.0.0.0:9001");
+    let clashes = |other: SocketAddr| {
+        listen_addr == other
+            || (listen_addr.port() == other.port()
+                && (other.ip().is_unspecified() || listen_addr.ip().is_unspecified()))
+    };
+    if clashes(public) {
+        r.error(
+            "ext_authz.listen_addr",
+            format!("{listen_addr} is the public listener's address"),
+            "give the gRPC check a port of its own, such as 0.0.0.0:9001, reachable by the gateway only",
+        );
+    }
+    if let Some(admin) = admin.filter(|a| clashes(a.listen_addr)) {
+        r.error(
+            "ext_authz.listen_addr",
+            format!(
+                "{listen_addr} is the admin listener's address ({})",
+                admin.listen_addr
+            ),
+            "give the gRPC check a port of its own, such as 0.0.0.0:9001",
+        );
+    }
+    if tls && !has_tls {
+        r.error(
+            "ext_authz.tls",
+            "is true, but no certificate is configured",
+            "set tls.cert_file and tls.key_file (TLS__CERT_FILE, TLS__KEY_FILE), or set ext_authz.tls to false for h2c",
+        );
+    }
+    Some(ExtAuthzConfig { listen_addr, tls })
+}
+
 pub(super) fn read_ssf(
     r: &Reader<'_>,
     auth: &AuthConfig,

@@ -30,6 +30,8 @@ pub(super) enum Entry {
     Proxied,
     /// A forward-auth check about a request another proxy holds.
     ForwardAuth,
+    /// Envoy's gRPC check (ext_authz) about a request Envoy holds.
+    ExtAuthz,
     /// A login, at the callback.
     Login,
 }
@@ -39,6 +41,7 @@ impl Entry {
         match self {
             Entry::Proxied => "proxied",
             Entry::ForwardAuth => "forward-auth",
+            Entry::ExtAuthz => "ext-authz",
             Entry::Login => "login",
         }
     }

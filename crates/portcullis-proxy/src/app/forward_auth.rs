@@ -52,22 +52,49 @@ const X_AUTH_REQUEST_REDIRECT: HeaderName = HeaderName::from_static("x-auth-requ
 
 /// What the caller told us about the request it is asking about.
 #[derive(Debug, PartialEq, Eq)]
-struct Original {
+pub(super) struct Original {
     /// Where that request was going: an absolute URL or a path, not yet validated.
-    url: Option<String>,
+    pub url: Option<String>,
     /// Its method, when the caller says.
-    method: Option<String>,
+    pub method: Option<String>,
     /// The caller hands our non-2xx answer to the browser as it is.
-    relays_answer: bool,
+    pub relays_answer: bool,
 }
+
+/// A question about a request another proxy holds: its credentials, method, where it
+/// came from and was going, and the narrower policy of the caller's location.
+pub(super) struct Question<'a> {
+    pub headers: &'a http::HeaderMap,
+    pub method: &'a str,
+    pub origin: &'a Origin,
+    pub original: &'a Original,
+    pub location: &'a Location,
+    /// The client wants HTML (a browser) rather than JSON.
+    pub html: bool,
+}
+
+/// How an allowed request's identity is told: forward-auth's `X-Auth-Request-*` for the
+/// proxy in front to copy, or the upstream's own names when the caller (Envoy's gRPC
+/// check) sets them on the forwarded request itself.
+pub(super) struct Answer {
+    pub entry: Entry,
+    pub names: redact::IdentityHeaders,
+    pub assertion: HeaderName,
+}
+
+const AUTH_REQUEST_ANSWER: Answer = Answer {
+    entry: Entry::ForwardAuth,
+    names: redact::AUTH_REQUEST,
+    assertion: redact::AUTH_REQUEST_JWT_ASSERTION,
+};
 
 /// The per-location settings from the query string.
 #[derive(Debug, Default)]
-struct Location {
-    allowed_groups: Vec<String>,
-    allowed_emails: Vec<String>,
+pub(super) struct Location {
+    pub allowed_groups: Vec<String>,
+    pub allowed_emails: Vec<String>,
     /// `redirect=true|false`: force or forbid the 302 for browsers.
-    redirect: Option<bool>,
+    pub redirect: Option<bool>,
 }
 
 fn header_str<'a>(req: &'a Request<RequestBody>, name: &HeaderName) -> Option<&'a str> {
@@ -78,7 +105,20 @@ fn header_str<'a>(req: &'a Request<RequestBody>, name: &HeaderName) -> Option<&'
         .filter(|v| !v.is_empty())
 }
 
-fn parse_location(query: &str) -> Result<Location, String> {
+pub(super) fn parse_location(query: &str) -> Result<Location, String> {
+    let pairs: Vec<_> = form_urlencoded::parse(query.as_bytes()).collect();
+    parse_location_pairs(
+        pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
+        "/api/v1/auth/verify",
+    )
+}
+
+/// The per-location settings from `(key, value)` pairs: forward-auth's query string, or
+/// Envoy's per-route `context_extensions`.
+pub(super) fn parse_location_pairs<'a>(
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+    place: &str,
+) -> Result<Location, String> {
     let mut location = Location::default();
     let list = |v: &str| {
         v.split(',')
@@ -87,12 +127,12 @@ fn parse_location(query: &str) -> Result<Location, String> {
             .map(str::to_string)
             .collect::<Vec<_>>()
     };
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        match &*key {
-            "allowed_groups" => location.allowed_groups.extend(list(&value)),
-            "allowed_emails" => location.allowed_emails.extend(list(&value)),
+    for (key, value) in pairs {
+        match key {
+            "allowed_groups" => location.allowed_groups.extend(list(value)),
+            "allowed_emails" => location.allowed_emails.extend(list(value)),
             "redirect" => {
-                location.redirect = Some(match &*value {
+                location.redirect = Some(match value {
                     "true" | "1" => true,
                     "false" | "0" => false,
                     other => {
@@ -104,7 +144,7 @@ fn parse_location(query: &str) -> Result<Location, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown parameter `{other}`: /api/v1/auth/verify takes allowed_groups, allowed_emails and redirect"
+                    "unknown parameter `{other}`: {place} takes allowed_groups, allowed_emails and redirect"
                 ));
             }
         }
@@ -210,10 +250,35 @@ impl App {
             }
         };
         let original = original(&req, &origin);
+        let method = original
+            .method
+            .clone()
+            .unwrap_or_else(|| req.method().to_string());
+        let question = Question {
+            headers: req.headers(),
+            method: &method,
+            origin: &origin,
+            original: &original,
+            location: &location,
+            html,
+        };
+        self.answer(conn, &question, &AUTH_REQUEST_ANSWER).await
+    }
+
+    /// Decides a question about a request another proxy holds, and answers it the way
+    /// forward-auth does: 200 with the identity headers under `answer`'s names, a 302 or
+    /// 401 to log in, 403 when refused. The gRPC check turns this answer into Envoy's.
+    pub(super) async fn answer(
+        &self,
+        conn: &ConnInfo,
+        q: &Question<'_>,
+        answer: &Answer,
+    ) -> Response<ProxyBody> {
+        let (origin, original, location, html) = (q.origin, q.original, q.location, q.html);
         // With routes, the request in question decides which route applies: its path,
         // normalized as the proxied path's is (an ambiguous one is refused), its host
         // and method.
-        let target_url = original.url.as_deref().map(|u| split_url(u, &origin));
+        let target_url = original.url.as_deref().map(|u| split_url(u, origin));
         let target_path = match &target_url {
             Some((_, path)) => match normalize::normalize_path(path, self.paths) {
                 Ok(p) => Some(p.into_owned()),
@@ -240,18 +305,14 @@ impl App {
             }
             None => None,
         };
-        let method = original
-            .method
-            .clone()
-            .unwrap_or_else(|| req.method().to_string());
         let here = Policy::new(&location.allowed_emails, &location.allowed_groups);
         let check = Check {
-            headers: req.headers(),
+            headers: q.headers,
             client: origin.client_ip,
-            entry: Entry::ForwardAuth,
+            entry: answer.entry,
             narrower: Some(&here),
             target: Target {
-                method: &method,
+                method: q.method,
                 host: target_url.as_ref().and_then(|(h, _)| h.as_deref()),
                 path: target_path.as_deref().unwrap_or("/"),
             },
@@ -263,10 +324,10 @@ impl App {
             } => (principal, route),
             Decision::Admit { who: None, .. } => return pages::text(StatusCode::OK, ""),
             Decision::Challenge { auth, .. } => {
-                return self.verify_challenge(auth, &req, &original, &location, html, None);
+                return self.verify_challenge(auth, q, None);
             }
             Decision::StepUp { auth, step, .. } => {
-                return self.verify_challenge(auth, &req, &original, &location, html, Some(&step));
+                return self.verify_challenge(auth, q, Some(&step));
             }
             Decision::Deny { reason, .. } => return pages::denied(&reason, html, LOGOUT.path),
             Decision::NoRoute | Decision::PathParameters => {
@@ -285,7 +346,7 @@ impl App {
         let mut resp = pages::text(StatusCode::OK, "");
         redact::set_identity_headers(
             resp.headers_mut(),
-            &redact::AUTH_REQUEST,
+            &answer.names,
             principal.identity(),
             principal.all_groups(),
         );
@@ -296,7 +357,7 @@ impl App {
                 (None, Some((Some(host), _))) => format!("{}://{host}", origin.proto),
                 _ => self.default_audience.clone(),
             };
-            let session = self.session_key(req.headers());
+            let session = self.session_key(q.headers);
             if let Some(token) = assertions.assertion(
                 conn.worker,
                 session.as_ref().map(|k| &k.0),
@@ -304,8 +365,7 @@ impl App {
                 principal.all_groups(),
                 &audience,
             ) {
-                resp.headers_mut()
-                    .insert(redact::AUTH_REQUEST_JWT_ASSERTION, token);
+                resp.headers_mut().insert(answer.assertion.clone(), token);
             }
         }
         resp
@@ -316,12 +376,10 @@ impl App {
     fn verify_challenge(
         &self,
         auth: &Auth,
-        req: &Request<RequestBody>,
-        original: &Original,
-        location: &Location,
-        html: bool,
+        q: &Question<'_>,
         step: Option<&StepUp>,
     ) -> Response<ProxyBody> {
+        let (original, location, html) = (q.original, q.location, q.html);
         let return_to = original
             .url
             .as_deref()
@@ -342,7 +400,7 @@ impl App {
             ),
             None => login_link(None, &return_to, step),
         };
-        let method = original.method.as_deref().unwrap_or(req.method().as_str());
+        let method = q.method;
         let navigates = method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD");
         let redirect = location
             .redirect
