@@ -10,6 +10,7 @@ mod identity;
 pub mod random;
 pub mod seal;
 pub mod time;
+pub mod trace;
 
 pub use identity::{ClaimValue, Identity};
 

@@ -80,12 +80,12 @@ impl ProviderMetadata {
             provider: provider.to_string(),
             reason,
         };
-        let response = http
-            .get(&url)
-            .header("accept", "application/json")
-            .send()
-            .await
-            .map_err(|e| unavailable(format!("cannot fetch {url}: {}", error_chain(&e))))?;
+        let response = crate::http::send(
+            "idp.discovery",
+            http.get(&url).header("accept", "application/json"),
+        )
+        .await
+        .map_err(|e| unavailable(format!("cannot fetch {url}: {}", error_chain(&e))))?;
         if !response.status().is_success() {
             return Err(unavailable(format!("{url} answered {}", response.status())));
         }

@@ -135,16 +135,17 @@ impl GitHubProvider {
             ("redirect_uri", redirect_uri),
             ("code_verifier", pkce_verifier),
         ];
-        let response = self
-            .http
-            .post(self.endpoint("login/oauth/access_token"))
-            .header("accept", "application/json")
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| {
-                self.unavailable(format!("token endpoint unreachable: {}", error_chain(&e)))
-            })?;
+        let response = crate::http::send(
+            "idp.token",
+            self.http
+                .post(self.endpoint("login/oauth/access_token"))
+                .header("accept", "application/json")
+                .form(&form),
+        )
+        .await
+        .map_err(|e| {
+            self.unavailable(format!("token endpoint unreachable: {}", error_chain(&e)))
+        })?;
         let status = response.status();
         let answer: TokenAnswer =
             response
@@ -181,21 +182,22 @@ impl GitHubProvider {
         url: Url,
         token: &str,
     ) -> Result<(T, Option<Url>), IdentityError> {
-        let response = self
-            .http
-            .get(url.clone())
-            .bearer_auth(token)
-            .header("accept", "application/vnd.github+json")
-            .header("x-github-api-version", "2022-11-28")
-            .send()
-            .await
-            .map_err(|e| {
-                IdentityError::UserInfo(format!(
-                    "GitHub API unreachable ({}): {}",
-                    url.path(),
-                    error_chain(&e)
-                ))
-            })?;
+        let response = crate::http::send(
+            "github.api",
+            self.http
+                .get(url.clone())
+                .bearer_auth(token)
+                .header("accept", "application/vnd.github+json")
+                .header("x-github-api-version", "2022-11-28"),
+        )
+        .await
+        .map_err(|e| {
+            IdentityError::UserInfo(format!(
+                "GitHub API unreachable ({}): {}",
+                url.path(),
+                error_chain(&e)
+            ))
+        })?;
         let status = response.status();
         if !status.is_success() {
             return Err(IdentityError::UserInfo(format!(

@@ -55,13 +55,14 @@ pub(crate) async fn transitive_groups(
         if pages > MAX_PAGES {
             return Err(format!("more than {MAX_PAGES} pages of groups"));
         }
-        let response = http
-            .get(url.clone())
-            .bearer_auth(access_token)
-            .header("accept", "application/json")
-            .send()
-            .await
-            .map_err(|e| format!("Microsoft Graph unreachable: {}", error_chain(&e)))?;
+        let response = crate::http::send(
+            "graph.member_of",
+            http.get(url.clone())
+                .bearer_auth(access_token)
+                .header("accept", "application/json"),
+        )
+        .await
+        .map_err(|e| format!("Microsoft Graph unreachable: {}", error_chain(&e)))?;
         let status = response.status();
         if !status.is_success() {
             return Err(format!(

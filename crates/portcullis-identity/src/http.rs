@@ -123,6 +123,26 @@ pub fn client(settings: &OutboundSettings) -> Result<reqwest::Client, OutboundEr
         .map_err(|e| OutboundError::Build(e.to_string()))
 }
 
+/// Sends an outbound request (to an identity provider, Microsoft Graph, GitHub or a
+/// shared-signals transmitter) in a client span `name` that continues the current
+/// request's trace; with tracing off, just sends it.
+pub(crate) async fn send(
+    name: &'static str,
+    request: reqwest::RequestBuilder,
+) -> reqwest::Result<reqwest::Response> {
+    use portcullis_core::trace;
+    if !trace::enabled() {
+        return request.send().await;
+    }
+    trace::in_span_result(name, trace::Kind::Client, async move {
+        let (client, request) = request.build_split();
+        let mut request = request?;
+        trace::inject(request.headers_mut());
+        client.execute(request).await
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

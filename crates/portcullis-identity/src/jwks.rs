@@ -87,19 +87,20 @@ impl JwksCache {
             provider: self.provider.clone(),
             reason,
         };
-        let response = self
-            .http
-            .get(&self.uri)
-            .header("accept", "application/json")
-            .send()
-            .await
-            .map_err(|e| {
-                unavailable(format!(
-                    "cannot fetch keys from {}: {}",
-                    self.uri,
-                    error_chain(&e)
-                ))
-            })?;
+        let response = crate::http::send(
+            "idp.jwks",
+            self.http
+                .get(&self.uri)
+                .header("accept", "application/json"),
+        )
+        .await
+        .map_err(|e| {
+            unavailable(format!(
+                "cannot fetch keys from {}: {}",
+                self.uri,
+                error_chain(&e)
+            ))
+        })?;
         if !response.status().is_success() {
             return Err(unavailable(format!(
                 "the key set {} answered {}",

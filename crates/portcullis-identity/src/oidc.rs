@@ -454,15 +454,12 @@ impl OidcProvider {
             });
         };
         let request = self.client_authenticated(&d, endpoint, &mut form);
-        let response =
-            request
-                .form(&form)
-                .send()
-                .await
-                .map_err(|e| IdentityError::ProviderUnavailable {
-                    provider: self.config.name.clone(),
-                    reason: format!("token endpoint unreachable: {}", error_chain(&e)),
-                })?;
+        let response = crate::http::send("idp.token", request.form(&form))
+            .await
+            .map_err(|e| IdentityError::ProviderUnavailable {
+                provider: self.config.name.clone(),
+                reason: format!("token endpoint unreachable: {}", error_chain(&e)),
+            })?;
         let status = response.status();
         let body = response
             .bytes()
@@ -642,16 +639,17 @@ impl OidcProvider {
                 "the provider publishes no userinfo_endpoint".into(),
             ));
         };
-        let response = self
-            .http
-            .get(endpoint)
-            .bearer_auth(access_token)
-            .header("accept", "application/json")
-            .send()
-            .await
-            .map_err(|e| {
-                IdentityError::UserInfo(format!("userinfo unreachable: {}", error_chain(&e)))
-            })?;
+        let response = crate::http::send(
+            "idp.userinfo",
+            self.http
+                .get(endpoint)
+                .bearer_auth(access_token)
+                .header("accept", "application/json"),
+        )
+        .await
+        .map_err(|e| {
+            IdentityError::UserInfo(format!("userinfo unreachable: {}", error_chain(&e)))
+        })?;
         if !response.status().is_success() {
             return Err(IdentityError::UserInfo(format!(
                 "userinfo answered {}",

@@ -204,13 +204,12 @@ impl Transmitter {
 
     async fn load(&self) -> Result<Loaded, String> {
         let url = &self.metadata_url;
-        let response = self
-            .http
-            .get(url)
-            .header("accept", "application/json")
-            .send()
-            .await
-            .map_err(|e| format!("cannot fetch {url}: {}", error_chain(&e)))?;
+        let response = crate::http::send(
+            "ssf.configuration",
+            self.http.get(url).header("accept", "application/json"),
+        )
+        .await
+        .map_err(|e| format!("cannot fetch {url}: {}", error_chain(&e)))?;
         if !response.status().is_success() {
             return Err(format!("{url} answered {}", response.status()));
         }
@@ -375,8 +374,7 @@ impl Transmitter {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        let response = request
-            .send()
+        let response = crate::http::send("ssf.poll", request)
             .await
             .map_err(|e| format!("cannot poll {url}: {}", error_chain(&e)))?;
         if !response.status().is_success() {

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
+use portcullis_core::trace;
 use portcullis_identity::Provider;
 use portcullis_policy::{Policy, RouteTable};
 use portcullis_session::MemoryStore;
@@ -185,6 +186,51 @@ impl App {
 
     /// Handles one request. Never fails: every error becomes a response here.
     pub async fn handle(&self, conn: &ConnInfo, req: Request<RequestBody>) -> Response<ProxyBody> {
+        if !trace::enabled() {
+            return self.handle_request(conn, req).await;
+        }
+        // The request's span: continues the client's trace (traceparent) or starts one.
+        // Its attributes name the method, the path (never the query, which may hold a
+        // code or a token), the host and the client; then the status.
+        let mut attributes = vec![
+            trace::KeyValue::new("http.request.method", req.method().as_str().to_string()),
+            trace::KeyValue::new("url.path", req.uri().path().to_string()),
+            trace::KeyValue::new("client.address", conn.peer.ip().to_string()),
+        ];
+        if let Some(host) = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+        {
+            attributes.push(trace::KeyValue::new("server.address", host.to_string()));
+        }
+        let Some(cx) =
+            trace::server_span(req.method().as_str().to_string(), req.headers(), attributes)
+        else {
+            return self.handle_request(conn, req).await;
+        };
+        trace::within(cx, async {
+            let resp = self.handle_request(conn, req).await;
+            let status = resp.status().as_u16();
+            trace::record(|| {
+                vec![trace::KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status),
+                )]
+            });
+            if status >= 500 {
+                trace::fail(resp.status().canonical_reason().unwrap_or("server error"));
+            }
+            resp
+        })
+        .await
+    }
+
+    async fn handle_request(
+        &self,
+        conn: &ConnInfo,
+        req: Request<RequestBody>,
+    ) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
         if let Err(m) = normalize::check_request(&parts) {
             return malformed(m);

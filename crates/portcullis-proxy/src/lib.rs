@@ -5,6 +5,7 @@
 //! `forwarding` (the `X-Forwarded-*` trust boundary) and `redact` (identity headers);
 //! `upstream` streams to the app; `error` is the single place failures become responses.
 #![forbid(unsafe_code)]
+#![recursion_limit = "256"]
 
 mod app;
 mod assertion;

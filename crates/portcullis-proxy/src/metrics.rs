@@ -147,6 +147,20 @@ pub(crate) enum StoreOp {
 
 const STORE_OPS: [&str; 6] = ["load", "create", "update", "delete", "revoke", "other"];
 
+impl StoreOp {
+    /// The name of its trace span.
+    pub(crate) fn span_name(self) -> &'static str {
+        [
+            "session.load",
+            "session.create",
+            "session.update",
+            "session.delete",
+            "session.revoke",
+            "session.other",
+        ][self as usize]
+    }
+}
+
 /// The session store's latency histograms; cloned into the store wrapper (they share
 /// their series).
 #[derive(Clone)]

@@ -48,7 +48,12 @@ impl Sessions {
     /// Runs a store operation, observing how long it took.
     async fn timed<T>(&self, op: StoreOp, work: impl Future<Output = T>) -> T {
         let start = Instant::now();
-        let out = work.await;
+        let out = portcullis_core::trace::in_span(
+            op.span_name(),
+            portcullis_core::trace::Kind::Client,
+            work,
+        )
+        .await;
         self.latency.observe(op, start);
         out
     }

@@ -939,3 +939,65 @@ pub fn envoy_check_over(
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
 }
+
+/// An OTLP trace receiver (`tests/grpc/otlp_receiver.py`, on OpenTelemetry's own protobuf
+/// messages) listening for HTTP/protobuf on `http_port` and gRPC on `grpc_port`.
+pub struct OtlpReceiver {
+    daemon: Daemon,
+    pub http_port: u16,
+    pub grpc_port: u16,
+}
+
+impl OtlpReceiver {
+    pub fn start() -> OtlpReceiver {
+        let (python, root) = grpc_peers();
+        let (http_port, grpc_port) = (free_port(), free_port());
+        let dir = TempDir::new("otlp");
+        let log = dir.path().join("spans.jsonl");
+        let out = std::fs::File::create(&log).expect("create the log");
+        let mut child = Command::new(python)
+            .arg(root.join("otlp_receiver.py"))
+            .args([http_port.to_string(), grpc_port.to_string()])
+            .stdout(out.try_clone().expect("clone the log"))
+            .stderr(out)
+            .spawn()
+            .expect("the OTLP receiver starts");
+        wait_listening(http_port, "the OTLP receiver", &log, &mut child);
+        wait_listening(grpc_port, "the OTLP receiver (gRPC)", &log, &mut child);
+        OtlpReceiver {
+            daemon: Daemon {
+                child,
+                _dir: dir,
+                log,
+            },
+            http_port,
+            grpc_port,
+        }
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<serde_json::Value> {
+        self.daemon
+            .log()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The spans of trace `trace_id` once at least `count` have arrived (or after 15 s).
+    pub fn wait_for_trace(&self, trace_id: &str, count: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let spans: Vec<_> = self
+                .spans()
+                .into_iter()
+                .filter(|s| s["trace_id"] == trace_id)
+                .collect();
+            if spans.len() >= count || Instant::now() > deadline {
+                return spans;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -65,6 +65,20 @@ pub(crate) async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let mut report = Report::new(false);
     report.ok("configuration keys and values");
     static_checks(&config, &mut report);
+    match crate::telemetry::settings(|name| std::env::var(name).ok()) {
+        Ok(Some(t)) => report.ok(&format!(
+            "traces exported over OTLP ({}) to {}, sampler {:?}",
+            if t.grpc { "grpc" } else { "http/protobuf" },
+            t.endpoint,
+            t.sampler
+        )),
+        Ok(None) => {}
+        Err(e) => report.fail(
+            "OTEL_* environment",
+            &format!("{e:#}"),
+            "see the README, Operations: Tracing",
+        ),
+    }
     if !args.offline {
         for provider in &config.auth.providers {
             probe_provider(&config, provider, &mut report).await;

@@ -8,6 +8,7 @@ mod dev;
 mod logging;
 mod reload;
 mod serve;
+mod telemetry;
 
 use std::process::ExitCode;
 

@@ -96,6 +96,8 @@ pub(crate) async fn run_with(
     listener: TcpListener,
     reload: Option<(LoadAgain, Option<PathBuf>)>,
 ) -> anyhow::Result<ExitCode> {
+    // Traces, when the OTEL_* environment asks for them; flushed when this returns.
+    let _tracing = crate::telemetry::start()?;
     let workers = match config.server.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,

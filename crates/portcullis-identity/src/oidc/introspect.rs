@@ -56,17 +56,18 @@ impl OidcProvider {
             ));
         };
         let mut form = vec![("token", token), ("token_type_hint", "access_token")];
-        let response = self
-            .client_authenticated(&d, endpoint, &mut form)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| {
-                unavailable(format!(
-                    "introspection endpoint unreachable: {}",
-                    error_chain(&e)
-                ))
-            })?;
+        let response = crate::http::send(
+            "idp.introspection",
+            self.client_authenticated(&d, endpoint, &mut form)
+                .form(&form),
+        )
+        .await
+        .map_err(|e| {
+            unavailable(format!(
+                "introspection endpoint unreachable: {}",
+                error_chain(&e)
+            ))
+        })?;
         let status = response.status();
         if !status.is_success() {
             return Err(unavailable(format!(

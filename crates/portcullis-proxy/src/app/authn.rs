@@ -11,6 +11,7 @@
 //! replicas (concurrent requests wait for it and use its result); a refresh the provider
 //! refuses ends the session.
 
+use portcullis_core::trace;
 use std::sync::Arc;
 
 use http::HeaderMap;
@@ -412,7 +413,12 @@ impl App {
         };
         let who = current.identity.display();
         let asked = std::time::Instant::now();
-        let refreshed = provider.refresh(refresh_token).await;
+        let refreshed = trace::in_span(
+            "token.refresh",
+            trace::Kind::Internal,
+            provider.refresh(refresh_token),
+        )
+        .await;
         self.metrics
             .provider_call(provider.name(), ProviderCall::Refresh, asked);
         match refreshed {

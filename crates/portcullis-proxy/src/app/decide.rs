@@ -103,6 +103,15 @@ pub(super) enum Decision<'a> {
 
 impl App {
     pub(super) async fn decide(&self, check: Check<'_>) -> Decision<'_> {
+        portcullis_core::trace::in_span(
+            "policy.decide",
+            portcullis_core::trace::Kind::Internal,
+            self.decide_untraced(check),
+        )
+        .await
+    }
+
+    async fn decide_untraced(&self, check: Check<'_>) -> Decision<'_> {
         let t = check.target;
         let route = if self.routes.is_empty() {
             None

@@ -3,6 +3,7 @@
 //! the forwarding headers, then Portcullis's cookies, then the identity Portcullis
 //! vouches for), or answer the decision's refusal.
 
+use portcullis_core::trace;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -189,9 +190,26 @@ impl App {
         let upstream = &pools[conn.worker % pools.len()];
         let route = route.map(|r| r.index);
         let asked = std::time::Instant::now();
-        let forwarded = upstream
-            .forward(req, upgrade, origin.host.as_ref(), &self.tracker)
-            .await;
+        let forwarded = if trace::enabled() {
+            trace::in_span_result("upstream", trace::Kind::Client, async {
+                trace::inject(req.headers_mut());
+                let forwarded = upstream
+                    .forward(req, upgrade, origin.host.as_ref(), &self.tracker)
+                    .await;
+                if let Ok(Forwarded::Response(resp)) = &forwarded {
+                    let status = i64::from(resp.status().as_u16());
+                    trace::record(|| {
+                        vec![trace::KeyValue::new("http.response.status_code", status)]
+                    });
+                }
+                forwarded
+            })
+            .await
+        } else {
+            upstream
+                .forward(req, upgrade, origin.host.as_ref(), &self.tracker)
+                .await
+        };
         self.metrics.upstream_done(route, asked);
         match forwarded {
             Ok(forwarded) => {
