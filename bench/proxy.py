@@ -16,7 +16,9 @@ so wrk does not steal the proxies' CPU.
 
 A third row, "routes", is Portcullis with a table of 20 routes (the measured paths fall
 through 19 of them to the catch-all) and the signed identity assertion on: the cost of
-per-route policy and of the assertion, against the plain row.
+per-route policy and of the assertion, against the plain row. A fourth, "traced", is the
+plain set-up exporting OpenTelemetry traces with a 1% sampler (OTLP/HTTP to a sink in
+this script): the cost of tracing, against the plain row, which has it off.
 
 Environment: DURATION (seconds, default 10), CONNECTIONS (64), ROUNDS (3),
 SESSIONS (100000), PORTCULLIS_BIN / LOGIN_FLOOD_BIN (skip the release build).
@@ -47,6 +49,32 @@ def routes_yaml(key):
                   f"    deny: {{emails: [blocked-{i}@example.com]}}"]
     lines += ["  - name: everything", "    match: {path_prefix: /}", "    allow: {authenticated: true}"]
     return "\n".join(lines) + "\n"
+
+
+def otlp_sink():
+    """An OTLP/HTTP endpoint that accepts every export and counts it (and, roughly, its
+    spans: each span of an ExportTraceServiceRequest carries a 16-byte trace id field)."""
+    import http.server
+    import threading
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            self.server.exports += 1
+            self.server.spans += body.count(b"\x0a\x10")
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    server.exports = 0
+    server.spans = 0
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def main():
@@ -116,34 +144,49 @@ def main():
             assert r.status == 200 and r.read().decode() == SMALL_BODY, "the session does not reach the upstream"
         idle_rss = proc_status(pc_proc.pid, "VmRSS")
 
-        # The same with 20 routes and the identity assertion, on its own port.
-        rt = free_port()
+        def variant(label, extra_env):
+            """Another Portcullis (with its own dev-idp) on its own port: its port, process
+            and session cookie."""
+            port, idp = free_port(), free_port()
+            callback_url = f"http://127.0.0.1:{port}/api/v1/auth/callback"
+            procs.append(subprocess.Popen(pinned(SERVER_CORE, [portcullis, "dev-idp", "--listen", f"127.0.0.1:{idp}",
+                                                               "--client-id", "bench", "--client-secret", "bench-secret",
+                                                               "--redirect-uri", callback_url]),
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            variant_env = dict(env, LISTEN_ADDR=f"127.0.0.1:{port}", OAUTH_ISSUER_URL=f"http://127.0.0.1:{idp}",
+                               OAUTH_REDIRECT_URL=callback_url, **extra_env)
+            proc = subprocess.Popen(pinned(SERVER_CORE, [portcullis]), env=variant_env, stdout=subprocess.DEVNULL,
+                                    stderr=open(os.path.join(work, f"{label}.log"), "w"))
+            procs.append(proc)
+            wait_http(f"http://127.0.0.1:{port}/readyz")
+            variant_cookie = subprocess.run(pinned(LOAD_CORE, [flood, f"http://127.0.0.1:{port}/", "1", "1"]),
+                                            capture_output=True, text=True, check=True).stdout.strip()
+            probe = urllib.request.Request(f"http://127.0.0.1:{port}/small", headers={"Cookie": variant_cookie})
+            with urllib.request.urlopen(probe) as r:
+                assert r.status == 200 and r.read().decode() == SMALL_BODY, f"the {label} row does not reach the upstream"
+            return port, proc, variant_cookie
+
+        # The same with 20 routes and the identity assertion.
         key = os.path.join(work, "identity-key.pem")
         subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
                         "-out", key], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with open(os.path.join(work, "routes.yaml"), "w") as f:
             f.write(routes_yaml(key))
-        rt_callback = f"http://127.0.0.1:{rt}/api/v1/auth/callback"
-        procs.append(subprocess.Popen(pinned(SERVER_CORE, [portcullis, "dev-idp", "--listen", f"127.0.0.1:{idp_port + 1}",
-                                                           "--client-id", "bench", "--client-secret", "bench-secret",
-                                                           "--redirect-uri", rt_callback]),
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        rt_env = dict(env, LISTEN_ADDR=f"127.0.0.1:{rt}", OAUTH_ISSUER_URL=f"http://127.0.0.1:{idp_port + 1}",
-                      OAUTH_REDIRECT_URL=rt_callback, PORTCULLIS_CONFIG=os.path.join(work, "routes.yaml"))
-        rt_proc = subprocess.Popen(pinned(SERVER_CORE, [portcullis]), env=rt_env, stdout=subprocess.DEVNULL,
-                                   stderr=open(os.path.join(work, "routes.log"), "w"))
-        procs.append(rt_proc)
-        wait_http(f"http://127.0.0.1:{rt}/readyz")
-        rt_cookie = subprocess.run(pinned(LOAD_CORE, [flood, f"http://127.0.0.1:{rt}/", "1", "1"]),
-                                   capture_output=True, text=True, check=True).stdout.strip()
-        req = urllib.request.Request(f"http://127.0.0.1:{rt}/small", headers={"Cookie": rt_cookie})
-        with urllib.request.urlopen(req) as r:
-            assert r.status == 200 and r.read().decode() == SMALL_BODY, "the routes row does not reach the upstream"
+        rt, rt_proc, rt_cookie = variant("routes", {"PORTCULLIS_CONFIG": os.path.join(work, "routes.yaml")})
+
+        # The plain set-up exporting OpenTelemetry traces of 1% of the requests (OTLP over
+        # HTTP to a sink in this script that counts what arrives).
+        sink = otlp_sink()
+        tr, tr_proc, tr_cookie = variant("traced", {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_port}",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.01",
+        })
 
         nginx_pids = [procs[1].pid] + children(procs[1].pid)
         rows = {}
         targets = (("nginx", ngx, nginx_pids, cookie), ("portcullis", pc, [pc_proc.pid], cookie),
-                   ("routes", rt, [rt_proc.pid], rt_cookie))
+                   ("routes", rt, [rt_proc.pid], rt_cookie), ("traced", tr, [tr_proc.pid], tr_cookie))
         expected = {(name, path): wire_size(port, "/" + path, c)
                     for name, port, _, c in targets for path in ("small", "big")}
         print(f"wrk: 1 thread, {CONNECTIONS} connections, {DURATION}s per run, {ROUNDS} interleaved rounds; "
@@ -162,9 +205,9 @@ def main():
         print()
         print(f"{'proxy':<12}{'path':<8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}{'peak RSS MiB':>14}")
         peaks = {"nginx": max(proc_status(p, "VmHWM") for p in nginx_pids), "portcullis": proc_status(pc_proc.pid, "VmHWM"),
-                 "routes": proc_status(rt_proc.pid, "VmHWM")}
+                 "routes": proc_status(rt_proc.pid, "VmHWM"), "traced": proc_status(tr_proc.pid, "VmHWM")}
         for path in ("small", "big"):
-            for name in ("nginx", "portcullis", "routes"):
+            for name in ("nginx", "portcullis", "routes", "traced"):
                 print(f"{name:<12}{'/' + path:<8}{med(name, path, 'rps'):>10.0f}{med(name, path, 'p50'):>9.2f}"
                       f"{med(name, path, 'p99'):>9.2f}{med(name, path, 'cpu_us'):>12.1f}{peaks[name] / 1024:>14.1f}")
         print()
@@ -175,6 +218,11 @@ def main():
         for path in ("small", "big"):
             tput = med("routes", path, "rps") / med("portcullis", path, "rps")
             print(f"20 routes + assertion / plain  /{path:<6} throughput {tput:.2f}x (target >= 0.95)")
+        for path in ("small", "big"):
+            tput = med("traced", path, "rps") / med("portcullis", path, "rps")
+            cpu = med("traced", path, "cpu_us") - med("portcullis", path, "cpu_us")
+            print(f"tracing on (1% sampled) / off  /{path:<6} throughput {tput:.2f}x, CPU {cpu:+.1f} us/request")
+        print(f"spans exported by the traced row: about {sink.spans}, in {sink.exports} OTLP requests")
         print(f"portcullis idle RSS (one session): {idle_rss / 1024:.1f} MiB (target < 20)")
 
         if SESSIONS > 0:

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use http::HeaderMap;
 use opentelemetry::global::{self, BoxedTracer};
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::{FutureExt, SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{FutureExt, Span, SpanKind, Status, TraceContextExt, Tracer};
 
 pub use opentelemetry::Context;
 pub use opentelemetry::KeyValue;
@@ -64,20 +64,34 @@ impl Injector for HeaderInjector<'_> {
 }
 
 /// The span of a request that arrived: a child of the client's `traceparent` (and
-/// `tracestate`) when it sent one, else the root of a new trace. `None` when tracing is off.
+/// `tracestate`) when it sent one, else the root of a new trace. Its `attributes` are
+/// computed only when the sampler keeps the span. `None` when tracing is off.
 pub fn server_span(
-    name: String,
+    name: &'static str,
     headers: &HeaderMap,
-    attributes: Vec<KeyValue>,
+    attributes: impl FnOnce() -> Vec<KeyValue>,
 ) -> Option<Context> {
     let tracer = tracer()?;
     let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
-    let span = tracer
+    let mut span = tracer
         .span_builder(name)
         .with_kind(SpanKind::Server)
-        .with_attributes(attributes)
         .start_with_context(tracer, &parent);
+    if span.is_recording() {
+        span.set_attributes(attributes());
+    }
     Some(parent.with_span(span))
+}
+
+/// The current context, unless it belongs to a span the sampler dropped: the work of
+/// such a request records no child spans (they would be dropped too), and skips their
+/// cost. Work outside any request (a key refresh) starts its own trace.
+fn parent_to_trace() -> Option<Context> {
+    let parent = Context::current();
+    if parent.has_active_span() && !parent.span().span_context().is_sampled() {
+        return None;
+    }
+    Some(parent)
 }
 
 /// Writes the current span's `traceparent` (and `tracestate`) into `headers`, replacing
@@ -93,10 +107,9 @@ pub fn inject(headers: &mut HeaderMap) {
 
 /// Runs `work` in a span `name` (a child of the current one) when tracing is on.
 pub async fn in_span<F: Future>(name: &'static str, kind: SpanKind, work: F) -> F::Output {
-    let Some(tracer) = tracer() else {
+    let Some((tracer, parent)) = tracer().zip(parent_to_trace()) else {
         return work.await;
     };
-    let parent = Context::current();
     let span = tracer
         .span_builder(name)
         .with_kind(kind)
@@ -111,10 +124,9 @@ pub async fn in_span_result<T, E: std::fmt::Display, F: Future<Output = Result<T
     kind: SpanKind,
     work: F,
 ) -> Result<T, E> {
-    let Some(tracer) = tracer() else {
+    let Some((tracer, parent)) = tracer().zip(parent_to_trace()) else {
         return work.await;
     };
-    let parent = Context::current();
     let span = tracer
         .span_builder(name)
         .with_kind(kind)
@@ -140,6 +152,9 @@ pub fn record(attributes: impl FnOnce() -> Vec<KeyValue>) {
     }
     let cx = Context::current();
     let span = cx.span();
+    if !span.is_recording() {
+        return;
+    }
     for kv in attributes() {
         span.set_attribute(kv);
     }

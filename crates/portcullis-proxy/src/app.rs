@@ -192,20 +192,22 @@ impl App {
         // The request's span: continues the client's trace (traceparent) or starts one.
         // Its attributes name the method, the path (never the query, which may hold a
         // code or a token), the host and the client; then the status.
-        let mut attributes = vec![
-            trace::KeyValue::new("http.request.method", req.method().as_str().to_string()),
-            trace::KeyValue::new("url.path", req.uri().path().to_string()),
-            trace::KeyValue::new("client.address", conn.peer.ip().to_string()),
-        ];
-        if let Some(host) = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-        {
-            attributes.push(trace::KeyValue::new("server.address", host.to_string()));
-        }
-        let Some(cx) =
-            trace::server_span(req.method().as_str().to_string(), req.headers(), attributes)
+        let attributes = || {
+            let mut attributes = vec![
+                trace::KeyValue::new("http.request.method", req.method().as_str().to_string()),
+                trace::KeyValue::new("url.path", req.uri().path().to_string()),
+                trace::KeyValue::new("client.address", conn.peer.ip().to_string()),
+            ];
+            if let Some(host) = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+            {
+                attributes.push(trace::KeyValue::new("server.address", host.to_string()));
+            }
+            attributes
+        };
+        let Some(cx) = trace::server_span(span_name(req.method()), req.headers(), attributes)
         else {
             return self.handle_request(conn, req).await;
         };
@@ -434,5 +436,20 @@ fn body_refused(e: BodyError, html: bool) -> Response<ProxyBody> {
             "bad_request",
             "the request body was cut off",
         ),
+    }
+}
+
+/// The name of a request's span: its method (a fixed set of names, so no span name is
+/// built from what a client sent).
+fn span_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "HTTP",
     }
 }

@@ -147,6 +147,21 @@ async fn traces_continue_the_clients_trace_to_the_app_over_http_and_grpc() {
     let fresh = echo_header(&echo, "traceparent").unwrap();
     assert!(!fresh.contains(trace_id), "{fresh}");
 
+    // A trace the client's side did not sample (flags 00) is continued, not recorded.
+    let unsampled = "11111111111111111111111111111111";
+    let echo = get(
+        &s,
+        &alice,
+        "/app/quiet",
+        Some(&format!("00-{unsampled}-2222222222222222-00")),
+    )
+    .await;
+    let sent = echo_header(&echo, "traceparent").unwrap();
+    assert!(
+        sent.starts_with(&format!("00-{unsampled}-")) && sent.ends_with("-00"),
+        "{sent}"
+    );
+
     // The login's callback traced the provider calls.
     let all = receiver.spans();
     let all_names = names(&all);
@@ -185,6 +200,9 @@ async fn traces_continue_the_clients_trace_to_the_app_over_http_and_grpc() {
         spans.iter().all(|s| s["via"] == "grpc") && names(&spans).contains(&"upstream"),
         "{spans:#?}"
     );
+    // By now the first Portcullis has exported all it had: nothing of the unsampled trace.
+    let text = serde_json::to_string(&receiver.spans()).unwrap();
+    assert!(!text.contains(unsampled), "an unsampled request was recorded");
 }
 
 #[tokio::test]
