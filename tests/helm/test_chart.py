@@ -208,6 +208,21 @@ def main():
     monitor = next(m for m in manifests if m["kind"] == "ServiceMonitor")
     check(monitor["spec"]["endpoints"][0]["port"] == "admin", "gateway: the ServiceMonitor does not scrape the admin port")
 
+    # The check init container: the same image, environment and mounts, check --offline.
+    _, manifests, env = cases["gateway-values.yaml"]
+    pod = next(m for m in manifests if m["kind"] == "Deployment")["spec"]["template"]["spec"]
+    inits = pod.get("initContainers", [])
+    check([c["name"] for c in inits] == ["portcullis-check"], f"gateway: no check init container: {inits}")
+    if inits:
+        init, main_c = inits[0], pod["containers"][0]
+        check(init["args"] == ["check", "--offline"], f"gateway: the init container runs {init['args']}")
+        check(init["env"] == main_c["env"] and init["image"] == main_c["image"], "gateway: the check sees another configuration than the proxy")
+        check(init.get("volumeMounts") == main_c.get("volumeMounts"), "gateway: the check does not see the proxy's files")
+        check(init["securityContext"] == main_c["securityContext"], "gateway: the check runs with another security context")
+    for name in ("minimal-values.yaml", "forward-auth-values.yaml"):
+        spec = next(m for m in cases[name][1] if m["kind"] == "Deployment")["spec"]["template"]["spec"]
+        check("initContainers" not in spec, f"{name}: an init container by default")
+
     _, manifests, env = cases["forward-auth-values.yaml"]
     check(env.get("FORWARD_AUTH_ONLY") == "true" and "UPSTREAM_URL" not in env, "forward-auth: not forward-auth only")
     # Envoy's gRPC check: on only when asked for, a port of its own in the Service (h2c).

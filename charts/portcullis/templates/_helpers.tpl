@@ -183,19 +183,7 @@ left out. Portcullis reads these exactly as it reads its YAML file.
       protocol: TCP
     {{- end }}
   env:
-    {{- include "portcullis.flatEnv" (dict "prefix" "" "value" (fromYaml (include "portcullis.config" .))) | trim | nindent 4 }}
-    {{- include "portcullis.secretEnv" . | nindent 4 }}
-    {{- with .Values.outboundProxy.httpsProxy }}
-    - name: GLOBAL_AGENT_HTTPS_PROXY
-      value: {{ . | quote }}
-    {{- end }}
-    {{- with .Values.outboundProxy.noProxy }}
-    - name: NO_PROXY
-      value: {{ . | quote }}
-    {{- end }}
-    {{- with .Values.extraEnv }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
+    {{- include "portcullis.env" . | nindent 4 }}
   {{- $probePort := ternary "admin" "http" (eq (include "portcullis.admin" .) "true") }}
   livenessProbe:
     httpGet: {path: /healthz, port: {{ $probePort }}}
@@ -209,6 +197,48 @@ left out. Portcullis reads these exactly as it reads its YAML file.
     httpGet: {path: /healthz, port: {{ $probePort }}}
     periodSeconds: 2
     failureThreshold: 30
+  resources:
+    {{- toYaml .Values.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  {{- $mounts := include "portcullis.volumeMounts" . }}
+  {{- if trim $mounts }}
+  volumeMounts:
+    {{- $mounts | nindent 4 }}
+  {{- end }}
+{{- end -}}
+
+{{/* The container's environment: the configuration, the secrets, the proxies. */}}
+{{- define "portcullis.env" -}}
+{{- include "portcullis.flatEnv" (dict "prefix" "" "value" (fromYaml (include "portcullis.config" .))) | trim }}
+{{ include "portcullis.secretEnv" . }}
+{{- with .Values.outboundProxy.httpsProxy }}
+- name: GLOBAL_AGENT_HTTPS_PROXY
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.outboundProxy.noProxy }}
+- name: NO_PROXY
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+`portcullis check` before the proxy starts (checkInitContainer.enabled): the same image,
+environment and files; a configuration with a problem keeps the pod from starting, with
+every problem named in the init container's log. `--offline` unless
+checkInitContainer.probeProviders (then the providers are asked too: credentials,
+redirect URL, clock).
+*/}}
+{{- define "portcullis.checkContainer" -}}
+- name: portcullis-check
+  image: {{ include "portcullis.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args: ["check"{{ if not .Values.checkInitContainer.probeProviders }}, "--offline"{{ end }}]
+  env:
+    {{- include "portcullis.env" . | nindent 4 }}
   resources:
     {{- toYaml .Values.resources | nindent 4 }}
   securityContext:

@@ -343,6 +343,10 @@ pub struct ProviderConfig {
     /// The key that says where the provider is (its discovery URL, or GitHub's API), in
     /// both spellings, for messages: `oauth.issuer_url (OAUTH_ISSUER_URL)`.
     pub location_key: String,
+    /// The keys of its client id and secret, the same way:
+    /// `oauth.client_secret (OAUTH_CLIENT_SECRET)`.
+    pub client_id_key: String,
+    pub client_secret_key: String,
 }
 
 impl ProviderConfig {
@@ -365,6 +369,8 @@ impl ProviderConfig {
             hosted_domain: None,
             audiences: vec![client_id.into()],
             location_key: "discovery_url".into(),
+            client_id_key: "client_id".into(),
+            client_secret_key: "client_secret".into(),
         }
     }
 }

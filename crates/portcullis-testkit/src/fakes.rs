@@ -221,7 +221,18 @@ fn github_answer(
             ) else {
                 return json_response(StatusCode::BAD_REQUEST, json!({"error": "incomplete"}));
             };
-            let user = st.next.clone().expect("the test chose who signs in");
+            // Nobody signed in at GitHub: its sign-in page first, as github.com does
+            // (it checks the redirect URL only after that).
+            let Some(user) = st.next.clone() else {
+                let mut login = req.url.clone();
+                login.set_path("/login");
+                login.set_query(Some("return_to=%2Flogin%2Foauth%2Fauthorize"));
+                return Response::builder()
+                    .status(StatusCode::FOUND)
+                    .header("location", login.as_str())
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+            };
             let code = format!("code-{}", st.codes.len() + 1);
             st.codes
                 .insert(code.clone(), (user, challenge, redirect.clone()));
@@ -396,6 +407,91 @@ impl FakeGraph {
     }
 
     pub fn url(&self) -> String {
+        self.server.url("")
+    }
+}
+
+/// Microsoft Entra's answers to what `portcullis check` probes, which the OpenID provider
+/// standing in for Entra elsewhere does not give: its discovery document (keys from
+/// `jwks_uri`, a real provider's), the token endpoint's `AADSTS7000215` for a wrong
+/// secret, `AADSTS700016` for an unknown application and `AADSTS9002313`
+/// (`invalid_grant`) for a code it never issued, and the authorization endpoint's
+/// `AADSTS50011` page for an unregistered redirect URL.
+pub struct FakeEntra {
+    pub server: FakeServer,
+}
+
+impl FakeEntra {
+    pub async fn start(
+        client_id: &'static str,
+        client_secret: &'static str,
+        redirect_uri: String,
+        jwks_uri: String,
+    ) -> FakeEntra {
+        let issuer = Arc::new(Mutex::new(String::new()));
+        let own = issuer.clone();
+        let server = FakeServer::start(Arc::new(move |req: &Seen| {
+            let base = own.lock().unwrap().clone();
+            let html = |status: StatusCode, text: String| {
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "text/html; charset=utf-8")
+                    .body(Full::new(Bytes::from(format!("<html><body><div>{text}</div></body></html>"))))
+                    .unwrap()
+            };
+            match req.url.path() {
+                "/.well-known/openid-configuration" => json_response(
+                    StatusCode::OK,
+                    json!({
+                        "issuer": base,
+                        "authorization_endpoint": format!("{base}/oauth2/v2.0/authorize"),
+                        "token_endpoint": format!("{base}/oauth2/v2.0/token"),
+                        "jwks_uri": jwks_uri,
+                        "response_types_supported": ["code", "id_token"],
+                        "subject_types_supported": ["pairwise"],
+                        "id_token_signing_alg_values_supported": ["RS256"],
+                        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt"],
+                    }),
+                ),
+                "/oauth2/v2.0/authorize" => {
+                    if req.query("client_id").as_deref() != Some(client_id) {
+                        return html(StatusCode::BAD_REQUEST, "AADSTS700016: Application with identifier was not found in the directory.".into());
+                    }
+                    if req.query("redirect_uri").as_deref() != Some(redirect_uri.as_str()) {
+                        return html(StatusCode::BAD_REQUEST, format!(
+                            "AADSTS50011: The redirect URI '{}' specified in the request does not match the redirect URIs configured for the application '{client_id}'.",
+                            req.query("redirect_uri").unwrap_or_default()
+                        ));
+                    }
+                    html(StatusCode::OK, "Sign in to your account".into())
+                }
+                "/oauth2/v2.0/token" => {
+                    if req.form("client_id").as_deref() != Some(client_id) {
+                        return json_response(StatusCode::BAD_REQUEST, json!({
+                            "error": "unauthorized_client",
+                            "error_description": "AADSTS700016: Application with identifier was not found in the directory.",
+                        }));
+                    }
+                    if req.form("client_secret").as_deref() != Some(client_secret) {
+                        return json_response(StatusCode::UNAUTHORIZED, json!({
+                            "error": "invalid_client",
+                            "error_description": "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
+                        }));
+                    }
+                    json_response(StatusCode::BAD_REQUEST, json!({
+                        "error": "invalid_grant",
+                        "error_description": "AADSTS9002313: Invalid request. Request is malformed or invalid.",
+                    }))
+                }
+                _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
+            }
+        }))
+        .await;
+        *issuer.lock().unwrap() = server.url("");
+        FakeEntra { server }
+    }
+
+    pub fn issuer(&self) -> String {
         self.server.url("")
     }
 }

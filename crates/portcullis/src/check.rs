@@ -19,7 +19,10 @@ struct Report {
     failures: usize,
     /// Collects the failures instead of printing (for a reload's log).
     quiet: bool,
+    /// Prints nothing as it goes: the findings are printed as one JSON document at the end.
+    json: bool,
     problems: Vec<String>,
+    findings: Vec<serde_json::Value>,
 }
 
 impl Report {
@@ -27,26 +30,43 @@ impl Report {
         Report {
             failures: 0,
             quiet,
+            json: false,
             problems: Vec::new(),
+            findings: Vec::new(),
+        }
+    }
+    fn say(&self, line: std::fmt::Arguments<'_>) {
+        if !self.quiet && !self.json {
+            println!("{line}");
         }
     }
     fn ok(&mut self, what: &str) {
-        if !self.quiet {
-            println!("ok    {what}");
-        }
+        self.say(format_args!("ok    {what}"));
+        self.findings
+            .push(serde_json::json!({"level": "ok", "message": what}));
     }
     fn warn(&mut self, what: &str) {
-        if !self.quiet {
-            println!("warn  {what}");
-        }
+        self.say(format_args!("warn  {what}"));
+        self.findings
+            .push(serde_json::json!({"level": "warn", "message": what}));
     }
     fn fail(&mut self, key: &str, problem: &str, fix: &str) {
         self.failures += 1;
         let line = format!("{key}: {problem}. Fix: {fix}");
-        if !self.quiet {
-            println!("FAIL  {line}");
-        }
+        self.say(format_args!("FAIL  {line}"));
+        self.findings.push(serde_json::json!({
+            "level": "fail", "key": key, "message": problem, "fix": fix,
+        }));
         self.problems.push(line);
+    }
+    /// The findings as one JSON document, for CI pipelines and deployment hooks.
+    fn to_json(&self) -> String {
+        serde_json::json!({
+            "result": if self.failures == 0 { "ok" } else { "problems" },
+            "problems": self.failures,
+            "findings": self.findings,
+        })
+        .to_string()
     }
 }
 
@@ -58,11 +78,55 @@ pub(crate) fn offline_problems(config: &Config) -> Vec<String> {
 }
 
 pub(crate) async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let config = match load_config(args.config, env_vars(), Vec::new(), Vec::new()) {
-        Ok(c) => c,
-        Err(_) => return Ok(ExitCode::FAILURE),
+    let json = args.format == crate::cli::Format::Json;
+    let config = if json {
+        let sources = portcullis_config::Sources {
+            file: args.config.clone(),
+            env: env_vars(),
+            ..portcullis_config::Sources::default()
+        };
+        match portcullis_config::load(&sources) {
+            Ok(c) => c,
+            Err(e) => {
+                let findings: Vec<serde_json::Value> = match e {
+                    portcullis_config::LoadError::Invalid(errors) => errors
+                        .0
+                        .iter()
+                        .map(|e| {
+                            serde_json::json!({
+                                "level": "fail",
+                                "key": format!("{} ({})", e.key, e.env),
+                                "message": e.problem,
+                                "fix": e.fix,
+                            })
+                        })
+                        .collect(),
+                    other => {
+                        vec![serde_json::json!({"level": "fail", "message": other.to_string()})]
+                    }
+                };
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "result": "invalid_configuration",
+                        "problems": findings.len(),
+                        "findings": findings,
+                    })
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    } else {
+        match load_config(args.config.clone(), env_vars(), Vec::new(), Vec::new()) {
+            Ok(c) => c,
+            Err(_) => return Ok(ExitCode::FAILURE),
+        }
     };
+    if let Some(user) = &args.as_user {
+        return Ok(crate::explain::run(&config, &args, user));
+    }
     let mut report = Report::new(false);
+    report.json = json;
     report.ok("configuration keys and values");
     static_checks(&config, &mut report);
     match crate::telemetry::settings(|name| std::env::var(name).ok()) {
@@ -84,6 +148,14 @@ pub(crate) async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             probe_provider(&config, provider, &mut report).await;
         }
         probe_transmitters(&config, &mut report).await;
+    }
+    if json {
+        println!("{}", report.to_json());
+        return Ok(if report.failures == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
     if report.failures == 0 {
         println!("\nportcullis check: no problems found");
@@ -130,9 +202,12 @@ fn static_checks(config: &Config, report: &mut Report) {
             "use /api/v1/auth/callback, or another path the app does not use",
         );
     }
+    // Another host, or another port on the same scheme (a scheme alone differing is
+    // judged below, by whether the cookies are Secure).
     if let Some(public) = &config.public_url
         && (public.host_str() != redirect.host_str()
-            || public.port_or_known_default() != redirect.port_or_known_default())
+            || (public.scheme() == redirect.scheme()
+                && public.port_or_known_default() != redirect.port_or_known_default()))
     {
         report.fail(
             "oauth.redirect_url (OAUTH_REDIRECT_URL)",
@@ -142,6 +217,27 @@ fn static_checks(config: &Config, report: &mut Report) {
                 public.host_str().unwrap_or("")
             ),
             "make OAUTH_REDIRECT_URL start with the public URL, and register exactly that URL at the provider",
+        );
+    }
+    // The login's state cookie must come back on the callback: a Secure one is not sent
+    // to a plain-http redirect URL, and every login would end in a state mismatch.
+    if config.secure_cookies() && redirect.scheme() == "http" {
+        report.fail(
+            "oauth.redirect_url (OAUTH_REDIRECT_URL)",
+            &format!(
+                "cookies are Secure (the public URL is https) but the redirect URL {redirect} is plain http: the browser does not send the login's state cookie there, so every login ends in a state mismatch"
+            ),
+            "make OAUTH_REDIRECT_URL https, on the public URL",
+        );
+    }
+    let behind_tls_proxy = config
+        .public_url
+        .as_ref()
+        .is_some_and(|u| u.scheme() == "https")
+        && config.tls.is_none();
+    if behind_tls_proxy && config.trusted_proxies.is_empty() {
+        report.warn(
+            "public_url is https while Portcullis serves plain HTTP and trusts no proxy (trusted_proxies / TRUSTED_PROXIES is empty): the proxy terminating TLS in front is not believed about the client (X-Forwarded-For) or the original URL (X-Forwarded-Proto/-Host/-Uri); set TRUSTED_PROXIES to its addresses",
         );
     }
     let loopback = matches!(
@@ -464,6 +560,7 @@ async fn probe_provider(
             "{}: GitHub API reachable at {doc_url}",
             provider.name
         ));
+        probe_client(config, provider, &http, report).await;
         return;
     }
     let metadata =
@@ -550,6 +647,128 @@ async fn probe_provider(
             "{}: the provider does not advertise PKCE S256; Portcullis sends it anyway",
             provider.name
         ));
+    }
+    probe_client(config, provider, &http, report).await;
+}
+
+/// Whether the provider accepts the client's credentials and knows its redirect URL
+/// (see [`crate::probe`]); never sends anything that could use up a real code.
+async fn probe_client(
+    config: &Config,
+    provider: &portcullis_config::ProviderConfig,
+    http: &portcullis_identity::http::HttpClient,
+    report: &mut Report,
+) {
+    use crate::probe::{Credentials, Culprit, Registration};
+    use portcullis_config::ProviderKind;
+    let Some(redirect) = config.auth.redirect_url.as_ref() else {
+        return;
+    };
+    let name = &provider.name;
+    let redirect_key = "oauth.redirect_url (OAUTH_REDIRECT_URL)";
+    let client = portcullis_identity::Provider::new(provider.clone(), http.clone());
+    let impossible = format!("portcullis-check-{}", portcullis_core::random::token());
+    let verifier = portcullis_identity::pkce::verifier();
+    // Code flow only: the implicit flow has no token endpoint call to probe.
+    if provider.flow == portcullis_config::Flow::Code {
+        let answer = client
+            .finish_login(&impossible, &verifier, redirect.as_str(), "")
+            .await;
+        let verdict = match answer {
+            Err((
+                _,
+                portcullis_identity::IdentityError::TokenExchange {
+                    error, description, ..
+                },
+            )) => crate::probe::credentials(&error, description.as_deref()),
+            Err((_, e)) => Credentials::Unclear(e.to_string()),
+            Ok(_) => Credentials::Unclear("the provider accepted a code it never issued".into()),
+        };
+        match verdict {
+            Credentials::Accepted => report.ok(&format!(
+                "{name}: the token endpoint accepts the client id and secret (it refused only the made-up code)"
+            )),
+            Credentials::Refused { culprit, why } => {
+                let (key, fix) = match culprit {
+                    Culprit::ClientSecret => (
+                        provider.client_secret_key.clone(),
+                        "copy the client secret again from the provider (a new one if it expired); never the secret's id".to_string(),
+                    ),
+                    Culprit::ClientId => (
+                        provider.client_id_key.clone(),
+                        "copy the application (client) id from the provider, from the tenant the issuer URL names".to_string(),
+                    ),
+                    Culprit::IdOrSecret => (
+                        format!("{} / {}", provider.client_id_key, provider.client_secret_key),
+                        "copy both from the provider's page for this application: the id, and a current secret".to_string(),
+                    ),
+                    Culprit::Grant => (
+                        provider.client_id_key.clone(),
+                        "allow the authorization code grant for this application at the provider (a web application, not a SPA or a service)".to_string(),
+                    ),
+                };
+                report.fail(&key, &format!("{name}: {why}"), &fix);
+            }
+            Credentials::Unclear(what) => report.warn(&format!(
+                "{name}: cannot tell whether the client id and secret are right: the token endpoint answered {what}"
+            )),
+        }
+    }
+    // The authorization request a login sends, not followed.
+    let request = match client.authorization_request(redirect.as_str(), None).await {
+        Ok(r) => r,
+        Err(e) => {
+            report.warn(&format!(
+                "{name}: cannot build the authorization request: {e}"
+            ));
+            return;
+        }
+    };
+    let answer = match http
+        .get(&request.url)
+        .header("accept", "text/html")
+        .send()
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            report.fail(
+                &provider.location_key,
+                &format!(
+                    "{name}: the authorization endpoint is unreachable: {}",
+                    chain(&e)
+                ),
+                "check the URL and the outbound proxy",
+            );
+            return;
+        }
+    };
+    let status = answer.status().as_u16();
+    let location = answer
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .map(str::to_string);
+    let body = answer.text().await.unwrap_or_default();
+    let github = matches!(provider.kind, ProviderKind::GitHub(_));
+    let entra = matches!(provider.kind, ProviderKind::Entra(_));
+    match crate::probe::registration(status, location.as_deref(), &body, redirect.as_str(), github, entra) {
+        Registration::Registered => report.ok(&format!(
+            "{name}: the provider accepts the redirect URL {redirect}"
+        )),
+        Registration::NotRegistered(what) => report.fail(
+            redirect_key,
+            &format!("{name} has not registered the redirect URL {redirect}: {what}"),
+            &format!("register exactly {redirect} as a redirect (callback) URL of client {} at the provider, or set OAUTH_REDIRECT_URL to the one registered", provider.client_id),
+        ),
+        Registration::Refused(what) => report.fail(
+            &provider.client_id_key,
+            &format!("{name} refused the login's authorization request: {what}"),
+            "check the client id (and the scopes) against the provider's page for this application",
+        ),
+        Registration::CannotTell(why) => report.warn(&format!(
+            "{name}: cannot tell whether {redirect} is registered ({why}); make sure it is, exactly"
+        )),
     }
 }
 

@@ -48,6 +48,34 @@ pub(crate) struct CheckArgs {
     /// Only validate the configuration; do not contact the identity providers.
     #[arg(long)]
     pub offline: bool,
+    /// `text` (a line per finding), or `json` (one document: result, problems, findings).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Explain the decision for this user (an email or a user name) and the request
+    /// given as [METHOD] URL, instead of checking: why is someone refused?
+    #[arg(long = "as", value_name = "USER")]
+    pub as_user: Option<String>,
+    /// With --as: the user's groups, comma-separated.
+    #[arg(long, value_name = "GROUPS", requires = "as_user")]
+    pub groups: Vec<String>,
+    /// With --as: a claim, name=value (a comma makes a list); repeatable.
+    #[arg(long = "claim", value_name = "NAME=VALUE", requires = "as_user")]
+    pub claims: Vec<String>,
+    /// With --as: the provider the user signs in with (default: the first configured).
+    #[arg(long, value_name = "NAME", requires = "as_user")]
+    pub provider: Option<String>,
+    /// With --as: the `acr` of the login (for routes that require one).
+    #[arg(long, value_name = "ACR", requires = "as_user")]
+    pub acr: Option<String>,
+    /// With --as: the request, [METHOD] URL (a path is taken on the public URL).
+    #[arg(value_name = "REQUEST", requires = "as_user")]
+    pub request: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Format {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -5,7 +5,9 @@
 mod check;
 mod cli;
 mod dev;
+mod explain;
 mod logging;
+mod probe;
 mod reload;
 mod serve;
 mod telemetry;

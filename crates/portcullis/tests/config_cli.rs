@@ -78,6 +78,7 @@ async fn check_passes_a_working_configuration_and_probes_the_provider() {
                     ("OAUTH_ENABLED", "true"),
                     ("OAUTH_ISSUER_URL", &issuer),
                     ("OAUTH_CLIENT_ID", "portcullis"),
+                    ("OAUTH_CLIENT_SECRET", "dev-secret"),
                     (
                         "OAUTH_REDIRECT_URL",
                         "http://127.0.0.1:8080/api/v1/auth/callback",
@@ -91,6 +92,7 @@ async fn check_passes_a_working_configuration_and_probes_the_provider() {
     .await
     .unwrap();
     assert_eq!(code, 0, "{out}");
+    assert!(out.contains("accepts the client id and secret"), "{out}");
     assert!(out.contains("discovery document of issuer"), "{out}");
     assert!(out.contains("signing keys at"), "{out}");
     assert!(out.contains("clock within"), "{out}");
@@ -345,5 +347,347 @@ fn check_names_the_redirect_page_a_fragment_provider_needs() {
     assert!(
         out.contains("register the redirect page https://houston.example.com/v1/oauth/redirect/"),
         "{out}"
+    );
+}
+
+/// `portcullis check` with `env`, off the test's runtime (the providers answer on it).
+async fn check(env: Vec<(&'static str, String)>) -> (i32, String) {
+    tokio::task::spawn_blocking(move || {
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run_portcullis(&["check"], &pairs)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
+async fn check_probes_the_client_credentials_and_the_redirect_url_at_the_real_provider() {
+    let callback = "http://127.0.0.1:8080/api/v1/auth/callback";
+    let op = OidcProvider::start_with(
+        "portcullis",
+        "the-right-secret",
+        &[callback],
+        serde_json::json!({}),
+    )
+    .await;
+    let env = |id: &str, secret: &str, redirect: &str| {
+        vec![
+            ("OAUTH_ENABLED", "true".to_string()),
+            ("OAUTH_ISSUER_URL", op.issuer.clone()),
+            ("OAUTH_CLIENT_ID", id.to_string()),
+            ("OAUTH_CLIENT_SECRET", secret.to_string()),
+            ("OAUTH_REDIRECT_URL", redirect.to_string()),
+            ("COOKIE_SECRET", SECRET.to_string()),
+            ("UPSTREAM_URL", "http://127.0.0.1:3000".to_string()),
+        ]
+    };
+
+    let (code, out) = check(env("portcullis", "the-right-secret", callback)).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("accepts the client id and secret"), "{out}");
+    assert!(
+        out.contains(&format!("accepts the redirect URL {callback}")),
+        "{out}"
+    );
+
+    let (code, out) = check(env("portcullis", "a-wrong-secret", callback)).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "FAIL  oauth.client_id (OAUTH_CLIENT_ID) / oauth.client_secret (OAUTH_CLIENT_SECRET)"
+        ),
+        "{out}"
+    );
+    assert!(
+        !out.contains("a-wrong-secret"),
+        "the secret was printed: {out}"
+    );
+    assert!(
+        out.contains(&format!("accepts the redirect URL {callback}")),
+        "{out}"
+    );
+
+    let (code, out) = check(env("nobody-knows-me", "the-right-secret", callback)).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  oauth.client_id (OAUTH_CLIENT_ID)"),
+        "{out}"
+    );
+
+    let elsewhere = "http://127.0.0.1:8080/oauth2/callback";
+    let (code, out) = check(env("portcullis", "the-right-secret", elsewhere)).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  oauth.redirect_url (OAUTH_REDIRECT_URL)")
+            && out.contains(&format!("register exactly {elsewhere}")),
+        "{out}"
+    );
+    assert!(out.contains("accepts the client id and secret"), "{out}");
+}
+
+#[tokio::test]
+async fn check_probes_github_and_entra_in_their_own_terms() {
+    use portcullis_testkit::fakes::{FakeEntra, FakeGitHub};
+    let callback = "http://127.0.0.1:8080/api/v1/auth/callback";
+    let github = FakeGitHub::start("gh-client-id", "gh-client-secret").await;
+    let gh = |secret: &str| {
+        vec![
+            ("OAUTH_ENABLED", "true".to_string()),
+            ("OAUTH_PROVIDER", "github".to_string()),
+            ("OAUTH_GITHUB_URL", github.url()),
+            ("OAUTH_CLIENT_ID", "gh-client-id".to_string()),
+            ("OAUTH_CLIENT_SECRET", secret.to_string()),
+            ("OAUTH_REDIRECT_URL", callback.to_string()),
+            ("COOKIE_SECRET", SECRET.to_string()),
+            ("UPSTREAM_URL", "http://127.0.0.1:3000".to_string()),
+        ]
+    };
+    let (code, out) = check(gh("gh-client-secret")).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("accepts the client id and secret"), "{out}");
+    // GitHub asks for a sign-in before it looks at the redirect URL: said, not "ok".
+    assert!(out.contains("warn  github: cannot tell whether"), "{out}");
+    let (code, out) = check(gh("gh-wrong")).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("incorrect_client_credentials"), "{out}");
+
+    let idp = dev_idp(vec![callback.into()]).await;
+    let entra = FakeEntra::start(
+        "entra-app-id",
+        "entra-secret",
+        callback.into(),
+        format!("{}/jwks", idp.issuer()),
+    )
+    .await;
+    let en = |secret: &str, redirect: &str| {
+        vec![
+            ("OAUTH_ENABLED", "true".to_string()),
+            ("OAUTH_PROVIDER", "entra".to_string()),
+            ("OAUTH_ISSUER_URL", entra.issuer()),
+            (
+                "OAUTH_TENANT_ID",
+                "72f988bf-86f1-41af-91ab-2d7cd011db47".to_string(),
+            ),
+            ("OAUTH_CLIENT_ID", "entra-app-id".to_string()),
+            ("OAUTH_CLIENT_SECRET", secret.to_string()),
+            ("OAUTH_REDIRECT_URL", redirect.to_string()),
+            ("COOKIE_SECRET", SECRET.to_string()),
+            ("UPSTREAM_URL", "http://127.0.0.1:3000".to_string()),
+        ]
+    };
+    let (code, out) = check(en("entra-secret", callback)).await;
+    assert!(out.contains("accepts the client id and secret"), "{out}");
+    assert!(out.contains("accepts the redirect URL"), "{out}");
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = check(en("entra-secret-id-not-value", callback)).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  oauth.client_secret (OAUTH_CLIENT_SECRET)")
+            && out.contains("AADSTS7000215"),
+        "{out}"
+    );
+    let other = "http://127.0.0.1:8080/signin-oidc";
+    let (code, out) = check(en("entra-secret", other)).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  oauth.redirect_url (OAUTH_REDIRECT_URL)")
+            && out.contains("AADSTS50011"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn check_as_explains_the_decision_with_the_route_table_and_the_allow_lists() {
+    let config = write_temp(
+        "routes.yaml",
+        r#"
+upstream_url: http://127.0.0.1:3000
+cookie_secret: check-as-test-cookie-secret-0123456789abcdef
+oauth:
+  enabled: true
+  provider: oidc
+  issuer_url: https://idp.example.com
+  client_id: portcullis
+  redirect_url: https://app.example.com/api/v1/auth/callback
+  allowed_users: [alice@example.com, bob@example.com, eve@example.com]
+routes:
+  - name: health
+    match: {path: /healthz}
+    public: true
+  - name: admin
+    match: {path_prefix: /admin, methods: [GET, POST]}
+    allow: {groups: [admins]}
+    deny: {emails: [mallory@example.com]}
+  - name: payments
+    match: {path_prefix: /payments}
+    allow: {authenticated: true}
+    acr_values: [mfa]
+  - name: eng
+    match: {path_prefix: /eng}
+    allow: {claims: {department: [eng]}}
+"#,
+    );
+    let path = config.display().to_string();
+    let run = |args: &[&str]| {
+        let mut all = vec!["check", "--config", &path];
+        all.extend_from_slice(args);
+        run_portcullis(&all, &[])
+    };
+    let (code, out) = run(&[
+        "--as",
+        "alice@example.com",
+        "--groups",
+        "admins,dev",
+        "https://app.example.com/admin/users",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("route: admin (#2"), "{out}");
+    assert!(out.contains("decision: ALLOWED"), "{out}");
+
+    let (code, out) = run(&["--as", "bob@example.com", "/admin/users"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("decision: REFUSED (403)") && out.contains("admin"),
+        "{out}"
+    );
+
+    let (code, out) = run(&[
+        "--as",
+        "alice@example.com",
+        "--groups",
+        "admins",
+        "DELETE",
+        "/admin/users",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("REFUSED (404): no route takes it"), "{out}");
+
+    let (code, out) = run(&["--as", "carol@example.com", "/eng/wiki"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("global allow-lists: refused"), "{out}");
+
+    let (code, out) = run(&[
+        "--as",
+        "eve@example.com",
+        "--claim",
+        "department=eng",
+        "/eng/wiki",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(&[
+        "--as",
+        "eve@example.com",
+        "--claim",
+        "department=sales",
+        "/eng/wiki",
+    ]);
+    assert_eq!(code, 1, "{out}");
+
+    let (code, out) = run(&["--as", "bob@example.com", "/payments/new"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("LOGIN (302)") && out.contains("acr mfa"),
+        "{out}"
+    );
+    let (code, out) = run(&["--as", "bob@example.com", "--acr", "mfa", "/payments/new"]);
+    assert_eq!(code, 0, "{out}");
+
+    let (code, out) = run(&["--as", "anyone", "/healthz"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("PUBLIC"), "{out}");
+
+    let (code, out) = run(&["--as", "bob@example.com", "--format", "json", "/admin"]);
+    assert_eq!(code, 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["decision"], "refused");
+    assert_eq!(v["route"], "admin");
+    assert_eq!(v["status"], 403);
+
+    let (code, out) = run(&["--as", "bob@example.com", "--provider", "okta", "/admin"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--provider okta: no such provider"), "{out}");
+}
+
+#[tokio::test]
+async fn check_as_explains_the_global_allow_lists_without_routes() {
+    let env = [
+        ("OAUTH_ENABLED", "true"),
+        ("OAUTH_ISSUER_URL", "https://idp.example.com"),
+        ("OAUTH_CLIENT_ID", "portcullis"),
+        (
+            "OAUTH_REDIRECT_URL",
+            "https://app.example.com/api/v1/auth/callback",
+        ),
+        ("OAUTH_ALLOWED_USERS", "alice@example.com"),
+        ("AUTH__ALLOWED_GROUPS", "sre"),
+        ("COOKIE_SECRET", SECRET),
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+    ];
+    let (code, out) = run_portcullis(&["check", "--as", "alice@example.com", "/"], &env);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run_portcullis(&["check", "--as", "bob@example.com", "/"], &env);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("not on this application's list of allowed users"),
+        "{out}"
+    );
+    let (code, out) = run_portcullis(
+        &["check", "--as", "bob@example.com", "--groups", "sre", "/"],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test]
+async fn check_speaks_json_for_pipelines() {
+    let (code, out) = run_portcullis(
+        &["check", "--offline", "--format", "json"],
+        &[
+            ("OAUTH_ENABLED", "true"),
+            ("OAUTH_ISSUER_URL", "https://idp.example.com"),
+            ("OAUTH_CLIENT_ID", "portcullis"),
+            (
+                "OAUTH_REDIRECT_URL",
+                "http://app.example.com/api/v1/auth/callback",
+            ),
+            ("PUBLIC_URL", "https://app.example.com"),
+            ("COOKIE_SECRET", SECRET),
+            ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON document");
+    assert_eq!(v["result"], "problems");
+    let fail = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["level"] == "fail")
+        .unwrap();
+    assert_eq!(fail["key"], "oauth.redirect_url (OAUTH_REDIRECT_URL)");
+    assert!(
+        fail["message"].as_str().unwrap().contains("state mismatch"),
+        "{v}"
+    );
+    assert!(fail["fix"].as_str().unwrap().contains("https"), "{v}");
+
+    // A configuration that does not load: the same document, with the keys.
+    let (code, out) = run_portcullis(
+        &["check", "--offline", "--format", "json"],
+        &[
+            ("SESSION__IDLE_TIMEOUT", "forever"),
+            ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON document");
+    assert_eq!(v["result"], "invalid_configuration");
+    assert_eq!(
+        v["findings"][0]["key"],
+        "session.idle_timeout (SESSION__IDLE_TIMEOUT)"
     );
 }

@@ -202,7 +202,10 @@ async fn traces_continue_the_clients_trace_to_the_app_over_http_and_grpc() {
     );
     // By now the first Portcullis has exported all it had: nothing of the unsampled trace.
     let text = serde_json::to_string(&receiver.spans()).unwrap();
-    assert!(!text.contains(unsampled), "an unsampled request was recorded");
+    assert!(
+        !text.contains(unsampled),
+        "an unsampled request was recorded"
+    );
 }
 
 #[tokio::test]

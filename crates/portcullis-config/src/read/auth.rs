@@ -288,10 +288,13 @@ fn read_provider(
     } else {
         "discovery_url"
     });
-    let location_key = format!(
-        "{location} ({})",
-        crate::tree::env_name(&location.split('.').collect::<Vec<_>>())
-    );
+    let both = |key: String| {
+        let env = crate::tree::env_name(&key.split('.').collect::<Vec<_>>());
+        format!("{key} ({env})")
+    };
+    let location_key = both(location);
+    let client_id_key = both(key("client_id"));
+    let client_secret_key = both(key("client_secret"));
     let client_id = client_id?;
     let audiences = r
         .list(&key("audiences"))
@@ -302,6 +305,8 @@ fn read_provider(
         kind,
         audiences,
         location_key,
+        client_id_key,
+        client_secret_key,
         response_mode,
         client_id,
         client_secret,
