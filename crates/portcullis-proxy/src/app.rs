@@ -237,6 +237,14 @@ impl App {
         if let Err(m) = normalize::check_request(&parts) {
             return malformed(m);
         }
+        if crate::forwarding::unparsable_chain(conn.peer, &parts.headers, &self.trusted) {
+            tracing::debug!(peer = %conn.peer, "a trusted proxy's X-Forwarded-For is not a list of addresses: refused");
+            return pages::json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "X-Forwarded-For from a trusted proxy is not a list of addresses",
+            );
+        }
         match normalize::normalize_path(parts.uri.path(), self.paths) {
             Ok(std::borrow::Cow::Borrowed(_)) => {}
             Ok(std::borrow::Cow::Owned(path)) => match with_path(&parts.uri, &path) {

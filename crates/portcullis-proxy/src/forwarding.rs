@@ -24,6 +24,19 @@ pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwa
 pub(crate) const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// Headers that say where a request was originally going, which some frameworks believe
+/// (Spring's `ForwardedHeaderFilter`, IIS URL Rewrite, Symfony): from an untrusted peer
+/// they are the client's invention, and are dropped before the request goes upstream.
+static ORIGINAL_REQUEST_HEADERS: [HeaderName; 7] = [
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-original-host"),
+];
+
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TrustedProxies(Vec<IpNet>);
 
@@ -142,6 +155,27 @@ pub(crate) fn resolve(
     }
 }
 
+/// Whether a trusted proxy sent an `X-Forwarded-For` that is not a list of addresses. The
+/// client address would then be a guess, so the request is refused rather than decided
+/// on a wrong one (authentik CVE-2024-47070 was such a guess). An untrusted peer's
+/// header is never read, so it cannot be malformed in this sense.
+pub(crate) fn unparsable_chain(
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    trusted: &TrustedProxies,
+) -> bool {
+    if trusted.is_empty() || !trusted.contains(peer.ip()) {
+        return false;
+    }
+    headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .any(|v| match v.to_str() {
+            Ok(v) => v.split(',').any(|hop| parse_ip(hop.trim()).is_none()),
+            Err(_) => true,
+        })
+}
+
 /// `1.2.3.4`, `1.2.3.4:5678`, `[::1]:80` or `::1`.
 fn parse_ip(s: &str) -> Option<IpAddr> {
     s.parse::<IpAddr>()
@@ -160,6 +194,9 @@ pub(crate) fn apply(headers: &mut HeaderMap, origin: &Origin) {
         headers.remove(header::FORWARDED);
         headers.remove(&X_REAL_IP);
         headers.remove(&X_FORWARDED_URI);
+        for name in &ORIGINAL_REQUEST_HEADERS {
+            headers.remove(name);
+        }
     }
     headers.insert(X_FORWARDED_FOR, origin.forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(origin.proto));
@@ -283,6 +320,10 @@ mod tests {
             ("forwarded", "for=1.1.1.1"),
             ("x-real-ip", "1.1.1.1"),
             ("x-forwarded-uri", "/admin"),
+            ("x-forwarded-prefix", "/evil"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("x-forwarded-port", "8443"),
         ]);
         let o = resolve(
             peer("203.0.113.9"),
@@ -295,6 +336,36 @@ mod tests {
         assert!(h.get("forwarded").is_none());
         assert!(h.get("x-real-ip").is_none());
         assert!(h.get("x-forwarded-uri").is_none());
+        for name in [
+            "x-forwarded-prefix",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-forwarded-port",
+        ] {
+            assert!(
+                h.get(name).is_none(),
+                "{name} passed from an untrusted peer"
+            );
+        }
         assert_eq!(h["x-forwarded-for"], "203.0.113.9");
+    }
+
+    #[test]
+    fn a_trusted_proxys_unparsable_chain_is_refused_and_an_untrusted_ones_ignored() {
+        let bad = headers(&[("x-forwarded-for", "198.51.100.7, not-an-ip")]);
+        let good = headers(&[(
+            "x-forwarded-for",
+            "198.51.100.7, [2001:db8::1]:443, 10.0.0.2:80",
+        )]);
+        let empty = headers(&[("x-forwarded-for", "198.51.100.7,,10.0.0.2")]);
+        assert!(unparsable_chain(peer("10.0.0.5"), &bad, &trusted()));
+        assert!(unparsable_chain(peer("10.0.0.5"), &empty, &trusted()));
+        assert!(!unparsable_chain(peer("10.0.0.5"), &good, &trusted()));
+        assert!(!unparsable_chain(
+            peer("10.0.0.5"),
+            &HeaderMap::new(),
+            &trusted()
+        ));
+        assert!(!unparsable_chain(peer("203.0.113.9"), &bad, &trusted()));
     }
 }

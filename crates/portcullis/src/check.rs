@@ -171,6 +171,7 @@ pub(crate) async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn static_checks(config: &Config, report: &mut Report) {
+    named_files(config, report);
     route_table(config, report);
     identity_assertion(config, report);
     if !config.auth.enabled {
@@ -272,6 +273,29 @@ fn static_checks(config: &Config, report: &mut Report) {
             "implicit flow with fragment ({}): register the redirect page {page} too",
             fragment_providers.join(", ")
         ));
+    }
+}
+
+/// Every file the configuration names must be there and hold what it should: a missing
+/// CA bundle must never mean "trust any CA", a missing certificate no TLS.
+fn named_files(config: &Config, report: &mut Report) {
+    if let Some(path) = &config.outbound_ca_file
+        && let Err(e) = outbound_client(config)
+    {
+        report.fail(
+            "outbound.ca_file (OUTBOUND__CA_FILE)",
+            &format!("{}: {}", path.display(), chain(e.root_cause())),
+            "point it at a readable PEM bundle of the CA certificates to trust",
+        );
+    }
+    if let Some(tls) = &config.tls
+        && let Err(e) = portcullis_proxy::Certificates::load(&tls.cert_file, &tls.key_file)
+    {
+        report.fail(
+            "tls.cert_file / tls.key_file (TLS__CERT_FILE, TLS__KEY_FILE)",
+            &e.to_string(),
+            "point them at a readable PEM certificate chain and its private key",
+        );
     }
 }
 

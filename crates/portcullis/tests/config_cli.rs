@@ -691,3 +691,49 @@ async fn check_speaks_json_for_pipelines() {
         "session.idle_timeout (SESSION__IDLE_TIMEOUT)"
     );
 }
+
+/// Caddy CVE-2026-27586 was a missing CA file that left any CA trusted. Every file the
+/// configuration names, missing, stops start-up with its path: the outbound CA bundle,
+/// the TLS certificate and key, the identity assertion key, a secret file.
+#[tokio::test]
+async fn a_missing_file_stops_start_up_with_its_path_named() {
+    let missing = "/nonexistent/portcullis-test/file.pem";
+    let base = [
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("COOKIE_SECRET", SECRET),
+    ];
+    for (key, extra) in [
+        ("OUTBOUND__CA_FILE", vec![("OUTBOUND__CA_FILE", missing)]),
+        (
+            "TLS__CERT_FILE",
+            vec![("TLS__CERT_FILE", missing), ("TLS__KEY_FILE", missing)],
+        ),
+        (
+            "IDENTITY_JWT__SIGNING_KEY_FILE",
+            vec![
+                ("IDENTITY_JWT__ENABLED", "true"),
+                ("IDENTITY_JWT__SIGNING_KEY_FILE", missing),
+            ],
+        ),
+        ("COOKIE_SECRET_FILE", vec![("COOKIE_SECRET_FILE", missing)]),
+    ] {
+        let port = free_port().to_string();
+        let listen = format!("127.0.0.1:{port}");
+        let mut env: Vec<(&str, &str)> = base
+            .iter()
+            .copied()
+            .filter(|(k, _)| !(key == "COOKIE_SECRET_FILE" && *k == "COOKIE_SECRET"))
+            .collect();
+        env.push(("LISTEN_ADDR", &listen));
+        env.extend(extra);
+        let (code, out) = run_portcullis(&["serve"], &env);
+        assert_ne!(code, 0, "{key}: started anyway: {out}");
+        assert!(out.contains(missing), "{key}: the path is not named: {out}");
+        let (code, out) = run_portcullis(&["check", "--offline"], &env);
+        assert_ne!(code, 0, "{key}: check --offline passed: {out}");
+        assert!(
+            out.contains(missing),
+            "{key}: check does not name the path: {out}"
+        );
+    }
+}

@@ -1391,4 +1391,5 @@ async fn forwarded_requests_carry_a_verifiable_identity_assertion() {
     verify_assertion(&r, &token, "https://api.example.com").await;
 }
 
+mod advisories;
 mod session_control;
