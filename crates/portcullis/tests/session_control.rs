@@ -841,7 +841,8 @@ async fn check_names_the_logout_urls_and_what_the_provider_supports() {
         APP.0,
         APP.1,
         &[],
-        json!({"backchannelLogout": true, "clients": [app_client(&[callback(8443)], None)]}),
+        // The redirect URL the configuration below names is registered: check probes it.
+        json!({"backchannelLogout": true, "clients": [app_client(&["https://app.example.com/api/v1/auth/callback".to_string()], None)]}),
     )
     .await;
     let transmitter =

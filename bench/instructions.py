@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Instructions per proxied request, counted by valgrind's callgrind: the repeatable
+figure on a noisy machine (the same binary and input give the same count, whatever else
+the machine does).
+
+For each configuration it runs Portcullis (one worker) under callgrind twice, with the
+same start-up and login, serving REQUESTS and then 2 x REQUESTS authenticated GETs of a
+small body over one keep-alive connection; the difference of the two totals divided by
+REQUESTS is the cost of one request, start-up and login cancelled out. The upstream (nginx)
+and the identity provider run outside valgrind.
+
+Configurations: plain (a session cookie), routes (20 routes and the identity assertion,
+as in proxy.py), traced (the plain one exporting OpenTelemetry traces with a 1% sampler
+to a sink in this script), traced-all (every request sampled).
+
+Environment: REQUESTS (default 2000), CONFIGS (comma-separated subset),
+PORTCULLIS_BIN / LOGIN_FLOOD_BIN (skip the release build; a build with debug line
+tables names functions in the annotated output, which is kept under $WORK if set).
+"""
+
+import glob
+import http.client
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import SMALL_BODY, build, free_port, need, nginx, wait_http  # noqa: E402
+from proxy import otlp_sink, routes_yaml  # noqa: E402
+
+REQUESTS = int(os.environ.get("REQUESTS", "2000"))
+
+
+def requests(port, cookie, count):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for _ in range(count):
+        conn.request("GET", "/small", headers={"Cookie": cookie})
+        r = conn.getresponse()
+        body = r.read().decode()
+        assert r.status == 200 and body == SMALL_BODY, f"{r.status} {body[:80]}"
+    conn.close()
+
+
+def counted(portcullis, flood, env, count, work, label):
+    """Total instructions of a Portcullis run that serves `count` requests."""
+    port, idp = free_port(), free_port()
+    callback = f"http://127.0.0.1:{port}/api/v1/auth/callback"
+    idp_proc = subprocess.Popen([portcullis, "dev-idp", "--listen", f"127.0.0.1:{idp}", "--client-id", "bench",
+                                 "--client-secret", "bench-secret", "--redirect-uri", callback],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = os.path.join(work, f"callgrind.{label}.{count}")
+    run_env = dict(env, LISTEN_ADDR=f"127.0.0.1:{port}", OAUTH_ISSUER_URL=f"http://127.0.0.1:{idp}",
+                   OAUTH_REDIRECT_URL=callback, SERVER__WORKERS="1")
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", portcullis],
+                            env=run_env, stdout=subprocess.DEVNULL,
+                            stderr=open(os.path.join(work, f"{label}.{count}.log"), "w"))
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120)
+        cookie = subprocess.run([flood, f"http://127.0.0.1:{port}/", "1", "1"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        requests(port, cookie, count)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        idp_proc.send_signal(signal.SIGTERM)
+        idp_proc.wait(timeout=10)
+    total = 0
+    for path in glob.glob(out + "*"):
+        with open(path) as f:
+            for line in f:
+                if line.startswith("totals:") or line.startswith("summary:"):
+                    total += int(line.split()[1])
+                    break
+    return total
+
+
+def main():
+    need("valgrind", "valgrind")
+    need("nginx", "nginx")
+    need("openssl", "openssl")
+    portcullis, flood = build()
+    work = os.environ.get("WORK") or tempfile.mkdtemp(prefix="portcullis-instr-")
+    os.makedirs(work, exist_ok=True)
+    os.chmod(work, 0o755)
+    procs = []
+    try:
+        up = free_port()
+        procs.append(nginx(work, "upstream", f"""
+    server {{
+        listen 127.0.0.1:{up};
+        location = /small {{ default_type text/plain; return 200 "{SMALL_BODY.strip()}\\n"; }}
+    }}"""))
+        wait_http(f"http://127.0.0.1:{up}/small")
+        base = {
+            "PATH": os.environ["PATH"],
+            "UPSTREAM_URL": f"http://127.0.0.1:{up}",
+            "OAUTH_ENABLED": "true",
+            "OAUTH_CLIENT_ID": "bench",
+            "OAUTH_CLIENT_SECRET": "bench-secret",
+            "COOKIE_SECRET": "bench-cookie-secret-0123456789abcdef",
+            "LOG_LEVEL": "warn",
+        }
+        key = os.path.join(work, "identity-key.pem")
+        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-out", key], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(os.path.join(work, "routes.yaml"), "w") as f:
+            f.write(routes_yaml(key))
+        sink = otlp_sink()
+        traced = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_port}",
+                  "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
+        configs = {
+            "plain": {},
+            "routes": {"PORTCULLIS_CONFIG": os.path.join(work, "routes.yaml")},
+            "traced": traced,
+            "traced-all": dict(traced, OTEL_TRACES_SAMPLER="always_on"),
+        }
+        wanted = [c for c in os.environ.get("CONFIGS", ",".join(configs)).split(",") if c]
+        print(f"callgrind, one worker, {REQUESTS} requests of /small over one keep-alive connection "
+              f"(difference of a {REQUESTS} and a {2 * REQUESTS} request run)", flush=True)
+        results = {}
+        for name in wanted:
+            env = dict(base, **configs[name])
+            once = counted(portcullis, flood, env, REQUESTS, work, name)
+            twice = counted(portcullis, flood, env, 2 * REQUESTS, work, name)
+            results[name] = (twice - once) / REQUESTS
+            print(f"  {name:<12} {results[name]:>10.0f} instructions per request", flush=True)
+        if "plain" in results:
+            for name, value in results.items():
+                if name != "plain":
+                    print(f"{name} / plain: {value / results['plain']:.3f}x ({value - results['plain']:+.0f} per request)")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=10)
+        if not os.environ.get("WORK"):
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
