@@ -97,6 +97,13 @@ def portcullis_accepts(label, binary, env):
         key = os.path.join(tempfile.mkdtemp(prefix="portcullis-chart-"), "identity-key.pem")
         run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key])
         env["IDENTITY_JWT__SIGNING_KEY_FILE"] = key
+    # A CA bundle the chart mounts from a ConfigMap: a real CA certificate stands in for it.
+    if "OUTBOUND__CA_FILE" in env:
+        tmp = tempfile.mkdtemp(prefix="portcullis-chart-")
+        ca, ca_key = os.path.join(tmp, "ca.crt"), os.path.join(tmp, "ca.key")
+        run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", ca_key, "-out", ca, "-days", "1", "-subj", "/CN=chart test CA"])
+        env["OUTBOUND__CA_FILE"] = ca
     out = run([binary, "check", "--offline"], env=env)
     check(out.returncode == 0, f"{label}: portcullis check refused the rendered configuration:\n{out.stdout}{out.stderr}")
 
