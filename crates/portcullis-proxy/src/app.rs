@@ -189,6 +189,15 @@ impl App {
         if !trace::enabled() {
             return self.handle_request(conn, req).await;
         }
+        // Boxed: only traced requests pay for it, and the untraced future stays small.
+        Box::pin(self.handle_traced(conn, req)).await
+    }
+
+    async fn handle_traced(
+        &self,
+        conn: &ConnInfo,
+        req: Request<RequestBody>,
+    ) -> Response<ProxyBody> {
         // The request's span: continues the client's trace (traceparent) or starts one.
         // Its attributes name the method, the path (never the query, which may hold a
         // code or a token), the host and the client; then the status.
@@ -264,22 +273,25 @@ impl App {
             return ProxyError::MethodNotAllowed(endpoint.allow)
                 .into_response(wants_html(req.headers()), endpoints::LOGIN.path);
         }
+        // Each endpoint's future is boxed: awaited in place, the largest of them (a login,
+        // a callback, SCIM) would set the size of every request's future, which is
+        // copied at each await on the way up.
         let result = match own {
-            Own::Scim => return self.scim(conn, req).await,
-            Own::Verify => return self.verify(conn, req).await,
-            Own::Callback => return self.callback(conn, req).await,
+            Own::Scim => return Box::pin(self.scim(conn, req)).await,
+            Own::Verify => return Box::pin(self.verify(conn, req)).await,
+            Own::Callback => return Box::pin(self.callback(conn, req)).await,
             Own::ImplicitRedirect => return self.implicit_redirect(),
             Own::Jwks => Ok(self.jwks()),
             Own::Healthz => Ok(pages::text(StatusCode::OK, "ok\n")),
-            Own::Readyz => Ok(self.readyz().await),
+            Own::Readyz => Ok(Box::pin(self.readyz()).await),
             Own::Status => Ok(self.status()),
-            Own::Login => self.login(&req).await,
-            Own::Me => self.me(&req).await,
-            Own::Logout if req.method() == Method::POST => self.logout(conn, &req).await,
+            Own::Login => Box::pin(self.login(&req)).await,
+            Own::Me => Box::pin(self.me(&req)).await,
+            Own::Logout if req.method() == Method::POST => Box::pin(self.logout(conn, &req)).await,
             Own::Logout => Ok(pages::logout_form(endpoints::LOGOUT.path)),
-            Own::BackchannelLogout => return self.backchannel_logout(req).await,
-            Own::FrontchannelLogout => return self.frontchannel_logout(&req).await,
-            Own::Ssf => return self.ssf_push(req).await,
+            Own::BackchannelLogout => return Box::pin(self.backchannel_logout(req)).await,
+            Own::FrontchannelLogout => return Box::pin(self.frontchannel_logout(&req)).await,
+            Own::Ssf => return Box::pin(self.ssf_push(req)).await,
         };
         result.unwrap_or_else(|e| e.into_response(wants_html(req.headers()), endpoints::LOGIN.path))
     }

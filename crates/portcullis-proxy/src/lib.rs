@@ -29,6 +29,20 @@ mod shutdown;
 mod throttle;
 mod upstream;
 
+/// Entry points for the fuzz targets (`fuzz/`) into parsers that are otherwise private.
+/// Not an API: only built with the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The request-path normalizer the routes and the upstream see: the normalized path,
+    /// or why it was refused.
+    pub fn normalize_path(raw: &str, allow_semicolon: bool) -> Result<String, &'static str> {
+        crate::normalize::normalize_path(raw, crate::normalize::PathRules { allow_semicolon })
+            .map(|p| p.into_owned())
+            .map_err(|m| m.explain())
+    }
+}
+
 pub use app::endpoints;
 pub use app::{App, AppError, ConnInfo};
 pub use assertion::check_key_file;

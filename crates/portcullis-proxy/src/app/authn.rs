@@ -150,7 +150,12 @@ impl App {
         if auth.bearer_tokens
             && let Some(token) = bearer_token(headers)
         {
-            return self.authenticate_bearer(auth, token).await.map(Some);
+            // Boxed, as is the refresh below: the futures of the rarer paths (provider
+            // calls) are large, and every request's future would carry their size,
+            // copied at each await up the chain.
+            return Box::pin(self.authenticate_bearer(auth, token))
+                .await
+                .map(Some);
         }
         let Some(id) =
             session_cookie_value(headers, &auth.session_cookie.name).and_then(SessionId::parse)
@@ -166,7 +171,7 @@ impl App {
             .as_ref()
             .is_some_and(|t| t.refresh_due(auth.refresh_before, now))
         {
-            return self.refresh(auth, &id, session).await;
+            return Box::pin(self.refresh(auth, &id, session)).await;
         }
         Ok(Some(Principal::Session(session)))
     }

@@ -103,11 +103,14 @@ pub(super) enum Decision<'a> {
 
 impl App {
     pub(super) async fn decide(&self, check: Check<'_>) -> Decision<'_> {
-        portcullis_core::trace::in_span(
+        if !portcullis_core::trace::enabled() {
+            return self.decide_untraced(check).await;
+        }
+        Box::pin(portcullis_core::trace::in_span(
             "policy.decide",
             portcullis_core::trace::Kind::Internal,
             self.decide_untraced(check),
-        )
+        ))
         .await
     }
 

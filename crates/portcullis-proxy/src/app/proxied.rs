@@ -103,7 +103,7 @@ impl App {
         let (who, route) = match self.decide(check).await {
             Decision::Admit { who, route } => (who, route),
             Decision::Challenge { auth, route } => {
-                let resp = self.challenge(auth, route, &req, html).await;
+                let resp = Box::pin(self.challenge(auth, route, &req, html)).await;
                 return (resp, Outcome::Challenged, route.map(|r| r.index));
             }
             Decision::StepUp {
@@ -112,7 +112,7 @@ impl App {
                 step,
                 who,
             } => {
-                let resp = self.step_up(auth, route, &step, &who, &req, html).await;
+                let resp = Box::pin(self.step_up(auth, route, &step, &who, &req, html)).await;
                 return (resp, Outcome::SteppedUp, Some(route.index));
             }
             Decision::Deny { reason, route } => {
@@ -191,19 +191,23 @@ impl App {
         let route = route.map(|r| r.index);
         let asked = std::time::Instant::now();
         let forwarded = if trace::enabled() {
-            trace::in_span_result("upstream", trace::Kind::Client, async {
-                trace::inject(req.headers_mut());
-                let forwarded = upstream
-                    .forward(req, upgrade, origin.host.as_ref(), &self.tracker)
-                    .await;
-                if let Ok(Forwarded::Response(resp)) = &forwarded {
-                    let status = i64::from(resp.status().as_u16());
-                    trace::record(|| {
-                        vec![trace::KeyValue::new("http.response.status_code", status)]
-                    });
-                }
-                forwarded
-            })
+            Box::pin(trace::in_span_result(
+                "upstream",
+                trace::Kind::Client,
+                async {
+                    trace::inject(req.headers_mut());
+                    let forwarded = upstream
+                        .forward(req, upgrade, origin.host.as_ref(), &self.tracker)
+                        .await;
+                    if let Ok(Forwarded::Response(resp)) = &forwarded {
+                        let status = i64::from(resp.status().as_u16());
+                        trace::record(|| {
+                            vec![trace::KeyValue::new("http.response.status_code", status)]
+                        });
+                    }
+                    forwarded
+                },
+            ))
             .await
         } else {
             upstream

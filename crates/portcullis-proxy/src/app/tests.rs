@@ -1393,3 +1393,29 @@ async fn forwarded_requests_carry_a_verifiable_identity_assertion() {
 
 mod advisories;
 mod session_control;
+
+/// Every request's future is copied at each await on its way up (a memcpy of its whole
+/// size, measured at some 37 KB per request by bench/instructions.py before the rare
+/// paths were boxed). The bounds are loose (debug build, any compiler); they catch a
+/// large future creeping back into the hot path.
+#[tokio::test]
+async fn the_request_futures_stay_small() {
+    let r = rig(&[]).await;
+    let app = &r.app;
+    let c = conn();
+    let handle = std::mem::size_of_val(&app.handle(&c, request("GET", "/x", &[])));
+    let h = HeaderMap::new();
+    let decide = std::mem::size_of_val(&app.decide(super::decide::Check {
+        headers: &h,
+        client: "127.0.0.1".parse().unwrap(),
+        entry: super::decide::Entry::Proxied,
+        narrower: None,
+        target: super::decide::Target {
+            method: "GET",
+            host: None,
+            path: "/",
+        },
+    }));
+    assert!(handle < 12 * 1024, "App::handle's future is {handle} bytes");
+    assert!(decide < 6 * 1024, "App::decide's future is {decide} bytes");
+}
