@@ -48,12 +48,16 @@ impl Sessions {
     /// Runs a store operation, observing how long it took.
     async fn timed<T>(&self, op: StoreOp, work: impl Future<Output = T>) -> T {
         let start = Instant::now();
-        let out = portcullis_core::trace::in_span(
-            op.span_name(),
-            portcullis_core::trace::Kind::Client,
-            work,
-        )
-        .await;
+        let out = if portcullis_core::trace::recording() {
+            portcullis_core::trace::in_span(
+                op.span_name(),
+                portcullis_core::trace::Kind::Client,
+                work,
+            )
+            .await
+        } else {
+            work.await
+        };
         self.latency.observe(op, start);
         out
     }

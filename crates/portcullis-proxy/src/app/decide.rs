@@ -103,7 +103,7 @@ pub(super) enum Decision<'a> {
 
 impl App {
     pub(super) async fn decide(&self, check: Check<'_>) -> Decision<'_> {
-        if !portcullis_core::trace::enabled() {
+        if !portcullis_core::trace::recording() {
             return self.decide_untraced(check).await;
         }
         Box::pin(portcullis_core::trace::in_span(

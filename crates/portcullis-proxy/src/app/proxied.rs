@@ -190,7 +190,7 @@ impl App {
         let upstream = &pools[conn.worker % pools.len()];
         let route = route.map(|r| r.index);
         let asked = std::time::Instant::now();
-        let forwarded = if trace::enabled() {
+        let forwarded = if trace::recording() {
             Box::pin(trace::in_span_result(
                 "upstream",
                 trace::Kind::Client,
@@ -210,6 +210,8 @@ impl App {
             ))
             .await
         } else {
+            // Tracing on but this request not sampled: the app still hears of the trace.
+            trace::inject(req.headers_mut());
             upstream
                 .forward(req, upgrade, origin.host.as_ref(), &self.tracker)
                 .await
