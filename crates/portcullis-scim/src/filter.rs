@@ -167,7 +167,13 @@ fn tokenize(input: &str) -> Result<Vec<Token>, String> {
 
 /// Splits `urn:...:2.0:User:manager.value` or `name.givenName` into an [`AttrPath`].
 pub fn parse_attr_path(text: &str) -> Result<AttrPath, String> {
-    let (urn, rest) = if text.len() > 4 && text[..4].eq_ignore_ascii_case("urn:") {
+    // `get`, not `[..4]`: byte 4 may fall inside a multi-byte character (found by the
+    // scim_filter fuzz target: `m"l\u{789}e` panicked here).
+    let (urn, rest) = if text.len() > 4
+        && text
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case("urn:"))
+    {
         match text.rfind(':') {
             Some(i) if i + 1 < text.len() => (Some(text[..i].to_string()), &text[i + 1..]),
             _ => return Err(format!("{text:?} names a schema but no attribute")),
@@ -509,6 +515,16 @@ mod tests {
             parse_patch_path(&brackets).unwrap_err().scim_type,
             Some("invalidPath")
         );
+    }
+
+    /// Found by the scim_filter fuzz target: a multi-byte character across byte 4 of an
+    /// attribute path panicked (a slice inside the character) instead of being refused.
+    #[test]
+    fn a_multi_byte_character_at_byte_four_is_refused_not_a_panic() {
+        assert!(parse_attr_path("m\"l\u{789}e").is_err());
+        assert!(parse_attr_path("urn\u{e9}x:a").is_err());
+        assert!(parse_filter("ml\u{789}e eq 1").is_err());
+        assert!(parse_patch_path("abc\u{789}.x").is_err());
     }
 
     #[test]
