@@ -168,6 +168,21 @@ pub fn record(attributes: impl FnOnce() -> Vec<KeyValue>) {
     }
 }
 
+/// Ends a request's span: its status code, and an error status for a 5xx.
+pub fn finish(cx: &Context, status: u16) {
+    let span = cx.span();
+    if !span.is_recording() {
+        return;
+    }
+    span.set_attribute(KeyValue::new(
+        "http.response.status_code",
+        i64::from(status),
+    ));
+    if status >= 500 {
+        span.set_status(Status::error(format!("HTTP {status}")));
+    }
+}
+
 /// Marks the current span as failed.
 pub fn fail(reason: &str) {
     if !enabled() {

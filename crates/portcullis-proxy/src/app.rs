@@ -189,8 +189,8 @@ impl App {
         if !trace::enabled() {
             return self.handle_request(conn, req).await;
         }
-        // Boxed: only traced requests pay for it, and the untraced future stays small.
-        Box::pin(self.handle_traced(conn, req)).await
+        // Small: it holds the request's future boxed.
+        self.handle_traced(conn, req).await
     }
 
     async fn handle_traced(
@@ -218,23 +218,12 @@ impl App {
         };
         let Some(cx) = trace::server_span(span_name(req.method()), req.headers(), attributes)
         else {
-            return self.handle_request(conn, req).await;
+            return Box::pin(self.handle_request(conn, req)).await;
         };
-        trace::within(cx, async {
-            let resp = self.handle_request(conn, req).await;
-            let status = resp.status().as_u16();
-            trace::record(|| {
-                vec![trace::KeyValue::new(
-                    "http.response.status_code",
-                    i64::from(status),
-                )]
-            });
-            if status >= 500 {
-                trace::fail(resp.status().canonical_reason().unwrap_or("server error"));
-            }
-            resp
-        })
-        .await
+        // The request's own future is boxed once; the wrappers hold only the box.
+        let resp = trace::within(cx.clone(), Box::pin(self.handle_request(conn, req))).await;
+        trace::finish(&cx, resp.status().as_u16());
+        resp
     }
 
     async fn handle_request(

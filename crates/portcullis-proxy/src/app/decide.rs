@@ -106,11 +106,12 @@ impl App {
         if !portcullis_core::trace::recording() {
             return self.decide_untraced(check).await;
         }
-        Box::pin(portcullis_core::trace::in_span(
+        // The decision's future boxed once; the span's wrapper holds only the box.
+        portcullis_core::trace::in_span(
             "policy.decide",
             portcullis_core::trace::Kind::Internal,
-            self.decide_untraced(check),
-        ))
+            Box::pin(self.decide_untraced(check)),
+        )
         .await
     }
 

@@ -191,10 +191,11 @@ impl App {
         let route = route.map(|r| r.index);
         let asked = std::time::Instant::now();
         let forwarded = if trace::recording() {
-            Box::pin(trace::in_span_result(
+            // The call's future boxed once; the span's wrapper holds only the box.
+            trace::in_span_result(
                 "upstream",
                 trace::Kind::Client,
-                async {
+                Box::pin(async {
                     trace::inject(req.headers_mut());
                     let forwarded = upstream
                         .forward(req, upgrade, origin.host.as_ref(), &self.tracker)
@@ -206,8 +207,8 @@ impl App {
                         });
                     }
                     forwarded
-                },
-            ))
+                }),
+            )
             .await
         } else {
             // Tracing on but this request not sampled: the app still hears of the trace.
