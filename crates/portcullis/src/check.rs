@@ -369,6 +369,28 @@ async fn probe_transmitters(config: &Config, report: &mut Report) {
 /// The route table as Portcullis will use it, and the mistakes that make it other than
 /// its author meant: a route no request can reach, a public route that takes requests a
 /// later protected route was written for.
+/// What a route's `match` takes, in words: `host a.example.com path prefix /admin GET,POST`.
+pub(crate) fn route_match(r: &portcullis_config::RouteConfig) -> String {
+    let mut matched = Vec::new();
+    if let Some(h) = &r.host {
+        matched.push(format!("host {h}"));
+    }
+    if let Some(p) = &r.path {
+        matched.push(format!("path {p}"));
+    }
+    if let Some(p) = &r.path_prefix {
+        matched.push(format!("path prefix {p}"));
+    }
+    if !r.methods.is_empty() {
+        matched.push(r.methods.join(","));
+    }
+    if matched.is_empty() {
+        "everything".to_string()
+    } else {
+        matched.join(" ")
+    }
+}
+
 fn route_table(config: &Config, report: &mut Report) {
     if config.routes.is_empty() {
         return;
@@ -376,19 +398,6 @@ fn route_table(config: &Config, report: &mut Report) {
     let table = portcullis_policy::RouteTable::new(&config.routes, |_| None);
     println!("      routes, tried in order:");
     for r in &config.routes {
-        let mut matched = Vec::new();
-        if let Some(h) = &r.host {
-            matched.push(format!("host {h}"));
-        }
-        if let Some(p) = &r.path {
-            matched.push(format!("path {p}"));
-        }
-        if let Some(p) = &r.path_prefix {
-            matched.push(format!("path prefix {p}"));
-        }
-        if !r.methods.is_empty() {
-            matched.push(r.methods.join(","));
-        }
         let who = if r.public {
             "public".to_string()
         } else {
@@ -422,15 +431,7 @@ fn route_table(config: &Config, report: &mut Report) {
             }
             text
         };
-        println!(
-            "        {:<24} {:<40} {who}",
-            r.label(),
-            if matched.is_empty() {
-                "everything".to_string()
-            } else {
-                matched.join(" ")
-            }
-        );
+        println!("        {:<24} {:<40} {who}", r.label(), route_match(r));
     }
     for (shadowed, by) in table.shadowed() {
         let key = format!("routes.{}", shadowed.index);

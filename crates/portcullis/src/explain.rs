@@ -229,26 +229,15 @@ fn explain(config: &Config, who: &Identity, method: &str, url: &url::Url) -> Exp
 }
 
 fn describe(config: &Config, route: &portcullis_policy::Route) -> String {
-    let Some(r) = config.routes.iter().find(|c| c.index == route.index) else {
-        return route.label();
+    let number = format!("#{}", route.index + 1);
+    let name = match &route.name {
+        Some(n) => format!("{n} ({number})"),
+        None => number,
     };
-    let mut what = vec![match &r.name {
-        Some(n) => format!("{n} (#{})", r.index + 1),
-        None => format!("#{}", r.index + 1),
-    }];
-    if let Some(h) = &r.host {
-        what.push(format!("host {h}"));
+    match config.routes.iter().find(|c| c.index == route.index) {
+        Some(r) => format!("{name}: {}", crate::check::route_match(r)),
+        None => name,
     }
-    if let Some(p) = &r.path {
-        what.push(format!("path {p}"));
-    }
-    if let Some(p) = &r.path_prefix {
-        what.push(format!("path_prefix {p}"));
-    }
-    if !r.methods.is_empty() {
-        what.push(format!("methods {}", r.methods.join(" ")));
-    }
-    what.join(", ")
 }
 
 /// Runs `check --as`: prints the decision; exit 0 when the request would reach the app
