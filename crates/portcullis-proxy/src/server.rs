@@ -492,6 +492,55 @@ pub async fn serve(
     Ok(())
 }
 
+/// A listener of a side port (the admin listener, the gRPC check): at most `max`
+/// connections at once, an accept failure (descriptors exhausted) logged at most every
+/// 10 s and retried after a pause.
+pub(crate) struct SideListener {
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    errors: Throttle,
+    name: &'static str,
+}
+
+impl SideListener {
+    pub(crate) fn new(
+        listener: std::net::TcpListener,
+        max: usize,
+        name: &'static str,
+    ) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(SideListener {
+            listener: TcpListener::from_std(listener)?,
+            slots: Arc::new(Semaphore::new(max)),
+            errors: Throttle::new(Duration::from_secs(10)),
+            name,
+        })
+    }
+
+    /// The next connection and the slot it holds until dropped; waits for a free slot
+    /// first. `None` only if the slots were closed, which nothing does.
+    pub(crate) async fn next(
+        &self,
+    ) -> Option<(
+        tokio::net::TcpStream,
+        std::net::SocketAddr,
+        OwnedSemaphorePermit,
+    )> {
+        let slot = self.slots.clone().acquire_owned().await.ok()?;
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, peer)) => return Some((stream, peer, slot)),
+                Err(e) => {
+                    if let Some(count) = self.errors.hit() {
+                        tracing::warn!(error = %e, failures = count, "{} listener: accept failed", self.name);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
 /// Connections the admin listener serves at once.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
 /// The longest an admin connection is kept.
@@ -504,24 +553,8 @@ pub async fn serve_admin(
     listener: std::net::TcpListener,
     header_read_timeout: Duration,
 ) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    let listener = TcpListener::from_std(listener)?;
-    let slots = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
-    let accept_errors = Throttle::new(Duration::from_secs(10));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return Ok(());
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(pair) => pair,
-            Err(e) => {
-                if let Some(count) = accept_errors.hit() {
-                    tracing::warn!(error = %e, failures = count, "admin listener: accept failed");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    let side = SideListener::new(listener, ADMIN_MAX_CONNECTIONS, "admin")?;
+    while let Some((stream, peer, slot)) = side.next().await {
         let app = app.clone();
         tokio::spawn(async move {
             let conn = ConnInfo {
@@ -545,6 +578,7 @@ pub async fn serve_admin(
             drop(slot);
         });
     }
+    Ok(())
 }
 
 struct Worker {

@@ -21,13 +21,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prost::Message;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::ConnInfo;
-use crate::server::Live;
-use crate::throttle::Throttle;
+use crate::server::{Live, SideListener};
 use proto::code;
 
 /// The one method served.
@@ -194,25 +191,9 @@ pub async fn serve_ext_authz(
     tls: Option<Arc<rustls::ServerConfig>>,
     read_timeout: Duration,
 ) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    let listener = TcpListener::from_std(listener)?;
+    let side = SideListener::new(listener, MAX_CONNECTIONS, "ext_authz")?;
     let tls = tls.map(TlsAcceptor::from);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let accept_errors = Throttle::new(Duration::from_secs(10));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return Ok(());
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(pair) => pair,
-            Err(e) => {
-                if let Some(count) = accept_errors.hit() {
-                    tracing::warn!(error = %e, failures = count, "ext_authz listener: accept failed");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer, slot)) = side.next().await {
         let _ = stream.set_nodelay(true);
         let (live, tls) = (live.clone(), tls.clone());
         tokio::spawn(async move {
@@ -248,6 +229,7 @@ pub async fn serve_ext_authz(
             drop(slot);
         });
     }
+    Ok(())
 }
 
 #[cfg(test)]
