@@ -552,6 +552,12 @@ pub const KEYS: &[Key] = &[
         "false",
         "serve it over TLS with the tls.cert_file certificate (else h2c)",
     ),
+    // Diagnostics.
+    key(
+        "diagnostics.canary",
+        "false",
+        "serve /.well-known/portcullis/canary for `portcullis check --live`",
+    ),
     // Shared Signals: transmitters whose events end sessions.
     key(
         "ssf.transmitters.<name>.metadata_url",

@@ -51,6 +51,8 @@ pub struct Config {
     pub ext_authz: Option<ExtAuthzConfig>,
     /// Shared Signals transmitters.
     pub ssf: Vec<SsfTransmitterConfig>,
+    /// Serve the canary that `portcullis check --live` probes through the real chain.
+    pub diagnostics_canary: bool,
 }
 
 /// The admin listener: the admin API, health and metrics, on an address of its own.

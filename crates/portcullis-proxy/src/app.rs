@@ -49,6 +49,7 @@ use crate::upstream::Upstream;
 mod account;
 mod admin;
 mod authn;
+mod canary;
 mod decide;
 pub mod endpoints;
 mod ext_authz;
@@ -150,6 +151,8 @@ pub struct App {
     assertions: Option<Assertions>,
     /// The admin API's bearer token, with `admin.listen_addr`.
     admin_token: Option<portcullis_config::SecretString>,
+    /// `diagnostics.canary`: serve the canary of `portcullis check --live`.
+    canary: bool,
 }
 
 impl App {
@@ -281,6 +284,19 @@ impl App {
             Own::BackchannelLogout => return Box::pin(self.backchannel_logout(req)).await,
             Own::FrontchannelLogout => return Box::pin(self.frontchannel_logout(&req)).await,
             Own::Ssf => return Box::pin(self.ssf_push(req)).await,
+            // Proxying: decided and prepared like the app's requests, then echoed.
+            Own::Canary if !self.upstreams.is_empty() => return self.proxied(conn, req).await,
+            // Forward-auth only: the front proxy sends it here in place of the app.
+            Own::Canary => {
+                let origin = crate::forwarding::resolve(
+                    conn.peer,
+                    conn.tls,
+                    req.headers(),
+                    req.uri(),
+                    &self.trusted,
+                );
+                return canary::echo(&req, origin.client_ip, "forward-auth");
+            }
         };
         result.unwrap_or_else(|e| e.into_response(wants_html(req.headers()), endpoints::LOGIN.path))
     }
@@ -294,6 +310,7 @@ impl App {
                 Own::Jwks if self.assertions.is_none() => None,
                 Own::BackchannelLogout | Own::FrontchannelLogout if self.auth.is_none() => None,
                 Own::Ssf if self.auth.as_ref().is_none_or(|a| a.signals.is_empty()) => None,
+                Own::Canary if !self.canary => None,
                 _ => Some(found),
             };
         }

@@ -24,10 +24,12 @@ pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwa
 pub(crate) const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// Headers that say where a request was originally going, which some frameworks believe
-/// (Spring's `ForwardedHeaderFilter`, IIS URL Rewrite, Symfony): from an untrusted peer
-/// they are the client's invention, and are dropped before the request goes upstream.
-static ORIGINAL_REQUEST_HEADERS: [HeaderName; 7] = [
+/// Headers that say where a request was originally going or who sent it, which some
+/// frameworks believe (Spring's `ForwardedHeaderFilter`, IIS URL Rewrite, Symfony, the
+/// client-address headers of CDNs that libraries read before `X-Forwarded-For`): from an
+/// untrusted peer they are the client's invention, and are dropped before the request
+/// goes upstream. (`portcullis check --live` found `True-Client-IP` passing.)
+static ORIGINAL_REQUEST_HEADERS: [HeaderName; 13] = [
     HeaderName::from_static("x-forwarded-prefix"),
     HeaderName::from_static("x-forwarded-port"),
     HeaderName::from_static("x-forwarded-server"),
@@ -35,6 +37,12 @@ static ORIGINAL_REQUEST_HEADERS: [HeaderName; 7] = [
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),
     HeaderName::from_static("x-original-host"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("x-original-forwarded-for"),
 ];
 
 #[derive(Debug, Clone, Default)]
@@ -324,6 +332,8 @@ mod tests {
             ("x-original-url", "/admin"),
             ("x-rewrite-url", "/admin"),
             ("x-forwarded-port", "8443"),
+            ("true-client-ip", "1.1.1.1"),
+            ("cf-connecting-ip", "1.1.1.1"),
         ]);
         let o = resolve(
             peer("203.0.113.9"),
@@ -337,6 +347,8 @@ mod tests {
         assert!(h.get("x-real-ip").is_none());
         assert!(h.get("x-forwarded-uri").is_none());
         for name in [
+            "true-client-ip",
+            "cf-connecting-ip",
             "x-forwarded-prefix",
             "x-original-url",
             "x-rewrite-url",

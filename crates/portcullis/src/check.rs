@@ -79,6 +79,15 @@ pub(crate) fn offline_problems(config: &Config) -> Vec<String> {
 
 pub(crate) async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let json = args.format == crate::cli::Format::Json;
+    if let Some(url) = &args.live {
+        return Ok(crate::live::run(crate::live::LiveArgs {
+            url,
+            cookie_file: args.cookie_file.as_deref(),
+            ca_file: args.ca_file.as_deref(),
+            json,
+        })
+        .await);
+    }
     let config = if json {
         let sources = portcullis_config::Sources {
             file: args.config.clone(),

@@ -70,6 +70,19 @@ pub(crate) struct CheckArgs {
     /// With --as: the request, [METHOD] URL (a path is taken on the public URL).
     #[arg(value_name = "REQUEST", requires = "as_user")]
     pub request: Vec<String>,
+    /// Probe a running deployment from outside, through its real chain, at this origin
+    /// (such as https://app.example.com): the known bypass attempts, against the canary
+    /// that `diagnostics.canary` serves. Exits 1 if anything got through.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["as_user", "offline"])]
+    pub live: Option<String>,
+    /// With --live: a signed-in test user's credential, for the attempts beside a real
+    /// session: the session cookie (`session_token=...`, or a cookies.txt) or
+    /// `Bearer <token>`. Read, sent only to the --live URL, never stored.
+    #[arg(long, value_name = "FILE", requires = "live")]
+    pub cookie_file: Option<PathBuf>,
+    /// With --live: extra CA certificates (PEM) to trust for the URL.
+    #[arg(long, value_name = "FILE", requires = "live")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

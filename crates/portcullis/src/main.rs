@@ -6,6 +6,7 @@ mod check;
 mod cli;
 mod dev;
 mod explain;
+mod live;
 mod logging;
 mod probe;
 mod reload;

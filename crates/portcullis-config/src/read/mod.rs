@@ -139,6 +139,7 @@ impl Config {
             admin,
             ext_authz,
             ssf,
+            diagnostics_canary: r.bool("diagnostics.canary", false),
             auth,
             session,
             log,

@@ -34,6 +34,9 @@ pub(super) enum Entry {
     ExtAuthz,
     /// A login, at the callback.
     Login,
+    /// The canary of `portcullis check --live`: the global allow-lists decide, not the
+    /// route table.
+    Canary,
 }
 
 impl Entry {
@@ -43,6 +46,7 @@ impl Entry {
             Entry::ForwardAuth => "forward-auth",
             Entry::ExtAuthz => "ext-authz",
             Entry::Login => "login",
+            Entry::Canary => "canary",
         }
     }
 }
@@ -117,7 +121,7 @@ impl App {
 
     async fn decide_untraced(&self, check: Check<'_>) -> Decision<'_> {
         let t = check.target;
-        let route = if self.routes.is_empty() {
+        let route = if self.routes.is_empty() || check.entry == Entry::Canary {
             None
         } else {
             match self.routes.find(t.method, t.host, t.path) {

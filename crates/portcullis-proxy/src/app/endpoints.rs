@@ -29,6 +29,8 @@ pub enum Own {
     FrontchannelLogout,
     /// Shared Signals push delivery: `/api/v1/auth/ssf/<transmitter>`.
     Ssf,
+    /// The stand-in app that `portcullis check --live` probes (`diagnostics.canary`).
+    Canary,
 }
 
 #[derive(Debug)]
@@ -154,6 +156,15 @@ pub const SSF: Endpoint = Endpoint {
     allow: "POST",
 };
 
+/// The canary of `portcullis check --live`, and everything below it.
+pub const CANARY: Endpoint = Endpoint {
+    own: Own::Canary,
+    path: "/.well-known/portcullis/canary",
+    prefix: true,
+    allow_methods: None,
+    allow: "",
+};
+
 /// The endpoints at fixed paths, in the order they are matched.
 pub const FIXED: &[Endpoint] = &[
     STATUS,
@@ -168,6 +179,7 @@ pub const FIXED: &[Endpoint] = &[
     BACKCHANNEL_LOGOUT,
     FRONTCHANNEL_LOGOUT,
     SSF,
+    CANARY,
 ];
 
 impl Endpoint {

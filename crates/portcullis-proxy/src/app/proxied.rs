@@ -13,7 +13,7 @@ use portcullis_session::cookie;
 use portcullis_session::{SessionId, SessionKey};
 
 use super::decide::{Check, Decision, Entry, Target};
-use super::endpoints::{LOGIN, LOGOUT};
+use super::endpoints::{CANARY, LOGIN, LOGOUT};
 use super::{App, ConnInfo, session_cookie_value, wants_html};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
@@ -89,10 +89,15 @@ impl App {
         }
         let origin =
             forwarding::resolve(conn.peer, conn.tls, req.headers(), req.uri(), &self.trusted);
+        let canary = self.canary && CANARY.matches(req.uri().path());
         let check = Check {
             headers: req.headers(),
             client: origin.client_ip,
-            entry: Entry::Proxied,
+            entry: if canary {
+                Entry::Canary
+            } else {
+                Entry::Proxied
+            },
             narrower: None,
             target: Target {
                 method: req.method().as_str(),
@@ -183,6 +188,11 @@ impl App {
                     tokens.id_token.as_deref().filter(|_| auth.pass_id_token),
                 );
             }
+        }
+        if canary {
+            // The canary stands in for the app: what would have been sent, answered.
+            let resp = super::canary::echo(&req, origin.client_ip, "proxied");
+            return (resp, Outcome::Forwarded, None);
         }
         let pools = route
             .and_then(|r| r.upstream)

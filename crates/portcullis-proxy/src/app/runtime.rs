@@ -208,6 +208,7 @@ impl App {
             forward_auth_blind: Throttle::new(Duration::from_secs(60)),
             bodies,
             upgrades: config.upstream.allowed_upgrades.clone(),
+            canary: config.diagnostics_canary,
             // Without routes every path is decided alike, so `;` parameters (a session id
             // in the path, say) pass; with routes, only where a route accepts them.
             paths: PathRules {
