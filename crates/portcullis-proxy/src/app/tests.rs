@@ -1392,6 +1392,7 @@ async fn forwarded_requests_carry_a_verifiable_identity_assertion() {
 }
 
 mod advisories;
+mod properties;
 mod session_control;
 
 /// Every request's future is copied at each await on its way up (a memcpy of its whole
