@@ -27,7 +27,7 @@ pub use github::GitHubProvider;
 pub use jwks::JwksCache;
 pub use oidc::{
     AuthorizationRequest, Introspected, LOGOUT_EVENT, LogoutToken, OidcProvider, TokenResponse,
-    VerifiedBearer,
+    VerifiedBearer, read_unsigned_logout_token,
 };
 pub use portcullis_core::Identity;
 pub use provider::{LoginStep, Provider, StepUp, unverified_issuer};

@@ -32,7 +32,7 @@ mod introspect;
 mod logout;
 
 pub use introspect::Introspected;
-pub use logout::{LOGOUT_EVENT, LogoutToken};
+pub use logout::{LOGOUT_EVENT, LogoutToken, read_unsigned_logout_token};
 
 /// A bearer token an API client sent, verified: who it vouches for and when it was
 /// issued (to refuse tokens issued before their user's sessions were revoked).

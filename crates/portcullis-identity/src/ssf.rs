@@ -249,22 +249,7 @@ impl Transmitter {
         token: &str,
         audience: &[String],
     ) -> Result<SecurityEventToken, SetError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| SetError::request(format!("not a signed JWT: {e}")))?;
-        // RFC 8417 §2.3 and SSF §4.1.1: `typ` is `secevent+jwt`.
-        if !header
-            .typ
-            .as_deref()
-            .is_some_and(|t| t.eq_ignore_ascii_case("secevent+jwt"))
-        {
-            return Err(SetError::request("the token's typ is not secevent+jwt"));
-        }
-        if !ALGORITHMS.contains(&header.alg) {
-            return Err(SetError::key(format!(
-                "algorithm {:?} is not accepted (asymmetric algorithms only)",
-                header.alg
-            )));
-        }
+        let header = check_header(token)?;
         let loaded = self.loaded().await.map_err(|e| SetError {
             err: "invalid_key",
             description: format!("the transmitter's keys are unavailable: {e}"),
@@ -290,60 +275,14 @@ impl Transmitter {
                 _ => SetError::request(format!("malformed claims: {e}")),
             })?
             .claims;
-        if claims.iss != loaded.issuer {
-            return Err(SetError {
-                err: "invalid_issuer",
-                description: format!("issued by {:?}, not the transmitter", claims.iss),
-            });
-        }
-        // `aud` is read by hand: one string or a list.
         let payload = decode_payload(token)?;
-        let for_us = match payload.get("aud") {
-            Some(Value::String(a)) => audience.iter().any(|x| x == a),
-            Some(Value::Array(all)) => all
-                .iter()
-                .filter_map(Value::as_str)
-                .any(|a| audience.iter().any(|x| x == a)),
-            _ => false,
-        };
-        if !for_us {
-            return Err(SetError {
-                err: "invalid_audience",
-                description: "the token is not addressed to this receiver".into(),
-            });
-        }
-        let now = portcullis_core::time::unix_now();
-        let iat = claims.iat.ok_or_else(|| SetError::request("no iat"))?;
-        if iat > now + LEEWAY_SECS {
-            return Err(SetError::request("issued in the future (check clocks)"));
-        }
-        let jti = claims
-            .jti
-            .filter(|j| !j.is_empty())
-            .ok_or_else(|| SetError::request("no jti"))?;
-        let events = claims
-            .events
-            .filter(|e| !e.is_empty())
-            .ok_or_else(|| SetError::request("no events"))?;
-        let top_subject = claims.sub_id.as_ref().and_then(|s| subject(s, 0));
-        let events = events
-            .into_iter()
-            .map(|(kind, payload)| {
-                let payload = match payload {
-                    Value::Object(m) => m,
-                    _ => Map::new(),
-                };
-                let subject = top_subject
-                    .clone()
-                    .or_else(|| payload.get("subject").and_then(|s| subject(s, 0)));
-                SecurityEvent {
-                    kind,
-                    payload,
-                    subject,
-                }
-            })
-            .collect();
-        Ok(SecurityEventToken { jti, iat, events })
+        read_verified(
+            claims,
+            &payload,
+            &loaded.issuer,
+            audience,
+            portcullis_core::time::unix_now(),
+        )
     }
 
     /// Polls `url` once (RFC 8936 §2.4), acknowledging `ack` and reporting `errors`
@@ -397,6 +336,112 @@ impl Transmitter {
             more_available: answer.get("moreAvailable") == Some(&Value::Bool(true)),
         })
     }
+}
+
+/// The checks of a SET's header, before any key is looked up: a JWT, of `typ`
+/// `secevent+jwt` (RFC 8417 §2.3, SSF §4.1.1), under an asymmetric algorithm.
+fn check_header(token: &str) -> Result<jsonwebtoken::Header, SetError> {
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|e| SetError::request(format!("not a signed JWT: {e}")))?;
+    // RFC 8417 §2.3 and SSF §4.1.1: `typ` is `secevent+jwt`.
+    if !header
+        .typ
+        .as_deref()
+        .is_some_and(|t| t.eq_ignore_ascii_case("secevent+jwt"))
+    {
+        return Err(SetError::request("the token's typ is not secevent+jwt"));
+    }
+    if !ALGORITHMS.contains(&header.alg) {
+        return Err(SetError::key(format!(
+            "algorithm {:?} is not accepted (asymmetric algorithms only)",
+            header.alg
+        )));
+    }
+    Ok(header)
+}
+
+/// Everything a SET is checked for once its signature verifies: `iss` the transmitter's,
+/// `aud` ours, `iat` not in the future, a `jti`, `events`; then its events and subjects.
+fn read_verified(
+    claims: SetClaims,
+    payload: &Map<String, Value>,
+    issuer: &str,
+    audience: &[String],
+    now: u64,
+) -> Result<SecurityEventToken, SetError> {
+    if claims.iss != issuer {
+        return Err(SetError {
+            err: "invalid_issuer",
+            description: format!("issued by {:?}, not the transmitter", claims.iss),
+        });
+    }
+    // `aud` is read by hand: one string or a list.
+    let for_us = match payload.get("aud") {
+        Some(Value::String(a)) => audience.iter().any(|x| x == a),
+        Some(Value::Array(all)) => all
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|a| audience.iter().any(|x| x == a)),
+        _ => false,
+    };
+    if !for_us {
+        return Err(SetError {
+            err: "invalid_audience",
+            description: "the token is not addressed to this receiver".into(),
+        });
+    }
+    let iat = claims.iat.ok_or_else(|| SetError::request("no iat"))?;
+    if iat > now + LEEWAY_SECS {
+        return Err(SetError::request("issued in the future (check clocks)"));
+    }
+    let jti = claims
+        .jti
+        .filter(|j| !j.is_empty())
+        .ok_or_else(|| SetError::request("no jti"))?;
+    let events = claims
+        .events
+        .filter(|e| !e.is_empty())
+        .ok_or_else(|| SetError::request("no events"))?;
+    let top_subject = claims.sub_id.as_ref().and_then(|s| subject(s, 0));
+    let events = events
+        .into_iter()
+        .map(|(kind, payload)| {
+            let payload = match payload {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            };
+            let subject = top_subject
+                .clone()
+                .or_else(|| payload.get("subject").and_then(|s| subject(s, 0)));
+            SecurityEvent {
+                kind,
+                payload,
+                subject,
+            }
+        })
+        .collect();
+    Ok(SecurityEventToken { jti, iat, events })
+}
+
+/// The reading of a SET with the signature check left out, for the fuzz target: the same
+/// header checks and the same reading of the claims as [`Transmitter::verify`].
+#[doc(hidden)]
+pub fn read_unsigned(
+    token: &str,
+    issuer: &str,
+    audience: &[String],
+) -> Result<SecurityEventToken, SetError> {
+    check_header(token)?;
+    let payload = decode_payload(token)?;
+    let claims: SetClaims = serde_json::from_value(Value::Object(payload.clone()))
+        .map_err(|e| SetError::request(format!("malformed claims: {e}")))?;
+    read_verified(
+        claims,
+        &payload,
+        issuer,
+        audience,
+        portcullis_core::time::unix_now(),
+    )
 }
 
 /// The JSON payload of a compact JWT (already verified by the caller).

@@ -119,6 +119,9 @@ struct Auth {
     introspection: IntrospectionCache,
     /// Shared Signals transmitters.
     signals: Vec<signals::Receiver>,
+    /// Providers whose token endpoint failed or stalled, and until when refreshes with
+    /// them are not tried (requests go on with the tokens they have).
+    refresh_paused: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
 }
 
 pub struct App {

@@ -856,6 +856,16 @@ impl Drop for OidcProvider {
 }
 
 impl OidcProvider {
+    /// Sends `signal` (`STOP`: it accepts connections and answers nothing, a provider
+    /// that hangs; `CONT`: it answers again; `KILL`: it is down).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} oidc-provider");
+    }
+
     /// What it printed (`grant refresh_token` lines, errors).
     pub fn logs(&self) -> String {
         self.output.lock().unwrap().clone()

@@ -814,3 +814,122 @@ async fn an_implicit_id_token_with_another_nonce_is_refused() {
     assert!(victim.cookie("127.0.0.1", "session_token").is_none());
     assert!(p.wait_for_log("nonce does not match").await, "{}", p.logs());
 }
+
+/// A rig whose sessions are due for a refresh 2 s after their login, with one browser
+/// signed in and a second login stopped just before its callback.
+async fn refresh_due_rig() -> (
+    OidcProvider,
+    EchoUpstream,
+    Portcullis,
+    Browser,
+    (Browser, url::Url),
+) {
+    let (op, upstream, p) = rig(
+        json!({"accessTokenTtl": 60}),
+        &[
+            (
+                "AUTH__OPENID_CONNECT__CORP__SCOPES",
+                "openid,email,profile,offline_access",
+            ),
+            (
+                "AUTH__OPENID_CONNECT__CORP__AUTH_URL_PARAMS__PROMPT",
+                "consent",
+            ),
+            ("AUTH__REFRESH_BEFORE", "58s"),
+        ],
+    )
+    .await;
+    let signed_in = Browser::new();
+    let landed = op_sign_in_app(&signed_in, &p, "alice").await;
+    assert_eq!(landed.status, 200, "{landed:?}\n{}", p.logs());
+    let pending = Browser::new();
+    let callback = op_sign_in_until(
+        &pending,
+        &p.url("/reports"),
+        "bob",
+        &p.url("/api/v1/auth/callback"),
+    )
+    .await;
+    (op, upstream, p, signed_in, (pending, callback))
+}
+
+/// A GET and how long it took.
+async fn timed(browser: &Browser, url: &str) -> (Page, std::time::Duration) {
+    let asked = std::time::Instant::now();
+    let page = browser.get(url).await;
+    (page, asked.elapsed())
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
+async fn a_provider_that_is_down_ends_no_session_and_a_login_says_so() {
+    let (op, _upstream, p, signed_in, (pending, callback)) = refresh_due_rig().await;
+    op.signal("KILL");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+
+    // The session is due for a refresh the provider cannot give: it goes on.
+    let (page, took) = timed(&signed_in, &p.url("/page/1")).await;
+    assert_eq!(page.status, 200, "{page:?}\n{}", p.logs());
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    assert!(
+        p.wait_for_log("token refresh failed; keeping the session")
+            .await,
+        "{}",
+        p.logs()
+    );
+    let (page, _) = timed(&signed_in, &p.url("/page/2")).await;
+    assert_eq!(page.status, 200, "{page:?}");
+
+    // A login that reaches its callback cannot redeem its code: a page says why.
+    let (page, took) = timed(&pending, callback.as_str()).await;
+    assert_eq!(page.status, 502, "{page:?}\n{}", p.logs());
+    assert!(page.body.contains("identity provider"), "{}", page.body);
+    assert!(took < std::time::Duration::from_secs(6), "{took:?}");
+    // And the proxy lives on.
+    assert_eq!(signed_in.get(&p.url("/page/3")).await.status, 200);
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "e2e"),
+    ignore = "needs oidc-provider (npm): run scripts/test"
+)]
+async fn a_provider_that_hangs_stalls_no_session_for_long_and_a_login_says_so() {
+    let (op, _upstream, p, signed_in, (pending, callback)) = refresh_due_rig().await;
+    // Stopped: the kernel still accepts connections; nothing answers.
+    op.signal("STOP");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+
+    // The first request due for a refresh waits a few seconds for it, then goes on...
+    let (page, took) = timed(&signed_in, &p.url("/page/1")).await;
+    assert_eq!(page.status, 200, "{page:?}\n{}", p.logs());
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    assert!(
+        p.wait_for_log("did not refresh the session's tokens in time")
+            .await,
+        "{}",
+        p.logs()
+    );
+    // ...and the next ones do not wait for the provider again.
+    for i in 2..5 {
+        let (page, took) = timed(&signed_in, &p.url(&format!("/page/{i}"))).await;
+        assert_eq!(page.status, 200, "{page:?}");
+        assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+    }
+
+    // A login's callback waits for the token endpoint until the outbound timeout, then
+    // a page says the provider did not answer.
+    let (page, took) = timed(&pending, callback.as_str()).await;
+    assert!(
+        page.status == 502 || page.status == 504,
+        "{page:?}\n{}",
+        p.logs()
+    );
+    assert!(page.body.contains("identity provider"), "{}", page.body);
+    assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+    op.signal("CONT");
+    assert_eq!(signed_in.get(&p.url("/page/5")).await.status, 200);
+}

@@ -57,14 +57,7 @@ impl OidcProvider {
         let d = self.discovered().await?;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| IdentityError::invalid(format!("malformed token header: {e}")))?;
-        if let Some(typ) = header.typ.as_deref()
-            && !typ.eq_ignore_ascii_case("logout+jwt")
-            && !typ.eq_ignore_ascii_case("jwt")
-        {
-            return Err(IdentityError::invalid(format!(
-                "a token of type {typ:?} is not a logout token"
-            )));
-        }
+        check_typ(&header)?;
         if !d.algorithms.contains(&header.alg) {
             return Err(IdentityError::invalid(format!(
                 "algorithm {:?} is not allowed for this provider",
@@ -86,39 +79,79 @@ impl OidcProvider {
         let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
             .map_err(|e| IdentityError::invalid(super::describe_jwt_error(&e)))?
             .claims;
-        let now = portcullis_core::time::unix_now();
-        if claims.iat > now + LEEWAY_SECS {
-            return Err(IdentityError::invalid(
-                "issued in the future (check clocks)",
-            ));
-        }
-        if claims.iat + MAX_AGE_SECS + LEEWAY_SECS < now {
-            return Err(IdentityError::invalid("issued too long ago"));
-        }
-        let events = claims
-            .events
-            .ok_or_else(|| IdentityError::invalid("no events claim"))?;
-        if !events.get(LOGOUT_EVENT).is_some_and(Value::is_object) {
-            return Err(IdentityError::invalid(
-                "the events claim holds no back-channel logout event",
-            ));
-        }
-        if claims.nonce.is_some() {
-            return Err(IdentityError::invalid(
-                "a logout token must not carry a nonce",
-            ));
-        }
-        let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
-        let (sub, sid) = (non_empty(claims.sub), non_empty(claims.sid));
-        if sub.is_none() && sid.is_none() {
-            return Err(IdentityError::invalid("neither sub nor sid"));
-        }
-        let jti = non_empty(claims.jti).ok_or_else(|| IdentityError::invalid("no jti"))?;
-        Ok(LogoutToken {
-            sub,
-            sid,
-            jti,
-            iat: claims.iat,
-        })
+        read_claims(claims, portcullis_core::time::unix_now())
     }
+}
+
+/// §2.4: a `typ` other than `logout+jwt` or `JWT` is not a logout token.
+fn check_typ(header: &jsonwebtoken::Header) -> Result<(), IdentityError> {
+    if let Some(typ) = header.typ.as_deref()
+        && !typ.eq_ignore_ascii_case("logout+jwt")
+        && !typ.eq_ignore_ascii_case("jwt")
+    {
+        return Err(IdentityError::invalid(format!(
+            "a token of type {typ:?} is not a logout token"
+        )));
+    }
+    Ok(())
+}
+
+/// Everything a logout token is checked for once its signature, `iss` and `aud` verify.
+fn read_claims(claims: Claims, now: u64) -> Result<LogoutToken, IdentityError> {
+    if claims.iat > now + LEEWAY_SECS {
+        return Err(IdentityError::invalid(
+            "issued in the future (check clocks)",
+        ));
+    }
+    if claims.iat + MAX_AGE_SECS + LEEWAY_SECS < now {
+        return Err(IdentityError::invalid("issued too long ago"));
+    }
+    let events = claims
+        .events
+        .ok_or_else(|| IdentityError::invalid("no events claim"))?;
+    if !events.get(LOGOUT_EVENT).is_some_and(Value::is_object) {
+        return Err(IdentityError::invalid(
+            "the events claim holds no back-channel logout event",
+        ));
+    }
+    if claims.nonce.is_some() {
+        return Err(IdentityError::invalid(
+            "a logout token must not carry a nonce",
+        ));
+    }
+    let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let (sub, sid) = (non_empty(claims.sub), non_empty(claims.sid));
+    if sub.is_none() && sid.is_none() {
+        return Err(IdentityError::invalid("neither sub nor sid"));
+    }
+    let jti = non_empty(claims.jti).ok_or_else(|| IdentityError::invalid("no jti"))?;
+    Ok(LogoutToken {
+        sub,
+        sid,
+        jti,
+        iat: claims.iat,
+    })
+}
+
+/// The reading of a logout token with the signature (and so `iss` and `aud`) left out,
+/// for the fuzz target: the same `typ` check and the same reading of the claims as
+/// [`OidcProvider::verify_logout_token`].
+#[doc(hidden)]
+pub fn read_unsigned_logout_token(token: &str) -> Result<LogoutToken, IdentityError> {
+    use base64::Engine as _;
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|e| IdentityError::invalid(format!("malformed token header: {e}")))?;
+    check_typ(&header)?;
+    let payload = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .ok_or_else(|| IdentityError::invalid("the payload is not base64url"))?;
+    let claims: Claims = serde_json::from_slice(&payload)
+        .map_err(|e| IdentityError::invalid(format!("malformed claims: {e}")))?;
+    read_claims(claims, portcullis_core::time::unix_now())
 }

@@ -9,7 +9,9 @@
 //! Sessions with a refresh token are refreshed here, before the access token expires: one
 //! refresh per session at a time, claimed in the session store so that this holds across
 //! replicas (concurrent requests wait for it and use its result); a refresh the provider
-//! refuses ends the session.
+//! refuses ends the session. A provider that is down or slow ends no session and stalls
+//! none for long: a request waits at most `REFRESH_PATIENCE` for it, then goes on with the
+//! tokens it has, and no refresh is tried with that provider for `REFRESH_PAUSE`.
 
 use portcullis_core::trace;
 use std::sync::Arc;
@@ -100,6 +102,13 @@ impl Principal {
 const REFRESH_CLAIM: std::time::Duration = std::time::Duration::from_secs(15);
 /// How long a request waits for another replica's refresh.
 const REFRESH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a request waits for the provider to refresh its session's tokens; a slower
+/// provider is given up on and the request goes on with the tokens it has (the refresh
+/// runs ahead of their expiry).
+const REFRESH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+/// After a provider failed or stalled a refresh, how long no refresh is tried with it, so
+/// that every request of every session does not wait for it again.
+const REFRESH_PAUSE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The bearer token of an `Authorization` header, if that is what it holds.
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
@@ -367,6 +376,9 @@ impl App {
         else {
             return Ok(Some(Principal::Session(current)));
         };
+        if auth.refresh_paused(provider.name()) {
+            return Ok(Some(Principal::Session(current)));
+        }
         // Concurrent requests, here and on other replicas, share the session: the one
         // that claims it refreshes, the rest wait for the tokens it stores (a refresh
         // token used twice may revoke the whole grant).
@@ -418,12 +430,20 @@ impl App {
         };
         let who = current.identity.display();
         let asked = std::time::Instant::now();
-        let refreshed = trace::in_span(
-            "token.refresh",
-            trace::Kind::Internal,
-            provider.refresh(refresh_token),
+        let refreshed = tokio::time::timeout(
+            REFRESH_PATIENCE,
+            trace::in_span(
+                "token.refresh",
+                trace::Kind::Internal,
+                provider.refresh(refresh_token),
+            ),
         )
         .await;
+        let Ok(refreshed) = refreshed else {
+            auth.pause_refresh(provider.name());
+            tracing::warn!(user = %who, provider = %provider.name(), waited = ?REFRESH_PATIENCE, pause = ?REFRESH_PAUSE, "the provider did not refresh the session's tokens in time; keeping the session, and no refresh with this provider for a while");
+            return Ok(Some(Principal::Session(current)));
+        };
         self.metrics
             .provider_call(provider.name(), ProviderCall::Refresh, asked);
         match refreshed {
@@ -456,10 +476,33 @@ impl App {
             }
             Some(Err(e)) => {
                 // Unreachable or confused provider: not a refusal. Keep the session and
-                // try again with the next request.
-                tracing::warn!(user = %who, provider = %provider.name(), error = %e, "token refresh failed; keeping the session and retrying later");
+                // try again after a pause.
+                auth.pause_refresh(provider.name());
+                tracing::warn!(user = %who, provider = %provider.name(), error = %e, pause = ?REFRESH_PAUSE, "token refresh failed; keeping the session and retrying later");
                 Ok(Some(Principal::Session(current)))
             }
         }
+    }
+}
+
+impl Auth {
+    fn refresh_paused(&self, provider: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut paused = self
+            .refresh_paused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        paused.retain(|(_, until)| *until > now);
+        paused.iter().any(|(name, _)| name == provider)
+    }
+
+    fn pause_refresh(&self, provider: &str) {
+        let until = std::time::Instant::now() + REFRESH_PAUSE;
+        let mut paused = self
+            .refresh_paused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        paused.retain(|(name, _)| name != provider);
+        paused.push((provider.to_owned(), until));
     }
 }

@@ -390,6 +390,7 @@ impl App {
                 .map(|u| (u.to_string(), u.path().to_string())),
             introspection: IntrospectionCache::new(config.auth.introspection_cache_ttl),
             signals,
+            refresh_paused: std::sync::Mutex::default(),
         })
     }
 }
