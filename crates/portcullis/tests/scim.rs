@@ -1134,3 +1134,46 @@ async fn a_group_with_a_comma_in_its_name_stays_one_group() {
         }
     }
 }
+
+/// PostgreSQL down while the provider provisions: a 503 in SCIM's error shape, so the
+/// provider retries later; sessions and proxied traffic carry on.
+#[tokio::test]
+#[cfg_attr(not(feature = "e2e"), ignore = "needs PostgreSQL: run scripts/test")]
+async fn a_database_outage_is_a_503_the_provider_retries_and_traffic_flows_on() {
+    let pg = PostgresServer::start();
+    let database = pg.database("outage");
+    let env = okta_env(&database);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let site = Site::new("okta", 1, &env).await;
+    let p = site.replica(0).await;
+    let okta = ScimClient::okta(&p);
+    assert_eq!(okta.get("/Users").await.status, 200);
+    let (browser, page) = sign_in(&p, "ada", "ada@example.com").await;
+    assert_eq!(page.status, 200, "{page:?}");
+
+    drop(pg);
+    let user = json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": "bob@example.com", "active": true,
+    });
+    let refused = okta.post("/Users", user.clone()).await;
+    assert_eq!(refused.status, 503, "{:?}\n{}", refused.body, p.logs());
+    assert_eq!(refused.body["status"], "503", "{:?}", refused.body);
+    assert!(
+        refused.body["schemas"][0]
+            .as_str()
+            .unwrap()
+            .ends_with(":Error"),
+        "{:?}",
+        refused.body
+    );
+    assert_eq!(okta.get("/Users").await.status, 503);
+    // The signed-in user and the proxy are unaffected.
+    let page = browser.get(&p.url("/app")).await;
+    assert_eq!(page.status, 200, "{page:?}\n{}", p.logs());
+    assert_eq!(
+        page.json()["headers"]["x-forwarded-email"][0],
+        "ada@example.com"
+    );
+    assert_eq!(Browser::new().get(&p.url("/healthz")).await.status, 200);
+}
