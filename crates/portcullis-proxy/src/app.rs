@@ -53,7 +53,7 @@ mod canary;
 mod decide;
 pub mod endpoints;
 mod ext_authz;
-mod forward_auth;
+pub(crate) mod forward_auth;
 mod health;
 mod idp_logout;
 mod login;

@@ -41,6 +41,21 @@ pub mod fuzzing {
             .map(|p| p.into_owned())
             .map_err(|m| m.explain())
     }
+
+    /// Forward-auth's reading of the original request a proxy in front names (an
+    /// `X-Original-URL`, `X-Forwarded-Uri` or Envoy's path suffix), for a request that
+    /// came for `host`: the host and the normalized path the decision takes, or why the
+    /// path was refused; and the per-location settings of the verify URL's `query`.
+    pub fn forward_auth_original(
+        url: &str,
+        host: &str,
+        query: &str,
+    ) -> (Option<String>, Result<String, &'static str>, Result<(), String>) {
+        let (host, path) = crate::app::forward_auth::split_original(url, Some(host));
+        let path = normalize_path(&path, false);
+        let location = crate::app::forward_auth::parse_location(query).map(|_| ());
+        (host, path, location)
+    }
 }
 
 pub use app::endpoints;

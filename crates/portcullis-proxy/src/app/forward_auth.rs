@@ -90,7 +90,7 @@ const AUTH_REQUEST_ANSWER: Answer = Answer {
 
 /// The per-location settings from the query string.
 #[derive(Debug, Default)]
-pub(super) struct Location {
+pub(crate) struct Location {
     pub allowed_groups: Vec<String>,
     pub allowed_emails: Vec<String>,
     /// `redirect=true|false`: force or forbid the 302 for browsers.
@@ -105,7 +105,7 @@ fn header_str<'a>(req: &'a Request<RequestBody>, name: &HeaderName) -> Option<&'
         .filter(|v| !v.is_empty())
 }
 
-pub(super) fn parse_location(query: &str) -> Result<Location, String> {
+pub(crate) fn parse_location(query: &str) -> Result<Location, String> {
     let pairs: Vec<_> = form_urlencoded::parse(query.as_bytes()).collect();
     parse_location_pairs(
         pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
@@ -420,14 +420,14 @@ impl App {
 /// The host (if the URL names one, else the request's) and the path of an original URL,
 /// absolute or a path with a query.
 fn split_url(url: &str, origin: &Origin) -> (Option<String>, String) {
+    split_original(url, origin.host.as_ref().and_then(|h| h.to_str().ok()))
+}
+
+/// [`split_url`] for a request that came for `host`.
+pub(crate) fn split_original(url: &str, host: Option<&str>) -> (Option<String>, String) {
     if url.starts_with('/') {
         let path = url.split(['?', '#']).next().unwrap_or("/").to_string();
-        let host = origin
-            .host
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string);
-        return (host, path);
+        return (host.map(str::to_string), path);
     }
     match url::Url::parse(url) {
         Ok(u) => {
