@@ -118,8 +118,8 @@ def parse_latency(text):
     return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def run_wrk(url, cookie):
-    out = subprocess.run(pinned(LOAD_CORE, ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency",
+def run_wrk(url, cookie, connections=None):
+    out = subprocess.run(pinned(LOAD_CORE, ["wrk", "-t1", f"-c{connections or CONNECTIONS}", f"-d{DURATION}s", "--latency",
                                             "-H", f"Cookie: {cookie}", url]),
                          capture_output=True, text=True, check=True).stdout
     result = {}
@@ -131,6 +131,8 @@ def run_wrk(url, cookie):
         result[f"p{pct}"] = parse_latency(re.search(rf"\s{pct}%\s+([\d.]+\w+)", out).group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     result["non2xx"] = int(bad.group(1)) if bad else 0
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    result["socket_errors"] = sum(int(g) for g in errors.groups()) if errors else 0
     result["raw"] = out
     return result
 
@@ -151,18 +153,22 @@ def wire_size(port, path, cookie):
         return len(head) + 4 + length
 
 
-def measure(label, url, cookie, pids, expected_bytes):
-    before = proc_cpu_ticks(pids)
-    r = run_wrk(url, cookie)
-    after = proc_cpu_ticks(pids)
+def measure(label, url, cookie, pids, expected_bytes, connections=None, extra_pids=()):
+    """One wrk run; `cpu_us` is the CPU time of `pids` per request, `extra_cpu_us` that of
+    `extra_pids` (another process in the chain, measured in the same run)."""
+    before, extra_before = proc_cpu_ticks(pids), proc_cpu_ticks(extra_pids)
+    r = run_wrk(url, cookie, connections)
+    after, extra_after = proc_cpu_ticks(pids), proc_cpu_ticks(extra_pids)
     r["cpu_us"] = (after - before) / CLK_TCK * 1e6 / max(r["requests"], 1)
+    r["extra_cpu_us"] = (extra_after - extra_before) / CLK_TCK * 1e6 / max(r["requests"], 1)
     per_response = r["bytes"] / max(r["requests"], 1)
     # wrk counts redirects as successes, so a lost session would look like a speed-up (or,
     # for a small body, a slow-down): every response must be the size of a real 200. wrk
     # rounds its byte count, hence the tolerance; a redirect differs by far more.
-    if r["non2xx"] or abs(per_response - expected_bytes) > 0.05 * expected_bytes:
+    if r["non2xx"] or r["socket_errors"] or abs(per_response - expected_bytes) > 0.05 * expected_bytes:
         print(r["raw"], file=sys.stderr)
-        raise SystemExit(f"{label} {url}: {r['non2xx']} non-2xx, {per_response:.0f} bytes per response "
+        raise SystemExit(f"{label} {url}: {r['non2xx']} non-2xx, {r['socket_errors']} socket errors, "
+                         f"{per_response:.0f} bytes per response "
                          f"where a 200 is {expected_bytes}: not a clean run")
     return r
 
