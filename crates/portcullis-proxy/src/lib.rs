@@ -50,7 +50,11 @@ pub mod fuzzing {
         url: &str,
         host: &str,
         query: &str,
-    ) -> (Option<String>, Result<String, &'static str>, Result<(), String>) {
+    ) -> (
+        Option<String>,
+        Result<String, &'static str>,
+        Result<(), String>,
+    ) {
         let (host, path) = crate::app::forward_auth::split_original(url, Some(host));
         let path = normalize_path(&path, false);
         let location = crate::app::forward_auth::parse_location(query).map(|_| ());
