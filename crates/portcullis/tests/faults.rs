@@ -81,7 +81,7 @@ async fn resetting_upstream() -> SocketAddr {
                         let head = String::from_utf8_lossy(&buf[..end]).to_string();
                         buf.drain(..end + 4);
                         if head.starts_with("GET /reset-early") {
-                            stream.set_linger(Some(Duration::ZERO)).unwrap();
+                            stream.set_zero_linger().unwrap();
                             return;
                         }
                         if head.starts_with("GET /reset-mid") {
@@ -90,7 +90,7 @@ async fn resetting_upstream() -> SocketAddr {
                             part.extend(std::iter::repeat_n(b'x', 1000));
                             stream.write_all(&part).await.unwrap();
                             tokio::time::sleep(Duration::from_millis(100)).await;
-                            stream.set_linger(Some(Duration::ZERO)).unwrap();
+                            stream.set_zero_linger().unwrap();
                             return;
                         }
                         stream
