@@ -29,7 +29,10 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// client-address headers of CDNs that libraries read before `X-Forwarded-For`): from an
 /// untrusted peer they are the client's invention, and are dropped before the request
 /// goes upstream. (`portcullis check --live` found `True-Client-IP` passing.)
-static ORIGINAL_REQUEST_HEADERS: [HeaderName; 13] = [
+static UNTRUSTED_CLAIMS: [HeaderName; 16] = [
+    header::FORWARDED,
+    X_REAL_IP,
+    X_FORWARDED_URI,
     HeaderName::from_static("x-forwarded-prefix"),
     HeaderName::from_static("x-forwarded-port"),
     HeaderName::from_static("x-forwarded-server"),
@@ -192,19 +195,29 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
         .map(canonical)
 }
 
+/// The address as a header value. The last one written on this thread is kept: the
+/// requests of a keep-alive connection (or of a proxy in front) come from one address, and
+/// formatting it is a good part of a request's forwarding work.
 fn ip_value(ip: IpAddr) -> HeaderValue {
-    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((seen, value)) if *seen == ip => value.clone(),
+        _ => {
+            let value = HeaderValue::from_str(&ip.to_string())
+                .expect("an IP address is a valid header value");
+            *last = Some((ip, value.clone()));
+            value
+        }
+    })
 }
 
 /// Replaces the client's forwarding headers with the resolved ones.
 pub(crate) fn apply(headers: &mut HeaderMap, origin: &Origin) {
     if !origin.via_trusted_proxy {
-        headers.remove(header::FORWARDED);
-        headers.remove(&X_REAL_IP);
-        headers.remove(&X_FORWARDED_URI);
-        for name in &ORIGINAL_REQUEST_HEADERS {
-            headers.remove(name);
-        }
+        crate::hop::remove_each(headers, &UNTRUSTED_CLAIMS);
     }
     headers.insert(X_FORWARDED_FOR, origin.forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(origin.proto));
@@ -221,6 +234,19 @@ pub(crate) fn apply(headers: &mut HeaderMap, origin: &Origin) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kept_address_value_is_always_the_address_asked_for() {
+        for ip in [
+            "192.0.2.1",
+            "192.0.2.1",
+            "2001:db8::1",
+            "192.0.2.1",
+            "10.0.0.7",
+        ] {
+            assert_eq!(ip_value(ip.parse().unwrap()), ip);
+        }
+    }
 
     fn peer(ip: &str) -> SocketAddr {
         SocketAddr::new(ip.parse().unwrap(), 40000)

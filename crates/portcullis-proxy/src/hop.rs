@@ -19,8 +19,9 @@ use http::header::{self, HeaderName};
 
 /// Fields that are always connection-specific (RFC 9110 §7.6.1), plus the proxy
 /// credentials fields, which are addressed to Portcullis and never to the upstream.
-const ALWAYS_HOP_BY_HOP: [HeaderName; 8] = [
+const ALWAYS_HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
     header::TE,
@@ -45,10 +46,17 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in &ALWAYS_HOP_BY_HOP {
-        headers.remove(name);
+    remove_each(headers, &ALWAYS_HOP_BY_HOP);
+}
+
+/// Removes each of `names`: one pass over the request's few fields to see whether any is
+/// there (most requests carry none), instead of a hashed lookup per name.
+pub(crate) fn remove_each(headers: &mut HeaderMap, names: &[HeaderName]) {
+    if headers.keys().any(|k| names.contains(k)) {
+        for name in names {
+            headers.remove(name);
+        }
     }
-    headers.remove(header::PROXY_AUTHENTICATE);
 }
 
 /// The protocol a request asks to switch to (RFC 9110 §7.8), if it is one of `allowed`
