@@ -130,49 +130,24 @@ pub(crate) fn set_identity_headers<'g>(
     who: &Identity,
     groups: impl Iterator<Item = &'g str>,
 ) {
-    insert_identity_headers(headers, names, &identity_values(who, groups));
-}
-
-/// The identity headers' values: user, email, preferred user name, provider, groups; a
-/// field that is empty or cannot be represented (a claim with a control character) is
-/// `None`.
-pub(crate) fn identity_values<'g>(
-    who: &Identity,
-    groups: impl Iterator<Item = &'g str>,
-) -> [Option<HeaderValue>; 5] {
-    let encode = |text: Option<&str>| text.filter(|t| !t.is_empty()).and_then(value);
-    [
-        encode(Some(&who.id)),
-        encode(who.email.as_deref()),
-        encode(who.username.as_deref()),
-        encode(Some(&who.provider)),
-        encode(Some(&join_groups(groups))),
-    ]
-}
-
-/// Sets the identity headers from [`identity_values`] under `names`.
-pub(crate) fn insert_identity_headers(
-    headers: &mut HeaderMap,
-    names: &IdentityHeaders,
-    values: &[Option<HeaderValue>; 5],
-) {
-    let [user, email, username, provider, groups] = values;
-    let mut set = |name: &HeaderName, v: &Option<HeaderValue>| match v {
-        Some(v) => {
-            headers.insert(name.clone(), v.clone());
-        }
-        None if names.always => {
-            headers.insert(name.clone(), HeaderValue::from_static(""));
-        }
-        None => {}
-    };
-    set(&names.user, user);
-    set(&names.email, email);
-    set(&names.preferred_username, username);
-    if let Some(name) = &names.provider {
-        set(name, provider);
+    let mut set =
+        |name: HeaderName, text: Option<&str>| match text.filter(|t| !t.is_empty()).and_then(value)
+        {
+            Some(v) => {
+                headers.insert(name, v);
+            }
+            None if names.always => {
+                headers.insert(name, HeaderValue::from_static(""));
+            }
+            None => {}
+        };
+    set(names.user.clone(), Some(&who.id));
+    set(names.email.clone(), who.email.as_deref());
+    set(names.preferred_username.clone(), who.username.as_deref());
+    if let Some(provider) = &names.provider {
+        set(provider.clone(), Some(&who.provider));
     }
-    set(&names.groups, groups);
+    set(names.groups.clone(), Some(&join_groups(groups)));
 }
 
 /// The groups as one comma-separated value. A group whose name holds a comma would read

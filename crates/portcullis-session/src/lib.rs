@@ -53,53 +53,6 @@ pub struct SessionData {
     /// The browser's `User-Agent` at login (at most [`USER_AGENT_MAX`] bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
-    /// The values of the identity headers sent to the app (user, email, preferred user
-    /// name, provider, groups), encoded on the session's first proxied request and reused
-    /// by the next ones: they are the same for every request of the session. A changed
-    /// session is a changed copy, and a copy starts empty.
-    #[serde(skip)]
-    pub identity_headers: Memo<[Option<http::HeaderValue>; 5]>,
-}
-
-/// A value derived from a session once, kept with it. Never stored, never compared (two
-/// sessions are equal whatever was derived from them), and not copied: a clone is
-/// derived again, from the clone's own fields.
-pub struct Memo<T>(std::sync::OnceLock<Box<T>>);
-
-impl<T> Memo<T> {
-    pub fn get_or_init(&self, derive: impl FnOnce() -> T) -> &T {
-        self.0.get_or_init(|| Box::new(derive()))
-    }
-}
-
-impl<T> Default for Memo<T> {
-    fn default() -> Self {
-        Memo(std::sync::OnceLock::new())
-    }
-}
-
-impl<T> Clone for Memo<T> {
-    fn clone(&self) -> Self {
-        Memo::default()
-    }
-}
-
-impl<T> PartialEq for Memo<T> {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl<T> Eq for Memo<T> {}
-
-impl<T> std::fmt::Debug for Memo<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() {
-            "Memo(derived)"
-        } else {
-            "Memo(empty)"
-        })
-    }
 }
 
 /// The longest `User-Agent` a session keeps.
@@ -159,7 +112,6 @@ impl SessionData {
             tokens: None,
             client: None,
             user_agent: None,
-            identity_headers: Memo::default(),
         }
     }
 
@@ -468,37 +420,6 @@ impl SessionStore for AnyStore {
         match self {
             AnyStore::Memory(s) => s.ready().await,
             AnyStore::Redis(s) => s.ready().await,
-        }
-    }
-}
-
-#[cfg(test)]
-mod memo_tests {
-    use super::*;
-
-    #[test]
-    fn a_changed_copy_derives_its_memo_again() {
-        let data = SessionData::new(Identity::default(), Duration::from_secs(60));
-        let empty: [Option<http::HeaderValue>; 5] = Default::default();
-        assert_eq!(*data.identity_headers.get_or_init(|| empty.clone()), empty);
-        let mut changed = data.clone();
-        changed.teams = vec!["new".into()];
-        let derived = changed.identity_headers.get_or_init(|| {
-            let mut v = empty.clone();
-            v[4] = Some(http::HeaderValue::from_static("new"));
-            v
-        });
-        assert_eq!(derived[4].as_ref().unwrap(), "new");
-        assert_eq!(data, changed.clone().tap_teams(Vec::new()));
-    }
-
-    trait TapTeams {
-        fn tap_teams(self, teams: Vec<String>) -> Self;
-    }
-    impl TapTeams for SessionData {
-        fn tap_teams(mut self, teams: Vec<String>) -> Self {
-            self.teams = teams;
-            self
         }
     }
 }

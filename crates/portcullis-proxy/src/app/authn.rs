@@ -79,23 +79,6 @@ impl Principal {
     }
 
     /// The provider's groups and the directory's teams, each once.
-    /// Runs `f` with the identity headers' values: a session's encoded once and kept with
-    /// it, a bearer token's encoded for this request.
-    pub(super) fn with_identity_values<R>(
-        &self,
-        f: impl FnOnce(&[Option<http::HeaderValue>; 5]) -> R,
-    ) -> R {
-        match self {
-            Principal::Session(s) => f(s
-                .identity_headers
-                .get_or_init(|| crate::redact::identity_values(&s.identity, self.all_groups()))),
-            Principal::Bearer(_) => f(&crate::redact::identity_values(
-                self.identity(),
-                self.all_groups(),
-            )),
-        }
-    }
-
     pub(super) fn all_groups(&self) -> impl Iterator<Item = &str> + Clone {
         let identity = self.identity();
         let groups = identity.groups.iter().map(String::as_str);

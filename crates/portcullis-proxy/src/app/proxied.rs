@@ -157,9 +157,12 @@ impl App {
             self.auth.as_ref().map(|a| a.session_cookie.name.as_str()),
         );
         if let Some(principal) = &who {
-            principal.with_identity_values(|values| {
-                redact::insert_identity_headers(headers, &redact::FORWARDED, values);
-            });
+            redact::set_identity_headers(
+                headers,
+                &redact::FORWARDED,
+                principal.identity(),
+                principal.all_groups(),
+            );
             if let Some(assertions) = &self.assertions {
                 let audience = route.map_or(self.default_audience.as_str(), |r| {
                     self.audiences[r.index].as_str()
