@@ -566,7 +566,7 @@ async fn probe(args: &LiveArgs<'_>, report: &mut Report) -> anyhow::Result<()> {
             "portcullis check --live {}{}",
             args.url,
             who.as_ref().map_or_else(
-                || " (no --cookie-file: only the attempts without a credential)".to_owned(),
+                || " (no --cookie-file: only the attempts without a credential, which cannot tell whether the canary is on)".to_owned(),
                 |w| format!(
                     " as {}",
                     w["email"]
