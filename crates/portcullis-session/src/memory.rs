@@ -23,14 +23,59 @@ use crate::{
     SessionStore, StoreError, is_revocation_key,
 };
 
-/// An index key, hashed.
-type IndexDigest = [u8; 32];
+/// An index key, hashed: the first 128 bits of its SHA-256 (no two of the keys a store
+/// can hold will share them).
+type IndexDigest = [u8; 16];
 
 fn digest(index: &str) -> IndexDigest {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, index.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d.as_ref()[..16]);
     out
+}
+
+/// The sessions filed under one index key: nearly always one (a user signed in once),
+/// held inline so that the common case costs no allocation of its own.
+#[derive(Debug, Clone)]
+enum Filed {
+    One(SessionKey),
+    Many(Vec<SessionKey>),
+}
+
+impl Filed {
+    fn add(&mut self, key: SessionKey) {
+        match self {
+            Filed::One(k) if *k == key => {}
+            Filed::One(k) => *self = Filed::Many(vec![*k, key]),
+            Filed::Many(keys) if keys.contains(&key) => {}
+            Filed::Many(keys) => keys.push(key),
+        }
+    }
+
+    /// Takes `key` out; whether none is left.
+    fn take(&mut self, key: &SessionKey) -> bool {
+        match self {
+            Filed::One(k) => k == key,
+            Filed::Many(keys) => {
+                keys.retain(|k| k != key);
+                if let [only] = keys.as_slice() {
+                    *self = Filed::One(*only);
+                }
+                keys_is_empty(self)
+            }
+        }
+    }
+
+    fn keys(&self) -> Vec<SessionKey> {
+        match self {
+            Filed::One(k) => vec![*k],
+            Filed::Many(keys) => keys.clone(),
+        }
+    }
+}
+
+fn keys_is_empty(filed: &Filed) -> bool {
+    matches!(filed, Filed::Many(keys) if keys.is_empty())
 }
 
 /// How many replay-cache entries are held before expired ones are swept.
@@ -44,7 +89,7 @@ struct Entry {
 
 pub struct MemoryStore {
     sessions: DashMap<SessionKey, Entry>,
-    by_index: DashMap<IndexDigest, Vec<SessionKey>>,
+    by_index: DashMap<IndexDigest, Filed>,
     limits: SessionLimits,
     capacity: usize,
     /// Sessions being refreshed, until when.
@@ -127,16 +172,9 @@ impl MemoryStore {
     fn unindex(&self, data: &SessionData, key: &SessionKey) {
         for index in data.revocation_keys() {
             let index = digest(&index);
-            let now_empty = match self.by_index.get_mut(&index) {
-                Some(mut keys) => {
-                    keys.retain(|k| k != key);
-                    keys.is_empty()
-                }
-                None => false,
-            };
-            if now_empty {
-                self.by_index.remove_if(&index, |_, keys| keys.is_empty());
-            }
+            // Removed while its entry is held, so a session filed meanwhile is kept.
+            self.by_index
+                .remove_if_mut(&index, |_, filed| filed.take(key));
         }
     }
 
@@ -157,7 +195,7 @@ impl MemoryStore {
             return self
                 .by_index
                 .get(&digest(index))
-                .map(|k| k.clone())
+                .map(|filed| filed.keys())
                 .unwrap_or_default();
         }
         self.sessions
@@ -199,13 +237,10 @@ impl SessionStore for MemoryStore {
         let id = SessionId::generate();
         let key = id.key();
         for index in data.revocation_keys() {
-            let mut keys = self
-                .by_index
+            self.by_index
                 .entry(digest(&index))
-                .or_insert_with(|| Vec::with_capacity(1));
-            if !keys.contains(&key) {
-                keys.push(key);
-            }
+                .and_modify(|filed| filed.add(key))
+                .or_insert(Filed::One(key));
         }
         self.sessions.insert(
             key,
@@ -390,6 +425,20 @@ impl SessionStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_session_is_filed_inline_and_several_in_a_list() {
+        let (a, b) = (SessionKey([1; 32]), SessionKey([2; 32]));
+        let mut filed = Filed::One(a);
+        filed.add(a);
+        assert!(matches!(filed, Filed::One(k) if k == a));
+        filed.add(b);
+        assert_eq!(filed.keys(), vec![a, b]);
+        assert!(!filed.take(&a));
+        assert!(matches!(filed, Filed::One(k) if k == b));
+        assert!(!filed.take(&a), "another key leaves it as it was");
+        assert!(filed.take(&b));
+    }
     use portcullis_core::Identity;
 
     fn identity(id: &str) -> Identity {
