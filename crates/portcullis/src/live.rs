@@ -828,32 +828,17 @@ async fn with_credential(
     // Forged identities beside a real session.
     let mut headers = base.clone();
     headers.extend(forged_identity());
+    let spellings = IDENTITY_HEADERS.len() + IDENTITY_SECRETS.len();
     let name = "forged identity headers with a session";
-    match target.send(CANARY, &headers).await {
-        Ok(a) => match a.echo() {
-            Some(echo) => {
-                let forged = forged_in(&echo);
-                if !forged.is_empty() {
-                    report.fail(name, format!("reached the app: {}", forged.join("; ")));
-                } else if let Err(e) = seen(&echo) {
-                    report.fail(name, e);
-                } else {
-                    report.ok(
-                        name,
-                        format!(
-                            "{} spellings, none reached the app",
-                            IDENTITY_HEADERS.len() + IDENTITY_SECRETS.len()
-                        ),
-                    );
-                }
-            }
-            None => report.fail(
-                name,
-                format!("the signed-in request was refused ({})", a.brief()),
-            ),
-        },
-        Err(e) => report.fail(name, format!("no answer: {e:#}")),
-    }
+    signed_in_attempt(target, report, name, &headers, |echo| {
+        let forged = forged_in(echo);
+        if !forged.is_empty() {
+            return Err(format!("reached the app: {}", forged.join("; ")));
+        }
+        seen(echo)?;
+        Ok(format!("{spellings} spellings, none reached the app"))
+    })
+    .await;
 
     // Identity headers named as hop-by-hop: they must not take the identity away.
     let mut headers = base.clone();
@@ -867,25 +852,15 @@ async fn with_credential(
         "forged-by-portcullis-check@evil.example",
     )]));
     let name = "identity headers named in Connection";
-    match target.send(CANARY, &headers).await {
-        Ok(a) => match a.echo() {
-            Some(echo) => {
-                let forged = forged_in(&echo);
-                if !forged.is_empty() {
-                    report.fail(name, format!("reached the app: {}", forged.join("; ")));
-                } else if let Err(e) = seen(&echo) {
-                    report.fail(name, format!("the identity was removed: {e}"));
-                } else {
-                    report.ok(name, "the app still gets the identity, and only it");
-                }
-            }
-            None => report.fail(
-                name,
-                format!("the signed-in request was refused ({})", a.brief()),
-            ),
-        },
-        Err(e) => report.fail(name, format!("no answer: {e:#}")),
-    }
+    signed_in_attempt(target, report, name, &headers, |echo| {
+        let forged = forged_in(echo);
+        if !forged.is_empty() {
+            return Err(format!("reached the app: {}", forged.join("; ")));
+        }
+        seen(echo).map_err(|e| format!("the identity was removed: {e}"))?;
+        Ok("the app still gets the identity, and only it".into())
+    })
+    .await;
 
     // Forged forwarding headers: the client's address, the host, the path.
     let mut headers = base.clone();
@@ -907,33 +882,50 @@ async fn with_credential(
         ("X-Forwarded-Port", "6666"),
     ]));
     let name = "forged X-Forwarded-*, Forwarded, X-Real-IP, X-Original-URL";
-    match target.send(CANARY, &headers).await {
-        Ok(a) => match a.echo() {
-            Some(echo) => {
-                let mut got = Vec::new();
-                if echo.client() == FORGED_IP {
-                    got.push(format!(
-                        "the app's client address is the forged {FORGED_IP} (a proxy in front passes the client's X-Forwarded-For as its own, or trusted_proxies trusts the client)"
-                    ));
-                }
-                if echo.path() != CANARY {
-                    got.push(format!("the path became {}", echo.path()));
-                }
-                for (n, v) in echo.headers() {
-                    let forged_value = v.contains(FORGED_HOST)
-                        || v.contains("/forged-")
-                        || v == "6666"
-                        || (v.contains(FORGED_IP) && !n.eq_ignore_ascii_case("x-forwarded-for"));
-                    if forged_value {
-                        got.push(format!("{n}: {v}"));
-                    }
-                }
-                if got.is_empty() {
-                    report.ok(name, "none reached the app");
-                } else {
-                    report.fail(name, format!("reached the app: {}", got.join("; ")));
-                }
+    signed_in_attempt(target, report, name, &headers, |echo| {
+        let mut got = Vec::new();
+        if echo.client() == FORGED_IP {
+            got.push(format!(
+                "the app's client address is the forged {FORGED_IP} (a proxy in front passes the client's X-Forwarded-For as its own, or trusted_proxies trusts the client)"
+            ));
+        }
+        if echo.path() != CANARY {
+            got.push(format!("the path became {}", echo.path()));
+        }
+        for (n, v) in echo.headers() {
+            let forged_value = v.contains(FORGED_HOST)
+                || v.contains("/forged-")
+                || v == "6666"
+                || (v.contains(FORGED_IP) && !n.eq_ignore_ascii_case("x-forwarded-for"));
+            if forged_value {
+                got.push(format!("{n}: {v}"));
             }
+        }
+        if got.is_empty() {
+            Ok("none reached the app".into())
+        } else {
+            Err(format!("reached the app: {}", got.join("; ")))
+        }
+    })
+    .await;
+    Ok(())
+}
+
+/// One attempt beside the real session: `judge` says what of it reached the canary
+/// (`Err`: what got through). A refused signed-in request, or no answer, fails too.
+async fn signed_in_attempt(
+    target: &Target,
+    report: &mut Report,
+    name: &str,
+    headers: &[(String, String)],
+    judge: impl FnOnce(&Echo) -> Result<String, String>,
+) {
+    match target.send(CANARY, headers).await {
+        Ok(a) => match a.echo() {
+            Some(echo) => match judge(&echo) {
+                Ok(detail) => report.ok(name, detail),
+                Err(what) => report.fail(name, what),
+            },
             None => report.fail(
                 name,
                 format!("the signed-in request was refused ({})", a.brief()),
@@ -941,7 +933,6 @@ async fn with_credential(
         },
         Err(e) => report.fail(name, format!("no answer: {e:#}")),
     }
-    Ok(())
 }
 
 #[cfg(test)]
