@@ -291,13 +291,7 @@ impl App {
             Own::Canary if !self.upstreams.is_empty() => return self.proxied(conn, req).await,
             // Forward-auth only: the front proxy sends it here in place of the app.
             Own::Canary => {
-                let origin = crate::forwarding::resolve(
-                    conn.peer,
-                    conn.tls,
-                    req.headers(),
-                    req.uri(),
-                    &self.trusted,
-                );
+                let origin = self.origin(conn, req.headers(), req.uri());
                 return canary::echo(&req, origin.client_ip, "forward-auth");
             }
         };
@@ -329,18 +323,23 @@ impl App {
             .then_some((Own::Callback, &endpoints::CALLBACK))
     }
 
+    /// Where the request comes from and was addressed to, believing forwarding headers
+    /// from trusted proxies only.
+    fn origin(
+        &self,
+        conn: &ConnInfo,
+        headers: &HeaderMap,
+        uri: &http::Uri,
+    ) -> crate::forwarding::Origin {
+        crate::forwarding::resolve(conn.peer, conn.tls, headers, uri, &self.trusted)
+    }
+
     /// SCIM requests, for the endpoint named in the path.
     async fn scim(&self, conn: &ConnInfo, req: Request<RequestBody>) -> Response<ProxyBody> {
         let Some(scim) = &self.scim else {
             return ProxyError::NotFound.into_response(false, endpoints::LOGIN.path);
         };
-        let origin = crate::forwarding::resolve(
-            conn.peer,
-            conn.tls,
-            req.headers(),
-            req.uri(),
-            &self.trusted,
-        );
+        let origin = self.origin(conn, req.headers(), req.uri());
         let host = origin
             .host
             .as_ref()

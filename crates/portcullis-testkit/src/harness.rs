@@ -73,6 +73,11 @@ pub async fn logged_in(p: &Portcullis, user: &str, groups: &str) -> Browser {
     browser
 }
 
+/// A file of the repository (an example configuration, say), as written.
+pub fn example(path: &str) -> String {
+    std::fs::read_to_string(workspace_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -11,11 +11,6 @@ use serde_json::Value;
 const PORTCULLIS_IN_EXAMPLES: &str = "127.0.0.1:4180";
 const APP_IN_EXAMPLES: &str = "127.0.0.1:3000";
 
-fn example(path: &str) -> String {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
 /// Portcullis answering forward-auth only (no upstream of its own) for a proxy in front
 /// at `front_port`, with the development provider.
 struct Setup {

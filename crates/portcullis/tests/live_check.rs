@@ -13,11 +13,6 @@ use portcullis_testkit::{Caddy, Nginx};
 const PORTCULLIS_IN_EXAMPLES: &str = "127.0.0.1:4180";
 const APP_IN_EXAMPLES: &str = "127.0.0.1:3000";
 
-fn example(path: &str) -> String {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
 /// Runs `portcullis check --live url` with the session cookie in a file: exit code and
 /// output. (Off the test's thread: the upstream and the provider run on it.)
 async fn check_live(url: &str, cookie: Option<&str>, extra: &[&str]) -> (i32, String) {

@@ -12,7 +12,6 @@ use super::endpoints::LOGIN;
 use super::{App, Auth, ConnInfo, query_param, session_cookie_value, wants_html, with_cookie};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::forwarding;
 use crate::inbound::RequestBody;
 use crate::metrics::inc;
 use crate::pages;
@@ -115,7 +114,7 @@ impl App {
         if site.as_deref() == Some("same-origin") {
             return true;
         }
-        let here = forwarding::resolve(conn.peer, conn.tls, headers, req.uri(), &self.trusted);
+        let here = self.origin(conn, headers, req.uri());
         let own = here
             .host
             .as_ref()

@@ -32,7 +32,7 @@ use super::endpoints::{LOGIN, LOGOUT, VERIFY};
 use super::login::login_link;
 use super::{App, Auth, ConnInfo, wants_html};
 use crate::body::ProxyBody;
-use crate::forwarding::{self, Origin, X_FORWARDED_URI};
+use crate::forwarding::{Origin, X_FORWARDED_URI};
 use crate::inbound::RequestBody;
 use crate::metrics::{Outcome, inc};
 use crate::normalize;
@@ -240,8 +240,7 @@ impl App {
             return pages::text(StatusCode::OK, "");
         }
         let html = wants_html(req.headers());
-        let origin =
-            forwarding::resolve(conn.peer, conn.tls, req.headers(), req.uri(), &self.trusted);
+        let origin = self.origin(conn, req.headers(), req.uri());
         let location = match location(&req, &origin) {
             Ok(location) => location,
             Err(problem) => {

@@ -18,7 +18,6 @@ use super::endpoints::LOGIN;
 use super::{App, Auth, ConnInfo, body_refused, query_param, session_cookie_value, with_cookie};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::forwarding;
 use crate::inbound::RequestBody;
 use crate::login_state::{LoginState, LoginStateError};
 use crate::metrics::{ProviderCall, inc};
@@ -234,8 +233,7 @@ impl App {
         };
         let state = param(&params, "state").unwrap_or("");
         let clear_login = auth.login.clear(state);
-        let client =
-            forwarding::resolve(conn.peer, conn.tls, &headers, req_uri, &self.trusted).client_ip;
+        let client = self.origin(conn, &headers, req_uri).client_ip;
         let mut resp = match self
             .finish_login(auth, &headers, state, &params, client)
             .await

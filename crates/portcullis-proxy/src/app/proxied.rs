@@ -87,8 +87,7 @@ impl App {
             );
             return (resp, Outcome::Error, None);
         }
-        let origin =
-            forwarding::resolve(conn.peer, conn.tls, req.headers(), req.uri(), &self.trusted);
+        let origin = self.origin(conn, req.headers(), req.uri());
         let canary = self.canary && CANARY.matches(req.uri().path());
         let check = Check {
             headers: req.headers(),
