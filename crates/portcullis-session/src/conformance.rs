@@ -214,10 +214,10 @@ pub async fn concurrent_refreshes_of_one_session_keep_it_whole<S: SessionStore>(
 pub async fn teams_change_on_every_session_of_a_provisioned_user<S: SessionStore>(store: &S) {
     let linked = |name: &str| {
         let mut data = SessionData::new(identity(name), LONG.lifetime);
-        data.directory_user = Some(crate::DirectoryUser {
+        data.directory_user = Some(Box::new(crate::DirectoryUser {
             tenant: "okta".into(),
             id: format!("dir-{name}"),
-        });
+        }));
         data.teams = vec!["old-team".into()];
         data
     };

@@ -179,10 +179,10 @@ mod tests {
             ..Identity::default()
         };
         let mut data = SessionData::new(identity, std::time::Duration::from_secs(60));
-        data.directory_user = Some(crate::DirectoryUser {
+        data.directory_user = Some(Box::new(crate::DirectoryUser {
             tenant: "okta".into(),
             id: "u-9".into(),
-        });
+        }));
         let keys = data.index_keys();
         for wanted in [
             Index::Account {

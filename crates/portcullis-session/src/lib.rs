@@ -37,7 +37,7 @@ pub struct SessionData {
     pub expires_at: u64,
     /// The provisioned (SCIM) user this session belongs to, if any.
     #[serde(default)]
-    pub directory_user: Option<DirectoryUser>,
+    pub directory_user: Option<Box<DirectoryUser>>,
     /// The user's teams: the groups of the directory, kept apart from the groups the
     /// identity provider reported so a membership change can replace them.
     #[serde(default)]
@@ -49,10 +49,10 @@ pub struct SessionData {
     pub tokens: Option<Box<SessionTokens>>,
     /// Where the login came from (the client address), for an administrator's list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client: Option<String>,
+    pub client: Option<Box<str>>,
     /// The browser's `User-Agent` at login (at most [`USER_AGENT_MAX`] bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_agent: Option<String>,
+    pub user_agent: Option<Box<str>>,
 }
 
 /// The longest `User-Agent` a session keeps.
@@ -121,7 +121,8 @@ impl SessionData {
         while !agent.is_char_boundary(end) {
             end -= 1;
         }
-        self.user_agent = Some(agent[..end].to_string()).filter(|a| !a.is_empty());
+        let kept = &agent[..end];
+        self.user_agent = (!kept.is_empty()).then(|| kept.into());
     }
 }
 

@@ -394,10 +394,10 @@ impl App {
         }
         let who = identity.display().to_string();
         let mut data = SessionData::new(identity, auth.lifetime);
-        data.directory_user = directory_user;
+        data.directory_user = directory_user.map(Box::new);
         data.teams = teams;
         data.tokens = tokens.as_ref().and_then(|t| session_tokens(auth, t));
-        data.client = Some(client.to_string());
+        data.client = Some(client.to_string().into());
         if let Some(agent) = headers
             .get(http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
