@@ -49,13 +49,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
                         .eq_ignore_ascii_case(name.as_str().as_bytes())
                 })
     };
-    let doomed = headers.keys().filter(|name| goes(name)).count();
-    if doomed == 0 {
-        return;
-    }
-    let mut names = Vec::with_capacity(doomed);
-    names.extend(headers.keys().filter(|name| goes(name)).cloned());
-    for name in names {
+    // Collecting nothing allocates nothing.
+    let doomed: Vec<HeaderName> = headers.keys().filter(|name| goes(name)).cloned().collect();
+    for name in doomed {
         headers.remove(name);
     }
 }
