@@ -31,16 +31,48 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// A port that was free a moment ago and that no other test in this process was given:
-/// the kernel may hand a just-closed port out again, so ports are remembered.
+/// A port that was free a moment ago and that no other test in this process was given.
+///
+/// Ports come from below the kernel's ephemeral range: a port handed out there could be
+/// taken, before the test's server binds it, by anything binding port 0 (another test's
+/// upstream) or by an outgoing connection, and a readiness check would then talk to the
+/// wrong server. The kernel never picks a port outside that range by itself.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOWEST: u16 = 10_000;
+    if below < LOWEST + 2_000 {
+        return kernel_port(&GIVEN);
+    }
+    let span = u64::from(below - LOWEST);
+    // Each process starts elsewhere in the range, so test binaries run side by side
+    // rarely try the same ports.
+    let offset = u64::from(std::process::id()).wrapping_mul(2_654_435_761);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOWEST + u16::try_from((offset.wrapping_add(n)) % span).expect("in range");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        given.push(port);
+        return port;
+    }
+    kernel_port(&GIVEN)
+}
+
+/// A port the kernel picks (when there is no room below its ephemeral range).
+fn kernel_port(given: &std::sync::Mutex<Vec<u16>>) -> u16 {
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        let mut given = given.lock().unwrap_or_else(|e| e.into_inner());
         if !given.contains(&port) {
             given.push(port);
             return port;
