@@ -38,13 +38,13 @@ use std::time::{Duration, Instant};
 /// upstream) or by an outgoing connection, and a readiness check would then talk to the
 /// wrong server. The kernel never picks a port outside that range by itself.
 pub fn free_port() -> u16 {
+    const LOWEST: u16 = 10_000;
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
-    const LOWEST: u16 = 10_000;
     if below < LOWEST + 2_000 {
         return kernel_port(&GIVEN);
     }
@@ -1030,6 +1030,33 @@ impl OtlpReceiver {
                 return spans;
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::free_port;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32768);
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ports.len(), "a port was given twice");
+        for port in ports {
+            if below >= 12_000 {
+                assert!(
+                    (10_000..below).contains(&port),
+                    "{port} is not below {below}"
+                );
+            }
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("a given port binds");
         }
     }
 }
