@@ -88,21 +88,21 @@ pub fn identity_from_claims(
     });
     let id = first_claim(claims, &mapping.id).unwrap_or_else(|| subject.to_string());
     Identity {
-        sub: (id != subject && !subject.is_empty()).then(|| subject.to_string()),
-        id,
-        email,
-        name: first_claim(claims, &mapping.name),
-        username: first_claim(claims, &mapping.username),
+        sub: (id != subject && !subject.is_empty()).then(|| subject.into()),
+        id: id.into(),
+        email: email.map(Into::into),
+        name: first_claim(claims, &mapping.name).map(Into::into),
+        username: first_claim(claims, &mapping.username).map(Into::into),
         groups: string_list_claim(claims, &mapping.groups),
-        provider: provider.to_string(),
+        provider: portcullis_core::provider_name(provider),
         claims: kept_claims(claims, &mapping.keep),
         // When the provider does not say, the login is happening now.
         auth_time: claims
             .get("auth_time")
             .and_then(Value::as_u64)
             .or_else(|| Some(portcullis_core::time::unix_now())),
-        acr: string_claim(claims, "acr"),
-        sid: string_claim(claims, "sid"),
+        acr: string_claim(claims, "acr").map(Into::into),
+        sid: string_claim(claims, "sid").map(Into::into),
     }
 }
 
@@ -166,7 +166,7 @@ mod tests {
             json!({"sub": "pairwise", "oid": "0000-aaaa", "preferred_username": "bob@contoso.com"}),
         );
         let who = identity_from_claims("entra", "pairwise", &claims, &entra());
-        assert_eq!(who.id, "0000-aaaa");
+        assert_eq!(&*who.id, "0000-aaaa");
         assert_eq!(who.email.as_deref(), Some("bob@contoso.com"));
         // A user name that is no address is not taken for an email.
         let claims =
@@ -181,7 +181,7 @@ mod tests {
         // Without oid, the subject.
         let claims = map(json!({"email": "c@contoso.com"}));
         assert_eq!(
-            identity_from_claims("entra", "s-9", &claims, &entra()).id,
+            &*identity_from_claims("entra", "s-9", &claims, &entra()).id,
             "s-9"
         );
     }
@@ -202,11 +202,11 @@ mod tests {
             "preferred_username": "alice", "groups": ["admins", "", "devs"]
         }));
         let who = identity_from_claims("oidc", "sub-1", &claims, &standard());
-        assert_eq!(who.id, "sub-1");
+        assert_eq!(&*who.id, "sub-1");
         assert_eq!(who.email.as_deref(), Some("alice@example.com"));
         assert_eq!(who.username.as_deref(), Some("alice"));
         assert_eq!(who.groups, vec!["admins", "devs"]);
-        assert_eq!(who.provider, "oidc");
+        assert_eq!(&*who.provider, "oidc");
     }
 
     #[test]

@@ -268,12 +268,12 @@ impl GitHubProvider {
             },
         };
         let mut identity = Identity {
-            id: user.id.to_string(),
-            email,
-            name: user.name.filter(|n| !n.trim().is_empty()),
-            username: Some(user.login),
+            id: user.id.to_string().into(),
+            email: email.map(Into::into),
+            name: user.name.filter(|n| !n.trim().is_empty()).map(Into::into),
+            username: Some(user.login.into()),
             groups: Vec::new(),
-            provider: self.config.name.clone(),
+            provider: portcullis_core::provider_name(&self.config.name),
             auth_time: Some(portcullis_core::time::unix_now()),
             ..Identity::default()
         };

@@ -102,7 +102,7 @@ async fn a_full_code_flow_yields_the_signed_in_identity() {
     assert_eq!(who.email.as_deref(), Some("alice@example.com"));
     assert_eq!(who.username.as_deref(), Some("alice"));
     assert_eq!(who.groups, vec!["admins", "devs"]);
-    assert_eq!(who.provider, "dev");
+    assert_eq!(&*who.provider, "dev");
     assert!(who.id.starts_with("dev-"));
 }
 

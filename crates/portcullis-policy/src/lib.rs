@@ -203,9 +203,9 @@ mod tests {
     fn who(email: Option<&str>, username: Option<&str>) -> Identity {
         Identity {
             id: "subject-1".into(),
-            email: email.map(str::to_string),
+            email: email.map(Into::into),
             name: None,
-            username: username.map(str::to_string),
+            username: username.map(Into::into),
             groups: vec![],
             provider: "oidc".into(),
             ..Identity::default()

@@ -121,7 +121,7 @@ impl Route {
             && !who
                 .acr
                 .as_ref()
-                .is_some_and(|acr| self.acr_values.iter().any(|a| a == acr));
+                .is_some_and(|acr| self.acr_values.iter().any(|a| **a == **acr));
         if too_old || weak {
             return RouteDecision::StepUp {
                 max_age: self.max_auth_age.map(|d| d.as_secs()),
@@ -147,7 +147,7 @@ fn holds_any(rules: &RuleSet, subject: &Subject<'_>) -> bool {
     if rules.authenticated {
         return true;
     }
-    let lower = |v: &Option<String>| v.as_deref().map(str::to_lowercase);
+    let lower = |v: &Option<Box<str>>| v.as_deref().map(str::to_lowercase);
     let email = lower(&who.email);
     let username = lower(&who.username);
     if [&email, &username]

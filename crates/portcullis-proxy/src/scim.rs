@@ -172,18 +172,18 @@ impl Scim {
         &self,
         identity: &portcullis_core::Identity,
     ) -> Result<Provisioned, String> {
-        let Some((tenant, required)) = self.links.get(&identity.provider) else {
+        let Some((tenant, required)) = self.links.get(&*identity.provider) else {
             return Ok(Provisioned::NotLinked);
         };
         let mut keys = LoginKeys {
-            external_id: Some(identity.id.clone()),
+            external_id: Some(identity.id.to_string()),
             ..LoginKeys::default()
         };
         for name in [&identity.username, &identity.email].into_iter().flatten() {
-            keys.user_names.push(name.clone());
+            keys.user_names.push(name.to_string());
         }
         if let Some(email) = &identity.email {
-            keys.emails.push(email.clone());
+            keys.emails.push(email.to_string());
         }
         match self.service.store().find_login_user(tenant, &keys).await {
             Ok(Some(user)) => Ok(Provisioned::Found {

@@ -55,26 +55,37 @@ impl fmt::Debug for SessionId {
 impl SessionKey {
     /// Lowercase hex, for use as a store key.
     pub fn to_hex(&self) -> String {
-        use std::fmt::Write;
-        self.0.iter().fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+        to_hex(&self.0)
+    }
+
+    /// Reads back [`SessionKey::to_hex`]; `None` for anything else.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        from_hex(hex).map(SessionKey)
     }
 }
 
-impl SessionKey {
-    /// Reads back [`SessionKey::to_hex`]; `None` for anything else.
-    pub fn from_hex(hex: &str) -> Option<Self> {
-        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return None;
-        }
-        let mut key = [0u8; 32];
-        for (i, byte) in key.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-        }
-        Some(SessionKey(key))
+/// Lowercase hex of `bytes`.
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Reads back exactly `N` bytes of [`to_hex`]; `None` for anything else (uppercase
+/// included, so one value has one spelling).
+pub(crate) fn from_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
+    if hex.len() != 2 * N || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
     }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 impl fmt::Debug for SessionKey {

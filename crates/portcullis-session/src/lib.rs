@@ -41,7 +41,7 @@ pub struct SessionData {
     /// The user's teams: the groups of the directory, kept apart from the groups the
     /// identity provider reported so a membership change can replace them.
     #[serde(default)]
-    pub teams: Vec<String>,
+    pub teams: Box<[String]>,
     /// The provider's tokens, kept only when something needs them (refresh, passing
     /// them to the upstream, logging out at the provider). Boxed: most sessions have
     /// none, and an empty box costs one word where the tokens inline would cost fourteen.
@@ -49,7 +49,7 @@ pub struct SessionData {
     pub tokens: Option<Box<SessionTokens>>,
     /// Where the login came from (the client address), for an administrator's list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client: Option<Box<str>>,
+    pub client: Option<std::net::IpAddr>,
     /// The browser's `User-Agent` at login (at most [`USER_AGENT_MAX`] bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<Box<str>>,
@@ -108,7 +108,7 @@ impl SessionData {
             created_at: now,
             expires_at: now.saturating_add(lifetime.as_secs()),
             directory_user: None,
-            teams: Vec::new(),
+            teams: Box::default(),
             tokens: None,
             client: None,
             user_agent: None,
@@ -140,7 +140,7 @@ pub enum Amend {
 impl Amend {
     fn apply(&self, data: &mut SessionData) {
         match self {
-            Amend::Teams(teams) => data.teams = teams.clone(),
+            Amend::Teams(teams) => data.teams = teams.as_slice().into(),
             Amend::ForgetAssurance => {
                 data.identity.auth_time = None;
                 data.identity.acr = None;
@@ -422,5 +422,25 @@ impl SessionStore for AnyStore {
             AnyStore::Memory(s) => s.ready().await,
             AnyStore::Redis(s) => s.ready().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sessions in Redis outlive an upgrade: what an older release wrote (text
+    /// fields as strings, the client address as text) reads back, and is written the
+    /// same way again.
+    #[test]
+    fn stored_sessions_keep_their_json_shape() {
+        let json = r#"{"identity":{"id":"u-1","email":"a@example.com","name":"A","username":"a","groups":["eng"],"provider":"okta","acr":"mfa","sid":"s-1"},"created_at":1,"expires_at":2,"directory_user":null,"teams":["t"],"client":"2001:db8::7","user_agent":"Firefox"}"#;
+        let data: SessionData = serde_json::from_str(json).expect("an older session reads");
+        assert_eq!(&*data.identity.id, "u-1");
+        assert_eq!(data.identity.sid.as_deref(), Some("s-1"));
+        assert_eq!(data.client, Some("2001:db8::7".parse().unwrap()));
+        assert_eq!(serde_json::to_string(&data).unwrap(), json);
+        let bad = json.replace("2001:db8::7", "not an address");
+        assert!(serde_json::from_str::<SessionData>(&bad).is_err());
     }
 }

@@ -34,16 +34,40 @@ fn digest(index: &str) -> IndexDigest {
     out
 }
 
+/// Where this store holds a session: the first 128 bits of its [`SessionKey`] (itself
+/// the SHA-256 of a 256-bit random id, so no two live sessions share them, and nobody
+/// can choose an id that lands on another's slot). Half the key's size, in the sessions
+/// table and in every index entry: some 80 bytes less per held session. Its hex is the
+/// session's handle here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Slot([u8; 16]);
+
+impl Slot {
+    fn of(key: &SessionKey) -> Self {
+        let mut slot = [0u8; 16];
+        slot.copy_from_slice(&key.0[..16]);
+        Slot(slot)
+    }
+
+    fn handle(&self) -> String {
+        crate::id::to_hex(&self.0)
+    }
+
+    fn from_handle(handle: &str) -> Option<Self> {
+        crate::id::from_hex(handle).map(Slot)
+    }
+}
+
 /// The sessions filed under one index key: nearly always one (a user signed in once),
 /// held inline so that the common case costs no allocation of its own.
 #[derive(Debug, Clone)]
 enum Filed {
-    One(SessionKey),
-    Many(Vec<SessionKey>),
+    One(Slot),
+    Many(Vec<Slot>),
 }
 
 impl Filed {
-    fn add(&mut self, key: SessionKey) {
+    fn add(&mut self, key: Slot) {
         match self {
             Filed::One(k) if *k == key => {}
             Filed::One(k) => *self = Filed::Many(vec![*k, key]),
@@ -53,7 +77,7 @@ impl Filed {
     }
 
     /// Takes `key` out; whether none is left.
-    fn take(&mut self, key: &SessionKey) -> bool {
+    fn take(&mut self, key: &Slot) -> bool {
         match self {
             Filed::One(k) => k == key,
             Filed::Many(keys) => {
@@ -66,7 +90,7 @@ impl Filed {
         }
     }
 
-    fn keys(&self) -> Vec<SessionKey> {
+    fn keys(&self) -> Vec<Slot> {
         match self {
             Filed::One(k) => vec![*k],
             Filed::Many(keys) => keys.clone(),
@@ -88,7 +112,7 @@ struct Entry {
 }
 
 pub struct MemoryStore {
-    sessions: DashMap<SessionKey, Entry>,
+    sessions: DashMap<Slot, Entry>,
     by_index: DashMap<IndexDigest, Filed>,
     limits: SessionLimits,
     capacity: usize,
@@ -169,7 +193,7 @@ impl MemoryStore {
         dead.len()
     }
 
-    fn unindex(&self, data: &SessionData, key: &SessionKey) {
+    fn unindex(&self, data: &SessionData, key: &Slot) {
         for index in data.revocation_keys() {
             let index = digest(&index);
             // Removed while its entry is held, so a session filed meanwhile is kept.
@@ -178,7 +202,7 @@ impl MemoryStore {
         }
     }
 
-    fn remove(&self, key: &SessionKey) -> bool {
+    fn remove(&self, key: &Slot) -> bool {
         match self.sessions.remove(key) {
             Some((_, entry)) => {
                 self.unindex(&entry.data, key);
@@ -190,7 +214,7 @@ impl MemoryStore {
 
     /// The sessions filed under `index`: from the index for revocation keys, else by
     /// scanning.
-    fn keys_under(&self, index: &str) -> Vec<SessionKey> {
+    fn keys_under(&self, index: &str) -> Vec<Slot> {
         if is_revocation_key(index) {
             return self
                 .by_index
@@ -235,7 +259,7 @@ impl SessionStore for MemoryStore {
     async fn create(&self, data: SessionData) -> Result<SessionId, StoreError> {
         self.make_room();
         let id = SessionId::generate();
-        let key = id.key();
+        let key = Slot::of(&id.key());
         for index in data.revocation_keys() {
             self.by_index
                 .entry(digest(&index))
@@ -253,7 +277,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn load(&self, id: &SessionId) -> Result<Option<Arc<SessionData>>, StoreError> {
-        let key = id.key();
+        let key = Slot::of(&id.key());
         let now = unix_now_ms();
         let found = match self.sessions.get(&key) {
             None => return Ok(None),
@@ -274,7 +298,7 @@ impl SessionStore for MemoryStore {
 
     async fn update(&self, id: &SessionId, data: SessionData) -> Result<bool, StoreError> {
         let now = unix_now_ms();
-        match self.sessions.get_mut(&id.key()) {
+        match self.sessions.get_mut(&Slot::of(&id.key())) {
             Some(mut entry) if self.is_live(&entry, now) => {
                 entry.data = Arc::new(data);
                 Ok(true)
@@ -284,7 +308,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
-        self.remove(&id.key());
+        self.remove(&Slot::of(&id.key()));
         Ok(())
     }
 
@@ -318,7 +342,7 @@ impl SessionStore for MemoryStore {
             .filter_map(|key| {
                 let entry = self.sessions.get(key)?;
                 self.is_live(&entry, now).then(|| SessionInfo {
-                    handle: key.to_hex(),
+                    handle: key.handle(),
                     last_seen: entry.last_seen.load(Ordering::Relaxed) / 1000,
                     data: entry.data.clone(),
                 })
@@ -327,7 +351,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn revoke_handle(&self, handle: &str) -> Result<bool, StoreError> {
-        Ok(SessionKey::from_hex(handle).is_some_and(|key| self.remove(&key)))
+        Ok(Slot::from_handle(handle).is_some_and(|key| self.remove(&key)))
     }
 
     async fn remember_once(
@@ -427,17 +451,36 @@ mod tests {
     use super::*;
 
     /// Every held session costs its `SessionData` in one allocation (100,000 sessions
-    /// are measured in bench/proxy.py): the rare parts (a directory user) are boxed and
-    /// the login's client and browser kept as boxed text.
+    /// are measured in bench/proxy.py): the rare parts (a directory user) are boxed, the
+    /// identity's text is boxed (no spare capacity word), the client address is kept as
+    /// an address rather than as text in an allocation of its own.
     #[test]
     fn a_held_session_stays_small() {
         let size = std::mem::size_of::<SessionData>();
-        assert!(size <= 344, "SessionData grew to {size} bytes");
+        assert!(size <= 288, "SessionData grew to {size} bytes");
+    }
+
+    /// The tables' entries: a slot and its entry in the sessions table, an index digest
+    /// and what is filed under it (two or three per session).
+    #[test]
+    fn table_entries_stay_small() {
+        assert_eq!(std::mem::size_of::<(Slot, Entry)>(), 32);
+        assert!(std::mem::size_of::<(IndexDigest, Filed)>() <= 40);
+    }
+
+    #[test]
+    fn handles_read_back_and_nothing_else_does() {
+        let slot = Slot::of(&SessionId::generate().key());
+        assert_eq!(Slot::from_handle(&slot.handle()), Some(slot));
+        let upper = slot.handle().to_uppercase();
+        for bad in ["", "not-a-handle", &upper, &format!("{}0", slot.handle())] {
+            assert_eq!(Slot::from_handle(bad), None, "{bad}");
+        }
     }
 
     #[test]
     fn one_session_is_filed_inline_and_several_in_a_list() {
-        let (a, b) = (SessionKey([1; 32]), SessionKey([2; 32]));
+        let (a, b) = (Slot([1; 16]), Slot([2; 16]));
         let mut filed = Filed::One(a);
         filed.add(a);
         assert!(matches!(filed, Filed::One(k) if k == a));

@@ -61,12 +61,12 @@ fn identity(config: &Config, args: &CheckArgs, user: &str) -> Result<Identity, S
         claims.insert(k.trim().to_string(), value);
     }
     let (email, username) = if user.contains('@') {
-        (Some(user.to_string()), None)
+        (Some(user.into()), None)
     } else {
-        (None, Some(user.to_string()))
+        (None, Some(user.into()))
     };
     Ok(Identity {
-        id: user.to_string(),
+        id: user.into(),
         email,
         username,
         groups: args
@@ -77,10 +77,10 @@ fn identity(config: &Config, args: &CheckArgs, user: &str) -> Result<Identity, S
             .filter(|g| !g.is_empty())
             .map(str::to_string)
             .collect(),
-        provider,
+        provider: provider.into(),
         claims,
         auth_time: Some(portcullis_core::time::unix_now()),
-        acr: args.acr.clone(),
+        acr: args.acr.as_deref().map(Into::into),
         ..Identity::default()
     })
 }
@@ -153,7 +153,7 @@ fn explain(config: &Config, who: &Identity, method: &str, url: &url::Url) -> Exp
         return done(steps, "allowed", 200, None, label);
     }
     if let Some(wanted) = route.and_then(|r| r.provider.as_deref())
-        && wanted != who.provider
+        && wanted != &*who.provider
     {
         steps.push(format!(
             "the route takes users of provider {wanted} only; {} signed in with {}",

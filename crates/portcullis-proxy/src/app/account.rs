@@ -135,7 +135,7 @@ impl App {
         let provider = auth
             .providers
             .iter()
-            .find(|p| p.name() == session.identity.provider)?;
+            .find(|p| p.name() == &*session.identity.provider)?;
         let endpoint = provider.end_session_endpoint().await?;
         let mut url = url::Url::parse(&endpoint).ok()?;
         {

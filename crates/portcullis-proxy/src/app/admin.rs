@@ -182,7 +182,7 @@ impl App {
         found.retain(|s| {
             provider
                 .as_deref()
-                .is_none_or(|p| s.data.identity.provider == p)
+                .is_none_or(|p| &*s.data.identity.provider == p)
         });
         match *req.method() {
             Method::GET | Method::HEAD => {

@@ -372,7 +372,7 @@ impl App {
         let Some(provider) = auth
             .providers
             .iter()
-            .find(|p| p.name() == current.identity.provider)
+            .find(|p| p.name() == &*current.identity.provider)
         else {
             return Ok(Some(Principal::Session(current)));
         };

@@ -160,7 +160,7 @@ impl App {
         };
         // A route with its own provider takes only that provider's users.
         if let Some(wanted) = route.and_then(|r| r.provider.as_deref())
-            && principal.identity().provider != wanted
+            && &*principal.identity().provider != wanted
         {
             inc(&self.metrics.challenged);
             count(Outcome::Challenged);

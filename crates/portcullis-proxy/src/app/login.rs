@@ -335,7 +335,7 @@ impl App {
             && !identity
                 .acr
                 .as_ref()
-                .is_some_and(|acr| login.acr_values.contains(acr))
+                .is_some_and(|acr| login.acr_values.iter().any(|a| **a == **acr))
         {
             return Err(ProxyError::BadLogin(
                 "The identity provider did not sign you in as strongly as this page requires."
@@ -395,9 +395,9 @@ impl App {
         let who = identity.display().to_string();
         let mut data = SessionData::new(identity, auth.lifetime);
         data.directory_user = directory_user.map(Box::new);
-        data.teams = teams;
+        data.teams = teams.into();
         data.tokens = tokens.as_ref().and_then(|t| session_tokens(auth, t));
-        data.client = Some(client.to_string().into());
+        data.client = Some(client);
         if let Some(agent) = headers
             .get(http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
