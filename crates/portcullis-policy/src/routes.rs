@@ -147,25 +147,11 @@ fn holds_any(rules: &RuleSet, subject: &Subject<'_>) -> bool {
     if rules.authenticated {
         return true;
     }
-    let lower = |v: &Option<Box<str>>| v.as_deref().map(str::to_lowercase);
-    let email = lower(&who.email);
-    let username = lower(&who.username);
-    if [&email, &username]
-        .into_iter()
-        .flatten()
-        .any(|v| rules.users.contains(v))
-    {
+    // Lowercased copies only when a rule compares them (a rule set with none, such as
+    // an empty deny list, costs no allocation per request).
+    let by_name = !(rules.users.is_empty() && rules.emails.is_empty() && rules.domains.is_empty());
+    if by_name && holds_by_name(rules, who) {
         return true;
-    }
-    if let Some(email) = &email {
-        if rules.emails.contains(email) {
-            return true;
-        }
-        if let Some((_, domain)) = email.rsplit_once('@')
-            && rules.domains.iter().any(|d| d == domain)
-        {
-            return true;
-        }
     }
     if !rules.groups.is_empty()
         && who
@@ -180,6 +166,26 @@ fn holds_any(rules: &RuleSet, subject: &Subject<'_>) -> bool {
         who.claims
             .get(name)
             .is_some_and(|have| values.iter().any(|v| have.holds(v)))
+    })
+}
+
+/// Whether a user, email or domain rule holds (compared lowercased).
+fn holds_by_name(rules: &RuleSet, who: &portcullis_core::Identity) -> bool {
+    let lower = |v: &Option<Box<str>>| v.as_deref().map(str::to_lowercase);
+    let email = lower(&who.email);
+    let username = lower(&who.username);
+    if [&email, &username]
+        .into_iter()
+        .flatten()
+        .any(|v| rules.users.contains(v))
+    {
+        return true;
+    }
+    email.is_some_and(|email| {
+        rules.emails.contains(&email)
+            || email
+                .rsplit_once('@')
+                .is_some_and(|(_, domain)| rules.domains.iter().any(|d| d == domain))
     })
 }
 
@@ -450,6 +456,38 @@ mod tests {
                     RouteDecision::Deny(_)
                 ),
                 "{allow:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_are_compared_without_case() {
+        let mut who = alice();
+        who.email = Some("Alice@Example.COM".into());
+        who.username = Some("ALICE".into());
+        let subject = Subject::new(&who);
+        let rules = [
+            RuleSet {
+                emails: vec!["alice@example.com".into()],
+                ..RuleSet::default()
+            },
+            RuleSet {
+                domains: vec!["example.com".into()],
+                ..RuleSet::default()
+            },
+            RuleSet {
+                users: vec!["alice".into()],
+                ..RuleSet::default()
+            },
+        ];
+        for deny in rules {
+            let t = table(vec![route(0, |r| r.deny = deny.clone())]);
+            assert!(
+                matches!(
+                    t.routes()[0].decide(&subject, 1_000),
+                    RouteDecision::Deny(_)
+                ),
+                "{deny:?}"
             );
         }
     }
