@@ -17,6 +17,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// In the static (musl) build only: musl's allocator serializes threads on one lock and
+/// returns memory eagerly, which doubled the CPU per large response; glibc's is kept
+/// where it is the system's (bench/README.md, "The static binary").
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // One crypto provider for every TLS user in the process, installed before any is
     // built (two providers in one process make rustls refuse to choose).
