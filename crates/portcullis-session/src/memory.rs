@@ -23,14 +23,16 @@ use crate::{
     SessionStore, StoreError, is_revocation_key,
 };
 
-/// An index key, hashed: the first 128 bits of its SHA-256 (no two of the keys a store
-/// can hold will share them).
-type IndexDigest = [u8; 16];
+/// An index key, hashed: the first 64 bits of its SHA-256. Two index keys may share one
+/// (by chance, about once in 2^64 pairs, or because someone searched for a pair), so
+/// what is filed under a digest is a list of candidates: [`MemoryStore::keys_under`]
+/// keeps only the sessions that are themselves filed under the key asked for.
+type IndexDigest = [u8; 8];
 
 fn digest(index: &str) -> IndexDigest {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, index.as_bytes());
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&d.as_ref()[..16]);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&d.as_ref()[..8]);
     out
 }
 
@@ -212,15 +214,23 @@ impl MemoryStore {
         }
     }
 
-    /// The sessions filed under `index`: from the index for revocation keys, else by
-    /// scanning.
+    /// The sessions filed under `index`: from the index for revocation keys (the
+    /// candidates under its digest, each checked), else by scanning.
     fn keys_under(&self, index: &str) -> Vec<Slot> {
         if is_revocation_key(index) {
-            return self
+            let candidates = self
                 .by_index
                 .get(&digest(index))
                 .map(|filed| filed.keys())
                 .unwrap_or_default();
+            return candidates
+                .into_iter()
+                .filter(|slot| {
+                    self.sessions.get(slot).is_some_and(|entry| {
+                        entry.data.revocation_keys().iter().any(|k| k == index)
+                    })
+                })
+                .collect();
         }
         self.sessions
             .iter()
@@ -465,7 +475,34 @@ mod tests {
     #[test]
     fn table_entries_stay_small() {
         assert_eq!(std::mem::size_of::<(Slot, Entry)>(), 32);
-        assert!(std::mem::size_of::<(IndexDigest, Filed)>() <= 40);
+        assert_eq!(std::mem::size_of::<(IndexDigest, Filed)>(), 32);
+    }
+
+    /// A digest shared by two index keys (forced here: finding a real pair takes some
+    /// 2^32 hashes) never lets one user's revocation end another's session.
+    #[tokio::test]
+    async fn a_shared_index_digest_ends_only_the_named_users_sessions() {
+        let store = MemoryStore::new(limits(), 10);
+        let a = store
+            .create(SessionData::new(identity("a"), limits().lifetime))
+            .await
+            .unwrap();
+        let b = store
+            .create(SessionData::new(identity("b"), limits().lifetime))
+            .await
+            .unwrap();
+        let key = |id| crate::Index::Account { provider: "p", id }.key();
+        store
+            .by_index
+            .get_mut(&digest(&key("a")))
+            .unwrap()
+            .add(Slot::of(&b.key()));
+        assert_eq!(store.revoke_indexed(&key("a")).await.unwrap(), 1);
+        assert!(store.load(&a).await.unwrap().is_none());
+        assert!(store.load(&b).await.unwrap().is_some(), "b was not named");
+        let listed = store.list_indexed(&key("b")).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(&*listed[0].data.identity.id, "b");
     }
 
     #[test]
