@@ -12,7 +12,7 @@ pub mod seal;
 pub mod time;
 pub mod trace;
 
-pub use identity::{ClaimValue, Identity, provider_name};
+pub use identity::{ClaimValue, Identity, IdentityFields, provider_name};
 
 /// Compares two byte strings in time that depends only on their lengths, never on where
 /// they first differ. Use it for every comparison involving a secret (state, passwords,

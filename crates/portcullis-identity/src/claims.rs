@@ -87,12 +87,12 @@ pub fn identity_from_claims(
         string_claim(claims, name).filter(|v| name == "email" || looks_like_email(v))
     });
     let id = first_claim(claims, &mapping.id).unwrap_or_else(|| subject.to_string());
-    Identity {
+    Identity::from(portcullis_core::IdentityFields {
         sub: (id != subject && !subject.is_empty()).then(|| subject.into()),
-        id: id.into(),
-        email: email.map(Into::into),
-        name: first_claim(claims, &mapping.name).map(Into::into),
-        username: first_claim(claims, &mapping.username).map(Into::into),
+        id,
+        email,
+        name: first_claim(claims, &mapping.name),
+        username: first_claim(claims, &mapping.username),
         groups: string_list_claim(claims, &mapping.groups),
         provider: portcullis_core::provider_name(provider),
         claims: kept_claims(claims, &mapping.keep),
@@ -101,9 +101,9 @@ pub fn identity_from_claims(
             .get("auth_time")
             .and_then(Value::as_u64)
             .or_else(|| Some(portcullis_core::time::unix_now())),
-        acr: string_claim(claims, "acr").map(Into::into),
-        sid: string_claim(claims, "sid").map(Into::into),
-    }
+        acr: string_claim(claims, "acr"),
+        sid: string_claim(claims, "sid"),
+    })
 }
 
 /// The claims in `keep` that are strings, lists of strings or booleans; anything else
@@ -166,22 +166,22 @@ mod tests {
             json!({"sub": "pairwise", "oid": "0000-aaaa", "preferred_username": "bob@contoso.com"}),
         );
         let who = identity_from_claims("entra", "pairwise", &claims, &entra());
-        assert_eq!(&*who.id, "0000-aaaa");
-        assert_eq!(who.email.as_deref(), Some("bob@contoso.com"));
+        assert_eq!(who.id(), "0000-aaaa");
+        assert_eq!(who.email(), Some("bob@contoso.com"));
         // A user name that is no address is not taken for an email.
         let claims =
             map(json!({"oid": "1", "preferred_username": "bob", "upn": "bob@contoso.com"}));
         let who = identity_from_claims("entra", "s", &claims, &entra());
-        assert_eq!(who.email.as_deref(), Some("bob@contoso.com"));
+        assert_eq!(who.email(), Some("bob@contoso.com"));
         let claims = map(json!({"oid": "1", "preferred_username": "bob"}));
         assert_eq!(
-            identity_from_claims("entra", "s", &claims, &entra()).email,
+            identity_from_claims("entra", "s", &claims, &entra()).email(),
             None
         );
         // Without oid, the subject.
         let claims = map(json!({"email": "c@contoso.com"}));
         assert_eq!(
-            &*identity_from_claims("entra", "s-9", &claims, &entra()).id,
+            identity_from_claims("entra", "s-9", &claims, &entra()).id(),
             "s-9"
         );
     }
@@ -192,7 +192,7 @@ mod tests {
             json!({"email": "ceo@example.com", "email_verified": false, "upn": "me@corp.example"}),
         );
         let who = identity_from_claims("x", "s", &claims, &entra());
-        assert_eq!(who.email.as_deref(), Some("me@corp.example"));
+        assert_eq!(who.email(), Some("me@corp.example"));
     }
 
     #[test]
@@ -202,9 +202,9 @@ mod tests {
             "preferred_username": "alice", "groups": ["admins", "", "devs"]
         }));
         let who = identity_from_claims("oidc", "sub-1", &claims, &standard());
-        assert_eq!(&*who.id, "sub-1");
-        assert_eq!(who.email.as_deref(), Some("alice@example.com"));
-        assert_eq!(who.username.as_deref(), Some("alice"));
+        assert_eq!(who.id(), "sub-1");
+        assert_eq!(who.email(), Some("alice@example.com"));
+        assert_eq!(who.username(), Some("alice"));
         assert_eq!(who.groups, vec!["admins", "devs"]);
         assert_eq!(&*who.provider, "oidc");
     }
@@ -214,7 +214,7 @@ mod tests {
         for flag in [json!(false), json!("false")] {
             let claims = map(json!({"email": "ceo@example.com", "email_verified": flag}));
             assert_eq!(
-                identity_from_claims("p", "s", &claims, &standard()).email,
+                identity_from_claims("p", "s", &claims, &standard()).email(),
                 None
             );
         }
@@ -224,8 +224,8 @@ mod tests {
     fn wrongly_typed_claims_are_ignored_not_trusted() {
         let claims = map(json!({"email": ["a@example.com"], "groups": 7, "name": ""}));
         let who = identity_from_claims("p", "s", &claims, &standard());
-        assert_eq!(who.email, None);
+        assert_eq!(who.email(), None);
         assert!(who.groups.is_empty());
-        assert_eq!(who.name, None);
+        assert_eq!(who.name(), None);
     }
 }

@@ -267,16 +267,16 @@ impl GitHubProvider {
                 }
             },
         };
-        let mut identity = Identity {
-            id: user.id.to_string().into(),
-            email: email.map(Into::into),
-            name: user.name.filter(|n| !n.trim().is_empty()).map(Into::into),
-            username: Some(user.login.into()),
+        let mut identity = Identity::from(portcullis_core::IdentityFields {
+            id: user.id.to_string(),
+            email,
+            name: user.name.filter(|n| !n.trim().is_empty()),
+            username: Some(user.login),
             groups: Vec::new(),
             provider: portcullis_core::provider_name(&self.config.name),
             auth_time: Some(portcullis_core::time::unix_now()),
-            ..Identity::default()
-        };
+            ..portcullis_core::IdentityFields::default()
+        });
         let read_org = self.config.scopes.iter().any(|s| s == "read:org");
         if self.restricted() || read_org {
             let orgs: Vec<Org> = self.all_pages("user/orgs", token).await?;

@@ -99,11 +99,11 @@ async fn a_full_code_flow_yields_the_signed_in_identity() {
         .await
         .unwrap();
     let who = provider.identity(&tokens, &request.nonce).await.unwrap();
-    assert_eq!(who.email.as_deref(), Some("alice@example.com"));
-    assert_eq!(who.username.as_deref(), Some("alice"));
+    assert_eq!(who.email(), Some("alice@example.com"));
+    assert_eq!(who.username(), Some("alice"));
     assert_eq!(who.groups, vec!["admins", "devs"]);
     assert_eq!(&*who.provider, "dev");
-    assert!(who.id.starts_with("dev-"));
+    assert!(who.id().starts_with("dev-"));
 }
 
 #[tokio::test]

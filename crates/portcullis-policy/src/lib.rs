@@ -175,7 +175,7 @@ impl Policy {
         if self.allowed_users.is_empty() && self.allowed_groups.is_empty() {
             return PolicyDecision::Allow;
         }
-        let user_listed = [&who.email, &who.username]
+        let user_listed = [&who.email(), &who.username()]
             .iter()
             .filter_map(|v| v.as_deref())
             .any(|v| Self::listed(&self.allowed_users, v));
@@ -201,15 +201,15 @@ mod tests {
     use super::*;
 
     fn who(email: Option<&str>, username: Option<&str>) -> Identity {
-        Identity {
+        Identity::from(portcullis_core::IdentityFields {
             id: "subject-1".into(),
             email: email.map(Into::into),
             name: None,
             username: username.map(Into::into),
             groups: vec![],
             provider: "oidc".into(),
-            ..Identity::default()
-        }
+            ..portcullis_core::IdentityFields::default()
+        })
     }
 
     fn policy(users: &[&str]) -> Policy {

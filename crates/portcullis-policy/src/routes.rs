@@ -119,7 +119,7 @@ impl Route {
         });
         let weak = !self.acr_values.is_empty()
             && !who
-                .acr
+                .acr()
                 .as_ref()
                 .is_some_and(|acr| self.acr_values.iter().any(|a| **a == **acr));
         if too_old || weak {
@@ -171,9 +171,9 @@ fn holds_any(rules: &RuleSet, subject: &Subject<'_>) -> bool {
 
 /// Whether a user, email or domain rule holds (compared lowercased).
 fn holds_by_name(rules: &RuleSet, who: &portcullis_core::Identity) -> bool {
-    let lower = |v: &Option<Box<str>>| v.as_deref().map(str::to_lowercase);
-    let email = lower(&who.email);
-    let username = lower(&who.username);
+    let lower = |v: Option<&str>| v.map(str::to_lowercase);
+    let email = lower(who.email());
+    let username = lower(who.username());
     if [&email, &username]
         .into_iter()
         .flatten()
@@ -338,7 +338,7 @@ mod tests {
     }
 
     fn alice() -> Identity {
-        Identity {
+        Identity::from(portcullis_core::IdentityFields {
             id: "a".into(),
             email: Some("Alice@Example.com".into()),
             username: Some("alice".into()),
@@ -349,8 +349,8 @@ mod tests {
                 ("contractor".into(), ClaimValue::Flag(false)),
             ]),
             auth_time: Some(1_000),
-            ..Identity::default()
-        }
+            ..portcullis_core::IdentityFields::default()
+        })
     }
 
     #[test]
@@ -463,8 +463,8 @@ mod tests {
     #[test]
     fn names_are_compared_without_case() {
         let mut who = alice();
-        who.email = Some("Alice@Example.COM".into());
-        who.username = Some("ALICE".into());
+        who.set_email(Some("Alice@Example.COM"));
+        who.set_username(Some("ALICE"));
         let subject = Subject::new(&who);
         let rules = [
             RuleSet {
@@ -516,7 +516,7 @@ mod tests {
             r.decide(&Subject::new(&who), 1_000),
             RouteDecision::StepUp { .. }
         ));
-        who.acr = Some("urn:mfa".into());
+        who.set_acr(Some("urn:mfa"));
         assert_eq!(r.decide(&Subject::new(&who), 1_000), RouteDecision::Allow);
     }
 

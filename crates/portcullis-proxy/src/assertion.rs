@@ -202,10 +202,10 @@ impl Assertions {
         let claims = json!({
             "iss": self.issuer,
             "aud": audience,
-            "sub": who.id,
-            "email": who.email,
-            "preferred_username": who.username,
-            "name": who.name,
+            "sub": who.id(),
+            "email": who.email(),
+            "preferred_username": who.username(),
+            "name": who.name(),
             "groups": groups.collect::<Vec<_>>(),
             "provider": who.provider,
             "iat": now,
@@ -234,7 +234,14 @@ fn hash_of(value: &impl Hash) -> u64 {
 /// What the assertion says about the user, condensed: a change makes a new one.
 fn fingerprint<'g>(who: &Identity, groups: impl Iterator<Item = &'g str>) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&who.id, &who.email, &who.username, &who.name, &who.provider).hash(&mut h);
+    (
+        &who.id(),
+        &who.email(),
+        &who.username(),
+        &who.name(),
+        &who.provider,
+    )
+        .hash(&mut h);
     for g in groups {
         g.hash(&mut h);
     }
@@ -272,12 +279,12 @@ mod tests {
     }
 
     fn who() -> Identity {
-        Identity {
+        Identity::from(portcullis_core::IdentityFields {
             id: "sub-1".into(),
             email: Some("a@example.com".into()),
             provider: "oidc".into(),
-            ..Identity::default()
-        }
+            ..portcullis_core::IdentityFields::default()
+        })
     }
 
     #[test]

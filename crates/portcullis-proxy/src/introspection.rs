@@ -96,11 +96,11 @@ mod tests {
 
     fn active(exp: Option<u64>) -> Answer {
         Answer::Active(Box::new(VerifiedBearer {
-            identity: Identity {
+            identity: Identity::from(portcullis_core::IdentityFields {
                 id: "u".into(),
                 provider: "a".into(),
-                ..Identity::default()
-            },
+                ..portcullis_core::IdentityFields::default()
+            }),
             issued_at: None,
             expires_at: exp,
         }))

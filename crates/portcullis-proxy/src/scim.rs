@@ -176,13 +176,16 @@ impl Scim {
             return Ok(Provisioned::NotLinked);
         };
         let mut keys = LoginKeys {
-            external_id: Some(identity.id.to_string()),
+            external_id: Some(identity.id().to_string()),
             ..LoginKeys::default()
         };
-        for name in [&identity.username, &identity.email].into_iter().flatten() {
+        for name in [&identity.username(), &identity.email()]
+            .into_iter()
+            .flatten()
+        {
             keys.user_names.push(name.to_string());
         }
-        if let Some(email) = &identity.email {
+        if let Some(email) = &identity.email() {
             keys.emails.push(email.to_string());
         }
         match self.service.store().find_login_user(tenant, &keys).await {

@@ -12,21 +12,21 @@ use crate::{Amend, Index, SessionData, SessionId, SessionLimits, SessionStore, S
 fn account(who: &Identity) -> String {
     Index::Account {
         provider: &who.provider,
-        id: &who.id,
+        id: who.id(),
     }
     .key()
 }
 
 pub fn identity(id: &str) -> Identity {
-    Identity {
+    Identity::from(portcullis_core::IdentityFields {
         id: id.into(),
-        email: Some(format!("{id}@example.com").into()),
-        name: Some(id.to_uppercase().into()),
+        email: Some(format!("{id}@example.com")),
+        name: Some(id.to_uppercase()),
         username: Some(id.into()),
         groups: vec!["staff".into()],
         provider: "conformance".into(),
-        ..Identity::default()
-    }
+        ..portcullis_core::IdentityFields::default()
+    })
 }
 
 /// Limits long enough that nothing expires during a test unless the test means it to.
@@ -186,7 +186,7 @@ pub async fn concurrent_refreshes_of_one_session_keep_it_whole<S: SessionStore>(
         .await
         .unwrap()
         .expect("session survives the refreshes");
-    assert_eq!(&*last.identity.id, "henry");
+    assert_eq!(last.identity.id(), "henry");
     store.delete(&id).await.unwrap();
     let late = SessionData::new(identity("henry"), LONG.lifetime);
     assert!(
@@ -271,12 +271,12 @@ pub async fn teams_change_on_every_session_of_a_provisioned_user<S: SessionStore
 /// their ids, and ended one by one by handle or all at once by provider session.
 pub async fn sessions_are_found_by_every_name_and_ended_by_handle<S: SessionStore>(store: &S) {
     let mut web = SessionData::new(identity("pia"), LONG.lifetime);
-    web.identity.sid = Some("op-sid-1".into());
+    web.identity.set_sid(Some("op-sid-1"));
     web.client = Some([192, 0, 2, 7].into());
     web.set_user_agent(&format!("Mozilla/5.0 {}", "x".repeat(400)));
     let laptop = store.create(web).await.unwrap();
     let mut other = SessionData::new(identity("pia"), LONG.lifetime);
-    other.identity.sid = Some("op-sid-2".into());
+    other.identity.set_sid(Some("op-sid-2"));
     let phone = store.create(other).await.unwrap();
     let quinn = store
         .create(SessionData::new(identity("quinn"), LONG.lifetime))
@@ -289,7 +289,7 @@ pub async fn sessions_are_found_by_every_name_and_ended_by_handle<S: SessionStor
     ] {
         let found = store.list_indexed(&name).await.unwrap();
         assert_eq!(found.len(), 2, "{name}: {found:?}");
-        assert!(found.iter().all(|s| &*s.data.identity.id == "pia"));
+        assert!(found.iter().all(|s| s.data.identity.id() == "pia"));
     }
     let listed = store
         .list_indexed(&Index::Email("pia@example.com").key())
@@ -721,7 +721,7 @@ mod redis {
         loop {
             match s.load(&id).await {
                 Ok(Some(data)) => {
-                    assert_eq!(&*data.identity.id, "lee");
+                    assert_eq!(data.identity.id(), "lee");
                     break;
                 }
                 other => {

@@ -52,11 +52,11 @@ pub fn account_keys(identity: &Identity) -> Vec<String> {
     let mut keys = vec![
         Index::Account {
             provider: &identity.provider,
-            id: &identity.id,
+            id: identity.id(),
         }
         .key(),
     ];
-    if let Some(sub) = identity.sub.as_deref() {
+    if let Some(sub) = identity.sub() {
         keys.push(
             Index::Account {
                 provider: &identity.provider,
@@ -72,13 +72,13 @@ pub fn account_keys(identity: &Identity) -> Vec<String> {
 /// accounts, email, user name and subject, and its directory user when there is one.
 pub fn identity_keys(identity: &Identity, directory: Option<(&str, &str)>) -> Vec<String> {
     let mut keys = account_keys(identity);
-    if let Some(email) = identity.email.as_deref() {
+    if let Some(email) = identity.email() {
         keys.push(Index::Email(email).key());
     }
-    if let Some(name) = identity.username.as_deref() {
+    if let Some(name) = identity.username() {
         keys.push(Index::Username(name).key());
     }
-    keys.push(Index::Subject(&identity.id).key());
+    keys.push(Index::Subject(identity.id()).key());
     if let Some((tenant, id)) = directory {
         keys.push(Index::Directory { tenant, id }.key());
     }
@@ -116,7 +116,7 @@ impl SessionData {
     }
 
     fn provider_session_key(&self) -> Option<String> {
-        let sid = self.identity.sid.as_deref()?;
+        let sid = self.identity.sid()?;
         Some(
             Index::ProviderSession {
                 provider: &self.identity.provider,
@@ -169,15 +169,15 @@ mod tests {
 
     #[test]
     fn a_session_is_filed_under_every_name_of_its_user() {
-        let identity = Identity {
+        let identity = Identity::from(portcullis_core::IdentityFields {
             id: "oid-1".into(),
             sub: Some("pairwise".into()),
             sid: Some("op-session".into()),
             email: Some("Ann@example.com".into()),
             username: Some("ann".into()),
             provider: "entra".into(),
-            ..Identity::default()
-        };
+            ..portcullis_core::IdentityFields::default()
+        });
         let mut data = SessionData::new(identity, std::time::Duration::from_secs(60));
         data.directory_user = Some(Box::new(crate::DirectoryUser {
             tenant: "okta".into(),

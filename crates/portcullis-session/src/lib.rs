@@ -143,7 +143,7 @@ impl Amend {
             Amend::Teams(teams) => data.teams = teams.as_slice().into(),
             Amend::ForgetAssurance => {
                 data.identity.auth_time = None;
-                data.identity.acr = None;
+                data.identity.set_acr(None);
             }
         }
     }
@@ -436,8 +436,8 @@ mod tests {
     fn stored_sessions_keep_their_json_shape() {
         let json = r#"{"identity":{"id":"u-1","email":"a@example.com","name":"A","username":"a","groups":["eng"],"provider":"okta","acr":"mfa","sid":"s-1"},"created_at":1,"expires_at":2,"directory_user":null,"teams":["t"],"client":"2001:db8::7","user_agent":"Firefox"}"#;
         let data: SessionData = serde_json::from_str(json).expect("an older session reads");
-        assert_eq!(&*data.identity.id, "u-1");
-        assert_eq!(data.identity.sid.as_deref(), Some("s-1"));
+        assert_eq!(data.identity.id(), "u-1");
+        assert_eq!(data.identity.sid(), Some("s-1"));
         assert_eq!(data.client, Some("2001:db8::7".parse().unwrap()));
         assert_eq!(serde_json::to_string(&data).unwrap(), json);
         let bad = json.replace("2001:db8::7", "not an address");

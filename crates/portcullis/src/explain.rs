@@ -65,7 +65,7 @@ fn identity(config: &Config, args: &CheckArgs, user: &str) -> Result<Identity, S
     } else {
         (None, Some(user.into()))
     };
-    Ok(Identity {
+    Ok(Identity::from(portcullis_core::IdentityFields {
         id: user.into(),
         email,
         username,
@@ -81,8 +81,8 @@ fn identity(config: &Config, args: &CheckArgs, user: &str) -> Result<Identity, S
         claims,
         auth_time: Some(portcullis_core::time::unix_now()),
         acr: args.acr.as_deref().map(Into::into),
-        ..Identity::default()
-    })
+        ..portcullis_core::IdentityFields::default()
+    }))
 }
 
 fn names(config: &Config) -> String {

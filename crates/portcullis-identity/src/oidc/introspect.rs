@@ -87,7 +87,7 @@ impl OidcProvider {
             .and_then(Value::as_str)
             .is_none_or(|scope| scope.split(' ').any(|s| s == "openid"));
         if let Introspected::Active(v) = &verdict
-            && v.identity.email.is_none()
+            && v.identity.email().is_none()
             && may_call_userinfo
         {
             match self.userinfo(token).await {

@@ -58,7 +58,7 @@ impl App {
                 if everywhere {
                     let account = Index::Account {
                         provider: &session.identity.provider,
-                        id: &session.identity.id,
+                        id: session.identity.id(),
                     };
                     ended = auth.sessions.revoke_indexed(&account.key()).await?;
                     tracing::info!(user = %session.identity.display(), sessions = ended, "logged out everywhere");
@@ -157,10 +157,10 @@ impl App {
 fn principal_json(principal: &Principal) -> serde_json::Value {
     let who = principal.identity();
     json!({
-        "id": who.id,
-        "email": who.email,
-        "name": who.name,
-        "username": who.username,
+        "id": who.id(),
+        "email": who.email(),
+        "name": who.name(),
+        "username": who.username(),
         "provider": who.provider,
         "groups": principal.all_groups().collect::<Vec<_>>(),
     })

@@ -238,7 +238,7 @@ fn describe(s: &SessionInfo) -> Value {
         "id": s.handle,
         "provider": d.identity.provider,
         "user": d.identity.display(),
-        "subject": d.identity.id,
+        "subject": d.identity.id(),
         "created_at": d.created_at,
         "last_seen": s.last_seen,
         "expires_at": d.expires_at,

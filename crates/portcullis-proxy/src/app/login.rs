@@ -333,7 +333,7 @@ impl App {
         }
         if !login.acr_values.is_empty()
             && !identity
-                .acr
+                .acr()
                 .as_ref()
                 .is_some_and(|acr| login.acr_values.iter().any(|a| **a == **acr))
         {
