@@ -22,8 +22,9 @@ pub struct Identity {
     text: Text,
     /// Groups or teams, as the provider (or SCIM) names them.
     pub groups: Vec<String>,
-    /// The configured name of the provider that authenticated the user: one shared
-    /// copy per provider (see [`provider_name`]), not one per session.
+    /// The configured name of the provider that authenticated the user: a login's
+    /// identity holds the provider's one shared copy (see [`provider_name`]), so held
+    /// sessions do not each hold their own.
     pub provider: Arc<str>,
     /// Other claims the configuration asks about (route rules on `department`, say),
     /// kept when they are strings, lists of strings or booleans.
@@ -46,7 +47,8 @@ pub struct IdentityFields {
     pub username: Option<String>,
     #[serde(default)]
     pub groups: Vec<String>,
-    #[serde(deserialize_with = "shared_provider")]
+    /// Read from a store as a copy of its own: a session loaded from Redis lives for one
+    /// request, and sharing would take a lock on every load.
     pub provider: Arc<str>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub claims: BTreeMap<String, ClaimValue>,
@@ -246,10 +248,6 @@ pub fn provider_name(name: &str) -> Arc<str> {
     shared
 }
 
-fn shared_provider<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
-    Ok(provider_name(&String::deserialize(d)?))
-}
-
 impl Identity {
     /// Stable subject identifier at the provider (`sub`, a GitHub user id, Entra `oid`).
     pub fn id(&self) -> &str {
@@ -428,13 +426,6 @@ mod tests {
         let a = provider_name("okta-shared-test");
         assert!(Arc::ptr_eq(&a, &provider_name("okta-shared-test")));
         assert!(!Arc::ptr_eq(&a, &provider_name("other-shared-test")));
-        let json =
-            r#"{"id":"x","email":null,"name":null,"username":null,"provider":"okta-shared-test"}"#;
-        let who: Identity = serde_json::from_str(json).unwrap();
-        assert!(
-            Arc::ptr_eq(&a, &who.provider),
-            "a stored identity shares it too"
-        );
         // Names beyond the shared ones (in this test, so that the table is not full
         // while the ones above are first seen) still work.
         for i in 0..2 * SHARED_NAMES {
