@@ -39,12 +39,8 @@ use std::time::{Duration, Instant};
 /// wrong server. The kernel never picks a port outside that range by itself.
 pub fn free_port() -> u16 {
     const LOWEST: u16 = 10_000;
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
+    let below = ephemeral_low();
     if below < LOWEST + 2_000 {
         return kernel_port(&GIVEN);
     }
@@ -63,6 +59,48 @@ pub fn free_port() -> u16 {
         return port;
     }
     kernel_port(&GIVEN)
+}
+
+/// The ports handed out in this process.
+static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// The lowest port of the kernel's ephemeral range.
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768)
+}
+
+/// How far a Redis Cluster node's bus port is from its client port.
+const CLUSTER_BUS_OFFSET: u16 = 10_000;
+
+/// A free port for a Redis Cluster node whose bus port (10,000 above) is free too,
+/// below the ephemeral range (where an outgoing connection could take it) and handed
+/// out to nobody else.
+fn free_cluster_port() -> u16 {
+    const LOWEST: u16 = 10_000;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let top = ephemeral_low().saturating_sub(CLUSTER_BUS_OFFSET);
+    assert!(
+        top > LOWEST + 100,
+        "no room for Redis Cluster ports below the ephemeral range ({})",
+        ephemeral_low()
+    );
+    let span = u64::from(top - LOWEST);
+    let offset = u64::from(std::process::id()).wrapping_mul(2_654_435_761);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOWEST + u16::try_from(offset.wrapping_add(n) % span).expect("in range");
+        let bus = port + CLUSTER_BUS_OFFSET;
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        let free = |p: u16| !given.contains(&p) && TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(bus) {
+            given.extend([port, bus]);
+            return port;
+        }
+    }
+    panic!("no free pair of ports for a Redis Cluster node and its bus");
 }
 
 /// A port the kernel picks (when there is no room below its ephemeral range).
@@ -256,10 +294,14 @@ impl RedisServer {
     /// Starts with extra `redis-server` arguments; `password` is the default user's
     /// password, if the arguments set one (used for readiness probes).
     pub fn start_with(extra: &[&str], password: Option<&str>) -> RedisServer {
+        RedisServer::start_on(free_port(), extra, password)
+    }
+
+    fn start_on(port: u16, extra: &[&str], password: Option<&str>) -> RedisServer {
         require("redis-server");
         let mut server = RedisServer {
             child: None,
-            port: free_port(),
+            port,
             dir: TempDir::new("redis"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             probe: Probe::Plain {
@@ -476,7 +518,8 @@ impl RedisCluster {
         // temporary directory.
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
-                RedisServer::start_with(
+                RedisServer::start_on(
+                    free_cluster_port(),
                     &[
                         "--cluster-enabled",
                         "yes",
@@ -1036,7 +1079,7 @@ impl OtlpReceiver {
 
 #[cfg(test)]
 mod port_tests {
-    use super::free_port;
+    use super::{CLUSTER_BUS_OFFSET, GIVEN, ephemeral_low, free_cluster_port, free_port};
 
     #[test]
     fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
@@ -1057,6 +1100,30 @@ mod port_tests {
                 );
             }
             std::net::TcpListener::bind(("127.0.0.1", port)).expect("a given port binds");
+        }
+    }
+
+    /// A Redis Cluster node also listens 10,000 above its port; a bus port in the
+    /// ephemeral range could be taken by an outgoing connection (a CI run's node then
+    /// did not start).
+    #[test]
+    fn cluster_ports_have_a_free_bus_port_below_the_ephemeral_range() {
+        if ephemeral_low() < 10_200 + CLUSTER_BUS_OFFSET {
+            return;
+        }
+        for _ in 0..20 {
+            let port = free_cluster_port();
+            let bus = port + CLUSTER_BUS_OFFSET;
+            assert!(
+                bus < ephemeral_low(),
+                "bus port {bus} in the ephemeral range"
+            );
+            assert!(
+                GIVEN.lock().unwrap().contains(&bus),
+                "bus port {bus} not reserved"
+            );
+            std::net::TcpListener::bind(("127.0.0.1", bus)).expect("the bus port binds");
+            assert_ne!(free_port(), bus);
         }
     }
 }
