@@ -9,7 +9,8 @@ Starts, on loopback:
 then loads both proxies with wrk, interleaved, with the same connections and duration,
 and prints requests/s, p50/p99 latency, CPU microseconds per request and peak RSS for
 each row, Portcullis's ratios to nginx, Portcullis's idle RSS, and its RSS once it
-holds SESSIONS live sessions (created by real logins, then loaded again).
+holds SESSIONS live sessions (created by real logins, then loaded again), and the RSS
+of a fresh Portcullis after the same number of logins and nothing else.
 
 On a 2-core machine the load generator is pinned to core 0 and every server to core 1,
 so wrk does not steal the proxies' CPU.
@@ -307,6 +308,15 @@ def main():
             r = measure("portcullis", f"http://127.0.0.1:{pc}/small", cookie, [pc_proc.pid],
                         expected[("portcullis", "small")])
             print(f"portcullis /small with {SESSIONS} sessions held: {r['rps']:.0f} req/s, p99 {r['p99']:.2f} ms")
+            # The same logins into a fresh process: the sessions' own cost, without what
+            # the load runs above left in the first one's heap.
+            fresh, fresh_proc, _ = variant("fresh", {})
+            before = proc_status(fresh_proc.pid, "VmRSS")
+            subprocess.run(pinned(LOAD_CORE, [flood, f"http://127.0.0.1:{fresh}/", str(SESSIONS), "64"]),
+                           check=True, stdout=subprocess.DEVNULL)
+            after = proc_status(fresh_proc.pid, "VmRSS")
+            print(f"portcullis RSS with {SESSIONS} live sessions in a fresh process: {after / 1024:.1f} MiB "
+                  f"({(after - before) * 1024 / SESSIONS:.0f} bytes per session; target < 80)")
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)
