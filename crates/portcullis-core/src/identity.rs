@@ -226,8 +226,8 @@ impl ClaimValue {
     }
 }
 
-/// How many provider names are shared; a configuration has a handful. Names beyond
-/// this (which only a store's data could bring) get a copy of their own.
+/// How many provider names are shared; a configuration has a handful (logins are the
+/// only callers). Names beyond this get a copy of their own rather than growing the table.
 const SHARED_NAMES: usize = 64;
 
 static PROVIDER_NAMES: Mutex<Vec<Arc<str>>> = Mutex::new(Vec::new());

@@ -7,9 +7,9 @@
 //!
 //! Sessions are indexed under their revocation keys (account, directory user, provider
 //! session); the rarer lookups by email, user name or subject scan the map instead of
-//! holding three more index entries per session. An index entry is the SHA-256 of its
-//! key and a short list of sessions (a user has few): about 90 bytes, where a string key
-//! and a hash set cost some 260.
+//! holding three more index entries per session. An index entry is 64 bits of its key's
+//! SHA-256 and the sessions filed there (a user has few, held inline when one): 32 bytes
+//! in the table, where a string key and a hash set cost some 260.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
