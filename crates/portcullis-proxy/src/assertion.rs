@@ -12,7 +12,7 @@
 //! Never logs the key or an assertion.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -21,6 +21,7 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPai
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
+use foldhash::fast::RandomState;
 use http::HeaderValue;
 use portcullis_config::IdentityJwtConfig;
 use portcullis_core::Identity;
@@ -44,6 +45,9 @@ struct Cached {
     renew_at: u64,
 }
 
+/// A worker's assertions, by session word and audience hash.
+type Cache = HashMap<(u64, u64), Cached, RandomState>;
+
 pub(crate) struct Assertions {
     issuer: String,
     signer: EcdsaKeyPair,
@@ -53,7 +57,10 @@ pub(crate) struct Assertions {
     lifetime: u64,
     jwks: Bytes,
     /// One cache per server worker: never contended.
-    cache: Vec<Mutex<HashMap<(u64, u64), Cached>>>,
+    cache: Vec<Mutex<Cache>>,
+    /// Seeded at random per process: a session's word, the audience's hash and the
+    /// fingerprint cannot be predicted from outside.
+    hasher: RandomState,
 }
 
 fn jwk_of(point: &[u8]) -> Result<PublicJwk, String> {
@@ -136,8 +143,9 @@ impl Assertions {
             lifetime: config.lifetime.as_secs(),
             jwks: Bytes::from(json!({"keys": keys}).to_string()),
             cache: (0..workers.max(1))
-                .map(|_| Mutex::new(HashMap::new()))
+                .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
+            hasher: RandomState::default(),
         })
     }
 
@@ -146,12 +154,21 @@ impl Assertions {
         self.jwks.clone()
     }
 
+    /// What the cache files a session's assertions under: a keyed hash of its cookie
+    /// value (the session id), cheaper than the id's SHA-256 the stores use. Two sessions
+    /// that shared a word would still not share an assertion unless their identities
+    /// also shared a fingerprint.
+    pub(crate) fn session_word(&self, session_id: &str) -> u64 {
+        self.hasher.hash_one(session_id)
+    }
+
     /// The assertion for `who` (with `groups`, the provider's and the directory's) and
-    /// `audience`, from the cache when `session` names one that is still fresh.
+    /// `audience`, from the cache when `session` (its [`Assertions::session_word`]) has
+    /// one that is still fresh.
     pub(crate) fn assertion<'g>(
         &self,
         worker: usize,
-        session: Option<&[u8; 32]>,
+        session: Option<u64>,
         who: &Identity,
         groups: impl Iterator<Item = &'g str> + Clone,
         audience: &str,
@@ -160,8 +177,8 @@ impl Assertions {
         let Some(session) = session else {
             return self.sign(who, groups, audience, now);
         };
-        let key = (first_word(session), hash_of(&audience));
-        let fingerprint = fingerprint(who, groups.clone());
+        let key = (session, self.hasher.hash_one(audience));
+        let fingerprint = self.fingerprint(who, groups.clone());
         let cache = &self.cache[worker % self.cache.len()];
         if let Ok(cache) = cache.lock()
             && let Some(hit) = cache.get(&key)
@@ -219,33 +236,23 @@ impl Assertions {
     }
 }
 
-fn first_word(key: &[u8; 32]) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&key[..8]);
-    u64::from_le_bytes(word)
-}
-
-fn hash_of(value: &impl Hash) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    value.hash(&mut h);
-    h.finish()
-}
-
-/// What the assertion says about the user, condensed: a change makes a new one.
-fn fingerprint<'g>(who: &Identity, groups: impl Iterator<Item = &'g str>) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (
-        &who.id(),
-        &who.email(),
-        &who.username(),
-        &who.name(),
-        &who.provider,
-    )
-        .hash(&mut h);
-    for g in groups {
-        g.hash(&mut h);
+impl Assertions {
+    /// What the assertion says about the user, condensed: a change makes a new one.
+    fn fingerprint<'g>(&self, who: &Identity, groups: impl Iterator<Item = &'g str>) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        (
+            who.id(),
+            who.email(),
+            who.username(),
+            who.name(),
+            &who.provider,
+        )
+            .hash(&mut h);
+        for g in groups {
+            g.hash(&mut h);
+        }
+        h.finish()
     }
-    h.finish()
 }
 
 #[cfg(test)]
@@ -326,22 +333,37 @@ mod tests {
     fn assertions_are_cached_per_session_and_audience_until_the_identity_changes() {
         let a =
             Assertions::load(&config(key_file("cache"), vec![]), "https://app".into(), 1).unwrap();
-        let s = [7u8; 32];
+        let s = a.session_word("first-session-id");
         let one = a
-            .assertion(0, Some(&s), &who(), ["g"].into_iter(), "aud-1")
+            .assertion(0, Some(s), &who(), ["g"].into_iter(), "aud-1")
             .unwrap();
         let again = a
-            .assertion(0, Some(&s), &who(), ["g"].into_iter(), "aud-1")
+            .assertion(0, Some(s), &who(), ["g"].into_iter(), "aud-1")
             .unwrap();
         assert_eq!(one, again, "signed once, then reused");
         let other_aud = a
-            .assertion(0, Some(&s), &who(), ["g"].into_iter(), "aud-2")
+            .assertion(0, Some(s), &who(), ["g"].into_iter(), "aud-2")
             .unwrap();
         assert_ne!(one, other_aud);
         let regrouped = a
-            .assertion(0, Some(&s), &who(), ["g", "h"].into_iter(), "aud-1")
+            .assertion(0, Some(s), &who(), ["g", "h"].into_iter(), "aud-1")
             .unwrap();
         assert_ne!(one, regrouped, "new groups make a new assertion");
+        let other_session = a.session_word("second-session-id");
+        assert_ne!(s, other_session);
+        let theirs = a
+            .assertion(0, Some(other_session), &who(), ["g"].into_iter(), "aud-1")
+            .unwrap();
+        assert_ne!(one, theirs, "each session has its own");
+        let mut someone_else = who();
+        someone_else.set_email(Some("other@example.com"));
+        let renamed = a
+            .assertion(0, Some(s), &someone_else, ["g"].into_iter(), "aud-1")
+            .unwrap();
+        assert_ne!(
+            one, renamed,
+            "another identity under the same session word is signed anew"
+        );
     }
 
     #[test]

@@ -356,10 +356,10 @@ impl App {
                 (None, Some((Some(host), _))) => format!("{}://{host}", origin.proto),
                 _ => self.default_audience.clone(),
             };
-            let session = self.session_key(q.headers);
+            let session = self.assertion_session(q.headers, Some(&principal));
             if let Some(token) = assertions.assertion(
                 conn.worker,
-                session.as_ref().map(|k| &k.0),
+                session,
                 principal.identity(),
                 principal.all_groups(),
                 &audience,

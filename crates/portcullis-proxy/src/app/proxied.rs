@@ -9,9 +9,10 @@ use std::pin::Pin;
 
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
+use portcullis_session::SessionId;
 use portcullis_session::cookie;
-use portcullis_session::{SessionId, SessionKey};
 
+use super::authn::Principal;
 use super::decide::{Check, Decision, Entry, Target};
 use super::endpoints::{CANARY, LOGIN, LOGOUT};
 use super::{App, ConnInfo, session_cookie_value, wants_html};
@@ -138,10 +139,7 @@ impl App {
         };
 
         // Read before Portcullis's cookies leave the request.
-        let session = match (&self.assertions, &who) {
-            (Some(_), Some(_)) => self.session_key(req.headers()),
-            _ => None,
-        };
+        let session = self.assertion_session(req.headers(), who.as_ref());
         let upgrade =
             hop::upgrade_protocol(req.headers(), &self.upgrades).map(|protocol| UpgradeRequest {
                 protocol,
@@ -168,7 +166,7 @@ impl App {
                 });
                 if let Some(token) = assertions.assertion(
                     conn.worker,
-                    session.as_ref().map(|k| &k.0),
+                    session,
                     principal.identity(),
                     principal.all_groups(),
                     audience,
@@ -248,13 +246,20 @@ impl App {
         }
     }
 
-    /// The key of the request's session, when it carries one (the assertion cache is
-    /// kept per session).
-    pub(super) fn session_key(&self, headers: &HeaderMap) -> Option<SessionKey> {
-        let auth = self.auth.as_ref()?;
+    /// What the assertion cache files this request's assertions under: its session's
+    /// word, when a session is what admitted it.
+    pub(super) fn assertion_session(
+        &self,
+        headers: &HeaderMap,
+        who: Option<&Principal>,
+    ) -> Option<u64> {
+        let (Some(assertions), Some(auth), Some(Principal::Session(_))) =
+            (&self.assertions, &self.auth, who)
+        else {
+            return None;
+        };
         session_cookie_value(headers, &auth.session_cookie.name)
-            .and_then(SessionId::parse)
-            .map(|id| id.key())
+            .map(|id| assertions.session_word(id))
     }
 
     /// What ends a tunnel opened on this request: the end of its session. Without a
