@@ -16,7 +16,6 @@ mod memory;
 mod redis_store;
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,58 +48,11 @@ pub struct SessionData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<Box<SessionTokens>>,
     /// Where the login came from (the client address), for an administrator's list.
-    #[serde(default, skip_serializing_if = "ClientAddr::is_none")]
-    pub client: ClientAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<std::net::IpAddr>,
     /// The browser's `User-Agent` at login (at most [`USER_AGENT_MAX`] bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<Box<str>>,
-}
-
-/// A login's client address, or none, in 16 bytes (IPv4 as IPv4-mapped IPv6, none as
-/// `::`, which no client has). `Option<IpAddr>` takes 17: one byte that made
-/// `SessionData` 8 bytes larger and each held session's allocation one size class up.
-/// Stored and shown as `Option<IpAddr>`.
-#[derive(Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "Option<IpAddr>", into = "Option<IpAddr>")]
-pub struct ClientAddr([u8; 16]);
-
-impl ClientAddr {
-    pub fn get(self) -> Option<IpAddr> {
-        let v6 = Ipv6Addr::from(self.0);
-        (!v6.is_unspecified()).then(|| v6.to_canonical())
-    }
-
-    pub fn is_none(&self) -> bool {
-        self.get().is_none()
-    }
-}
-
-impl From<Option<IpAddr>> for ClientAddr {
-    fn from(addr: Option<IpAddr>) -> Self {
-        ClientAddr(match addr {
-            Some(IpAddr::V4(v4)) => v4.to_ipv6_mapped().octets(),
-            Some(IpAddr::V6(v6)) => v6.octets(),
-            None => [0; 16],
-        })
-    }
-}
-
-impl From<IpAddr> for ClientAddr {
-    fn from(addr: IpAddr) -> Self {
-        Some(addr).into()
-    }
-}
-
-impl From<ClientAddr> for Option<IpAddr> {
-    fn from(addr: ClientAddr) -> Self {
-        addr.get()
-    }
-}
-
-impl std::fmt::Debug for ClientAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.get().fmt(f)
-    }
 }
 
 /// The longest `User-Agent` a session keeps.
@@ -158,7 +110,7 @@ impl SessionData {
             directory_user: None,
             teams: Box::default(),
             tokens: None,
-            client: ClientAddr::default(),
+            client: None,
             user_agent: None,
         }
     }
@@ -486,16 +438,8 @@ mod tests {
         let data: SessionData = serde_json::from_str(json).expect("an older session reads");
         assert_eq!(data.identity.id(), "u-1");
         assert_eq!(data.identity.sid(), Some("s-1"));
-        assert_eq!(data.client.get(), Some("2001:db8::7".parse().unwrap()));
+        assert_eq!(data.client, Some("2001:db8::7".parse().unwrap()));
         assert_eq!(serde_json::to_string(&data).unwrap(), json);
-        let v4 = json.replace("2001:db8::7", "192.0.2.7");
-        let data: SessionData = serde_json::from_str(&v4).unwrap();
-        assert_eq!(data.client.get(), Some([192, 0, 2, 7].into()));
-        assert_eq!(serde_json::to_string(&data).unwrap(), v4);
-        let none = json.replace(r#","client":"2001:db8::7""#, "");
-        let data: SessionData = serde_json::from_str(&none).unwrap();
-        assert!(data.client.is_none());
-        assert_eq!(serde_json::to_string(&data).unwrap(), none);
         let bad = json.replace("2001:db8::7", "not an address");
         assert!(serde_json::from_str::<SessionData>(&bad).is_err());
     }

@@ -242,7 +242,7 @@ fn describe(s: &SessionInfo) -> Value {
         "created_at": d.created_at,
         "last_seen": s.last_seen,
         "expires_at": d.expires_at,
-        "client": d.client.get(),
+        "client": d.client,
         "user_agent": d.user_agent,
     })
 }

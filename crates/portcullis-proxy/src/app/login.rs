@@ -397,7 +397,7 @@ impl App {
         data.directory_user = directory_user.map(Box::new);
         data.teams = teams.into();
         data.tokens = tokens.as_ref().and_then(|t| session_tokens(auth, t));
-        data.client = client.into();
+        data.client = Some(client);
         if let Some(agent) = headers
             .get(http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
