@@ -209,6 +209,23 @@ impl Assertions {
         Some(token)
     }
 
+    /// What the assertion says about the user, condensed: a change makes a new one.
+    fn fingerprint<'g>(&self, who: &Identity, groups: impl Iterator<Item = &'g str>) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        (
+            who.id(),
+            who.email(),
+            who.username(),
+            who.name(),
+            &who.provider,
+        )
+            .hash(&mut h);
+        for g in groups {
+            g.hash(&mut h);
+        }
+        h.finish()
+    }
+
     fn sign<'g>(
         &self,
         who: &Identity,
@@ -233,25 +250,6 @@ impl Assertions {
         let signature = self.signer.sign(&self.rng, input.as_bytes()).ok()?;
         let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()));
         HeaderValue::from_str(&token).ok()
-    }
-}
-
-impl Assertions {
-    /// What the assertion says about the user, condensed: a change makes a new one.
-    fn fingerprint<'g>(&self, who: &Identity, groups: impl Iterator<Item = &'g str>) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        (
-            who.id(),
-            who.email(),
-            who.username(),
-            who.name(),
-            &who.provider,
-        )
-            .hash(&mut h);
-        for g in groups {
-            g.hash(&mut h);
-        }
-        h.finish()
     }
 }
 
