@@ -159,6 +159,15 @@ pub struct App {
 }
 
 impl App {
+    /// Closes worker `worker`'s idle upstream connections that are past the idle timeout
+    /// or closed by the upstream.
+    pub(crate) fn prune_upstreams(&self, worker: usize) {
+        let pools = std::iter::once(&self.upstreams).chain(&self.route_upstreams);
+        for pools in pools.filter(|p| !p.is_empty()) {
+            pools[worker % pools.len()].prune();
+        }
+    }
+
     /// Starts the background work: provider discovery and key refresh, session sweeping.
     pub fn start_background(&self) {
         if let Some(auth) = &self.auth {

@@ -590,9 +590,31 @@ struct Worker {
     accept_errors: Arc<Throttle>,
 }
 
+/// How often a worker closes its pooled upstream connections that idled past
+/// `upstream.idle_timeout`.
+const PRUNE_EVERY: Duration = Duration::from_secs(5);
+
+/// Prunes worker `worker`'s upstream pools until the server stops.
+async fn prune_upstreams(app: Live, worker: usize, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => return,
+            _ = tick.tick() => app.load().prune_upstreams(worker),
+        }
+    }
+}
+
 impl Worker {
     async fn run(self, listener: TcpListener, mut stopped: watch::Receiver<bool>) {
         let protocols = protocols(&self.settings);
+        // On this worker's runtime, beside the connections whose pools it prunes.
+        tokio::spawn(prune_upstreams(
+            self.app.clone(),
+            self.index,
+            stopped.clone(),
+        ));
         loop {
             // A free slot first: at the cap, connections wait in the listen backlog.
             let slot = tokio::select! {

@@ -133,6 +133,11 @@ impl Upstream {
         })
     }
 
+    /// Closes this pool's idle connections past the idle timeout.
+    pub(crate) fn prune(&self) {
+        self.pool.prune();
+    }
+
     /// The origin-form request target at the upstream.
     fn target(&self, original: &Uri) -> Result<Uri, UpstreamError> {
         let pq = original

@@ -95,6 +95,17 @@ impl Pool {
         None
     }
 
+    /// Closes the idle connections that the upstream closed or that idled past the idle
+    /// timeout. Checkouts pass over those too, but only when there is traffic: each
+    /// worker also prunes its pools on a timer, so a quiet proxy does not keep a burst's
+    /// connections open for as long as the upstream allows.
+    pub fn prune(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        // Dropping a sender closes its idle connection.
+        idle.retain(|e| !e.sender.is_closed() && now.duration_since(e.since) <= self.idle_timeout);
+    }
+
     fn checkin(&self, sender: SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
@@ -221,5 +232,53 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// Whether the upstream's end of a connection sees it closed (EOF) within `wait`.
+    async fn closed_within(socket: &mut TcpStream, wait: Duration) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(wait, socket.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn a_prune_closes_the_connections_idle_past_the_timeout_and_keeps_the_others() {
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = Endpoint {
+            host: "127.0.0.1".into(),
+            port: upstream.local_addr().unwrap().port(),
+            tls: None,
+            connect_timeout: Duration::from_secs(5),
+        };
+        let idle_timeout = Duration::from_millis(200);
+        let pool = Pool::new(endpoint, 8, idle_timeout);
+
+        let old = pool.connect().await.unwrap();
+        let (mut old_end, _) = upstream.accept().await.unwrap();
+        pool.checkin(old);
+        tokio::time::sleep(idle_timeout + Duration::from_millis(100)).await;
+        let recent = pool.connect().await.unwrap();
+        let (mut recent_end, _) = upstream.accept().await.unwrap();
+        pool.checkin(recent);
+
+        pool.prune();
+        assert!(
+            closed_within(&mut old_end, Duration::from_secs(5)).await,
+            "the connection idle past the timeout was closed"
+        );
+        assert!(
+            !closed_within(&mut recent_end, Duration::from_millis(300)).await,
+            "the recent one stays open"
+        );
+        assert_eq!(pool.idle.lock().unwrap().len(), 1, "and stays in the pool");
     }
 }
