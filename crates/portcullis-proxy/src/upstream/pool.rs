@@ -77,9 +77,7 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         // Drop what is dead or stale from the cold end first.
-        while idle.front().is_some_and(|e| {
-            e.sender.is_closed() || now.duration_since(e.since) > self.idle_timeout
-        }) {
+        while idle.front().is_some_and(|e| self.is_spent(e, now)) {
             idle.pop_front();
         }
         let mut i = idle.len();
@@ -103,7 +101,12 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         // Dropping a sender closes its idle connection.
-        idle.retain(|e| !e.sender.is_closed() && now.duration_since(e.since) <= self.idle_timeout);
+        idle.retain(|e| !self.is_spent(e, now));
+    }
+
+    /// Closed by the upstream, or idle past the idle timeout.
+    fn is_spent(&self, e: &Idle, now: Instant) -> bool {
+        e.sender.is_closed() || now.duration_since(e.since) > self.idle_timeout
     }
 
     fn checkin(&self, sender: SendRequest<RequestBody>) {
