@@ -8,14 +8,14 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::upstream::PooledBody;
+use crate::upstream::{ReadError, UpstreamBody};
 
 /// A response body.
 pub enum ProxyBody {
     /// A complete body; `None` once sent.
     Full(Option<Bytes>),
     /// The upstream's body, returning its connection to the pool when finished.
-    Upstream(PooledBody),
+    Upstream(UpstreamBody),
 }
 
 impl ProxyBody {
@@ -31,12 +31,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ReadError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ReadError>>> {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream(body) => Pin::new(body).poll_frame(cx),

@@ -1,14 +1,15 @@
 //! Forwarding to the upstream app.
 //!
 //! Bodies stream both ways frame by frame; nothing is buffered. A request that arrived
-//! over HTTP/2 is sent as HTTP/1.1 with the `Host` rule of [`crate::forwarding`].
-//! WebSocket requests (and other allowed HTTP/1.1 upgrades, never `h2c`) go over a fresh
-//! connection with their upgrade headers; when the upstream answers `101` for that same
-//! protocol, the two upgraded connections are spliced together in a task the server
-//! tracks, so shutdown knows about it, and which ends when the session behind it does.
-//! A `101` the client did not ask for, or for another protocol, is a 502: it would open a
-//! tunnel nothing inspects.
+//! over HTTP/2 is sent as HTTP/1.1 (spoken by [`h1`]) with the `Host` rule of
+//! [`crate::forwarding`]. WebSocket requests (and other allowed HTTP/1.1 upgrades, never
+//! `h2c`) go over a fresh connection with their upgrade headers; when the upstream
+//! answers `101` for that same protocol, the two upgraded connections are spliced
+//! together in a task the server tracks, so shutdown knows about it, and which ends when
+//! the session behind it does. A `101` the client did not ask for, or for another
+//! protocol, is a 502: it would open a tunnel nothing inspects.
 
+mod h1;
 mod pool;
 
 use std::future::Future;
@@ -16,19 +17,20 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use portcullis_config::{UpstreamConfig, Url};
 use rustls::pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
 
 use crate::hop;
 use crate::inbound::RequestBody;
 use crate::shutdown::Tracker;
-pub(crate) use pool::PooledBody;
+use h1::{Answer, Conn, Io};
+pub(crate) use h1::{ReadError, UpstreamBody};
 use pool::{Endpoint, Pool};
 
 /// A client's request to switch protocols, already checked against the allow-list.
@@ -62,7 +64,7 @@ pub(crate) enum UpstreamError {
 /// What the upstream answered: a response whose body streams through, or its `101`
 /// for an upgrade, after which the two connections are spliced.
 pub(crate) enum Forwarded {
-    Response(Response<PooledBody>),
+    Response(Response<UpstreamBody>),
     Switched(Response<()>),
 }
 
@@ -153,28 +155,30 @@ impl Upstream {
         Ok(Uri::from(path_and_query))
     }
 
-    /// Sends on a pooled connection, or a new one. A request that never reached a reused
-    /// connection (the upstream had closed it) is retried once on a fresh one.
+    /// Sends on a pooled connection, or a new one. A request without a body and with an
+    /// idempotent method that got nothing back on a reused connection (the upstream
+    /// closed it as it was being reused) is sent once more, on a fresh one.
     async fn send(
         &self,
-        mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, SendRequest<RequestBody>), UpstreamError> {
+        parts: &http::request::Parts,
+        body: RequestBody,
+    ) -> Result<(Answer, Conn), UpstreamError> {
+        let mut body = Some(body);
         loop {
-            let (mut sender, reused) = match self.pool.checkout() {
-                Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+            let (mut conn, reused) = match self.pool.checkout() {
+                Some(conn) => (conn, true),
+                None => (Conn::new(self.connect().await?), false),
             };
-            match sender.try_send_request(req).await {
-                Ok(response) => return Ok((response, sender)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(UpstreamError::Unreachable(describe(e.error()))),
-                },
+            let body = body.take().unwrap_or_else(RequestBody::empty);
+            match conn.exchange(parts, body).await {
+                Ok(answer) => return Ok((answer, conn)),
+                Err(failure) if reused && failure.retryable => continue,
+                Err(failure) => return Err(UpstreamError::Unreachable(failure.reason)),
             }
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<RequestBody>, UpstreamError> {
+    async fn connect(&self) -> Result<Io, UpstreamError> {
         self.pool
             .connect()
             .await
@@ -206,17 +210,19 @@ impl Upstream {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, upgrade.protocol.clone());
             let client_upgrade = hyper::upgrade::on(&mut req);
+            let (parts, body) = req.into_parts();
             let exchange = async {
-                let mut sender = self.connect().await?;
-                sender
-                    .send_request(req)
-                    .await
-                    .map_err(|e| UpstreamError::Unreachable(describe(&e)))
+                let mut conn = Conn::new(self.connect().await?);
+                match conn.exchange(&parts, body).await {
+                    Ok(answer) => Ok((answer, conn)),
+                    Err(failure) => Err(UpstreamError::Unreachable(failure.reason)),
+                }
             };
-            let response = tokio::time::timeout(self.response_timeout, exchange)
+            let (answer, conn) = tokio::time::timeout(self.response_timeout, exchange)
                 .await
                 .map_err(|_| UpstreamError::Timeout)??;
-            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let (response, io, early) = answer.switched(conn);
                 if !hop::upgrade_accepted(response.headers(), &upgrade.protocol) {
                     return Err(UpstreamError::Unreachable(
                         "the upstream switched to another protocol than the one asked for".into(),
@@ -224,68 +230,69 @@ impl Upstream {
                 }
                 return Ok(Forwarded::Switched(splice(
                     response,
+                    (io, early),
                     client_upgrade,
                     upgrade.until,
                     tracker,
                 )));
             }
+            // A connection that was asked to upgrade is not reused.
             return Ok(Forwarded::Response(respond(
-                response,
+                answer.into_response(conn, None),
                 client_version,
-                PooledBody::unpooled,
             )));
         }
 
-        let (response, sender) = tokio::time::timeout(self.response_timeout, self.send(req))
+        let (parts, body) = req.into_parts();
+        let (answer, conn) = tokio::time::timeout(self.response_timeout, self.send(&parts, body))
             .await
             .map_err(|_| UpstreamError::Timeout)??;
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(UpstreamError::Unreachable(
                 "the upstream switched protocols on a request that asked for no upgrade".into(),
             ));
         }
-        let pool = self.pool.clone();
         Ok(Forwarded::Response(respond(
-            response,
+            answer.into_response(conn, Some(self.pool.clone())),
             client_version,
-            |body| PooledBody::new(body, sender, pool),
         )))
     }
 }
 
-fn respond(
-    response: Response<Incoming>,
-    client_version: Version,
-    wrap: impl FnOnce(Incoming) -> PooledBody,
-) -> Response<PooledBody> {
+fn respond(response: Response<UpstreamBody>, client_version: Version) -> Response<UpstreamBody> {
     let (mut parts, body) = response.into_parts();
     hop::strip_hop_by_hop(&mut parts.headers);
     // The client's own protocol version answers it.
     parts.version = client_version;
-    Response::from_parts(parts, wrap(body))
+    Response::from_parts(parts, body)
 }
 
 /// Answers the client's upgrade with the upstream's `101` and splices the two upgraded
 /// connections in a tracked task, which ends when either side closes or `until` resolves.
+/// `upstream` is the upstream's socket and what it sent past its `101`.
 fn splice(
-    mut upstream_response: Response<Incoming>,
+    response: Response<()>,
+    upstream: (Io, Bytes),
     client_upgrade: hyper::upgrade::OnUpgrade,
     until: Pin<Box<dyn Future<Output = ()> + Send>>,
     tracker: &Tracker,
 ) -> Response<()> {
-    let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
+    let (mut upstream, early) = upstream;
     tracker.spawn(async move {
-        let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
-            (Ok(c), Ok(u)) => (c, u),
-            (Err(e), _) | (_, Err(e)) => {
+        let client = match client_upgrade.await {
+            Ok(client) => client,
+            Err(e) => {
                 tracing::debug!(error = %e, "upgrade did not complete");
                 return;
             }
         };
         let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
+        let tunnel = async {
+            client.write_all(&early).await?;
+            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+        };
         tokio::select! {
-            copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            copied = tunnel => {
                 if let Err(e) = copied {
                     tracing::debug!(error = %e, "upgraded connection ended with an error");
                 }
@@ -293,8 +300,7 @@ fn splice(
             () = until => tracing::info!("upgraded connection closed: its session ended"),
         }
     });
-    let (parts, _) = upstream_response.into_parts();
-    let mut response = Response::from_parts(parts, ());
+    let mut response = response;
     // The 101 keeps its `Connection: upgrade` and `Upgrade`; other hop-by-hop fields go.
     let keep_upgrade = response.headers().get(header::UPGRADE).cloned();
     hop::strip_hop_by_hop(response.headers_mut());
@@ -305,15 +311,4 @@ fn splice(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     response
-}
-
-fn describe(e: &hyper::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

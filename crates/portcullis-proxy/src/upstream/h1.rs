@@ -1,0 +1,1271 @@
+//! HTTP/1.1 to the upstream, spoken directly on the connection.
+//!
+//! A connection belongs to the request using it: the request's own future writes the
+//! head and the body and reads the response head, and the response body reads the rest
+//! from the same socket whenever the client's side of the proxy polls it. There is no
+//! connection task and no channel between request and connection (hyper's client has
+//! both, and a proxied request spent a good part of its time crossing them). Upgrades,
+//! which need hyper's upgrade machinery and are rare, still go through hyper, on a fresh
+//! connection each.
+//!
+//! Response framing follows RFC 9112 section 6.3, and every doubt closes the connection
+//! after the response instead of reusing it: `Transfer-Encoding` together with
+//! `Content-Length`, a length read until close, bytes past the end of a response, an
+//! HTTP/1.0 answer, `Connection: close`, a request body the upstream answered before
+//! reading. A response head is limited in bytes and fields, a chunk-size line and the
+//! trailers too; conflicting lengths and malformed framing are errors, never guesses.
+
+use std::io::{self, Write as _};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Response, StatusCode, Version, request};
+use http_body::{Body, Frame};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
+
+use super::pool::Pool;
+use crate::inbound::RequestBody;
+
+/// The largest response head accepted, interim responses included.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The most fields a response head (or the trailers) may have.
+const MAX_FIELDS: usize = 100;
+/// The most interim (1xx) responses before the final one.
+const MAX_INTERIM: usize = 16;
+/// The longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4096;
+/// The most bytes of trailers after a chunked body.
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+/// The most bytes read from the socket at once for a body.
+const MAX_READ: usize = 64 * 1024;
+/// The read size when nothing says how much is coming.
+const READ: usize = 8 * 1024;
+/// Buffers larger than this are not kept on an idle connection.
+const KEEP_IDLE: usize = 16 * 1024;
+
+/// The socket, in plain text or TLS.
+pub(super) enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One keep-alive connection to the upstream.
+pub(super) struct Conn {
+    io: Io,
+    /// Read from the upstream and not consumed yet.
+    input: BytesMut,
+    /// The request head (and small chunks of a chunked body) being written.
+    output: Vec<u8>,
+}
+
+/// How a message body is delimited on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// A response read until the upstream closes.
+    UntilClose,
+}
+
+/// A response head and how to read its body.
+pub(super) struct Answer {
+    pub response: Response<()>,
+    body: Framing,
+    /// The connection may carry another request after this response.
+    reusable: bool,
+}
+
+/// Why an exchange failed, and whether sending the request again is safe.
+#[derive(Debug)]
+pub(super) struct Failure {
+    pub reason: String,
+    /// Nothing of a response arrived for a request without a body and with an idempotent
+    /// method: a keep-alive connection the upstream closed as it was being reused.
+    pub retryable: bool,
+}
+
+impl Failure {
+    fn new(reason: impl Into<String>) -> Self {
+        Failure {
+            reason: reason.into(),
+            retryable: false,
+        }
+    }
+}
+
+impl Conn {
+    pub(super) fn new(io: Io) -> Self {
+        Conn {
+            io,
+            input: BytesMut::new(),
+            output: Vec::new(),
+        }
+    }
+
+    /// Whether an idle connection can carry a request: the upstream has neither closed it
+    /// nor sent anything unasked (which would otherwise be read as the next response).
+    pub(super) fn is_usable(&mut self) -> bool {
+        if !self.input.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut byte);
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
+            Poll::Pending
+        )
+    }
+
+    /// Drops buffers a large message grew, before the connection idles.
+    fn trim(&mut self) {
+        if self.input.capacity() > KEEP_IDLE {
+            self.input = BytesMut::new();
+        }
+        if self.output.capacity() > KEEP_IDLE {
+            self.output = Vec::new();
+        }
+    }
+
+    /// Sends the request and reads the response head. `parts` must already be the
+    /// upstream's: origin-form target, `Host` set, hop-by-hop fields removed.
+    pub(super) async fn exchange(
+        &mut self,
+        parts: &request::Parts,
+        body: RequestBody,
+    ) -> Result<Answer, Failure> {
+        let framing = request_framing(parts, &body);
+        self.output.clear();
+        write_head(&mut self.output, parts, framing);
+        let head_request = parts.method == Method::HEAD;
+        let bodiless = matches!(framing, Framing::Empty | Framing::Length(0));
+        let retryable = bodiless && parts.method.is_idempotent();
+
+        if let Err(e) = self.write_output().await {
+            return Err(Failure {
+                reason: format!("sending the request: {e}"),
+                retryable,
+            });
+        }
+        if bodiless {
+            return read_head(&mut self.io, &mut self.input, head_request)
+                .await
+                .map_err(|e| Failure {
+                    retryable: retryable && !e.received(),
+                    reason: e.to_string(),
+                });
+        }
+
+        // The body goes out while the head is awaited: an upstream may answer before it
+        // has read the whole body (a refusal), and must not be blocked writing to us.
+        let Conn { io, input, output } = self;
+        let (mut reader, mut writer) = tokio::io::split(io);
+        let sending = send_body(&mut writer, output, body, framing);
+        let reading = read_head(&mut reader, input, head_request);
+        tokio::pin!(sending, reading);
+        let mut sent = false;
+        let mut send_failed = None;
+        let head = loop {
+            tokio::select! {
+                result = &mut sending, if !sent => {
+                    sent = true;
+                    match result {
+                        Ok(()) => {}
+                        // The upstream may have stopped reading to answer (and closed):
+                        // its answer, if one comes, is what the client should see.
+                        Err(SendError::Io(e)) => send_failed = Some(e),
+                        Err(e) => return Err(Failure::new(format!("sending the request body: {e}"))),
+                    }
+                }
+                head = &mut reading => break head,
+            }
+        };
+        let mut answer = head.map_err(|e| match &send_failed {
+            Some(send) => Failure::new(format!("sending the request body: {send}")),
+            None => Failure::new(e.to_string()),
+        })?;
+        if !sent || send_failed.is_some() {
+            // The rest of the request body would be taken as the next request.
+            answer.reusable = false;
+        }
+        Ok(answer)
+    }
+
+    async fn write_output(&mut self) -> io::Result<()> {
+        self.io.write_all(&self.output).await?;
+        self.io.flush().await
+    }
+}
+
+/// How the request body is sent: as the client framed it where the body knows its
+/// length, else chunked. The client's own `Content-Length` is not copied; the one written
+/// is the body's, and sending more or fewer bytes than that fails the request.
+fn request_framing(parts: &request::Parts, body: &RequestBody) -> Framing {
+    if body.is_end_stream() {
+        let expects_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
+            || parts.headers.contains_key(header::CONTENT_LENGTH);
+        return if expects_body {
+            Framing::Length(0)
+        } else {
+            Framing::Empty
+        };
+    }
+    match body.size_hint().exact() {
+        Some(n) => Framing::Length(n),
+        None => Framing::Chunked,
+    }
+}
+
+fn write_head(out: &mut Vec<u8>, parts: &request::Parts, framing: Framing) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Empty | Framing::UntilClose => {}
+        Framing::Length(n) => {
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("reading the client's body: {0}")]
+    Client(hyper::Error),
+    #[error("the body is longer than its declared length")]
+    TooLong,
+    #[error("the body ended before its declared length")]
+    TooShort,
+}
+
+async fn send_body<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    scratch: &mut Vec<u8>,
+    mut body: RequestBody,
+    framing: Framing,
+) -> Result<(), SendError> {
+    let mut left = match framing {
+        Framing::Length(n) => Some(n),
+        _ => None,
+    };
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(SendError::Client)?;
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            // Request trailers have no place in a fixed-length body; a chunked one ends
+            // without them, as most servers ignore them.
+            Err(_) => continue,
+        };
+        if data.is_empty() {
+            continue;
+        }
+        match &mut left {
+            Some(left) => {
+                *left = left
+                    .checked_sub(data.len() as u64)
+                    .ok_or(SendError::TooLong)?;
+                io.write_all(&data).await?;
+            }
+            None => {
+                scratch.clear();
+                let _ = write!(scratch, "{:x}\r\n", data.len());
+                scratch.extend_from_slice(&data);
+                scratch.extend_from_slice(b"\r\n");
+                io.write_all(scratch).await?;
+            }
+        }
+    }
+    match left {
+        Some(0) => {}
+        Some(_) => return Err(SendError::TooShort),
+        None => io.write_all(b"0\r\n\r\n").await?,
+    }
+    io.flush().await?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HeadError {
+    #[error("reading the response: {error}")]
+    Io { error: io::Error, received: bool },
+    #[error("the upstream closed the connection before answering")]
+    Closed { received: bool },
+    #[error("the upstream's response head is larger than {MAX_HEAD_BYTES} bytes")]
+    TooLarge,
+    #[error("the upstream sent more than {MAX_INTERIM} interim responses")]
+    TooManyInterim,
+    #[error("malformed response from the upstream: {0}")]
+    Malformed(String),
+}
+
+impl HeadError {
+    /// Whether any byte of a response had arrived.
+    fn received(&self) -> bool {
+        match self {
+            HeadError::Io { received, .. } | HeadError::Closed { received } => *received,
+            _ => true,
+        }
+    }
+}
+
+/// Reads the final response head, passing over interim (1xx) responses.
+async fn read_head<R: AsyncRead + Unpin>(
+    io: &mut R,
+    input: &mut BytesMut,
+    head_request: bool,
+) -> Result<Answer, HeadError> {
+    let mut interim = 0;
+    let mut received = false;
+    loop {
+        if !input.is_empty() {
+            match parse_head(input, head_request)? {
+                Parsed::Final(answer) => return Ok(answer),
+                Parsed::Interim => {
+                    interim += 1;
+                    received = true;
+                    if interim > MAX_INTERIM {
+                        return Err(HeadError::TooManyInterim);
+                    }
+                    continue;
+                }
+                Parsed::Partial if input.len() >= MAX_HEAD_BYTES => {
+                    return Err(HeadError::TooLarge);
+                }
+                Parsed::Partial => {}
+            }
+        }
+        input.reserve(READ);
+        let received_before = received || !input.is_empty();
+        match tokio::io::AsyncReadExt::read_buf(io, input).await {
+            Ok(0) if received_before => {
+                return Err(HeadError::Malformed("the response head ended early".into()));
+            }
+            Ok(0) => return Err(HeadError::Closed { received: false }),
+            Ok(_) => {}
+            Err(error) => {
+                return Err(HeadError::Io {
+                    error,
+                    received: received_before,
+                });
+            }
+        }
+    }
+}
+
+enum Parsed {
+    Final(Answer),
+    Interim,
+    Partial,
+}
+
+/// Parses a response head at the start of `input` and takes it off.
+fn parse_head(input: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    let len = match parsed.parse(input) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(e) => return Err(HeadError::Malformed(e.to_string())),
+    };
+    let code = parsed.code.unwrap_or(0);
+    if (100..200).contains(&code) && code != 101 {
+        input.advance(len);
+        return Ok(Parsed::Interim);
+    }
+    let status =
+        StatusCode::from_u16(code).map_err(|_| HeadError::Malformed(format!("status {code}")))?;
+    let version = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    // Names and values are kept as slices of the head's bytes, without a copy each.
+    let base = input.as_ptr() as usize;
+    let count = parsed.headers.len();
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
+    for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
+        let name = field.name.as_ptr() as usize - base;
+        let value = field.value.as_ptr() as usize - base;
+        // Offsets within a head of at most MAX_HEAD_BYTES (plus one read) fit.
+        *span = (
+            name as u32,
+            (name + field.name.len()) as u32,
+            value as u32,
+            (value + field.value.len()) as u32,
+        );
+    }
+    let head = input.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(ns, ne, vs, ve) in &spans[..count] {
+        let raw_name = &head[ns as usize..ne as usize];
+        let name = HeaderName::from_bytes(raw_name).map_err(|_| {
+            HeadError::Malformed(format!(
+                "field name {:?}",
+                String::from_utf8_lossy(raw_name)
+            ))
+        })?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| HeadError::Malformed(format!("the value of {name}")))?;
+        headers.append(name, value);
+    }
+
+    let mut reusable =
+        version == Version::HTTP_11 && !has_token(&headers, header::CONNECTION, "close");
+    let body = if status == StatusCode::SWITCHING_PROTOCOLS {
+        // What follows is another protocol's.
+        reusable = false;
+        Framing::Empty
+    } else if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Empty
+    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        if headers.remove(header::CONTENT_LENGTH).is_some() {
+            // Both: the transfer coding wins, and the connection is not trusted after.
+            reusable = false;
+        }
+        if last_coding_is_chunked(&headers) && version == Version::HTTP_11 {
+            Framing::Chunked
+        } else {
+            reusable = false;
+            Framing::UntilClose
+        }
+    } else if headers.contains_key(header::CONTENT_LENGTH) {
+        match content_length(&headers) {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => {
+                return Err(HeadError::Malformed(
+                    "invalid or conflicting Content-Length".into(),
+                ));
+            }
+        }
+    } else {
+        reusable = false;
+        Framing::UntilClose
+    };
+
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(Parsed::Final(Answer {
+        response,
+        body,
+        reusable,
+    }))
+}
+
+/// Whether any value of `name` lists `token` (comma-separated, any case).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// The one length every `Content-Length` value states, or `None` when one is not a
+/// number or they disagree.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let n: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
+            if length.is_some_and(|l| l != n) {
+                return None;
+            }
+            length = Some(n);
+        }
+    }
+    length
+}
+
+/// Where a chunked body's decoding stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer fields up to an empty line.
+    Trailers,
+}
+
+/// One step of decoding a chunked body from `input`.
+#[derive(Debug)]
+enum Step {
+    Data(Bytes),
+    /// More input is needed.
+    More,
+    /// The body ended, with its trailers if it had any.
+    End(Option<HeaderMap>),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("malformed chunked body from the upstream: {0}")]
+pub struct ChunkError(&'static str);
+
+fn decode_chunk(state: &mut Chunk, input: &mut BytesMut) -> Result<Step, ChunkError> {
+    loop {
+        match *state {
+            Chunk::Size => {
+                let Some(lf) = input.iter().position(|b| *b == b'\n') else {
+                    if input.len() > MAX_CHUNK_LINE {
+                        return Err(ChunkError("chunk-size line too long"));
+                    }
+                    return Ok(Step::More);
+                };
+                if lf > MAX_CHUNK_LINE {
+                    return Err(ChunkError("chunk-size line too long"));
+                }
+                let line = &input[..lf];
+                let line = line
+                    .strip_suffix(b"\r")
+                    .ok_or(ChunkError("chunk-size line without CR"))?;
+                let digits = line
+                    .iter()
+                    .position(|b| !b.is_ascii_hexdigit())
+                    .unwrap_or(line.len());
+                let rest = line[digits..].trim_ascii_start();
+                if digits == 0 || digits > 16 || !(rest.is_empty() || rest[0] == b';') {
+                    return Err(ChunkError("invalid chunk size"));
+                }
+                let size = line[..digits]
+                    .iter()
+                    .fold(0u64, |n, d| (n << 4) | u64::from(hex_value(*d)));
+                input.advance(lf + 1);
+                *state = if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                };
+            }
+            Chunk::Data(left) => {
+                if input.is_empty() {
+                    return Ok(Step::More);
+                }
+                let take = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
+                let data = input.split_to(take).freeze();
+                let left = left - take as u64;
+                *state = if left == 0 {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left)
+                };
+                return Ok(Step::Data(data));
+            }
+            Chunk::DataEnd => {
+                if input.len() < 2 {
+                    return Ok(Step::More);
+                }
+                if &input[..2] != b"\r\n" {
+                    return Err(ChunkError("chunk data not followed by CRLF"));
+                }
+                input.advance(2);
+                *state = Chunk::Size;
+            }
+            Chunk::Trailers => {
+                let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+                return match httparse::parse_headers(input, &mut fields) {
+                    Ok(httparse::Status::Complete((len, fields))) => {
+                        let mut trailers = HeaderMap::new();
+                        for field in fields.iter() {
+                            let name = HeaderName::from_bytes(field.name.as_bytes())
+                                .map_err(|_| ChunkError("invalid trailer name"))?;
+                            let value = HeaderValue::from_bytes(field.value)
+                                .map_err(|_| ChunkError("invalid trailer value"))?;
+                            trailers.append(name, value);
+                        }
+                        input.advance(len);
+                        Ok(Step::End((!trailers.is_empty()).then_some(trailers)))
+                    }
+                    Ok(httparse::Status::Partial) if input.len() > MAX_TRAILER_BYTES => {
+                        Err(ChunkError("trailers too large"))
+                    }
+                    Ok(httparse::Status::Partial) => Ok(Step::More),
+                    Err(_) => Err(ChunkError("malformed trailers")),
+                };
+            }
+        }
+    }
+}
+
+fn hex_value(d: u8) -> u8 {
+    match d {
+        b'0'..=b'9' => d - b'0',
+        b'a'..=b'f' => d - b'a' + 10,
+        _ => d - b'A' + 10,
+    }
+}
+
+/// Why a response body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("reading the upstream's body: {0}")]
+    Io(#[from] io::Error),
+    #[error("the upstream closed the connection before the end of the body")]
+    Truncated,
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+}
+
+/// Where a response body's reading stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Done,
+}
+
+/// The upstream's response body, read from its connection as the client's side polls
+/// it. Read to its end, the connection goes back to its pool if it may carry another
+/// request; dropped before (the client went away), the connection closes, since the rest
+/// of the body would have to be read and thrown away first.
+pub struct UpstreamBody {
+    conn: Option<Conn>,
+    reading: Reading,
+    /// Where the connection goes back; `None` when it must not be reused.
+    pool: Option<Arc<Pool>>,
+}
+
+impl Answer {
+    /// The response head and its body, read from `conn`. The connection returns to
+    /// `pool` after the body, if there is one and this answer allows its reuse.
+    pub(super) fn into_response(
+        self,
+        conn: Conn,
+        pool: Option<Arc<Pool>>,
+    ) -> Response<UpstreamBody> {
+        let reading = match self.body {
+            Framing::Empty => Reading::Done,
+            Framing::Length(n) => Reading::Length(n),
+            Framing::Chunked => Reading::Chunked(Chunk::Size),
+            Framing::UntilClose => Reading::UntilClose,
+        };
+        let mut body = UpstreamBody {
+            conn: Some(conn),
+            reading,
+            pool: pool.filter(|_| self.reusable),
+        };
+        if reading == Reading::Done {
+            body.end();
+        }
+        self.response.map(|()| body)
+    }
+
+    /// The status answered.
+    pub(super) fn status(&self) -> StatusCode {
+        self.response.status()
+    }
+
+    /// The head of a `101`, and the connection's bytes past it, which already belong to
+    /// the switched protocol.
+    pub(super) fn switched(self, conn: Conn) -> (Response<()>, Io, Bytes) {
+        (self.response, conn.io, conn.input.freeze())
+    }
+}
+
+impl UpstreamBody {
+    /// The body was read to its end: the connection goes back if nothing is left over.
+    fn end(&mut self) {
+        self.reading = Reading::Done;
+        if let Some(mut conn) = self.conn.take()
+            && let Some(pool) = self.pool.take()
+            && conn.input.is_empty()
+        {
+            conn.trim();
+            pool.checkin(conn);
+        }
+    }
+
+    fn fail(&mut self, error: ReadError) -> Poll<Option<Result<Frame<Bytes>, ReadError>>> {
+        self.conn = None;
+        self.reading = Reading::Done;
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = ReadError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ReadError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.reading {
+                Reading::Done => {
+                    this.end();
+                    return Poll::Ready(None);
+                }
+                Reading::Length(left) => {
+                    if conn.input.is_empty() {
+                        let want = usize::try_from(left).unwrap_or(MAX_READ).clamp(1, MAX_READ);
+                        conn.input.reserve(want);
+                        match ready!(poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.input)) {
+                            Ok(0) => return this.fail(ReadError::Truncated),
+                            Ok(_) => {}
+                            Err(e) => return this.fail(e.into()),
+                        }
+                    }
+                    let take = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(conn.input.len());
+                    let data = conn.input.split_to(take).freeze();
+                    let left = left - take as u64;
+                    if left == 0 {
+                        this.end();
+                    } else {
+                        this.reading = Reading::Length(left);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Reading::Chunked(mut state) => {
+                    let step = decode_chunk(&mut state, &mut conn.input);
+                    this.reading = Reading::Chunked(state);
+                    match step {
+                        Err(e) => return this.fail(e.into()),
+                        Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Ok(Step::End(trailers)) => {
+                            this.end();
+                            return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                        }
+                        Ok(Step::More) => {
+                            let want = match state {
+                                Chunk::Data(left) => usize::try_from(left)
+                                    .unwrap_or(MAX_READ)
+                                    .clamp(READ, MAX_READ),
+                                _ => READ,
+                            };
+                            conn.input.reserve(want);
+                            match ready!(poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.input))
+                            {
+                                Ok(0) => return this.fail(ReadError::Truncated),
+                                Ok(_) => {}
+                                Err(e) => return this.fail(e.into()),
+                            }
+                        }
+                    }
+                }
+                Reading::UntilClose => {
+                    if !conn.input.is_empty() {
+                        let data = conn.input.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    conn.input.reserve(READ);
+                    match ready!(poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.input)) {
+                        Ok(0) => {
+                            this.end();
+                            return Poll::Ready(None);
+                        }
+                        Ok(_) => {}
+                        Err(e) => return this.fail(e.into()),
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.reading, Reading::Done | Reading::Length(0))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self.reading {
+            Reading::Done => http_body::SizeHint::with_exact(0),
+            Reading::Length(n) => http_body::SizeHint::with_exact(n),
+            _ => http_body::SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::super::pool::Endpoint;
+    use super::*;
+
+    fn head(raw: &str, head_request: bool) -> Result<Answer, HeadError> {
+        let mut input = BytesMut::from(raw);
+        loop {
+            match parse_head(&mut input, head_request)? {
+                Parsed::Final(answer) => return Ok(answer),
+                Parsed::Interim => continue,
+                Parsed::Partial => panic!("partial head"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_framing_of_a_response_follows_rfc_9112_and_doubt_closes_the_connection() {
+        let a = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false).unwrap();
+        assert_eq!((a.body, a.reusable), (Framing::Length(5), true));
+        let a = head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5, 5\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!((a.body, a.reusable), (Framing::Length(5), true));
+        let a = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!((a.body, a.reusable), (Framing::Chunked, true));
+        // Both: chunked wins, the length is not passed on, the connection is not reused.
+        let a = head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!((a.body, a.reusable), (Framing::Chunked, false));
+        assert!(!a.response.headers().contains_key(header::CONTENT_LENGTH));
+        let a = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!((a.body, a.reusable), (Framing::UntilClose, false));
+        let a = head("HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
+        assert_eq!((a.body, a.reusable), (Framing::UntilClose, false));
+        let a = head("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n", false).unwrap();
+        assert_eq!((a.body, a.reusable), (Framing::Length(2), false));
+        let a = head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 2\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert!(!a.reusable);
+        // No body, whatever the fields say.
+        let a = head("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true).unwrap();
+        assert_eq!((a.body, a.reusable), (Framing::Empty, true));
+        assert_eq!(a.response.headers()[header::CONTENT_LENGTH], "9");
+        for status in [204, 304] {
+            let a = head(&format!("HTTP/1.1 {status} X\r\n\r\n"), false).unwrap();
+            assert_eq!((a.body, a.reusable), (Framing::Empty, true));
+        }
+        // Interim responses are passed over.
+        let a = head(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(a.response.status(), 201);
+        assert!(!a.response.headers().contains_key("link"));
+
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+            "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/2.0 200 OK\r\n\r\n",
+        ] {
+            assert!(
+                matches!(head(bad, false), Err(HeadError::Malformed(_))),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+
+    /// Decodes `wire` fed one byte at a time: the data, and the trailers.
+    fn dechunk(wire: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>, usize), ChunkError> {
+        let mut state = Chunk::Size;
+        let mut input = BytesMut::new();
+        let mut data = Vec::new();
+        let mut fed = 0;
+        loop {
+            match decode_chunk(&mut state, &mut input)? {
+                Step::Data(d) => data.extend_from_slice(&d),
+                Step::End(trailers) => return Ok((data, trailers, input.len())),
+                Step::More => {
+                    let Some(byte) = wire.get(fed) else {
+                        return Err(ChunkError("input ended"));
+                    };
+                    input.extend_from_slice(&[*byte]);
+                    fed += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_any_split_and_malformed_ones_are_refused() {
+        let (data, trailers, left) =
+            dechunk(b"5;name=\"v\"\r\nhello\r\nA \r\n0123456789\r\n0\r\nX-Sum: 1\r\n\r\n").unwrap();
+        assert_eq!(data, b"hello0123456789");
+        assert_eq!(trailers.unwrap()["x-sum"], "1");
+        assert_eq!(left, 0);
+        let (data, trailers, _) = dechunk(b"3\r\nabc\r\n0\r\n\r\n").unwrap();
+        assert_eq!((data.as_slice(), trailers.is_none()), (&b"abc"[..], true));
+
+        let long_line = format!("1;{}\r\n", "x".repeat(MAX_CHUNK_LINE));
+        let long_trailer = format!("0\r\nx: {}\r\n\r\n", "y".repeat(MAX_TRAILER_BYTES));
+        for bad in [
+            &b"g\r\n"[..],
+            b"\r\n",
+            b"5\n",
+            b"-1\r\n",
+            b"5 x\r\n",
+            b"11111111111111111\r\nx",
+            b"3\r\nabcX",
+            long_line.as_bytes(),
+            long_trailer.as_bytes(),
+        ] {
+            assert!(
+                dechunk(bad).is_err(),
+                "{:?} was accepted",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    /// A scripted upstream: on each connection in turn, answers each request (once its
+    /// head and `Content-Length` body have arrived) with the next scripted bytes, and
+    /// closes the connection after its last answer. Returns what it read.
+    async fn upstream(
+        script: Vec<Vec<&'static [u8]>>,
+    ) -> (Arc<Pool>, tokio::task::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = Endpoint {
+            host: "127.0.0.1".into(),
+            port: listener.local_addr().unwrap().port(),
+            tls: None,
+            connect_timeout: Duration::from_secs(5),
+        };
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for answers in script {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut buf = Vec::new();
+                for answer in answers {
+                    let request = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
+                            let length = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length: "))
+                                .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+                            if buf.len() >= end + 4 + length {
+                                let all: Vec<u8> = buf.drain(..end + 4 + length).collect();
+                                break String::from_utf8_lossy(&all).to_string();
+                            }
+                        }
+                        let mut chunk = [0u8; 4096];
+                        let n = socket.read(&mut chunk).await.unwrap();
+                        assert!(n > 0, "the client closed early");
+                        buf.extend_from_slice(&chunk[..n]);
+                    };
+                    seen.push(request);
+                    socket.write_all(answer).await.unwrap();
+                }
+            }
+            seen
+        });
+        (Pool::new(endpoint, 8, Duration::from_secs(60)), task)
+    }
+
+    fn get(path: &str) -> request::Parts {
+        let (mut parts, ()) = http::Request::get(path).body(()).unwrap().into_parts();
+        parts
+            .headers
+            .insert(header::HOST, HeaderValue::from_static("app"));
+        parts
+    }
+
+    async fn fetch(
+        pool: &Arc<Pool>,
+        parts: &request::Parts,
+        body: RequestBody,
+    ) -> (Response<()>, Bytes) {
+        let mut conn = match pool.checkout() {
+            Some(conn) => conn,
+            None => Conn::new(pool.connect().await.unwrap()),
+        };
+        let answer = conn.exchange(parts, body).await.unwrap();
+        let (head, body) = answer.into_response(conn, Some(pool.clone())).into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (Response::from_parts(head, ()), body)
+    }
+
+    fn idle(pool: &Pool) -> usize {
+        let mut n = 0;
+        while let Some(conn) = pool.checkout() {
+            n += 1;
+            drop(conn);
+        }
+        n
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_only_after_a_cleanly_ended_response() {
+        let (pool, peer) = upstream(vec![vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            // One byte too many: the connection must not carry another request.
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok!",
+        ]])
+        .await;
+        let (_, body) = fetch(&pool, &get("/a"), RequestBody::empty()).await;
+        assert_eq!(body, "hello");
+        let (_, body) = fetch(&pool, &get("/b"), RequestBody::empty()).await;
+        assert_eq!(body, "hi");
+        let (_, body) = fetch(&pool, &get("/c"), RequestBody::empty()).await;
+        assert_eq!(body, "ok");
+        assert_eq!(idle(&pool), 0, "the connection with a stray byte was kept");
+        let seen = peer.await.unwrap();
+        assert_eq!(seen.len(), 3, "all three went over the one connection");
+        assert!(
+            seen[0].starts_with("GET /a HTTP/1.1\r\nhost: app\r\n\r\n"),
+            "{}",
+            seen[0]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_upstream_closed_or_wrote_to_is_passed_over() {
+        let (pool, peer) = upstream(vec![
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"],
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb"],
+        ])
+        .await;
+        let (_, body) = fetch(&pool, &get("/a"), RequestBody::empty()).await;
+        assert_eq!(body, "a");
+        // The upstream closes the connection after its answer: it is not handed out.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            pool.checkout().is_none(),
+            "a closed connection was handed out"
+        );
+        let (_, body) = fetch(&pool, &get("/b"), RequestBody::empty()).await;
+        assert_eq!(body, "b");
+        assert_eq!(peer.await.unwrap().len(), 2);
+
+        // Bytes nobody asked for, sent while the connection idles.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let rogue = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await.unwrap();
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        });
+        let pool = Pool::new(
+            Endpoint {
+                host: "127.0.0.1".into(),
+                port,
+                tls: None,
+                connect_timeout: Duration::from_secs(5),
+            },
+            8,
+            Duration::from_secs(60),
+        );
+        let (_, body) = fetch(&pool, &get("/a"), RequestBody::empty()).await;
+        assert_eq!(body, "a");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            pool.checkout().is_none(),
+            "a connection with unasked bytes was handed out"
+        );
+        rogue.abort();
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_answers_before_reading_the_body_is_heard_and_not_reused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let peer = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await.unwrap();
+            socket
+                .write_all(b"HTTP/1.1 413 Too Large\r\nContent-Length: 3\r\n\r\nbig")
+                .await
+                .unwrap();
+            // Reads nothing more, and keeps the connection open a while.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        });
+        let pool = Pool::new(
+            Endpoint {
+                host: "127.0.0.1".into(),
+                port,
+                tls: None,
+                connect_timeout: Duration::from_secs(5),
+            },
+            8,
+            Duration::from_secs(60),
+        );
+        let mut parts = get("/upload");
+        parts.method = Method::POST;
+        // Far more than the socket buffers hold: sending all of it would block.
+        let body = RequestBody::full(vec![b'x'; 64 * 1024 * 1024]);
+        let (head, body) =
+            tokio::time::timeout(Duration::from_secs(10), fetch(&pool, &parts, body))
+                .await
+                .expect("blocked sending a body nobody reads");
+        assert_eq!((head.status().as_u16(), &body[..]), (413, &b"big"[..]));
+        assert_eq!(idle(&pool), 0);
+        peer.abort();
+    }
+
+    #[tokio::test]
+    async fn request_bodies_are_framed_by_their_length_or_chunked() {
+        let (pool, peer) = upstream(vec![vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ]])
+        .await;
+        let mut post = get("/form");
+        post.method = Method::POST;
+        // The client's own length is not trusted: the body's is written.
+        post.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        fetch(&pool, &post, RequestBody::full("a=1")).await;
+        post.headers.remove(header::CONTENT_LENGTH);
+        fetch(&pool, &post, RequestBody::empty()).await;
+        let seen = peer.await.unwrap();
+        assert!(
+            seen[0].ends_with("content-length: 3\r\n\r\na=1"),
+            "{}",
+            seen[0]
+        );
+        assert!(!seen[0].contains("999"));
+        assert!(
+            seen[1].ends_with("content-length: 0\r\n\r\n"),
+            "{}",
+            seen[1]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_truncated_or_oversized_response_is_an_error_not_a_short_answer() {
+        let (pool, _peer) = upstream(vec![vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+        ]])
+        .await;
+        let mut conn = Conn::new(pool.connect().await.unwrap());
+        let answer = conn
+            .exchange(&get("/"), RequestBody::empty())
+            .await
+            .unwrap();
+        let body = answer.into_response(conn, Some(pool.clone())).into_body();
+        assert!(body.collect().await.is_err());
+        assert_eq!(idle(&pool), 0);
+
+        let huge: &'static [u8] = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nX: {}\r\n\r\n",
+                "a".repeat(MAX_HEAD_BYTES)
+            )
+            .into_bytes()
+            .into_boxed_slice(),
+        );
+        let (pool, _peer) = upstream(vec![vec![huge]]).await;
+        let mut conn = Conn::new(pool.connect().await.unwrap());
+        let failure = conn
+            .exchange(&get("/"), RequestBody::empty())
+            .await
+            .err()
+            .unwrap();
+        assert!(failure.reason.contains("larger than"), "{}", failure.reason);
+    }
+}
