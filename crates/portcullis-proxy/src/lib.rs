@@ -62,6 +62,11 @@ pub mod fuzzing {
     }
 }
 
+/// For the fuzz target `upstream_response`: see [`upstream::read_response`].
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use upstream::read_response as fuzz_upstream_response;
+
 pub use app::endpoints;
 pub use app::{App, AppError, ConnInfo};
 pub use assertion::check_key_file;

@@ -425,6 +425,10 @@ fn parse_head(input: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadEr
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut parsed = httparse::Response::new(&mut fields);
     let len = match parsed.parse(input) {
+        // However the head arrived: in one read or many.
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => {
+            return Err(HeadError::TooLarge);
+        }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(e) => return Err(HeadError::Malformed(e.to_string())),
@@ -643,6 +647,9 @@ fn decode_chunk(state: &mut Chunk, input: &mut BytesMut) -> Result<Step, ChunkEr
             Chunk::Trailers => {
                 let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
                 return match httparse::parse_headers(input, &mut fields) {
+                    Ok(httparse::Status::Complete((len, _))) if len > MAX_TRAILER_BYTES => {
+                        Err(ChunkError("trailers too large"))
+                    }
                     Ok(httparse::Status::Complete((len, fields))) => {
                         let mut trailers = HeaderMap::new();
                         for field in fields.iter() {
@@ -672,6 +679,58 @@ fn hex_value(d: u8) -> u8 {
         b'a'..=b'f' => d - b'a' + 10,
         _ => d - b'A' + 10,
     }
+}
+
+/// For the fuzz target: `bytes` read as an upstream's response to a GET, its first
+/// `split` bytes arriving before the rest. The status and the body's data, or an error
+/// (also when the bytes end before the response does); bytes past the response are
+/// ignored.
+#[cfg(feature = "fuzzing")]
+pub fn read_response(bytes: &[u8], split: usize) -> Result<(u16, Vec<u8>), String> {
+    let split = split.min(bytes.len());
+    let mut input = BytesMut::from(&bytes[..split]);
+    let mut rest = Some(&bytes[split..]);
+    let mut more = |input: &mut BytesMut| match rest.take() {
+        Some(r) => {
+            input.extend_from_slice(r);
+            Ok(())
+        }
+        None => Err("the response ended early".to_string()),
+    };
+    let answer = loop {
+        match parse_head(&mut input, false).map_err(|e| e.to_string())? {
+            Parsed::Final(answer) => break answer,
+            Parsed::Interim => {}
+            Parsed::Partial => more(&mut input)?,
+        }
+    };
+    let status = answer.response.status().as_u16();
+    let mut data = Vec::new();
+    match answer.body {
+        Framing::Empty => {}
+        Framing::Length(n) => {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            while input.len() < n {
+                more(&mut input)?;
+            }
+            data.extend_from_slice(&input[..n]);
+        }
+        Framing::Chunked => {
+            let mut state = Chunk::Size;
+            loop {
+                match decode_chunk(&mut state, &mut input).map_err(|e| e.to_string())? {
+                    Step::Data(d) => data.extend_from_slice(&d),
+                    Step::More => more(&mut input)?,
+                    Step::End(_) => break,
+                }
+            }
+        }
+        Framing::UntilClose => {
+            let _ = more(&mut input);
+            data.extend_from_slice(&input);
+        }
+    }
+    Ok((status, data))
 }
 
 /// Why a response body could not be read to its end.

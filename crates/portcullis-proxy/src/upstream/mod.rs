@@ -29,6 +29,8 @@ use tokio::io::AsyncWriteExt;
 use crate::hop;
 use crate::inbound::RequestBody;
 use crate::shutdown::Tracker;
+#[cfg(feature = "fuzzing")]
+pub use h1::read_response;
 use h1::{Answer, Conn, Io};
 pub(crate) use h1::{ReadError, UpstreamBody};
 use pool::{Endpoint, Pool};
