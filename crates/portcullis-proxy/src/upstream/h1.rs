@@ -1327,4 +1327,125 @@ mod tests {
             .unwrap();
         assert!(failure.reason.contains("larger than"), "{}", failure.reason);
     }
+
+    /// A certificate authority and a certificate for localhost it signed, made with
+    /// `openssl`: (CA certificate, server certificate, server key), in PEM.
+    fn certificates() -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-h1-tls-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("ext"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        let openssl = |args: &str| {
+            std::process::Command::new("openssl")
+                .args(args.split(' '))
+                .current_dir(&dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let made = openssl(
+            "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=ca -keyout ca.key -out ca.pem",
+        ) && openssl(
+            "req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost -keyout server.key -out server.csr",
+        ) && openssl(
+            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile ext -out server.pem",
+        );
+        let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+        let found = made.then(|| (read("ca.pem"), read("server.pem"), read("server.key")));
+        let _ = std::fs::remove_dir_all(&dir);
+        found
+    }
+
+    #[tokio::test]
+    async fn an_https_upstream_keeps_its_connection_and_its_close_notify_is_seen() {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+        let Some((ca, cert, key)) = certificates() else {
+            eprintln!("skipped: openssl is not installed");
+            return;
+        };
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(&cert).unwrap()],
+                PrivateKeyDer::from_pem_slice(&key).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let peer = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let answers: [&[u8]; 2] = [
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nsecond\r\n0\r\n\r\n",
+            ];
+            let mut buf = Vec::new();
+            for answer in answers {
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 1024];
+                    let n = tls.read(&mut chunk).await.unwrap();
+                    assert!(n > 0);
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                buf.clear();
+                tls.write_all(answer).await.unwrap();
+            }
+            // close_notify, with the TCP connection still open.
+            tls.shutdown().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        });
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(&ca).unwrap())
+            .unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let pool = Pool::new(
+            Endpoint {
+                host: "127.0.0.1".into(),
+                port,
+                tls: Some((
+                    tokio_rustls::TlsConnector::from(Arc::new(client)),
+                    ServerName::try_from("localhost").unwrap(),
+                )),
+                connect_timeout: Duration::from_secs(5),
+            },
+            8,
+            Duration::from_secs(60),
+        );
+        let both = async {
+            let (_, first) = fetch(&pool, &get("/1"), RequestBody::empty()).await;
+            // The peer accepts one connection only: this must reuse it.
+            let (_, second) = fetch(&pool, &get("/2"), RequestBody::empty()).await;
+            (first, second)
+        };
+        let (first, second) = tokio::time::timeout(Duration::from_secs(10), both)
+            .await
+            .expect("the second request did not reuse the TLS connection");
+        assert_eq!((&first[..], &second[..]), (&b"first"[..], &b"second"[..]));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            pool.checkout().is_none(),
+            "a connection the upstream closed with close_notify was handed out"
+        );
+        peer.abort();
+    }
 }
