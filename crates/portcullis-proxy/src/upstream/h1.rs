@@ -1076,12 +1076,7 @@ mod tests {
         script: Vec<Vec<&'static [u8]>>,
     ) -> (Arc<Pool>, tokio::task::JoinHandle<Vec<String>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = Endpoint {
-            host: "127.0.0.1".into(),
-            port: listener.local_addr().unwrap().port(),
-            tls: None,
-            connect_timeout: Duration::from_secs(5),
-        };
+        let pool = pool_at(listener.local_addr().unwrap().port(), None);
         let task = tokio::spawn(async move {
             let mut seen = Vec::new();
             for answers in script {
@@ -1111,7 +1106,24 @@ mod tests {
             }
             seen
         });
-        (Pool::new(endpoint, 8, Duration::from_secs(60)), task)
+        (pool, task)
+    }
+
+    /// A pool for an upstream on loopback at `port`.
+    fn pool_at(
+        port: u16,
+        tls: Option<(
+            tokio_rustls::TlsConnector,
+            rustls::pki_types::ServerName<'static>,
+        )>,
+    ) -> Arc<Pool> {
+        let endpoint = Endpoint {
+            host: "127.0.0.1".into(),
+            port,
+            tls,
+            connect_timeout: Duration::from_secs(5),
+        };
+        Pool::new(endpoint, 8, Duration::from_secs(60))
     }
 
     fn get(path: &str) -> request::Parts {
@@ -1208,16 +1220,7 @@ mod tests {
                 .unwrap();
             tokio::time::sleep(Duration::from_secs(2)).await;
         });
-        let pool = Pool::new(
-            Endpoint {
-                host: "127.0.0.1".into(),
-                port,
-                tls: None,
-                connect_timeout: Duration::from_secs(5),
-            },
-            8,
-            Duration::from_secs(60),
-        );
+        let pool = pool_at(port, None);
         let (_, body) = fetch(&pool, &get("/a"), RequestBody::empty()).await;
         assert_eq!(body, "a");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1243,16 +1246,7 @@ mod tests {
             // Reads nothing more, and keeps the connection open a while.
             tokio::time::sleep(Duration::from_secs(3)).await;
         });
-        let pool = Pool::new(
-            Endpoint {
-                host: "127.0.0.1".into(),
-                port,
-                tls: None,
-                connect_timeout: Duration::from_secs(5),
-            },
-            8,
-            Duration::from_secs(60),
-        );
+        let pool = pool_at(port, None);
         let mut parts = get("/upload");
         parts.method = Method::POST;
         // Far more than the socket buffers hold: sending all of it would block.
@@ -1418,18 +1412,12 @@ mod tests {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let pool = Pool::new(
-            Endpoint {
-                host: "127.0.0.1".into(),
-                port,
-                tls: Some((
-                    tokio_rustls::TlsConnector::from(Arc::new(client)),
-                    ServerName::try_from("localhost").unwrap(),
-                )),
-                connect_timeout: Duration::from_secs(5),
-            },
-            8,
-            Duration::from_secs(60),
+        let pool = pool_at(
+            port,
+            Some((
+                tokio_rustls::TlsConnector::from(Arc::new(client)),
+                ServerName::try_from("localhost").unwrap(),
+            )),
         );
         let both = async {
             let (_, first) = fetch(&pool, &get("/1"), RequestBody::empty()).await;
