@@ -936,7 +936,15 @@ impl Hypercorn {
         let log = dir.path().join("hypercorn.log");
         let out = std::fs::File::create(&log).expect("create the log");
         let mut child = Command::new(bin)
-            .args(["--bind", &format!("127.0.0.1:{port}"), "app:app"])
+            // Served in this one process: a worker process would outlive the kill
+            // of its parent when the test ends.
+            .args([
+                "--workers",
+                "0",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "app:app",
+            ])
             .current_dir(&root)
             .stdout(out.try_clone().expect("clone the log"))
             .stderr(out)
