@@ -163,6 +163,12 @@ impl Conn {
         )
     }
 
+    /// Reads what the socket has into `input`, after making room for `want` bytes.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        self.input.reserve(want);
+        poll_read_buf(Pin::new(&mut self.io), cx, &mut self.input)
+    }
+
     /// Drops buffers a large message grew, before the connection idles.
     fn trim(&mut self) {
         if self.input.capacity() > KEEP_IDLE {
@@ -842,8 +848,7 @@ impl Body for UpstreamBody {
                 Reading::Length(left) => {
                     if conn.input.is_empty() {
                         let want = usize::try_from(left).unwrap_or(MAX_READ).clamp(1, MAX_READ);
-                        conn.input.reserve(want);
-                        match ready!(poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.input)) {
+                        match ready!(conn.poll_fill(cx, want)) {
                             Ok(0) => return this.fail(ReadError::Truncated),
                             Ok(_) => {}
                             Err(e) => return this.fail(e.into()),
@@ -878,9 +883,7 @@ impl Body for UpstreamBody {
                                     .clamp(READ, MAX_READ),
                                 _ => READ,
                             };
-                            conn.input.reserve(want);
-                            match ready!(poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.input))
-                            {
+                            match ready!(conn.poll_fill(cx, want)) {
                                 Ok(0) => return this.fail(ReadError::Truncated),
                                 Ok(_) => {}
                                 Err(e) => return this.fail(e.into()),
@@ -893,8 +896,7 @@ impl Body for UpstreamBody {
                         let data = conn.input.split().freeze();
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
-                    conn.input.reserve(READ);
-                    match ready!(poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.input)) {
+                    match ready!(conn.poll_fill(cx, READ)) {
                         Ok(0) => {
                             this.end();
                             return Poll::Ready(None);
