@@ -1263,7 +1263,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn request_bodies_are_framed_by_their_length_or_chunked() {
+    async fn a_request_body_is_sent_with_its_own_length_not_the_clients() {
         let (pool, peer) = upstream(vec![vec![
             b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
