@@ -131,15 +131,34 @@ async fn echo(peer: SocketAddr, req: Request<Incoming>) -> Result<Response<EchoB
             Ok(Response::new(BodyExt::boxed(body)))
         }
         "/upload" => {
+            // How the body was framed on the wire (hyper's parser decoded it) and a digest
+            // of what arrived, so a test can compare it with what it sent.
+            let header = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            };
+            let framing = json!({
+                "transfer-encoding": header("transfer-encoding"),
+                "content-length": header("content-length"),
+            });
             let mut body = req.into_body();
             let mut received = 0usize;
+            let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
             while let Some(frame) = body.frame().await {
-                if let Ok(data) = frame.map(|f| f.into_data()) {
-                    received += data.map(|d| d.len()).unwrap_or(0);
+                if let Ok(Some(data)) = frame.map(|f| f.into_data().ok()) {
+                    received += data.len();
+                    digest.update(&data);
                 }
             }
+            let sha256: String = digest
+                .finish()
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
             Ok(Response::new(full(
-                json!({"received": received}).to_string(),
+                json!({"received": received, "sha256": sha256, "framing": framing}).to_string(),
             )))
         }
         "/ws" => Ok(websocket_echo(req)),
