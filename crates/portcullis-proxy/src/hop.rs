@@ -17,19 +17,23 @@
 use http::HeaderMap;
 use http::header::{self, HeaderName};
 
-/// Fields that are always connection-specific (RFC 9110 §7.6.1), plus the proxy
-/// credentials fields, which are addressed to Portcullis and never to the upstream.
-const ALWAYS_HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    HeaderName::from_static("http2-settings"),
-];
+/// Whether `name` is always connection-specific (RFC 9110 §7.6.1, and RFC 9113's
+/// `HTTP2-Settings`) or a proxy credentials field, which is addressed to Portcullis and
+/// never to the upstream. One match on the name's text, not a comparison with each.
+fn always_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "proxy-authenticate"
+            | "proxy-connection"
+            | "keep-alive"
+            | "te"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "http2-settings"
+    )
+}
 
 /// Removes every hop-by-hop field: those listed in `Connection` and the fixed set.
 ///
@@ -39,7 +43,7 @@ const ALWAYS_HOP_BY_HOP: [HeaderName; 9] = [
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let connection = headers.get_all(header::CONNECTION);
     let goes = |name: &HeaderName| {
-        ALWAYS_HOP_BY_HOP.contains(name)
+        always_hop_by_hop(name)
             || connection
                 .iter()
                 .flat_map(|v| v.as_bytes().split(|&b| b == b','))
@@ -115,6 +119,36 @@ pub(crate) fn upgrade_accepted(response: &HeaderMap, asked: &http::HeaderValue) 
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn the_fixed_set_is_matched_by_name() {
+        for name in [
+            header::CONNECTION,
+            header::PROXY_AUTHENTICATE,
+            HeaderName::from_static("proxy-connection"),
+            HeaderName::from_static("keep-alive"),
+            header::TE,
+            header::TRANSFER_ENCODING,
+            header::UPGRADE,
+            header::PROXY_AUTHORIZATION,
+            HeaderName::from_static("http2-settings"),
+        ] {
+            assert!(always_hop_by_hop(&name), "{name}");
+        }
+        for name in [
+            "connections",
+            "keep-alive2",
+            "t",
+            "tee",
+            "x-upgrade",
+            "cookie",
+            "host",
+            "proxy-authorization-x",
+        ] {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert!(!always_hop_by_hop(&name), "{name}");
+        }
+    }
 
     #[test]
     fn fields_named_in_connection_and_the_fixed_set_are_removed() {

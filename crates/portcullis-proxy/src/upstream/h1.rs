@@ -467,6 +467,9 @@ fn parse_head(input: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadEr
     }
     let head = input.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
+    // Which of the fields that frame the message are there, noted on the way (comparing
+    // standard names is one byte each) instead of looked up after.
+    let (mut has_length, mut has_coding, mut has_connection) = (false, false, false);
     for &(ns, ne, vs, ve) in &spans[..count] {
         let raw_name = &head[ns as usize..ne as usize];
         let name = HeaderName::from_bytes(raw_name).map_err(|_| {
@@ -477,11 +480,14 @@ fn parse_head(input: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadEr
         })?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
             .map_err(|_| HeadError::Malformed(format!("the value of {name}")))?;
+        has_length |= name == header::CONTENT_LENGTH;
+        has_coding |= name == header::TRANSFER_ENCODING;
+        has_connection |= name == header::CONNECTION;
         headers.append(name, value);
     }
 
-    let mut reusable =
-        version == Version::HTTP_11 && !has_token(&headers, header::CONNECTION, "close");
+    let mut reusable = version == Version::HTTP_11
+        && !(has_connection && has_token(&headers, header::CONNECTION, "close"));
     let body = if status == StatusCode::SWITCHING_PROTOCOLS {
         // What follows is another protocol's.
         reusable = false;
@@ -489,7 +495,7 @@ fn parse_head(input: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadEr
     } else if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
     {
         Framing::Empty
-    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+    } else if has_coding {
         if headers.remove(header::CONTENT_LENGTH).is_some() {
             // Both: the transfer coding wins, and the connection is not trusted after.
             reusable = false;
@@ -500,7 +506,7 @@ fn parse_head(input: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadEr
             reusable = false;
             Framing::UntilClose
         }
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
+    } else if has_length {
         match content_length(&headers) {
             Some(0) => Framing::Empty,
             Some(n) => Framing::Length(n),
