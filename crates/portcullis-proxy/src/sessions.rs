@@ -48,11 +48,14 @@ impl Sessions {
     /// Runs a store operation, observing how long it took.
     async fn timed<T>(&self, op: StoreOp, work: impl Future<Output = T>) -> T {
         let start = Instant::now();
+        // Awaited where it lies: moved into an await (or the span's wrapper), the call's
+        // future would take its room twice in this one.
+        let mut work = std::pin::pin!(work);
         let out = if portcullis_core::trace::recording() {
             portcullis_core::trace::in_span(
                 op.span_name(),
                 portcullis_core::trace::Kind::Client,
-                work,
+                work.as_mut(),
             )
             .await
         } else {

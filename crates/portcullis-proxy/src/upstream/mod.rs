@@ -144,16 +144,17 @@ impl Upstream {
 
     /// The origin-form request target at the upstream.
     fn target(&self, original: &Uri) -> Result<Uri, UpstreamError> {
-        let pq = original
-            .path_and_query()
-            .map(PathAndQuery::as_str)
-            .unwrap_or("/");
-        let path_and_query: PathAndQuery = if self.base_path.is_empty() {
-            pq.parse()
-        } else {
-            format!("{}{pq}", self.base_path).parse()
-        }
-        .map_err(|_| UpstreamError::Target)?;
+        let path_and_query = match (original.path_and_query(), self.base_path.is_empty()) {
+            // The client's own, shared rather than parsed again.
+            (Some(pq), true) => pq.clone(),
+            (None, true) => PathAndQuery::from_static("/"),
+            (pq, false) => {
+                let pq = pq.map_or("/", PathAndQuery::as_str);
+                format!("{}{pq}", self.base_path)
+                    .parse()
+                    .map_err(|_| UpstreamError::Target)?
+            }
+        };
         Ok(Uri::from(path_and_query))
     }
 
@@ -169,7 +170,9 @@ impl Upstream {
         loop {
             let (mut conn, reused) = match self.pool.checkout() {
                 Some(conn) => (conn, true),
-                None => (Conn::new(self.connect().await?), false),
+                // Boxed: a connection (a TLS handshake) is made once for many requests,
+                // and its future would otherwise set the size of every request's.
+                None => (Conn::new(Box::pin(self.connect()).await?), false),
             };
             let body = body.take().unwrap_or_else(RequestBody::empty);
             match conn.exchange(parts, body).await {
@@ -207,42 +210,9 @@ impl Upstream {
         req.headers_mut().insert(header::HOST, host);
 
         // Only HTTP/1.1 clients can upgrade this way (HTTP/2 uses extended CONNECT).
+        // Boxed: the rare upgrade's future would otherwise set every request's size.
         if let Some(upgrade) = upgrade.filter(|_| client_version == Version::HTTP_11) {
-            let headers = req.headers_mut();
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, upgrade.protocol.clone());
-            let client_upgrade = hyper::upgrade::on(&mut req);
-            let (parts, body) = req.into_parts();
-            let exchange = async {
-                let mut conn = Conn::new(self.connect().await?);
-                match conn.exchange(&parts, body).await {
-                    Ok(answer) => Ok((answer, conn)),
-                    Err(failure) => Err(UpstreamError::Unreachable(failure.reason)),
-                }
-            };
-            let (answer, conn) = tokio::time::timeout(self.response_timeout, exchange)
-                .await
-                .map_err(|_| UpstreamError::Timeout)??;
-            if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
-                let (response, io, early) = answer.switched(conn);
-                if !hop::upgrade_accepted(response.headers(), &upgrade.protocol) {
-                    return Err(UpstreamError::Unreachable(
-                        "the upstream switched to another protocol than the one asked for".into(),
-                    ));
-                }
-                return Ok(Forwarded::Switched(splice(
-                    response,
-                    (io, early),
-                    client_upgrade,
-                    upgrade.until,
-                    tracker,
-                )));
-            }
-            // A connection that was asked to upgrade is not reused.
-            return Ok(Forwarded::Response(respond(
-                answer.into_response(conn, None),
-                client_version,
-            )));
+            return Box::pin(self.forward_upgrade(req, upgrade, tracker)).await;
         }
 
         let (parts, body) = req.into_parts();
@@ -257,6 +227,51 @@ impl Upstream {
         Ok(Forwarded::Response(respond(
             answer.into_response(conn, Some(self.pool.clone())),
             client_version,
+        )))
+    }
+
+    /// Asks the upstream to switch protocols on a fresh connection; on its `101` the two
+    /// connections are spliced, on any other answer that answer is passed on.
+    async fn forward_upgrade(
+        &self,
+        mut req: Request<RequestBody>,
+        upgrade: UpgradeRequest,
+        tracker: &Tracker,
+    ) -> Result<Forwarded, UpstreamError> {
+        let headers = req.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, upgrade.protocol.clone());
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let (parts, body) = req.into_parts();
+        let exchange = async {
+            let mut conn = Conn::new(self.connect().await?);
+            match conn.exchange(&parts, body).await {
+                Ok(answer) => Ok((answer, conn)),
+                Err(failure) => Err(UpstreamError::Unreachable(failure.reason)),
+            }
+        };
+        let (answer, conn) = tokio::time::timeout(self.response_timeout, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout)??;
+        if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let (response, io, early) = answer.switched(conn);
+            if !hop::upgrade_accepted(response.headers(), &upgrade.protocol) {
+                return Err(UpstreamError::Unreachable(
+                    "the upstream switched to another protocol than the one asked for".into(),
+                ));
+            }
+            return Ok(Forwarded::Switched(splice(
+                response,
+                (io, early),
+                client_upgrade,
+                upgrade.until,
+                tracker,
+            )));
+        }
+        // A connection that was asked to upgrade is not reused.
+        Ok(Forwarded::Response(respond(
+            answer.into_response(conn, None),
+            Version::HTTP_11,
         )))
     }
 }
