@@ -5,10 +5,13 @@ use std::fmt;
 /// The base64url digits whose value is a multiple of 4.
 const CANONICAL_LAST: &str = "AEIMQUYcgkosw048";
 
-/// The secret a browser presents: 256 random bits, base64url (43 characters).
-/// `Debug` never prints it.
+/// The characters of an id: 256 bits in base64url without padding.
+const ID_LEN: usize = 43;
+
+/// The secret a browser presents: 256 random bits, base64url (43 characters), held
+/// inline so that reading one from a request allocates nothing. `Debug` never prints it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SessionId(String);
+pub struct SessionId([u8; ID_LEN]);
 
 /// What stores index by: SHA-256 of the id.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -16,7 +19,15 @@ pub struct SessionKey(pub [u8; 32]);
 
 impl SessionId {
     pub fn generate() -> Self {
-        SessionId(portcullis_core::random::token())
+        let token = portcullis_core::random::token();
+        let mut id = [0u8; ID_LEN];
+        id.copy_from_slice(
+            token
+                .as_bytes()
+                .get(..ID_LEN)
+                .expect("a token is 43 characters"),
+        );
+        SessionId(id)
     }
 
     /// Accepts a cookie value only if it has the exact shape of an id Portcullis minted,
@@ -25,21 +36,22 @@ impl SessionId {
         // 43 base64url characters carry 258 bits; the last one's low two bits are the
         // padding of 256 and must be zero, as the canonical decoder requires (its value
         // is a multiple of 4). That is the whole check of a decode, without decoding.
-        let well_formed = value.len() == 43
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        let id: [u8; ID_LEN] = value.as_bytes().try_into().ok()?;
+        let well_formed = id
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             && value.ends_with(|c| CANONICAL_LAST.contains(c));
-        well_formed.then(|| SessionId(value.to_string()))
+        well_formed.then_some(SessionId(id))
     }
 
     /// The cookie value. Only the cookie codec should need this.
     pub fn expose(&self) -> &str {
-        &self.0
+        // Only base64url characters ever get in (see `parse` and `generate`).
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
     pub fn key(&self) -> SessionKey {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.0.as_bytes());
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.0);
         let mut key = [0u8; 32];
         key.copy_from_slice(digest.as_ref());
         SessionKey(key)
