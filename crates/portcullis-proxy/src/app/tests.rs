@@ -1417,6 +1417,8 @@ async fn the_request_futures_stay_small() {
             path: "/",
         },
     }));
-    assert!(handle < 12 * 1024, "App::handle's future is {handle} bytes");
-    assert!(decide < 6 * 1024, "App::decide's future is {decide} bytes");
+    // 4,040 and 664 bytes (debug build) since the session store's call, the upstream's
+    // connect and upgrade stopped being awaited in place (they were 4,704 and 2,416).
+    assert!(handle < 5 * 1024, "App::handle's future is {handle} bytes");
+    assert!(decide < 1024, "App::decide's future is {decide} bytes");
 }
