@@ -18,6 +18,8 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Uri};
 use ipnet::IpNet;
 
+use crate::upstream::Added;
+
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -214,20 +216,21 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
     })
 }
 
-/// Replaces the client's forwarding headers with the resolved ones.
-pub(crate) fn apply(headers: &mut HeaderMap, origin: &Origin) {
+/// The fields Portcullis writes itself, whatever the client sent under their names.
+static RESOLVED: [HeaderName; 3] = [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST];
+
+/// Replaces the client's forwarding headers with the resolved ones: the client's copies
+/// (a trusted proxy's chain is already in `origin`) leave `headers`, the resolved values
+/// go to `added`.
+pub(crate) fn apply(headers: &mut HeaderMap, origin: &Origin, added: &mut Added) {
     if !origin.via_trusted_proxy {
         crate::hop::remove_each(headers, &UNTRUSTED_CLAIMS);
     }
-    headers.insert(X_FORWARDED_FOR, origin.forwarded_for.clone());
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(origin.proto));
-    match &origin.host {
-        Some(host) => {
-            headers.insert(X_FORWARDED_HOST, host.clone());
-        }
-        None => {
-            headers.remove(X_FORWARDED_HOST);
-        }
+    crate::hop::remove_each(headers, &RESOLVED);
+    added.push(X_FORWARDED_FOR, origin.forwarded_for.clone());
+    added.push(X_FORWARDED_PROTO, HeaderValue::from_static(origin.proto));
+    if let Some(host) = &origin.host {
+        added.push(X_FORWARDED_HOST, host.clone());
     }
 }
 
@@ -368,7 +371,9 @@ mod tests {
             &Uri::from_static("/"),
             &trusted(),
         );
-        apply(&mut h, &o);
+        let mut added = Added::default();
+        apply(&mut h, &o, &mut added);
+        added.apply_to(&mut h);
         assert!(h.get("forwarded").is_none());
         assert!(h.get("x-real-ip").is_none());
         assert!(h.get("x-forwarded-uri").is_none());

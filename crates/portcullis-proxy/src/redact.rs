@@ -121,11 +121,24 @@ fn value(text: &str) -> Option<HeaderValue> {
     HeaderValue::from_bytes(text.as_bytes()).ok()
 }
 
+/// Where identity fields are set: a message's own header map (a field of the name
+/// replaced), or the fields added to a request on its way upstream, whose names the
+/// request no longer carries.
+pub(crate) trait SetField {
+    fn set(&mut self, name: HeaderName, value: HeaderValue);
+}
+
+impl SetField for HeaderMap {
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        self.insert(name, value);
+    }
+}
+
 /// Sets the identity headers for `who` under `names`; `groups` are the provider's groups
 /// and the directory's teams. A field whose value cannot be represented (a claim with a
 /// control character) is left out, never passed through mangled.
 pub(crate) fn set_identity_headers<'g>(
-    headers: &mut HeaderMap,
+    headers: &mut impl SetField,
     names: &IdentityHeaders,
     who: &Identity,
     groups: impl Iterator<Item = &'g str>,
@@ -133,12 +146,8 @@ pub(crate) fn set_identity_headers<'g>(
     let mut set =
         |name: HeaderName, text: Option<&str>| match text.filter(|t| !t.is_empty()).and_then(value)
         {
-            Some(v) => {
-                headers.insert(name, v);
-            }
-            None if names.always => {
-                headers.insert(name, HeaderValue::from_static(""));
-            }
+            Some(v) => headers.set(name, v),
+            None if names.always => headers.set(name, HeaderValue::from_static("")),
             None => {}
         };
     set(names.user.clone(), Some(who.id()));

@@ -257,6 +257,7 @@ async fn spoofed_identity_headers_in_every_spelling_never_reach_the_upstream() {
     assert_eq!(headers["x-forwarded-preferred-username"], json!(["alice"]));
     assert_eq!(headers["x-forwarded-groups"], json!(["staff"]));
     assert_eq!(headers["x-forwarded-provider"], json!(["oidc"]));
+    assert_eq!(headers["x-forwarded-user"].as_array().unwrap().len(), 1);
     assert!(
         headers["x-forwarded-user"][0]
             .as_str()

@@ -23,7 +23,7 @@ use crate::inbound::RequestBody;
 use crate::login_state::is_login_cookie;
 use crate::metrics::{Outcome, inc};
 use crate::pages;
-use crate::upstream::{Forwarded, UpgradeRequest};
+use crate::upstream::{Added, Forwarded, UpgradeRequest};
 use crate::{hop, redact};
 
 /// Joins the `Cookie` fields into one for the HTTP/1.1 upstream and removes
@@ -148,14 +148,17 @@ impl App {
         let headers = req.headers_mut();
         hop::strip_hop_by_hop(headers);
         redact::strip_identity_headers(headers);
-        forwarding::apply(headers, &origin);
+        // What Portcullis sets goes beside the client's fields, not into their map:
+        // their names were just removed from it.
+        let mut added = Added::with_capacity(10);
+        forwarding::apply(headers, &origin, &mut added);
         forward_cookies(
             headers,
             self.auth.as_ref().map(|a| a.session_cookie.name.as_str()),
         );
         if let Some(principal) = &who {
             redact::set_identity_headers(
-                headers,
+                &mut added,
                 &redact::FORWARDED,
                 principal.identity(),
                 principal.all_groups(),
@@ -171,7 +174,7 @@ impl App {
                     principal.all_groups(),
                     audience,
                 ) {
-                    headers.insert(redact::JWT_ASSERTION, token);
+                    added.push(redact::JWT_ASSERTION, token);
                 }
             }
             if let Some(auth) = &self.auth
@@ -188,6 +191,7 @@ impl App {
         }
         if canary {
             // The canary stands in for the app: what would have been sent, answered.
+            added.apply_to(req.headers_mut());
             let resp = super::canary::echo(&req, origin.client_ip, "proxied");
             return (resp, Outcome::Forwarded, None);
         }
@@ -205,7 +209,7 @@ impl App {
                 Box::pin(async {
                     trace::inject(req.headers_mut());
                     let forwarded = upstream
-                        .forward(req, upgrade, origin.host.as_ref(), &self.tracker)
+                        .forward(req, added, upgrade, origin.host.as_ref(), &self.tracker)
                         .await;
                     if let Ok(Forwarded::Response(resp)) = &forwarded {
                         let status = i64::from(resp.status().as_u16());
@@ -221,7 +225,7 @@ impl App {
             // Tracing on but this request not sampled: the app still hears of the trace.
             trace::inject(req.headers_mut());
             upstream
-                .forward(req, upgrade, origin.host.as_ref(), &self.tracker)
+                .forward(req, added, upgrade, origin.host.as_ref(), &self.tracker)
                 .await
         };
         self.metrics.upstream_done(route, asked);

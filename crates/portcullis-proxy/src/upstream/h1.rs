@@ -184,11 +184,12 @@ impl Conn {
     pub(super) async fn exchange(
         &mut self,
         parts: &request::Parts,
+        added: &[(HeaderName, HeaderValue)],
         body: RequestBody,
     ) -> Result<Answer, Failure> {
         let framing = request_framing(parts, &body);
         self.output.clear();
-        write_head(&mut self.output, parts, framing);
+        write_head(&mut self.output, parts, added, framing);
         let head_request = parts.method == Method::HEAD;
         let bodiless = matches!(framing, Framing::Empty | Framing::Length(0));
         let retryable = bodiless && parts.method.is_idempotent();
@@ -268,16 +269,22 @@ fn request_framing(parts: &request::Parts, body: &RequestBody) -> Framing {
     }
 }
 
-fn write_head(out: &mut Vec<u8>, parts: &request::Parts, framing: Framing) {
+fn write_head(
+    out: &mut Vec<u8>,
+    parts: &request::Parts,
+    added: &[(HeaderName, HeaderValue)],
+    framing: Framing,
+) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
-        }
+    let own = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != header::CONTENT_LENGTH && *name != header::TRANSFER_ENCODING);
+    for (name, value) in own.chain(added.iter().map(|(n, v)| (n, v))) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -1151,7 +1158,7 @@ mod tests {
             Some(conn) => conn,
             None => Conn::new(pool.connect().await.unwrap()),
         };
-        let answer = conn.exchange(parts, body).await.unwrap();
+        let answer = conn.exchange(parts, &[], body).await.unwrap();
         let (head, body) = answer.into_response(conn, Some(pool.clone())).into_parts();
         let body = body.collect().await.unwrap().to_bytes();
         (Response::from_parts(head, ()), body)
@@ -1305,7 +1312,7 @@ mod tests {
         .await;
         let mut conn = Conn::new(pool.connect().await.unwrap());
         let answer = conn
-            .exchange(&get("/"), RequestBody::empty())
+            .exchange(&get("/"), &[], RequestBody::empty())
             .await
             .unwrap();
         let body = answer.into_response(conn, Some(pool.clone())).into_body();
@@ -1323,7 +1330,7 @@ mod tests {
         let (pool, _peer) = upstream(vec![vec![huge]]).await;
         let mut conn = Conn::new(pool.connect().await.unwrap());
         let failure = conn
-            .exchange(&get("/"), RequestBody::empty())
+            .exchange(&get("/"), &[], RequestBody::empty())
             .await
             .err()
             .unwrap();

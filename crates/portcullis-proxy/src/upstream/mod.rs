@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
@@ -36,6 +36,40 @@ pub(crate) use h1::{ReadError, UpstreamBody};
 use pool::{Endpoint, Pool};
 
 /// A client's request to switch protocols, already checked against the allow-list.
+/// Fields Portcullis adds to a request on its way upstream (forwarding, identity, the
+/// assertion), written after the client's own. Whoever adds one first removes any field
+/// of that name from the request, so adding is setting; kept apart from the request's
+/// header map, which would otherwise grow and hash for each of them.
+#[derive(Debug, Default)]
+pub(crate) struct Added(Vec<(HeaderName, HeaderValue)>);
+
+impl Added {
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Added(Vec::with_capacity(n))
+    }
+
+    pub(crate) fn push(&mut self, name: HeaderName, value: HeaderValue) {
+        self.0.push((name, value));
+    }
+
+    /// Sets them in `headers` instead (for a view of the request as it would go).
+    pub(crate) fn apply_to(self, headers: &mut http::HeaderMap) {
+        for (name, value) in self.0 {
+            headers.insert(name, value);
+        }
+    }
+
+    pub(crate) fn fields(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.0
+    }
+}
+
+impl crate::redact::SetField for Added {
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        self.push(name, value);
+    }
+}
+
 pub(crate) struct UpgradeRequest {
     pub protocol: HeaderValue,
     /// Resolves when the tunnel must close (the session behind it ended).
@@ -164,6 +198,7 @@ impl Upstream {
     async fn send(
         &self,
         parts: &http::request::Parts,
+        added: &Added,
         body: RequestBody,
     ) -> Result<(Answer, Conn), UpstreamError> {
         let mut body = Some(body);
@@ -175,7 +210,7 @@ impl Upstream {
                 None => (Conn::new(Box::pin(self.connect()).await?), false),
             };
             let body = body.take().unwrap_or_else(RequestBody::empty);
-            match conn.exchange(parts, body).await {
+            match conn.exchange(parts, added.fields(), body).await {
                 Ok(answer) => return Ok((answer, conn)),
                 Err(failure) if reused && failure.retryable => continue,
                 Err(failure) => return Err(UpstreamError::Unreachable(failure.reason)),
@@ -196,6 +231,7 @@ impl Upstream {
     pub(crate) async fn forward(
         &self,
         mut req: Request<RequestBody>,
+        added: Added,
         upgrade: Option<UpgradeRequest>,
         client_host: Option<&HeaderValue>,
         tracker: &Tracker,
@@ -212,13 +248,14 @@ impl Upstream {
         // Only HTTP/1.1 clients can upgrade this way (HTTP/2 uses extended CONNECT).
         // Boxed: the rare upgrade's future would otherwise set every request's size.
         if let Some(upgrade) = upgrade.filter(|_| client_version == Version::HTTP_11) {
-            return Box::pin(self.forward_upgrade(req, upgrade, tracker)).await;
+            return Box::pin(self.forward_upgrade(req, added, upgrade, tracker)).await;
         }
 
         let (parts, body) = req.into_parts();
-        let (answer, conn) = tokio::time::timeout(self.response_timeout, self.send(&parts, body))
-            .await
-            .map_err(|_| UpstreamError::Timeout)??;
+        let (answer, conn) =
+            tokio::time::timeout(self.response_timeout, self.send(&parts, &added, body))
+                .await
+                .map_err(|_| UpstreamError::Timeout)??;
         if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(UpstreamError::Unreachable(
                 "the upstream switched protocols on a request that asked for no upgrade".into(),
@@ -235,6 +272,7 @@ impl Upstream {
     async fn forward_upgrade(
         &self,
         mut req: Request<RequestBody>,
+        added: Added,
         upgrade: UpgradeRequest,
         tracker: &Tracker,
     ) -> Result<Forwarded, UpstreamError> {
@@ -245,7 +283,7 @@ impl Upstream {
         let (parts, body) = req.into_parts();
         let exchange = async {
             let mut conn = Conn::new(self.connect().await?);
-            match conn.exchange(&parts, body).await {
+            match conn.exchange(&parts, added.fields(), body).await {
                 Ok(answer) => Ok((answer, conn)),
                 Err(failure) => Err(UpstreamError::Unreachable(failure.reason)),
             }
