@@ -741,7 +741,7 @@ fn wait_listening(port: u16, what: &str, log: &std::path::Path, child: &mut Chil
     }
 }
 
-/// A server process started for a test: killed when dropped, its temporary directory
+/// A server process started for a test: stopped when dropped, its temporary directory
 /// (configuration, log) removed with it.
 struct Daemon {
     child: Child,
@@ -755,7 +755,21 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Asks the server to stop (`SIGTERM`), so that it stops its own workers: nginx's,
+    /// when its master is killed outright, live on with no parent, one more after every
+    /// test run. A server still running after five seconds is killed.
     fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
