@@ -35,7 +35,6 @@ use h1::{Answer, Conn, Io};
 pub(crate) use h1::{ReadError, UpstreamBody};
 use pool::{Endpoint, Pool};
 
-/// A client's request to switch protocols, already checked against the allow-list.
 /// Fields Portcullis adds to a request on its way upstream (forwarding, identity, the
 /// assertion), written after the client's own. Whoever adds one first removes any field
 /// of that name from the request, so adding is setting; kept apart from the request's
@@ -70,6 +69,7 @@ impl crate::redact::SetField for Added {
     }
 }
 
+/// A client's request to switch protocols, already checked against the allow-list.
 pub(crate) struct UpgradeRequest {
     pub protocol: HeaderValue,
     /// Resolves when the tunnel must close (the session behind it ended).
