@@ -34,7 +34,7 @@ const ALWAYS_HOP_BY_HOP: [&str; 9] = [
 
 /// Whether `name` is one of [`ALWAYS_HOP_BY_HOP`]: one match on the name's text, not a
 /// comparison with each.
-fn always_hop_by_hop(name: &HeaderName) -> bool {
+pub(crate) fn always_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"
@@ -49,26 +49,28 @@ fn always_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// Whether a `Connection` value names a field outside the fixed set (beyond an
+/// upstream's usual `keep-alive`), which would have to be found and removed too.
+pub(crate) fn lists_other_fields(connection: &[u8]) -> bool {
+    connection
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .any(|token| {
+            !token.is_empty()
+                && !ALWAYS_HOP_BY_HOP
+                    .iter()
+                    .any(|always| token.eq_ignore_ascii_case(always.as_bytes()))
+        })
+}
+
 /// Removes every hop-by-hop field: those listed in `Connection` and the fixed set.
 ///
 /// One pass over the message's fields finds those to remove (a request usually has none;
 /// an upstream's answer usually has only its `Connection: keep-alive`), so nothing is
 /// hashed or allocated for names that are not there.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed = || {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-    };
-    let lists_others = listed().any(|token| {
-        !token.is_empty()
-            && !ALWAYS_HOP_BY_HOP
-                .iter()
-                .any(|always| token.eq_ignore_ascii_case(always.as_bytes()))
-    });
-    if !lists_others {
+    let connection = headers.get_all(header::CONNECTION);
+    if !connection.iter().any(|v| lists_other_fields(v.as_bytes())) {
         // `Connection` (if any) names only fields of the fixed set (an upstream's
         // `keep-alive`), so only those go: at most nine names, each found by one scan.
         while let Some(name) = headers.keys().find(|name| always_hop_by_hop(name)).cloned() {

@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use super::pool::Pool;
+use crate::hop;
 use crate::inbound::RequestBody;
 
 /// The largest response head accepted, interim responses included.
@@ -473,11 +474,7 @@ fn parse_head(input: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadEr
         );
     }
     let head = input.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    // Which of the fields that frame the message are there, noted on the way (comparing
-    // standard names is one byte each) instead of looked up after.
-    let (mut has_length, mut has_coding, mut has_connection) = (false, false, false);
-    for &(ns, ne, vs, ve) in &spans[..count] {
+    let field = |&(ns, ne, vs, ve): &(u32, u32, u32, u32)| {
         let raw_name = &head[ns as usize..ne as usize];
         let name = HeaderName::from_bytes(raw_name).map_err(|_| {
             HeadError::Malformed(format!(
@@ -487,14 +484,50 @@ fn parse_head(input: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadEr
         })?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
             .map_err(|_| HeadError::Malformed(format!("the value of {name}")))?;
-        has_length |= name == header::CONTENT_LENGTH;
-        has_coding |= name == header::TRANSFER_ENCODING;
-        has_connection |= name == header::CONNECTION;
-        headers.append(name, value);
+        Ok((name, value))
+    };
+    let mut headers = HeaderMap::with_capacity(count);
+    // What frames the message is read from its fields as they go by (comparing standard
+    // names is one byte each). The fixed hop-by-hop set (`Connection`, `Transfer-Encoding`,
+    // `Keep-Alive`, ...) never goes to the client, so it is left out of the map here
+    // rather than added and removed again, unless the answer switches protocols (the
+    // switch is checked against them) or `Connection` names other fields (which the
+    // proxy then removes with the rest).
+    let (mut has_length, mut has_coding) = (false, false);
+    let (mut last_coding_chunked, mut close, mut lists_others) = (false, false, false);
+    let mut held_back = false;
+    for span in &spans[..count] {
+        let (name, value) = field(span)?;
+        if name == header::CONTENT_LENGTH {
+            has_length = true;
+        } else if name == header::TRANSFER_ENCODING {
+            has_coding = true;
+            // The last field's last coding is the one that frames the body.
+            last_coding_chunked = value
+                .as_bytes()
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            close |= lists_token(value.as_bytes(), b"close");
+            lists_others |= hop::lists_other_fields(value.as_bytes());
+        }
+        if hop::always_hop_by_hop(&name) {
+            held_back = true;
+        } else {
+            headers.append(name, value);
+        }
+    }
+    if held_back && (lists_others || status == StatusCode::SWITCHING_PROTOCOLS) {
+        for span in &spans[..count] {
+            let (name, value) = field(span)?;
+            if hop::always_hop_by_hop(&name) {
+                headers.append(name, value);
+            }
+        }
     }
 
-    let mut reusable = version == Version::HTTP_11
-        && !(has_connection && has_token(&headers, header::CONNECTION, "close"));
+    let mut reusable = version == Version::HTTP_11 && !close;
     let body = if status == StatusCode::SWITCHING_PROTOCOLS {
         // What follows is another protocol's.
         reusable = false;
@@ -507,7 +540,7 @@ fn parse_head(input: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadEr
             // Both: the transfer coding wins, and the connection is not trusted after.
             reusable = false;
         }
-        if last_coding_is_chunked(&headers) && version == Version::HTTP_11 {
+        if last_coding_chunked && version == Version::HTTP_11 {
             Framing::Chunked
         } else {
             reusable = false;
@@ -539,22 +572,11 @@ fn parse_head(input: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadEr
     }))
 }
 
-/// Whether any value of `name` lists `token` (comma-separated, any case).
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
-}
-
-fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
-        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+/// Whether a comma-separated field value lists `token` (any case).
+fn lists_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// The one length every `Content-Length` value states, or `None` when one is not a
@@ -955,6 +977,57 @@ mod tests {
                 Parsed::Partial => panic!("partial head"),
             }
         }
+    }
+
+    #[test]
+    fn the_fixed_hop_by_hop_set_stays_out_of_the_answer_unless_needed() {
+        let names = |a: &Answer| {
+            let mut names: Vec<String> =
+                a.response.headers().keys().map(|k| k.to_string()).collect();
+            names.sort();
+            names
+        };
+        // An upstream's usual answer: its framing and keep-alive fields are read, not kept.
+        let a = head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+             Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\nX-App: 1\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!((a.body, a.reusable), (Framing::Chunked, true));
+        assert_eq!(names(&a), ["x-app"]);
+        // The last field's last coding frames the body, and a close in any field counts.
+        let a = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\
+             Connection: keep-alive\r\nConnection: close\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!((a.body, a.reusable), (Framing::UntilClose, false));
+        // A Connection that names other fields: all is kept, for the proxy to strip.
+        let a = head(
+            "HTTP/1.1 200 OK\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
+             Content-Length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            names(&a),
+            ["connection", "content-length", "keep-alive", "x-hop"]
+        );
+        let mut headers = a.response.headers().clone();
+        hop::strip_hop_by_hop(&mut headers);
+        assert_eq!(
+            headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["content-length"]
+        );
+        // A switch of protocols is checked against its Upgrade and Connection fields.
+        let a = head(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(names(&a), ["connection", "upgrade"]);
     }
 
     #[test]
