@@ -69,8 +69,11 @@ pub(crate) fn lists_other_fields(connection: &[u8]) -> bool {
 /// an upstream's answer usually has only its `Connection: keep-alive`), so nothing is
 /// hashed or allocated for names that are not there.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let connection = headers.get_all(header::CONNECTION);
-    if !connection.iter().any(|v| lists_other_fields(v.as_bytes())) {
+    let names_others = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| lists_other_fields(v.as_bytes()));
+    if !names_others {
         // `Connection` (if any) names only fields of the fixed set (an upstream's
         // `keep-alive`), so only those go: at most nine names, each found by one scan.
         while let Some(name) = headers.keys().find(|name| always_hop_by_hop(name)).cloned() {
