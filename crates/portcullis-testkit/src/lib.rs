@@ -730,11 +730,25 @@ impl Drop for PostgresServer {
 /// Waits until something accepts TCP connections on `port`, or panics naming `what` and
 /// its log.
 fn wait_listening(port: u16, what: &str, log: &std::path::Path, child: &mut Child) {
+    wait_listening_logs(port, what, &[log], child);
+}
+
+/// [`wait_listening`] for a server that writes to more than one log.
+fn wait_listening_logs(port: u16, what: &str, logs: &[&std::path::Path], child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         let exited = child.try_wait().ok().flatten();
         if exited.is_some() || Instant::now() > deadline {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let log: String = logs
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{}:\n{}",
+                        l.display(),
+                        std::fs::read_to_string(l).unwrap_or_default()
+                    )
+                })
+                .collect();
             panic!("{what} did not start listening on port {port} ({exited:?}):\n{log}");
         }
         std::thread::sleep(Duration::from_millis(25));
@@ -793,6 +807,7 @@ impl Nginx {
         let dir = TempDir::new("nginx");
         let d = dir.path().display();
         let conf = dir.path().join("nginx.conf");
+        let stderr = dir.path().join("stderr.log");
         std::fs::write(
             &conf,
             format!(
@@ -810,11 +825,13 @@ impl Nginx {
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // What nginx says before its own log is open (a port it cannot bind) lands
+            // here, and in the message if it does not come up.
+            .stderr(std::fs::File::create(&stderr).expect("create nginx's stderr.log"))
             .spawn()
             .expect("nginx starts");
         let log = dir.path().join("error.log");
-        wait_listening(port, "nginx", &log, &mut child);
+        wait_listening_logs(port, "nginx", &[&stderr, &log], &mut child);
         Nginx(Daemon {
             child,
             _dir: dir,
