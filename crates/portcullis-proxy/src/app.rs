@@ -200,9 +200,13 @@ impl App {
     }
 
     /// Handles one request. Never fails: every error becomes a response here.
-    pub async fn handle(&self, conn: &ConnInfo, req: Request<RequestBody>) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        conn: &ConnInfo,
+        mut req: Request<RequestBody>,
+    ) -> Response<ProxyBody> {
         if !trace::enabled() {
-            return self.handle_request(conn, req).await;
+            return self.handle_request(conn, &mut req).await;
         }
         // Small: it holds the request's future boxed.
         self.handle_traced(conn, req).await
@@ -211,7 +215,7 @@ impl App {
     async fn handle_traced(
         &self,
         conn: &ConnInfo,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
     ) -> Response<ProxyBody> {
         // The request's span: continues the client's trace (traceparent) or starts one.
         // Its attributes name the method, the path (never the query, which may hold a
@@ -233,24 +237,25 @@ impl App {
         };
         let Some(cx) = trace::server_span(span_name(req.method()), req.headers(), attributes)
         else {
-            return Box::pin(self.handle_request(conn, req)).await;
+            return Box::pin(self.handle_request(conn, &mut req)).await;
         };
         // The request's own future is boxed once; the wrappers hold only the box.
-        let resp = trace::within(cx.clone(), Box::pin(self.handle_request(conn, req))).await;
+        let resp = trace::within(cx.clone(), Box::pin(self.handle_request(conn, &mut req))).await;
         trace::finish(&cx, resp.status().as_u16());
         resp
     }
 
+    /// Serves `req`, held by reference down to the upstream: moved from future to future
+    /// (each keeps its own copy of what it was given), it would be copied at each step.
     async fn handle_request(
         &self,
         conn: &ConnInfo,
-        req: Request<RequestBody>,
+        req: &mut Request<RequestBody>,
     ) -> Response<ProxyBody> {
-        let (mut parts, body) = req.into_parts();
-        if let Err(m) = normalize::check_request(&parts) {
+        if let Err(m) = normalize::check_request(req) {
             return malformed(m);
         }
-        if crate::forwarding::unparsable_chain(conn.peer, &parts.headers, &self.trusted) {
+        if crate::forwarding::unparsable_chain(conn.peer, req.headers(), &self.trusted) {
             tracing::debug!(peer = %conn.peer, "a trusted proxy's X-Forwarded-For is not a list of addresses: refused");
             return pages::json_error(
                 StatusCode::BAD_REQUEST,
@@ -258,18 +263,17 @@ impl App {
                 "X-Forwarded-For from a trusted proxy is not a list of addresses",
             );
         }
-        match normalize::normalize_path(parts.uri.path(), self.paths) {
+        match normalize::normalize_path(req.uri().path(), self.paths) {
             Ok(std::borrow::Cow::Borrowed(_)) => {}
-            Ok(std::borrow::Cow::Owned(path)) => match with_path(&parts.uri, &path) {
-                Some(uri) => parts.uri = uri,
+            Ok(std::borrow::Cow::Owned(path)) => match with_path(req.uri(), &path) {
+                Some(uri) => *req.uri_mut() = uri,
                 None => return malformed(Malformed::Target),
             },
-            Err(m) if self.scim.is_some() && endpoints::SCIM.matches(parts.uri.path()) => {
+            Err(m) if self.scim.is_some() && endpoints::SCIM.matches(req.uri().path()) => {
                 return crate::scim::refused(m.explain());
             }
             Err(m) => return malformed(m),
         }
-        let req = Request::from_parts(parts, body);
         let Some((own, endpoint)) = self.own_endpoint(req.uri().path()) else {
             return self.proxied(conn, req).await;
         };
@@ -281,27 +285,27 @@ impl App {
         // a callback, SCIM) would set the size of every request's future, which is
         // copied at each await on the way up.
         let result = match own {
-            Own::Scim => return Box::pin(self.scim(conn, req)).await,
-            Own::Verify => return Box::pin(self.verify(conn, req)).await,
-            Own::Callback => return Box::pin(self.callback(conn, req)).await,
+            Own::Scim => return Box::pin(self.scim(conn, taken(req))).await,
+            Own::Verify => return Box::pin(self.verify(conn, taken(req))).await,
+            Own::Callback => return Box::pin(self.callback(conn, taken(req))).await,
             Own::ImplicitRedirect => return self.implicit_redirect(),
             Own::Jwks => Ok(self.jwks()),
             Own::Healthz => Ok(pages::text(StatusCode::OK, "ok\n")),
             Own::Readyz => Ok(Box::pin(self.readyz()).await),
             Own::Status => Ok(self.status()),
-            Own::Login => Box::pin(self.login(&req)).await,
-            Own::Me => Box::pin(self.me(&req)).await,
-            Own::Logout if req.method() == Method::POST => Box::pin(self.logout(conn, &req)).await,
+            Own::Login => Box::pin(self.login(req)).await,
+            Own::Me => Box::pin(self.me(req)).await,
+            Own::Logout if req.method() == Method::POST => Box::pin(self.logout(conn, req)).await,
             Own::Logout => Ok(pages::logout_form(endpoints::LOGOUT.path)),
-            Own::BackchannelLogout => return Box::pin(self.backchannel_logout(req)).await,
-            Own::FrontchannelLogout => return Box::pin(self.frontchannel_logout(&req)).await,
-            Own::Ssf => return Box::pin(self.ssf_push(req)).await,
+            Own::BackchannelLogout => return Box::pin(self.backchannel_logout(taken(req))).await,
+            Own::FrontchannelLogout => return Box::pin(self.frontchannel_logout(req)).await,
+            Own::Ssf => return Box::pin(self.ssf_push(taken(req))).await,
             // Proxying: decided and prepared like the app's requests, then echoed.
             Own::Canary if !self.upstreams.is_empty() => return self.proxied(conn, req).await,
             // Forward-auth only: the front proxy sends it here in place of the app.
             Own::Canary => {
                 let origin = self.origin(conn, req.headers(), req.uri());
-                return canary::echo(&req, origin.client_ip, "forward-auth");
+                return canary::echo(req, origin.client_ip, "forward-auth");
             }
         };
         result.unwrap_or_else(|e| e.into_response(wants_html(req.headers()), endpoints::LOGIN.path))
@@ -420,6 +424,11 @@ fn session_cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a st
 }
 
 /// `uri` with its path replaced (the query kept).
+/// The request, for an endpoint that takes it whole; an empty body is left behind.
+fn taken(req: &mut Request<RequestBody>) -> Request<RequestBody> {
+    std::mem::replace(req, Request::new(RequestBody::empty()))
+}
+
 fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
     let mut parts = uri.clone().into_parts();
     let pq = match uri.query() {

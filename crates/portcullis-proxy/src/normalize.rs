@@ -20,7 +20,6 @@
 use std::borrow::Cow;
 
 use http::header;
-use http::request::Parts;
 use http::{Method, Version};
 
 /// Why a request was refused before anything else looked at it.
@@ -52,18 +51,18 @@ pub(crate) struct PathRules {
 }
 
 /// Checks the method, target and host of a request.
-pub(crate) fn check_request(parts: &Parts) -> Result<(), Malformed> {
-    if parts.method == Method::CONNECT {
+pub(crate) fn check_request<B>(req: &http::Request<B>) -> Result<(), Malformed> {
+    if req.method() == Method::CONNECT {
         return Err(Malformed::Connect);
     }
-    if !parts.uri.path().starts_with('/') {
+    if !req.uri().path().starts_with('/') {
         return Err(Malformed::Target);
     }
-    check_host(parts)
+    check_host(req)
 }
 
-fn check_host(parts: &Parts) -> Result<(), Malformed> {
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
+fn check_host<B>(req: &http::Request<B>) -> Result<(), Malformed> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(Malformed::Host("the request has more than one Host field"));
@@ -73,7 +72,7 @@ fn check_host(parts: &Parts) -> Result<(), Malformed> {
     {
         return Err(Malformed::Host("the Host field is not a valid host[:port]"));
     }
-    let authority = parts.uri.authority().map(|a| a.as_str());
+    let authority = req.uri().authority().map(|a| a.as_str());
     if let Some(a) = authority {
         if a.contains('@') {
             return Err(Malformed::Host(
@@ -93,7 +92,7 @@ fn check_host(parts: &Parts) -> Result<(), Malformed> {
             ));
         }
     }
-    match parts.version {
+    match req.version() {
         Version::HTTP_11 if host.is_none() && authority.is_none() => {
             Err(Malformed::Host("an HTTP/1.1 request needs a Host field"))
         }
@@ -465,56 +464,40 @@ mod tests {
         }
     }
 
-    fn parts(req: http::Request<()>) -> Parts {
-        req.into_parts().0
-    }
-
     #[test]
     fn requests_without_one_valid_host_are_refused() {
-        let ok = parts(
-            http::Request::get("/x")
-                .header("host", "app.example.com")
-                .body(())
-                .unwrap(),
-        );
+        let ok = http::Request::get("/x")
+            .header("host", "app.example.com")
+            .body(())
+            .unwrap();
         assert_eq!(check_request(&ok), Ok(()));
-        let none = parts(http::Request::get("/x").body(()).unwrap());
+        let none = http::Request::get("/x").body(()).unwrap();
         assert!(matches!(check_request(&none), Err(Malformed::Host(_))));
-        let two = parts(
-            http::Request::get("/x")
-                .header("host", "a.example.com")
-                .header("host", "b.example.com")
-                .body(())
-                .unwrap(),
-        );
+        let two = http::Request::get("/x")
+            .header("host", "a.example.com")
+            .header("host", "b.example.com")
+            .body(())
+            .unwrap();
         assert!(matches!(check_request(&two), Err(Malformed::Host(_))));
-        let h2 = parts(
-            http::Request::get("https://user@app.example.com/x")
-                .version(Version::HTTP_2)
-                .body(())
-                .unwrap(),
-        );
+        let h2 = http::Request::get("https://user@app.example.com/x")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
         assert!(matches!(check_request(&h2), Err(Malformed::Host(_))));
-        let mismatch = parts(
-            http::Request::get("http://a.example.com/x")
-                .header("host", "b.example.com")
-                .body(())
-                .unwrap(),
-        );
+        let mismatch = http::Request::get("http://a.example.com/x")
+            .header("host", "b.example.com")
+            .body(())
+            .unwrap();
         assert!(matches!(check_request(&mismatch), Err(Malformed::Host(_))));
-        let connect = parts(
-            http::Request::connect("a.example.com:443")
-                .header("host", "a.example.com:443")
-                .body(())
-                .unwrap(),
-        );
+        let connect = http::Request::connect("a.example.com:443")
+            .header("host", "a.example.com:443")
+            .body(())
+            .unwrap();
         assert_eq!(check_request(&connect), Err(Malformed::Connect));
-        let http10 = parts(
-            http::Request::get("/x")
-                .version(Version::HTTP_10)
-                .body(())
-                .unwrap(),
-        );
+        let http10 = http::Request::get("/x")
+            .version(Version::HTTP_10)
+            .body(())
+            .unwrap();
         assert_eq!(check_request(&http10), Ok(()));
     }
 }

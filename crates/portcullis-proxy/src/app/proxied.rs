@@ -65,7 +65,7 @@ impl App {
     pub(super) async fn proxied(
         &self,
         conn: &ConnInfo,
-        req: Request<RequestBody>,
+        req: &mut Request<RequestBody>,
     ) -> Response<ProxyBody> {
         let start = std::time::Instant::now();
         let (resp, outcome, route) = self.decide_and_forward(conn, req).await;
@@ -77,7 +77,7 @@ impl App {
     async fn decide_and_forward(
         &self,
         conn: &ConnInfo,
-        mut req: Request<RequestBody>,
+        req: &mut Request<RequestBody>,
     ) -> (Response<ProxyBody>, Outcome, Option<usize>) {
         let html = wants_html(req.headers());
         if self.upstreams.is_empty() {
@@ -108,7 +108,7 @@ impl App {
         let (who, route) = match self.decide(check).await {
             Decision::Admit { who, route } => (who, route),
             Decision::Challenge { auth, route } => {
-                let resp = Box::pin(self.challenge(auth, route, &req, html)).await;
+                let resp = Box::pin(self.challenge(auth, route, req, html)).await;
                 return (resp, Outcome::Challenged, route.map(|r| r.index));
             }
             Decision::StepUp {
@@ -117,7 +117,7 @@ impl App {
                 step,
                 who,
             } => {
-                let resp = Box::pin(self.step_up(auth, route, &step, &who, &req, html)).await;
+                let resp = Box::pin(self.step_up(auth, route, &step, &who, req, html)).await;
                 return (resp, Outcome::SteppedUp, Some(route.index));
             }
             Decision::Deny { reason, route } => {
@@ -192,7 +192,7 @@ impl App {
         if canary {
             // The canary stands in for the app: what would have been sent, answered.
             added.apply_to(req.headers_mut());
-            let resp = super::canary::echo(&req, origin.client_ip, "proxied");
+            let resp = super::canary::echo(req, origin.client_ip, "proxied");
             return (resp, Outcome::Forwarded, None);
         }
         let pools = route

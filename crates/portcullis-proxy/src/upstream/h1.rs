@@ -22,7 +22,7 @@ use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Response, StatusCode, Version, request};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -180,20 +180,21 @@ impl Conn {
         }
     }
 
-    /// Sends the request and reads the response head. `parts` must already be the
-    /// upstream's: origin-form target, `Host` set, hop-by-hop fields removed.
-    pub(super) async fn exchange(
+    /// Sends the request (`head`'s own body is not read: `body` is sent) and reads the
+    /// response head. `head` must already be the upstream's: origin-form target, `Host`
+    /// set, hop-by-hop fields removed.
+    pub(super) async fn exchange<B>(
         &mut self,
-        parts: &request::Parts,
+        head: &Request<B>,
         added: &[(HeaderName, HeaderValue)],
         body: RequestBody,
     ) -> Result<Answer, Failure> {
-        let framing = request_framing(parts, &body);
+        let framing = request_framing(head, &body);
         self.output.clear();
-        write_head(&mut self.output, parts, added, framing);
-        let head_request = parts.method == Method::HEAD;
+        write_head(&mut self.output, head, added, framing);
+        let head_request = head.method() == Method::HEAD;
         let bodiless = matches!(framing, Framing::Empty | Framing::Length(0));
-        let retryable = bodiless && parts.method.is_idempotent();
+        let retryable = bodiless && head.method().is_idempotent();
 
         if let Err(e) = self.write_output().await {
             return Err(Failure {
@@ -254,10 +255,10 @@ impl Conn {
 /// How the request body is sent: as the client framed it where the body knows its
 /// length, else chunked. The client's own `Content-Length` is not copied; the one written
 /// is the body's, and sending more or fewer bytes than that fails the request.
-fn request_framing(parts: &request::Parts, body: &RequestBody) -> Framing {
+fn request_framing<B>(head: &Request<B>, body: &RequestBody) -> Framing {
     if body.is_end_stream() {
-        let expects_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
-            || parts.headers.contains_key(header::CONTENT_LENGTH);
+        let expects_body = matches!(*head.method(), Method::POST | Method::PUT | Method::PATCH)
+            || head.headers().contains_key(header::CONTENT_LENGTH);
         return if expects_body {
             Framing::Length(0)
         } else {
@@ -270,19 +271,19 @@ fn request_framing(parts: &request::Parts, body: &RequestBody) -> Framing {
     }
 }
 
-fn write_head(
+fn write_head<B>(
     out: &mut Vec<u8>,
-    parts: &request::Parts,
+    head: &Request<B>,
     added: &[(HeaderName, HeaderValue)],
     framing: Framing,
 ) {
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(head.method().as_str().as_bytes());
     out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let target = head.uri().path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let own = parts
-        .headers
+    let own = head
+        .headers()
         .iter()
         .filter(|(name, _)| *name != header::CONTENT_LENGTH && *name != header::TRANSFER_ENCODING);
     for (name, value) in own.chain(added.iter().map(|(n, v)| (n, v))) {
@@ -1214,17 +1215,16 @@ mod tests {
         Pool::new(endpoint, 8, Duration::from_secs(60))
     }
 
-    fn get(path: &str) -> request::Parts {
-        let (mut parts, ()) = http::Request::get(path).body(()).unwrap().into_parts();
-        parts
-            .headers
-            .insert(header::HOST, HeaderValue::from_static("app"));
-        parts
+    fn get(path: &str) -> Request<()> {
+        http::Request::get(path)
+            .header(header::HOST, "app")
+            .body(())
+            .unwrap()
     }
 
     async fn fetch(
         pool: &Arc<Pool>,
-        parts: &request::Parts,
+        parts: &Request<()>,
         body: RequestBody,
     ) -> (Response<()>, Bytes) {
         let mut conn = match pool.checkout() {
@@ -1336,7 +1336,7 @@ mod tests {
         });
         let pool = pool_at(port, None);
         let mut parts = get("/upload");
-        parts.method = Method::POST;
+        *parts.method_mut() = Method::POST;
         // Far more than the socket buffers hold: sending all of it would block.
         let body = RequestBody::full(vec![b'x'; 64 * 1024 * 1024]);
         let (head, body) =
@@ -1356,12 +1356,12 @@ mod tests {
         ]])
         .await;
         let mut post = get("/form");
-        post.method = Method::POST;
+        *post.method_mut() = Method::POST;
         // The client's own length is not trusted: the body's is written.
-        post.headers
+        post.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
         fetch(&pool, &post, RequestBody::full("a=1")).await;
-        post.headers.remove(header::CONTENT_LENGTH);
+        post.headers_mut().remove(header::CONTENT_LENGTH);
         fetch(&pool, &post, RequestBody::empty()).await;
         let seen = peer.await.unwrap();
         assert!(

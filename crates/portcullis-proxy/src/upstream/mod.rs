@@ -197,7 +197,7 @@ impl Upstream {
     /// closed it as it was being reused) is sent once more, on a fresh one.
     async fn send(
         &self,
-        parts: &http::request::Parts,
+        head: &Request<RequestBody>,
         added: &Added,
         body: RequestBody,
     ) -> Result<(Answer, Conn), UpstreamError> {
@@ -210,7 +210,7 @@ impl Upstream {
                 None => (Conn::new(Box::pin(self.connect()).await?), false),
             };
             let body = body.take().unwrap_or_else(RequestBody::empty);
-            match conn.exchange(parts, added.fields(), body).await {
+            match conn.exchange(head, added.fields(), body).await {
                 Ok(answer) => return Ok((answer, conn)),
                 Err(failure) if reused && failure.retryable => continue,
                 Err(failure) => return Err(UpstreamError::Unreachable(failure.reason)),
@@ -230,7 +230,7 @@ impl Upstream {
     /// asked to switch to, if any; `client_host` is the host the client addressed.
     pub(crate) async fn forward(
         &self,
-        mut req: Request<RequestBody>,
+        req: &mut Request<RequestBody>,
         added: Added,
         upgrade: Option<UpgradeRequest>,
         client_host: Option<&HeaderValue>,
@@ -251,9 +251,9 @@ impl Upstream {
             return Box::pin(self.forward_upgrade(req, added, upgrade, tracker)).await;
         }
 
-        let (parts, body) = req.into_parts();
+        let body = std::mem::replace(req.body_mut(), RequestBody::empty());
         let (answer, conn) =
-            tokio::time::timeout(self.response_timeout, self.send(&parts, &added, body))
+            tokio::time::timeout(self.response_timeout, self.send(req, &added, body))
                 .await
                 .map_err(|_| UpstreamError::Timeout)??;
         if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -271,7 +271,7 @@ impl Upstream {
     /// connections are spliced, on any other answer that answer is passed on.
     async fn forward_upgrade(
         &self,
-        mut req: Request<RequestBody>,
+        req: &mut Request<RequestBody>,
         added: Added,
         upgrade: UpgradeRequest,
         tracker: &Tracker,
@@ -279,11 +279,11 @@ impl Upstream {
         let headers = req.headers_mut();
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade.protocol.clone());
-        let client_upgrade = hyper::upgrade::on(&mut req);
-        let (parts, body) = req.into_parts();
+        let client_upgrade = hyper::upgrade::on(&mut *req);
+        let body = std::mem::replace(req.body_mut(), RequestBody::empty());
         let exchange = async {
             let mut conn = Conn::new(self.connect().await?);
-            match conn.exchange(&parts, added.fields(), body).await {
+            match conn.exchange(req, added.fields(), body).await {
                 Ok(answer) => Ok((answer, conn)),
                 Err(failure) => Err(UpstreamError::Unreachable(failure.reason)),
             }
