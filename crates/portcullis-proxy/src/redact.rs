@@ -116,19 +116,48 @@ pub(crate) fn strip_identity_headers(headers: &mut HeaderMap) {
 }
 
 /// Bytes that may go into a header value: visible ASCII, space, tab and UTF-8 (obs-text);
-/// never CR, LF or other controls (RFC 9110 §5.5).
+/// never CR, LF or other controls (RFC 9110 §5.5). The rule of `HeaderValue::from_bytes`.
+pub(crate) fn is_field_value(text: &[u8]) -> bool {
+    // Every byte looked at, without stopping at the first bad one: the loop becomes a few
+    // vector instructions, and bad values are rare.
+    let bad = text.iter().fold(false, |bad, &b| {
+        bad | ((b < 0x20 && b != b'\t') | (b == 0x7f))
+    });
+    !bad
+}
+
 fn value(text: &str) -> Option<HeaderValue> {
     HeaderValue::from_bytes(text.as_bytes()).ok()
 }
 
 /// Where identity fields are set: a message's own header map (a field of the name
 /// replaced), or the fields added to a request on its way upstream, whose names the
-/// request no longer carries.
-pub(crate) trait SetField {
+/// request no longer carries. Text that is not a valid field value is not set (`false`).
+pub(crate) trait SetField<'a> {
     fn set(&mut self, name: HeaderName, value: HeaderValue);
+
+    fn set_text(&mut self, name: HeaderName, text: &'a str) -> bool {
+        match value(text) {
+            Some(v) => {
+                self.set(name, v);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn set_owned(&mut self, name: HeaderName, text: String) -> bool {
+        match value(&text) {
+            Some(v) => {
+                self.set(name, v);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
-impl SetField for HeaderMap {
+impl SetField<'_> for HeaderMap {
     fn set(&mut self, name: HeaderName, value: HeaderValue) {
         self.insert(name, value);
     }
@@ -137,26 +166,30 @@ impl SetField for HeaderMap {
 /// Sets the identity headers for `who` under `names`; `groups` are the provider's groups
 /// and the directory's teams. A field whose value cannot be represented (a claim with a
 /// control character) is left out, never passed through mangled.
-pub(crate) fn set_identity_headers<'g>(
-    headers: &mut impl SetField,
+pub(crate) fn set_identity_headers<'a, 'g>(
+    headers: &mut impl SetField<'a>,
     names: &IdentityHeaders,
-    who: &Identity,
+    who: &'a Identity,
     groups: impl Iterator<Item = &'g str>,
 ) {
-    let mut set =
-        |name: HeaderName, text: Option<&str>| match text.filter(|t| !t.is_empty()).and_then(value)
-        {
-            Some(v) => headers.set(name, v),
-            None if names.always => headers.set(name, HeaderValue::from_static("")),
-            None => {}
-        };
-    set(names.user.clone(), Some(who.id()));
-    set(names.email.clone(), who.email());
-    set(names.preferred_username.clone(), who.username());
+    let always = names.always;
+    let mut set = |name: &HeaderName, text: Option<&'a str>| {
+        let set = text.is_some_and(|t| !t.is_empty() && headers.set_text(name.clone(), t));
+        if !set && always {
+            headers.set(name.clone(), HeaderValue::from_static(""));
+        }
+    };
+    set(&names.user, Some(who.id()));
+    set(&names.email, who.email());
+    set(&names.preferred_username, who.username());
     if let Some(provider) = &names.provider {
-        set(provider.clone(), Some(&who.provider));
+        set(provider, Some(&who.provider));
     }
-    set(names.groups.clone(), Some(&join_groups(groups)));
+    let groups = join_groups(groups);
+    let set = !groups.is_empty() && headers.set_owned(names.groups.clone(), groups);
+    if !set && always {
+        headers.set(names.groups.clone(), HeaderValue::from_static(""));
+    }
 }
 
 /// The groups as one comma-separated value. A group whose name holds a comma would read
@@ -307,6 +340,43 @@ mod tests {
         set_identity_headers(&mut h, &FORWARDED, &evil, std::iter::empty());
         assert!(h.get(EMAIL).is_none());
         assert_eq!(h[USER], "sub-1");
+    }
+
+    #[test]
+    fn field_values_are_checked_as_header_values_are() {
+        for b in 0..=255u8 {
+            for text in [vec![b], vec![b'a', b, b'z']] {
+                assert_eq!(
+                    is_field_value(&text),
+                    HeaderValue::from_bytes(&text).is_ok(),
+                    "byte {b:#04x}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn identity_fields_added_to_a_request_are_the_ones_a_header_map_gets() {
+        let mut evil = who();
+        evil.set_email(Some("a@example.com\r\nX-Forwarded-User: admin"));
+        evil.set_username(Some("zoë\u{7f}"));
+        let mut bare = who();
+        bare.set_email(None);
+        bare.set_username(Some("zoë"));
+        let groups = ["eng,admins", "bad\ngroup"];
+        for identity in [who(), evil, bare] {
+            for names in [&FORWARDED, &AUTH_REQUEST] {
+                for groups in [&groups[..1], &groups[..], &[]] {
+                    let mut map = HeaderMap::new();
+                    set_identity_headers(&mut map, names, &identity, groups.iter().copied());
+                    let mut added = crate::upstream::Added::default();
+                    set_identity_headers(&mut added, names, &identity, groups.iter().copied());
+                    let mut applied = HeaderMap::new();
+                    added.apply_to(&mut applied);
+                    assert_eq!(applied, map, "{identity:?} {groups:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
+use super::FieldValue;
 use super::pool::Pool;
 use crate::hop;
 use crate::inbound::RequestBody;
@@ -186,7 +187,7 @@ impl Conn {
     pub(super) async fn exchange<B>(
         &mut self,
         head: &Request<B>,
-        added: &[(HeaderName, HeaderValue)],
+        added: &[(HeaderName, FieldValue<'_>)],
         body: RequestBody,
     ) -> Result<Answer, Failure> {
         let framing = request_framing(head, &body);
@@ -274,7 +275,7 @@ fn request_framing<B>(head: &Request<B>, body: &RequestBody) -> Framing {
 fn write_head<B>(
     out: &mut Vec<u8>,
     head: &Request<B>,
-    added: &[(HeaderName, HeaderValue)],
+    added: &[(HeaderName, FieldValue<'_>)],
     framing: Framing,
 ) {
     out.extend_from_slice(head.method().as_str().as_bytes());
@@ -286,10 +287,11 @@ fn write_head<B>(
         .headers()
         .iter()
         .filter(|(name, _)| *name != header::CONTENT_LENGTH && *name != header::TRANSFER_ENCODING);
-    for (name, value) in own.chain(added.iter().map(|(n, v)| (n, v))) {
+    let added = added.iter().map(|(n, v)| (n, v.as_bytes()));
+    for (name, value) in own.map(|(n, v)| (n, v.as_bytes())).chain(added) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     match framing {

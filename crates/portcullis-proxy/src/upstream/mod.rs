@@ -38,34 +38,75 @@ use pool::{Endpoint, Pool};
 /// Fields Portcullis adds to a request on its way upstream (forwarding, identity, the
 /// assertion), written after the client's own. Whoever adds one first removes any field
 /// of that name from the request, so adding is setting; kept apart from the request's
-/// header map, which would otherwise grow and hash for each of them.
+/// header map, which would otherwise grow and hash for each of them. Text that lives as
+/// long as the request (the session's identity) is held borrowed and copied once, into
+/// the request's head, instead of into a header value of its own first.
 #[derive(Debug, Default)]
-pub(crate) struct Added(Vec<(HeaderName, HeaderValue)>);
+pub(crate) struct Added<'a>(Vec<(HeaderName, FieldValue<'a>)>);
 
-impl Added {
+/// The value of an added field; text is checked to be a valid field value when added.
+#[derive(Debug)]
+pub(crate) enum FieldValue<'a> {
+    Value(HeaderValue),
+    Borrowed(&'a str),
+    Owned(String),
+}
+
+impl FieldValue<'_> {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            FieldValue::Value(v) => v.as_bytes(),
+            FieldValue::Borrowed(t) => t.as_bytes(),
+            FieldValue::Owned(t) => t.as_bytes(),
+        }
+    }
+}
+
+impl<'a> Added<'a> {
     pub(crate) fn with_capacity(n: usize) -> Self {
         Added(Vec::with_capacity(n))
     }
 
     pub(crate) fn push(&mut self, name: HeaderName, value: HeaderValue) {
-        self.0.push((name, value));
+        self.0.push((name, FieldValue::Value(value)));
     }
 
     /// Sets them in `headers` instead (for a view of the request as it would go).
     pub(crate) fn apply_to(self, headers: &mut http::HeaderMap) {
         for (name, value) in self.0 {
+            let value = match value {
+                FieldValue::Value(v) => v,
+                other => HeaderValue::from_bytes(other.as_bytes())
+                    .expect("added text is checked to be a field value"),
+            };
             headers.insert(name, value);
         }
     }
 
-    pub(crate) fn fields(&self) -> &[(HeaderName, HeaderValue)] {
+    pub(crate) fn fields(&self) -> &[(HeaderName, FieldValue<'a>)] {
         &self.0
     }
 }
 
-impl crate::redact::SetField for Added {
+impl<'a> crate::redact::SetField<'a> for Added<'a> {
     fn set(&mut self, name: HeaderName, value: HeaderValue) {
         self.push(name, value);
+    }
+
+    fn set_text(&mut self, name: HeaderName, text: &'a str) -> bool {
+        let valid = crate::redact::is_field_value(text.as_bytes());
+        if valid {
+            self.0.push((name, FieldValue::Borrowed(text)));
+        }
+        valid
+    }
+
+    fn set_owned(&mut self, name: HeaderName, text: String) -> bool {
+        let valid = crate::redact::is_field_value(text.as_bytes());
+        if valid {
+            self.0.push((name, FieldValue::Owned(text)));
+        }
+        valid
     }
 }
 
@@ -198,7 +239,7 @@ impl Upstream {
     async fn send(
         &self,
         head: &Request<RequestBody>,
-        added: &Added,
+        added: &Added<'_>,
         body: RequestBody,
     ) -> Result<(Answer, Conn), UpstreamError> {
         let mut body = Some(body);
@@ -231,7 +272,7 @@ impl Upstream {
     pub(crate) async fn forward(
         &self,
         req: &mut Request<RequestBody>,
-        added: Added,
+        added: Added<'_>,
         upgrade: Option<UpgradeRequest>,
         client_host: Option<&HeaderValue>,
         tracker: &Tracker,
@@ -272,7 +313,7 @@ impl Upstream {
     async fn forward_upgrade(
         &self,
         req: &mut Request<RequestBody>,
-        added: Added,
+        added: Added<'_>,
         upgrade: UpgradeRequest,
         tracker: &Tracker,
     ) -> Result<Forwarded, UpstreamError> {
