@@ -18,37 +18,37 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Uri};
 use ipnet::IpNet;
 
+use crate::hop::Names;
 use crate::upstream::Added;
 
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub(crate) const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers that say where a request was originally going or who sent it, which some
 /// frameworks believe (Spring's `ForwardedHeaderFilter`, IIS URL Rewrite, Symfony, the
 /// client-address headers of CDNs that libraries read before `X-Forwarded-For`): from an
 /// untrusted peer they are the client's invention, and are dropped before the request
 /// goes upstream. (`portcullis check --live` found `True-Client-IP` passing.)
-static UNTRUSTED_CLAIMS: [HeaderName; 16] = [
-    header::FORWARDED,
-    X_REAL_IP,
-    X_FORWARDED_URI,
-    HeaderName::from_static("x-forwarded-prefix"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-server"),
-    HeaderName::from_static("x-forwarded-ssl"),
-    HeaderName::from_static("x-original-url"),
-    HeaderName::from_static("x-rewrite-url"),
-    HeaderName::from_static("x-original-host"),
-    HeaderName::from_static("true-client-ip"),
-    HeaderName::from_static("x-client-ip"),
-    HeaderName::from_static("x-cluster-client-ip"),
-    HeaderName::from_static("cf-connecting-ip"),
-    HeaderName::from_static("fastly-client-ip"),
-    HeaderName::from_static("x-original-forwarded-for"),
-];
+static UNTRUSTED_CLAIMS: Names<16> = Names::new([
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-uri",
+    "x-forwarded-prefix",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+]);
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TrustedProxies(Vec<IpNet>);
@@ -217,16 +217,17 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
 }
 
 /// The fields Portcullis writes itself, whatever the client sent under their names.
-static RESOLVED: [HeaderName; 3] = [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST];
+static RESOLVED: Names<3> =
+    Names::new(["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]);
 
 /// Replaces the client's forwarding headers with the resolved ones: the client's copies
 /// (a trusted proxy's chain is already in `origin`) leave `headers`, the resolved values
 /// go to `added`.
 pub(crate) fn apply(headers: &mut HeaderMap, origin: &Origin, added: &mut Added) {
     if !origin.via_trusted_proxy {
-        crate::hop::remove_each(headers, &UNTRUSTED_CLAIMS);
+        UNTRUSTED_CLAIMS.remove_from(headers);
     }
-    crate::hop::remove_each(headers, &RESOLVED);
+    RESOLVED.remove_from(headers);
     added.push(X_FORWARDED_FOR, origin.forwarded_for.clone());
     added.push(X_FORWARDED_PROTO, HeaderValue::from_static(origin.proto));
     if let Some(host) = &origin.host {
@@ -391,6 +392,56 @@ mod tests {
             );
         }
         assert_eq!(h["x-forwarded-for"], "203.0.113.9");
+    }
+
+    #[test]
+    fn each_claim_alone_is_dropped_and_fields_of_the_same_length_stay() {
+        let claims = [
+            "forwarded",
+            "x-real-ip",
+            "x-forwarded-uri",
+            "x-forwarded-prefix",
+            "x-forwarded-port",
+            "x-forwarded-server",
+            "x-forwarded-ssl",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-original-host",
+            "true-client-ip",
+            "x-client-ip",
+            "x-cluster-client-ip",
+            "cf-connecting-ip",
+            "fastly-client-ip",
+            "x-original-forwarded-for",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+        ];
+        // Names as long as a claim (accept-encoding and x-forwarded-uri are 15 bytes).
+        let bystanders = [
+            ("accept-encoding", "gzip"),
+            ("x-forwarded-urx", "kept"),
+            ("content-type", "text/plain"),
+            ("x-real-ipv", "kept"),
+        ];
+        let o = resolve(
+            peer("203.0.113.9"),
+            false,
+            &HeaderMap::new(),
+            &Uri::from_static("/"),
+            &trusted(),
+        );
+        for claim in claims {
+            let mut fields = bystanders.to_vec();
+            fields.push((claim, "forged"));
+            let mut h = headers(&fields);
+            apply(&mut h, &o, &mut Added::default());
+            assert!(
+                h.get(claim).is_none(),
+                "{claim} passed from an untrusted peer"
+            );
+            assert_eq!(h.len(), bystanders.len(), "{claim}: {h:?}");
+        }
     }
 
     #[test]
