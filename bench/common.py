@@ -84,10 +84,13 @@ def children(pid):
     return [int(p) for p in out]
 
 
-def nginx(work, name, server_block):
+def nginx(work, name, server_block, wrap=()):
+    """nginx serving `server_block`, pinned to the server core; `wrap` runs it under
+    another program (valgrind), in one process without a master."""
     conf = os.path.join(work, f"{name}.conf")
     with open(conf, "w") as f:
         f.write(f"""
+{"master_process off;" if wrap else ""}
 worker_processes 1;
 daemon off;
 pid {work}/{name}.pid;
@@ -104,7 +107,7 @@ http {{
     {server_block}
 }}
 """)
-    proc = subprocess.Popen(pinned(SERVER_CORE, ["nginx", "-p", work, "-c", conf]))
+    proc = subprocess.Popen(pinned(SERVER_CORE, [*wrap, "nginx", "-p", work, "-c", conf]))
     return proc
 
 

@@ -13,7 +13,9 @@ provider run outside valgrind.
 
 Configurations: plain (a session cookie), routes (20 routes and the identity assertion,
 as in proxy.py), traced (the plain one exporting OpenTelemetry traces with a 1% sampler
-to a sink in this script), traced-all (every request sampled).
+to a sink in this script), traced-all (every request sampled), nginx (nginx as the plain
+keep-alive proxy of proxy.py, no authentication, under callgrind in one process: the
+count to beat).
 
 Environment: REQUESTS (default 2000), CONFIGS (comma-separated subset),
 PORTCULLIS_BIN / LOGIN_FLOOD_BIN (skip the release build; a build with debug line
@@ -81,6 +83,42 @@ def counted(portcullis, flood, env, count, work, label):
     return total
 
 
+def counted_nginx(work, upstream, count):
+    """Total instructions of nginx as a plain keep-alive proxy (as in proxy.py, no
+    authentication) serving `count` requests, for comparison."""
+    port = free_port()
+    out = os.path.join(work, f"callgrind.nginx.{count}")
+    proc = nginx(work, f"nginx-{count}", f"""
+    upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_buffers 16 8k;
+        }}
+    }}""", wrap=("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+              f"--log-file={os.path.join(work, f'nginx.{count}.log')}"))
+    try:
+        wait_http(f"http://127.0.0.1:{port}/small", timeout=120)
+        # A cookie of the size of a session's, which nginx passes on as it is.
+        requests(port, "portcullis_session=" + "x" * 43, count)
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        proc.wait(timeout=120)
+    total = 0
+    for path in glob.glob(out + "*"):
+        with open(path) as f:
+            for line in f:
+                if line.startswith("totals:") or line.startswith("summary:"):
+                    total += int(line.split()[1])
+                    break
+    return total
+
+
 def entropy_gathering(path):
     """Instructions spent in aws-lc's jitterentropy (its start-up entropy source): a
     number that differs from run to run of the same binary, so it is left out."""
@@ -133,6 +171,7 @@ def main():
             "routes": {"PORTCULLIS_CONFIG": os.path.join(work, "routes.yaml")},
             "traced": traced,
             "traced-all": dict(traced, OTEL_TRACES_SAMPLER="always_on"),
+            "nginx": None,
         }
         wanted = [c for c in os.environ.get("CONFIGS", ",".join(configs)).split(",") if c]
         print(f"callgrind, one worker, {REQUESTS} requests of /small over one keep-alive connection "
@@ -140,9 +179,13 @@ def main():
               f"gathering left out)", flush=True)
         results = {}
         for name in wanted:
-            env = dict(base, **configs[name])
-            once = counted(portcullis, flood, env, REQUESTS, work, name)
-            twice = counted(portcullis, flood, env, 2 * REQUESTS, work, name)
+            if name == "nginx":
+                once = counted_nginx(work, up, REQUESTS)
+                twice = counted_nginx(work, up, 2 * REQUESTS)
+            else:
+                env = dict(base, **configs[name])
+                once = counted(portcullis, flood, env, REQUESTS, work, name)
+                twice = counted(portcullis, flood, env, 2 * REQUESTS, work, name)
             results[name] = (twice - once) / REQUESTS
             print(f"  {name:<12} {results[name]:>10.0f} instructions per request", flush=True)
         if "plain" in results:
