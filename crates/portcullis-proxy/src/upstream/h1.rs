@@ -103,6 +103,51 @@ pub(super) struct Conn {
     input: BytesMut,
     /// The request head (and small chunks of a chunked body) being written.
     output: Vec<u8>,
+    /// The field names of the last answer on this connection.
+    names: FieldNames,
+}
+
+/// The most bytes of field names a connection keeps (an answer with more is parsed in full).
+const NAMES_KEPT: usize = 2048;
+
+/// The field names of an answer as they were read and as parsed: an upstream sends the
+/// same names in the same order answer after answer, and comparing the bytes is cheaper
+/// than parsing a name again. At most [`MAX_FIELDS`] names.
+#[derive(Default)]
+struct FieldNames {
+    /// The names as read, one after the other.
+    raw: Vec<u8>,
+    /// Each name, and where its raw bytes end in `raw`.
+    parsed: Vec<(usize, HeaderName)>,
+}
+
+impl FieldNames {
+    /// Field `i`'s name read as `raw`: the one parsed before when the bytes are the same,
+    /// else parsed now and kept (in place of what followed it) for the next answer.
+    fn name(
+        &mut self,
+        i: usize,
+        raw: &[u8],
+    ) -> Result<HeaderName, http::header::InvalidHeaderName> {
+        if let Some((end, name)) = self.parsed.get(i) {
+            let start = i.checked_sub(1).map_or(0, |p| self.parsed[p].0);
+            if &self.raw[start..*end] == raw {
+                return Ok(name.clone());
+            }
+        }
+        let name = HeaderName::from_bytes(raw)?;
+        let start = i
+            .checked_sub(1)
+            .and_then(|p| self.parsed.get(p))
+            .map_or(0, |p| p.0);
+        if self.parsed.len() >= i && start + raw.len() <= NAMES_KEPT {
+            self.parsed.truncate(i);
+            self.raw.truncate(start);
+            self.raw.extend_from_slice(raw);
+            self.parsed.push((self.raw.len(), name.clone()));
+        }
+        Ok(name)
+    }
 }
 
 /// How a message body is delimited on the wire.
@@ -121,6 +166,9 @@ pub(super) struct Answer {
     body: Framing,
     /// The connection may carry another request after this response.
     reusable: bool,
+    /// Hop-by-hop fields are still among the answer's (a `101`, or a `Connection` that
+    /// names other fields); otherwise they were left out as the head was read.
+    hop_fields_kept: bool,
 }
 
 /// Why an exchange failed, and whether sending the request again is safe.
@@ -147,6 +195,7 @@ impl Conn {
             io,
             input: BytesMut::new(),
             output: Vec::new(),
+            names: FieldNames::default(),
         }
     }
 
@@ -204,7 +253,7 @@ impl Conn {
             });
         }
         if bodiless {
-            return read_head(&mut self.io, &mut self.input, head_request)
+            return read_head(&mut self.io, &mut self.input, &mut self.names, head_request)
                 .await
                 .map_err(|e| Failure {
                     retryable: retryable && !e.received(),
@@ -214,10 +263,15 @@ impl Conn {
 
         // The body goes out while the head is awaited: an upstream may answer before it
         // has read the whole body (a refusal), and must not be blocked writing to us.
-        let Conn { io, input, output } = self;
+        let Conn {
+            io,
+            input,
+            output,
+            names,
+        } = self;
         let (mut reader, mut writer) = tokio::io::split(io);
         let sending = send_body(&mut writer, output, body, framing);
-        let reading = read_head(&mut reader, input, head_request);
+        let reading = read_head(&mut reader, input, names, head_request);
         tokio::pin!(sending, reading);
         let mut sent = false;
         let mut send_failed = None;
@@ -391,13 +445,14 @@ impl HeadError {
 async fn read_head<R: AsyncRead + Unpin>(
     io: &mut R,
     input: &mut BytesMut,
+    names: &mut FieldNames,
     head_request: bool,
 ) -> Result<Answer, HeadError> {
     let mut interim = 0;
     let mut received = false;
     loop {
         if !input.is_empty() {
-            match parse_head(input, head_request)? {
+            match parse_head(input, names, head_request)? {
                 Parsed::Final(answer) => return Ok(answer),
                 Parsed::Interim => {
                     interim += 1;
@@ -438,7 +493,11 @@ enum Parsed {
 }
 
 /// Parses a response head at the start of `input` and takes it off.
-fn parse_head(input: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadError> {
+fn parse_head(
+    input: &mut BytesMut,
+    names: &mut FieldNames,
+    head_request: bool,
+) -> Result<Parsed, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut parsed = httparse::Response::new(&mut fields);
     let len = match parsed.parse(input) {
@@ -477,9 +536,9 @@ fn parse_head(input: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadEr
         );
     }
     let head = input.split_to(len).freeze();
-    let field = |&(ns, ne, vs, ve): &(u32, u32, u32, u32)| {
+    let mut field = |i: usize, &(ns, ne, vs, ve): &(u32, u32, u32, u32)| {
         let raw_name = &head[ns as usize..ne as usize];
-        let name = HeaderName::from_bytes(raw_name).map_err(|_| {
+        let name = names.name(i, raw_name).map_err(|_| {
             HeadError::Malformed(format!(
                 "field name {:?}",
                 String::from_utf8_lossy(raw_name)
@@ -499,8 +558,8 @@ fn parse_head(input: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadEr
     let (mut has_length, mut has_coding) = (false, false);
     let (mut last_coding_chunked, mut close, mut lists_others) = (false, false, false);
     let mut held_back = false;
-    for span in &spans[..count] {
-        let (name, value) = field(span)?;
+    for (i, span) in spans[..count].iter().enumerate() {
+        let (name, value) = field(i, span)?;
         if name == header::CONTENT_LENGTH {
             has_length = true;
         } else if name == header::TRANSFER_ENCODING {
@@ -521,9 +580,10 @@ fn parse_head(input: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadEr
             headers.append(name, value);
         }
     }
-    if held_back && (lists_others || status == StatusCode::SWITCHING_PROTOCOLS) {
-        for span in &spans[..count] {
-            let (name, value) = field(span)?;
+    let hop_fields_kept = held_back && (lists_others || status == StatusCode::SWITCHING_PROTOCOLS);
+    if hop_fields_kept {
+        for (i, span) in spans[..count].iter().enumerate() {
+            let (name, value) = field(i, span)?;
             if hop::always_hop_by_hop(&name) {
                 headers.append(name, value);
             }
@@ -572,6 +632,7 @@ fn parse_head(input: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadEr
         response,
         body,
         reusable,
+        hop_fields_kept,
     }))
 }
 
@@ -741,8 +802,9 @@ pub fn read_response(bytes: &[u8], split: usize) -> Result<(u16, Vec<u8>), Strin
         }
         None => Err("the response ended early".to_string()),
     };
+    let mut names = FieldNames::default();
     let answer = loop {
-        match parse_head(&mut input, false).map_err(|e| e.to_string())? {
+        match parse_head(&mut input, &mut names, false).map_err(|e| e.to_string())? {
             Parsed::Final(answer) => break answer,
             Parsed::Interim => {}
             Parsed::Partial => more(&mut input)?,
@@ -809,6 +871,11 @@ pub struct UpstreamBody {
 }
 
 impl Answer {
+    /// Whether hop-by-hop fields are still among the answer's fields.
+    pub(super) fn hop_fields_kept(&self) -> bool {
+        self.hop_fields_kept
+    }
+
     /// The response head and its body, read from `conn`. The connection returns to
     /// `pool` after the body, if there is one and this answer allows its reuse.
     pub(super) fn into_response(
@@ -971,10 +1038,49 @@ mod tests {
     use super::super::pool::Endpoint;
     use super::*;
 
+    #[test]
+    fn field_names_kept_from_answer_to_answer_are_the_names_read() {
+        let long = "x".repeat(1500);
+        let pool: [&[u8]; 10] = [
+            b"Content-Type",
+            b"content-type",
+            b"Content-Length",
+            b"Server",
+            b"X-App-Field",
+            b"x-app-field",
+            b"Bad Name",
+            b"",
+            b"ETag",
+            long.as_bytes(),
+        ];
+        let mut names = FieldNames::default();
+        // A fixed pseudo-random walk: answers of 0 to 7 fields, often repeating the last.
+        let mut seed = 7u32;
+        let mut next = |n: u32| {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (seed >> 16) % n
+        };
+        let mut last: Vec<&[u8]> = Vec::new();
+        for _ in 0..2_000 {
+            let answer: Vec<&[u8]> = if next(3) == 0 {
+                last.clone()
+            } else {
+                (0..next(8)).map(|_| pool[next(10) as usize]).collect()
+            };
+            for (i, raw) in answer.iter().enumerate() {
+                let expected = HeaderName::from_bytes(raw).ok();
+                assert_eq!(names.name(i, raw).ok(), expected, "field {i} {raw:?}");
+            }
+            assert!(names.raw.len() <= NAMES_KEPT);
+            last = answer;
+        }
+    }
+
     fn head(raw: &str, head_request: bool) -> Result<Answer, HeadError> {
         let mut input = BytesMut::from(raw);
+        let mut names = FieldNames::default();
         loop {
-            match parse_head(&mut input, head_request)? {
+            match parse_head(&mut input, &mut names, head_request)? {
                 Parsed::Final(answer) => return Ok(answer),
                 Parsed::Interim => continue,
                 Parsed::Partial => panic!("partial head"),
@@ -1031,6 +1137,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(names(&a), ["connection", "upgrade"]);
+        assert!(a.hop_fields_kept());
+        // What the proxy does not strip again (hop_fields_kept false) has nothing to strip.
+        for raw in [
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-App: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nconnection: Keep-Alive, TE\r\nTE: trailers\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nProxy-Connection: x\r\nUpgrade: h2c\r\nTrailer: x\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\nServer: app\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            let a = head(raw, false).unwrap();
+            let mut stripped = a.response.headers().clone();
+            hop::strip_hop_by_hop(&mut stripped);
+            assert_eq!(
+                a.hop_fields_kept(),
+                &stripped != a.response.headers(),
+                "{raw:?}"
+            );
+        }
     }
 
     #[test]

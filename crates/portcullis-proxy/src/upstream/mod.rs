@@ -303,7 +303,9 @@ impl Upstream {
             ));
         }
         Ok(Forwarded::Response(respond(
-            answer.into_response(conn, Some(self.pool.clone())),
+            answer,
+            conn,
+            Some(self.pool.clone()),
             client_version,
         )))
     }
@@ -349,18 +351,30 @@ impl Upstream {
         }
         // A connection that was asked to upgrade is not reused.
         Ok(Forwarded::Response(respond(
-            answer.into_response(conn, None),
+            answer,
+            conn,
+            None,
             Version::HTTP_11,
         )))
     }
 }
 
-fn respond(response: Response<UpstreamBody>, client_version: Version) -> Response<UpstreamBody> {
-    let (mut parts, body) = response.into_parts();
-    hop::strip_hop_by_hop(&mut parts.headers);
-    // The client's own protocol version answers it.
-    parts.version = client_version;
-    Response::from_parts(parts, body)
+/// The upstream's answer as the client gets it: without hop-by-hop fields (most were left
+/// out as its head was read), in the client's own protocol version. `pool` takes the
+/// connection back once the body has been read.
+fn respond(
+    answer: Answer,
+    conn: Conn,
+    pool: Option<Arc<Pool>>,
+    client_version: Version,
+) -> Response<UpstreamBody> {
+    let strip = answer.hop_fields_kept();
+    let mut response = answer.into_response(conn, pool);
+    if strip {
+        hop::strip_hop_by_hop(response.headers_mut());
+    }
+    *response.version_mut() = client_version;
+    response
 }
 
 /// Answers the client's upgrade with the upstream's `101` and splices the two upgraded
