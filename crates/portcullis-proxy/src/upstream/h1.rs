@@ -103,8 +103,9 @@ pub(super) struct Conn {
     input: BytesMut,
     /// The request head (and small chunks of a chunked body) being written.
     output: Vec<u8>,
-    /// The field names of the last answer on this connection.
-    names: FieldNames,
+    /// The field names of the last answer on this connection (boxed: a connection is
+    /// moved with each answer's body, and a bigger one costs a copy at every move).
+    names: Box<FieldNames>,
 }
 
 /// The most bytes of field names a connection keeps (an answer with more is parsed in full).
@@ -195,7 +196,7 @@ impl Conn {
             io,
             input: BytesMut::new(),
             output: Vec::new(),
-            names: FieldNames::default(),
+            names: Box::default(),
         }
     }
 
