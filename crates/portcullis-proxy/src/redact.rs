@@ -136,24 +136,24 @@ fn value(text: &str) -> Option<HeaderValue> {
 pub(crate) trait SetField<'a> {
     fn set(&mut self, name: HeaderName, value: HeaderValue);
 
+    /// Sets `text` as the field's value, if it is a valid one.
     fn set_text(&mut self, name: HeaderName, text: &'a str) -> bool {
-        match value(text) {
-            Some(v) => {
-                self.set(name, v);
-                true
-            }
-            None => false,
-        }
+        set_valid(self, name, text)
     }
 
+    /// [`SetField::set_text`] for text the caller made.
     fn set_owned(&mut self, name: HeaderName, text: String) -> bool {
-        match value(&text) {
-            Some(v) => {
-                self.set(name, v);
-                true
-            }
-            None => false,
+        set_valid(self, name, &text)
+    }
+}
+
+fn set_valid<'a>(field: &mut (impl SetField<'a> + ?Sized), name: HeaderName, text: &str) -> bool {
+    match value(text) {
+        Some(v) => {
+            field.set(name, v);
+            true
         }
+        None => false,
     }
 }
 

@@ -130,17 +130,17 @@ impl FieldNames {
         i: usize,
         raw: &[u8],
     ) -> Result<HeaderName, http::header::InvalidHeaderName> {
-        if let Some((end, name)) = self.parsed.get(i) {
-            let start = i.checked_sub(1).map_or(0, |p| self.parsed[p].0);
-            if &self.raw[start..*end] == raw {
-                return Ok(name.clone());
-            }
-        }
-        let name = HeaderName::from_bytes(raw)?;
+        // Where field `i`'s bytes start: where the one before ends.
         let start = i
             .checked_sub(1)
             .and_then(|p| self.parsed.get(p))
             .map_or(0, |p| p.0);
+        if let Some((end, name)) = self.parsed.get(i)
+            && &self.raw[start..*end] == raw
+        {
+            return Ok(name.clone());
+        }
+        let name = HeaderName::from_bytes(raw)?;
         if self.parsed.len() >= i && start + raw.len() <= NAMES_KEPT {
             self.parsed.truncate(i);
             self.raw.truncate(start);

@@ -94,17 +94,20 @@ impl<'a> crate::redact::SetField<'a> for Added<'a> {
     }
 
     fn set_text(&mut self, name: HeaderName, text: &'a str) -> bool {
-        let valid = crate::redact::is_field_value(text.as_bytes());
-        if valid {
-            self.0.push((name, FieldValue::Borrowed(text)));
-        }
-        valid
+        self.push_text(name, FieldValue::Borrowed(text))
     }
 
     fn set_owned(&mut self, name: HeaderName, text: String) -> bool {
+        self.push_text(name, FieldValue::Owned(text))
+    }
+}
+
+impl<'a> Added<'a> {
+    /// Adds text that is a valid field value; `false` (and nothing added) otherwise.
+    fn push_text(&mut self, name: HeaderName, text: FieldValue<'a>) -> bool {
         let valid = crate::redact::is_field_value(text.as_bytes());
         if valid {
-            self.0.push((name, FieldValue::Owned(text)));
+            self.0.push((name, text));
         }
         valid
     }
