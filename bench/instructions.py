@@ -72,15 +72,7 @@ def counted(portcullis, flood, env, count, work, label):
         proc.wait(timeout=120)
         idp_proc.send_signal(signal.SIGTERM)
         idp_proc.wait(timeout=10)
-    total = 0
-    for path in glob.glob(out + "*"):
-        with open(path) as f:
-            for line in f:
-                if line.startswith("totals:") or line.startswith("summary:"):
-                    total += int(line.split()[1])
-                    break
-        total -= entropy_gathering(path)
-    return total
+    return callgrind_total(out, without=entropy_gathering)
 
 
 def counted_nginx(work, upstream, count):
@@ -109,6 +101,12 @@ def counted_nginx(work, upstream, count):
     finally:
         proc.send_signal(signal.SIGQUIT)
         proc.wait(timeout=120)
+    return callgrind_total(out)
+
+
+def callgrind_total(out, without=lambda path: 0):
+    """The instructions counted in callgrind's files `out*` (one per process), less
+    `without(path)` of each."""
     total = 0
     for path in glob.glob(out + "*"):
         with open(path) as f:
@@ -116,6 +114,7 @@ def counted_nginx(work, upstream, count):
                 if line.startswith("totals:") or line.startswith("summary:"):
                     total += int(line.split()[1])
                     break
+        total -= without(path)
     return total
 
 

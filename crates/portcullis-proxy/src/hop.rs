@@ -130,6 +130,11 @@ impl<const N: usize> Names<N> {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn names(&self) -> &[HeaderName] {
+        &self.names
+    }
+
     fn lists(&self, name: &HeaderName) -> bool {
         let len = name.as_str().len();
         len < 64 && self.lengths & (1 << len) != 0 && self.names.contains(name)
