@@ -24,7 +24,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -174,8 +174,12 @@ struct Protocols {
 fn protocols(settings: &ServerSettings) -> Protocols {
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
+        // The header timeout is the connection's `Watch`, not hyper's: hyper arms a
+        // boxed timer for every request head (a clock read, an allocation, and the
+        // timer wheel whenever the head is not already in), and it keeps running while
+        // a keep-alive connection waits, so it also cut idle connections at the header
+        // timeout instead of `server.idle_timeout`.
+        .header_read_timeout(None)
         .max_buf_size(settings.max_header_bytes)
         // hyper's default: where the connection takes vectored writes (TCP does), a
         // response head and its body go out in one, the body not copied. Against
@@ -195,10 +199,11 @@ fn protocols(settings: &ServerSettings) -> Protocols {
 }
 
 /// An I/O stream that first yields bytes already read from it (while telling HTTP/1
-/// from HTTP/2), then the rest.
+/// from HTTP/2), then the rest, and tells the connection's `Activity` when bytes arrive.
 struct Rewind<I> {
     prefix: Bytes,
     inner: I,
+    activity: Arc<Activity>,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
@@ -213,7 +218,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
             self.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.received();
+        }
+        read
     }
 }
 
@@ -270,27 +280,39 @@ async fn sniff<I: AsyncRead + Unpin>(io: &mut I, limit: Duration) -> Option<(boo
     }
 }
 
-/// Requests in flight on one connection, and when the last one ended.
+/// What a connection is doing, as its watch needs to know: requests in flight, requests
+/// begun so far, and whether bytes arrived while none was in flight (the start of the
+/// next request head). Counters instead of clock readings: the watch compares them tick
+/// by tick, so a request costs no clock read here.
 struct Activity {
-    started: Instant,
     in_flight: AtomicUsize,
-    /// Milliseconds after `started` when the connection last became idle.
-    idle_since_ms: AtomicU64,
+    begun: AtomicU64,
+    head_started: AtomicBool,
 }
 
 impl Activity {
+    /// A connection whose first bytes have been read: its first head has started.
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            begun: AtomicU64::new(0),
+            head_started: AtomicBool::new(true),
+        }
+    }
+
     fn begin(self: &Arc<Self>) -> ActivityGuard {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.begun.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(false, Ordering::Release);
         ActivityGuard(self.clone())
     }
 
-    /// How long the connection has had nothing in flight, if it has nothing now.
-    fn idle_for(&self) -> Option<Duration> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
+    /// Bytes came in from the client.
+    fn received(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0 && !self.head_started.load(Ordering::Relaxed)
+        {
+            self.head_started.store(true, Ordering::Release);
         }
-        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-        Some(self.started.elapsed().saturating_sub(since))
     }
 }
 
@@ -298,9 +320,96 @@ struct ActivityGuard(Arc<Activity>);
 
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
-        let now = self.0.started.elapsed().as_millis() as u64;
-        self.0.idle_since_ms.store(now, Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why a connection's watch closes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Overdue {
+    /// Nothing in flight for `server.idle_timeout`.
+    Idle,
+    /// A request head started and not complete within `server.header_read_timeout`.
+    Head,
+    /// The same for the connection's first head. hyper will not close a connection
+    /// gracefully before its first request, so this one is dropped; nothing can be in
+    /// flight on it.
+    FirstHead,
+}
+
+/// Looks at a connection's `Activity` every `period` and says when it has been idle, or
+/// has been reading a head, for too long. Only whole periods are counted: a connection
+/// is closed between the limit and the limit plus one period, never before.
+struct Watch {
+    period: Duration,
+    idle_limit: u32,
+    /// `None`: heads are not timed here (HTTP/2, whose connection reads frames while
+    /// idle and has its own keep-alive).
+    head_limit: Option<u32>,
+    last_begun: u64,
+    was_idle: bool,
+    head_was_started: bool,
+    idle_ticks: u32,
+    head_ticks: u32,
+}
+
+impl Watch {
+    fn new(idle_timeout: Duration, head_timeout: Option<Duration>) -> Self {
+        let shortest = head_timeout.map_or(idle_timeout, |h| h.min(idle_timeout));
+        let period = (shortest / 2).max(Duration::from_millis(10));
+        let ticks = |limit: Duration| {
+            u32::try_from(limit.as_nanos().div_ceil(period.as_nanos()))
+                .unwrap_or(u32::MAX)
+                .max(1)
+        };
+        Self {
+            period,
+            idle_limit: ticks(idle_timeout),
+            head_limit: head_timeout.map(ticks),
+            last_begun: 0,
+            was_idle: true,
+            head_was_started: true,
+            idle_ticks: 0,
+            head_ticks: 0,
+        }
+    }
+
+    /// One period has passed: is the connection overdue?
+    fn tick(&mut self, activity: &Activity) -> Option<Overdue> {
+        let begun = activity.begun.load(Ordering::Acquire);
+        let idle = activity.in_flight.load(Ordering::Acquire) == 0;
+        let head_started = activity.head_started.load(Ordering::Acquire);
+        // Idle for the whole period: nothing in flight at either end, nothing begun.
+        let quiet = idle && self.was_idle && begun == self.last_begun;
+        if quiet {
+            self.idle_ticks = self.idle_ticks.saturating_add(1);
+            // The same head was already under way a whole period ago.
+            if self.head_was_started && head_started {
+                self.head_ticks = self.head_ticks.saturating_add(1);
+            } else {
+                self.head_ticks = 0;
+            }
+        } else {
+            self.idle_ticks = 0;
+            self.head_ticks = 0;
+        }
+        self.last_begun = begun;
+        self.was_idle = idle;
+        self.head_was_started = head_started;
+        if self
+            .head_limit
+            .is_some_and(|limit| self.head_ticks >= limit)
+        {
+            Some(if begun == 0 {
+                Overdue::FirstHead
+            } else {
+                Overdue::Head
+            })
+        } else if self.idle_ticks >= self.idle_limit {
+            Some(Overdue::Idle)
+        } else {
+            None
+        }
     }
 }
 
@@ -355,11 +464,11 @@ async fn serve_connection<I>(
         tracing::debug!(peer = %conn.peer, "connection closed: nothing received in time");
         return;
     };
-    let io = TokioIo::new(Rewind { prefix, inner: io });
-    let activity = Arc::new(Activity {
-        started: Instant::now(),
-        in_flight: AtomicUsize::new(0),
-        idle_since_ms: AtomicU64::new(0),
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Rewind {
+        prefix,
+        inner: io,
+        activity: activity.clone(),
     });
     let tracked = activity.clone();
     let service = service_fn(move |req| {
@@ -375,7 +484,8 @@ async fn serve_connection<I>(
     });
     let result = if h2 {
         let connection = protocols.http2.serve_connection(io, service);
-        drive(pin!(connection), &activity, &settings, &mut stopped, |c| {
+        let watch = Watch::new(settings.idle_timeout, None);
+        drive(pin!(connection), &activity, watch, &mut stopped, |c| {
             c.graceful_shutdown()
         })
         .await
@@ -384,7 +494,8 @@ async fn serve_connection<I>(
             .http1
             .serve_connection(io, service)
             .with_upgrades();
-        drive(pin!(connection), &activity, &settings, &mut stopped, |c| {
+        let watch = Watch::new(settings.idle_timeout, Some(settings.header_read_timeout));
+        drive(pin!(connection), &activity, watch, &mut stopped, |c| {
             c.graceful_shutdown()
         })
         .await
@@ -394,12 +505,13 @@ async fn serve_connection<I>(
     }
 }
 
-/// Polls a connection to its end, asking it to close gracefully when it has been idle for
-/// the idle timeout or the server is stopping.
+/// Polls a connection to its end, asking it to close gracefully when its watch finds it
+/// idle or reading a head for too long, or the server is stopping. (Closing gracefully
+/// ends a connection at once unless a response is under way, which it lets finish.)
 async fn drive<C>(
     mut connection: Pin<&mut C>,
     activity: &Activity,
-    settings: &ServerSettings,
+    mut watch: Watch,
     stopped: &mut watch::Receiver<bool>,
     close: impl Fn(Pin<&mut C>),
 ) -> Result<(), hyper::Error>
@@ -410,11 +522,10 @@ where
     if closing {
         close(connection.as_mut());
     }
+    let start = tokio::time::Instant::now() + watch.period;
+    let mut ticks = tokio::time::interval_at(start, watch.period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let check = match activity.idle_for() {
-            Some(idle) => settings.idle_timeout.saturating_sub(idle),
-            None => settings.idle_timeout,
-        };
         // Biased: the connection first, in a fixed order, without drawing a random
         // number on every wake-up; the other two only ever end the loop.
         tokio::select! {
@@ -426,8 +537,12 @@ where
                     close(connection.as_mut());
                 }
             }
-            () = tokio::time::sleep(check), if !closing => {
-                if activity.idle_for().is_some_and(|idle| idle >= settings.idle_timeout) {
+            _ = ticks.tick(), if !closing => {
+                if let Some(overdue) = watch.tick(activity) {
+                    tracing::debug!(?overdue, "closing a connection");
+                    if overdue == Overdue::FirstHead {
+                        return Ok(());
+                    }
                     closing = true;
                     close(connection.as_mut());
                 }
@@ -769,6 +884,7 @@ mod tests {
         let mut rewound = Rewind {
             prefix,
             inner: server,
+            activity: Arc::new(Activity::new()),
         };
         let mut line = vec![0u8; 16];
         rewound.read_exact(&mut line).await.unwrap();
@@ -792,6 +908,97 @@ mod tests {
                 .await
                 .is_none()
         );
+    }
+
+    /// Ticks `watch` `n` times with `activity` unchanged; the first verdict, if any.
+    fn ticks(watch: &mut Watch, activity: &Activity, n: u32) -> Option<(u32, Overdue)> {
+        (1..=n).find_map(|i| watch.tick(activity).map(|o| (i, o)))
+    }
+
+    #[test]
+    fn the_watch_ticks_at_half_the_shorter_limit() {
+        let w = Watch::new(Duration::from_secs(75), Some(Duration::from_secs(10)));
+        assert_eq!(w.period, Duration::from_secs(5));
+        assert_eq!((w.idle_limit, w.head_limit), (15, Some(2)));
+        let w = Watch::new(Duration::from_secs(2), Some(Duration::from_secs(10)));
+        assert_eq!(
+            (w.period, w.idle_limit, w.head_limit),
+            (Duration::from_secs(1), 2, Some(10))
+        );
+        let w = Watch::new(Duration::from_secs(7), None);
+        assert_eq!(
+            (w.period, w.idle_limit, w.head_limit),
+            (Duration::from_millis(3500), 2, None)
+        );
+    }
+
+    #[test]
+    fn a_head_that_does_not_complete_is_overdue_after_the_header_timeout() {
+        // period 0.5 s, head limit 2 ticks, idle limit 20 ticks.
+        let mut watch = Watch::new(Duration::from_secs(10), Some(Duration::from_secs(1)));
+        let activity = Arc::new(Activity::new());
+        // The first head started when the connection's first bytes came.
+        assert_eq!(
+            ticks(&mut watch, &activity, 5),
+            Some((2, Overdue::FirstHead))
+        );
+
+        // After a request, an idle connection is not timed as a head...
+        let mut watch = Watch::new(Duration::from_secs(10), Some(Duration::from_secs(1)));
+        let activity = Arc::new(Activity::new());
+        drop(activity.begin());
+        assert_eq!(watch.tick(&activity), None);
+        assert_eq!(ticks(&mut watch, &activity, 5), None);
+        // ...until bytes come: the tick that first sees them does not count, the next
+        // two do (the head has then been under way for at least two whole periods).
+        activity.received();
+        assert_eq!(ticks(&mut watch, &activity, 5), Some((3, Overdue::Head)));
+    }
+
+    #[test]
+    fn a_head_that_completes_is_not_overdue() {
+        let mut watch = Watch::new(Duration::from_secs(10), Some(Duration::from_secs(1)));
+        let activity = Arc::new(Activity::new());
+        for _ in 0..50 {
+            assert_eq!(watch.tick(&activity), None);
+            // The head completes and its request is answered within the period.
+            drop(activity.begin());
+            activity.received();
+        }
+        // Bytes that arrive while a request is in flight are not a head.
+        let guard = activity.begin();
+        activity.received();
+        assert_eq!(ticks(&mut watch, &activity, 30), None);
+        drop(guard);
+        assert_eq!(ticks(&mut watch, &activity, 20), None);
+        assert_eq!(watch.tick(&activity), Some(Overdue::Idle));
+    }
+
+    #[test]
+    fn only_whole_idle_periods_count() {
+        // period 0.5 s, idle limit 4 ticks, heads not timed (HTTP/2).
+        let watch = || Watch::new(Duration::from_secs(2), Some(Duration::from_secs(1)));
+        let mut w = Watch::new(Duration::from_secs(4), None);
+        assert_eq!((w.period, w.idle_limit), (Duration::from_secs(2), 2));
+        let activity = Arc::new(Activity::new());
+        assert_eq!(ticks(&mut w, &activity, 3), Some((2, Overdue::Idle)));
+
+        let (mut w, activity) = (watch(), Arc::new(Activity::new()));
+        // A request that outlives many periods keeps the connection open.
+        let guard = activity.begin();
+        assert_eq!(ticks(&mut w, &activity, 100), None);
+        drop(guard);
+        // The tick after it ended does not count: it was in flight for part of it.
+        assert_eq!(ticks(&mut w, &activity, 4), None);
+        assert_eq!(w.tick(&activity), Some(Overdue::Idle));
+
+        // A request begun and ended between two ticks restarts the count.
+        let (mut w, activity) = (watch(), Arc::new(Activity::new()));
+        drop(activity.begin());
+        assert_eq!(ticks(&mut w, &activity, 3), None);
+        drop(activity.begin());
+        assert_eq!(ticks(&mut w, &activity, 4), None);
+        assert_eq!(w.tick(&activity), Some(Overdue::Idle));
     }
 
     #[test]

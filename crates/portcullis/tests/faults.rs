@@ -278,11 +278,16 @@ async fn connections_that_send_headers_a_byte_at_a_time_are_cut_while_others_are
         .start()
         .await;
     let addr = p.addr;
-    // 200 clients trickle a header forever, a few bytes every 200 ms.
+    // 200 clients trickle a header forever, a few bytes every 200 ms; half of them
+    // after a first request answered on the same connection.
     let slow: Vec<_> = (0..200)
-        .map(|_| {
+        .map(|i| {
             tokio::spawn(async move {
                 let mut stream = TcpStream::connect(addr).await.unwrap();
+                if i % 2 == 1 {
+                    stream.write_all(&get("/first")).await.unwrap();
+                    assert_eq!(read_response(&mut stream).await.status, 200);
+                }
                 let opened = Instant::now();
                 stream
                     .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n")
