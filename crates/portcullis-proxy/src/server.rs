@@ -337,11 +337,11 @@ enum Overdue {
     FirstHead,
 }
 
-/// Looks at a connection's `Activity` every `period` and says when it has been idle, or
-/// has been reading a head, for too long. Only whole periods are counted: a connection
-/// is closed between the limit and the limit plus one period, never before.
+/// Looks at a connection's `Activity` at every beat of its worker and says when it has
+/// been idle, or has been reading a head, for too long. Only whole periods between beats
+/// are counted: a connection is closed between the limit and the limit plus one period
+/// (the header timeout and half of it more, by default), never before.
 struct Watch {
-    period: Duration,
     idle_limit: u32,
     /// `None`: heads are not timed here (HTTP/2, whose connection reads frames while
     /// idle and has its own keep-alive).
@@ -354,21 +354,21 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(idle_timeout: Duration, head_timeout: Option<Duration>) -> Self {
-        let shortest = head_timeout.map_or(idle_timeout, |h| h.min(idle_timeout));
-        let period = (shortest / 2).max(Duration::from_millis(10));
+    /// `period`: how often the worker beats (`beat_period`).
+    fn new(period: Duration, idle_timeout: Duration, head_timeout: Option<Duration>) -> Self {
         let ticks = |limit: Duration| {
-            u32::try_from(limit.as_nanos().div_ceil(period.as_nanos()))
+            u32::try_from(limit.as_nanos().div_ceil(period.as_nanos().max(1)))
                 .unwrap_or(u32::MAX)
                 .max(1)
         };
         Self {
-            period,
             idle_limit: ticks(idle_timeout),
             head_limit: head_timeout.map(ticks),
             last_begun: 0,
-            was_idle: true,
-            head_was_started: true,
+            // The worker's beat is not in step with the connection: its first tick ends
+            // a part of a period, which is not counted.
+            was_idle: false,
+            head_was_started: false,
             idle_ticks: 0,
             head_ticks: 0,
         }
@@ -449,6 +449,80 @@ impl Connections {
     }
 }
 
+/// How often a worker's connections are looked at: half the shorter of the two limits a
+/// watch enforces.
+fn beat_period(settings: &ServerSettings) -> Duration {
+    (settings.header_read_timeout.min(settings.idle_timeout) / 2).max(Duration::from_millis(10))
+}
+
+/// Beats for the worker's connections every `period` until the server stops; then drops
+/// the sender, which every connection hears as the stop.
+async fn beat(beats: watch::Sender<()>, period: Duration, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => return,
+            _ = tick.tick() => {
+                beats.send_replace(());
+            }
+        }
+    }
+}
+
+/// What a connection heard from its worker.
+#[derive(Debug, PartialEq, Eq)]
+enum Heard {
+    Tick,
+    Stop,
+}
+
+/// A connection's ear on its worker's beat. Listening costs one atomic load per poll of
+/// the connection: the task is registered with the channel once per beat, instead of a
+/// timer and a stop signal each polled (and re-registered) on every wake-up, which cost
+/// more than a thousand instructions per request.
+struct Beat {
+    seen: watch::Receiver<()>,
+    /// Registered with the channel until the next beat.
+    wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Beat {
+    fn new(beats: watch::Receiver<()>) -> Self {
+        Self {
+            seen: beats,
+            wait: None,
+        }
+    }
+
+    /// What came since the last call, if anything; otherwise the task is woken when
+    /// something does.
+    fn poll_heard(&mut self, cx: &mut Context<'_>) -> Option<Heard> {
+        loop {
+            match self.seen.has_changed() {
+                Err(_) => return Some(Heard::Stop),
+                Ok(true) => {
+                    self.seen.mark_unchanged();
+                    self.wait = None;
+                    return Some(Heard::Tick);
+                }
+                Ok(false) if self.wait.is_some() => return None,
+                Ok(false) => {
+                    let mut beats = self.seen.clone();
+                    let mut wait = Box::pin(async move {
+                        let _ = beats.changed().await;
+                    });
+                    if wait.as_mut().poll(cx).is_pending() {
+                        self.wait = Some(wait);
+                        return None;
+                    }
+                    // A beat came between the check and the registration: look again.
+                }
+            }
+        }
+    }
+}
+
 /// Serves one accepted connection until it ends, is idle too long, or the server stops.
 async fn serve_connection<I>(
     mut io: I,
@@ -456,7 +530,7 @@ async fn serve_connection<I>(
     app: Live,
     conn: ConnInfo,
     settings: Arc<ServerSettings>,
-    mut stopped: watch::Receiver<bool>,
+    beats: watch::Receiver<()>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -484,8 +558,8 @@ async fn serve_connection<I>(
     });
     let result = if h2 {
         let connection = protocols.http2.serve_connection(io, service);
-        let watch = Watch::new(settings.idle_timeout, None);
-        drive(pin!(connection), &activity, watch, &mut stopped, |c| {
+        let watch = Watch::new(beat_period(&settings), settings.idle_timeout, None);
+        drive(pin!(connection), &activity, watch, Beat::new(beats), |c| {
             c.graceful_shutdown()
         })
         .await
@@ -494,8 +568,12 @@ async fn serve_connection<I>(
             .http1
             .serve_connection(io, service)
             .with_upgrades();
-        let watch = Watch::new(settings.idle_timeout, Some(settings.header_read_timeout));
-        drive(pin!(connection), &activity, watch, &mut stopped, |c| {
+        let watch = Watch::new(
+            beat_period(&settings),
+            settings.idle_timeout,
+            Some(settings.header_read_timeout),
+        );
+        drive(pin!(connection), &activity, watch, Beat::new(beats), |c| {
             c.graceful_shutdown()
         })
         .await
@@ -512,43 +590,39 @@ async fn drive<C>(
     mut connection: Pin<&mut C>,
     activity: &Activity,
     mut watch: Watch,
-    stopped: &mut watch::Receiver<bool>,
+    mut beat: Beat,
     close: impl Fn(Pin<&mut C>),
 ) -> Result<(), hyper::Error>
 where
     C: Future<Output = Result<(), hyper::Error>>,
 {
-    let mut closing = *stopped.borrow();
-    if closing {
-        close(connection.as_mut());
-    }
-    let start = tokio::time::Instant::now() + watch.period;
-    let mut ticks = tokio::time::interval_at(start, watch.period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        // Biased: the connection first, in a fixed order, without drawing a random
-        // number on every wake-up; the other two only ever end the loop.
-        tokio::select! {
-            biased;
-            result = connection.as_mut() => return result,
-            changed = stopped.changed(), if !closing => {
-                if changed.is_err() || *stopped.borrow() {
-                    closing = true;
-                    close(connection.as_mut());
-                }
+    let mut closing = false;
+    std::future::poll_fn(|cx| {
+        loop {
+            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                return Poll::Ready(result);
             }
-            _ = ticks.tick(), if !closing => {
-                if let Some(overdue) = watch.tick(activity) {
-                    tracing::debug!(?overdue, "closing a connection");
-                    if overdue == Overdue::FirstHead {
-                        return Ok(());
+            if closing {
+                return Poll::Pending;
+            }
+            match beat.poll_heard(cx) {
+                None => return Poll::Pending,
+                Some(Heard::Tick) => match watch.tick(activity) {
+                    None => continue,
+                    Some(Overdue::FirstHead) => {
+                        tracing::debug!(overdue = ?Overdue::FirstHead, "closing a connection");
+                        return Poll::Ready(Ok(()));
                     }
-                    closing = true;
-                    close(connection.as_mut());
-                }
+                    Some(overdue) => tracing::debug!(?overdue, "closing a connection"),
+                },
+                Some(Heard::Stop) => {}
             }
+            // Closing takes effect when the connection is next polled: at once.
+            closing = true;
+            close(connection.as_mut());
         }
-    }
+    })
+    .await
 }
 
 /// Serves on `settings.workers` threads until `shutdown` resolves, then drains within the
@@ -748,6 +822,8 @@ impl Worker {
             self.index,
             stopped.clone(),
         ));
+        let (beats, listening) = watch::channel(());
+        tokio::spawn(beat(beats, beat_period(&self.settings), stopped.clone()));
         loop {
             // A free slot first: at the cap, connections wait in the listen backlog.
             let slot = tokio::select! {
@@ -780,10 +856,10 @@ impl Worker {
                 connections: self.connections.clone(),
                 _slot: slot,
             };
-            let (app, settings, stopped, protocols) = (
+            let (app, settings, beats, protocols) = (
                 self.app.clone(),
                 self.settings.clone(),
-                stopped.clone(),
+                listening.clone(),
                 protocols.clone(),
             );
             let worker = self.index;
@@ -795,7 +871,7 @@ impl Worker {
                         worker,
                     };
                     tokio::spawn(async move {
-                        serve_connection(stream, protocols, app, conn, settings, stopped).await;
+                        serve_connection(stream, protocols, app, conn, settings, beats).await;
                         drop(guard);
                     });
                 }
@@ -811,10 +887,8 @@ impl Worker {
                                     tls: true,
                                     worker,
                                 };
-                                serve_connection(
-                                    tls_stream, protocols, app, conn, settings, stopped,
-                                )
-                                .await;
+                                serve_connection(tls_stream, protocols, app, conn, settings, beats)
+                                    .await;
                             }
                             Ok(Err(e)) => {
                                 tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
@@ -915,52 +989,61 @@ mod tests {
         (1..=n).find_map(|i| watch.tick(activity).map(|o| (i, o)))
     }
 
+    fn settings(header: u64, idle: u64) -> ServerSettings {
+        ServerSettings {
+            header_read_timeout: Duration::from_secs(header),
+            idle_timeout: Duration::from_secs(idle),
+            max_header_bytes: 0,
+            shutdown_grace: Duration::ZERO,
+            workers: 1,
+            max_connections: 0,
+        }
+    }
+
+    /// A watch as a worker with these settings makes it for HTTP/1 (heads timed) or 2.
+    fn watch(header: u64, idle: u64, heads: bool) -> Watch {
+        let s = settings(header, idle);
+        let head = heads.then_some(s.header_read_timeout);
+        Watch::new(beat_period(&s), s.idle_timeout, head)
+    }
+
     #[test]
-    fn the_watch_ticks_at_half_the_shorter_limit() {
-        let w = Watch::new(Duration::from_secs(75), Some(Duration::from_secs(10)));
-        assert_eq!(w.period, Duration::from_secs(5));
+    fn connections_are_looked_at_every_half_of_the_shorter_limit() {
+        assert_eq!(beat_period(&settings(10, 75)), Duration::from_secs(5));
+        let w = watch(10, 75, true);
         assert_eq!((w.idle_limit, w.head_limit), (15, Some(2)));
-        let w = Watch::new(Duration::from_secs(2), Some(Duration::from_secs(10)));
-        assert_eq!(
-            (w.period, w.idle_limit, w.head_limit),
-            (Duration::from_secs(1), 2, Some(10))
-        );
-        let w = Watch::new(Duration::from_secs(7), None);
-        assert_eq!(
-            (w.period, w.idle_limit, w.head_limit),
-            (Duration::from_millis(3500), 2, None)
-        );
+        assert_eq!(beat_period(&settings(10, 2)), Duration::from_secs(1));
+        let w = watch(10, 2, true);
+        assert_eq!((w.idle_limit, w.head_limit), (2, Some(10)));
+        assert_eq!(watch(10, 2, false).head_limit, None);
     }
 
     #[test]
     fn a_head_that_does_not_complete_is_overdue_after_the_header_timeout() {
-        // period 0.5 s, head limit 2 ticks, idle limit 20 ticks.
-        let mut watch = Watch::new(Duration::from_secs(10), Some(Duration::from_secs(1)));
+        // A beat every 0.5 s; a head may take 2 of them, an idle connection 20.
         let activity = Arc::new(Activity::new());
-        // The first head started when the connection's first bytes came.
-        assert_eq!(
-            ticks(&mut watch, &activity, 5),
-            Some((2, Overdue::FirstHead))
-        );
+        let mut w = watch(1, 10, true);
+        // The first head started with the connection's first bytes. The first beat ends
+        // a part of a period, not counted; two whole periods later it is overdue.
+        assert_eq!(ticks(&mut w, &activity, 5), Some((3, Overdue::FirstHead)));
 
         // After a request, an idle connection is not timed as a head...
-        let mut watch = Watch::new(Duration::from_secs(10), Some(Duration::from_secs(1)));
         let activity = Arc::new(Activity::new());
+        let mut w = watch(1, 10, true);
         drop(activity.begin());
-        assert_eq!(watch.tick(&activity), None);
-        assert_eq!(ticks(&mut watch, &activity, 5), None);
-        // ...until bytes come: the tick that first sees them does not count, the next
+        assert_eq!(ticks(&mut w, &activity, 5), None);
+        // ...until bytes come: the beat that first sees them does not count, the next
         // two do (the head has then been under way for at least two whole periods).
         activity.received();
-        assert_eq!(ticks(&mut watch, &activity, 5), Some((3, Overdue::Head)));
+        assert_eq!(ticks(&mut w, &activity, 5), Some((3, Overdue::Head)));
     }
 
     #[test]
     fn a_head_that_completes_is_not_overdue() {
-        let mut watch = Watch::new(Duration::from_secs(10), Some(Duration::from_secs(1)));
         let activity = Arc::new(Activity::new());
+        let mut w = watch(1, 10, true);
         for _ in 0..50 {
-            assert_eq!(watch.tick(&activity), None);
+            assert_eq!(w.tick(&activity), None);
             // The head completes and its request is answered within the period.
             drop(activity.begin());
             activity.received();
@@ -968,37 +1051,68 @@ mod tests {
         // Bytes that arrive while a request is in flight are not a head.
         let guard = activity.begin();
         activity.received();
-        assert_eq!(ticks(&mut watch, &activity, 30), None);
+        assert_eq!(ticks(&mut w, &activity, 30), None);
         drop(guard);
-        assert_eq!(ticks(&mut watch, &activity, 20), None);
-        assert_eq!(watch.tick(&activity), Some(Overdue::Idle));
+        // The beat after it ended does not count: it was in flight for part of it.
+        assert_eq!(ticks(&mut w, &activity, 20), None);
+        assert_eq!(w.tick(&activity), Some(Overdue::Idle));
     }
 
     #[test]
     fn only_whole_idle_periods_count() {
-        // period 0.5 s, idle limit 4 ticks, heads not timed (HTTP/2).
-        let watch = || Watch::new(Duration::from_secs(2), Some(Duration::from_secs(1)));
-        let mut w = Watch::new(Duration::from_secs(4), None);
-        assert_eq!((w.period, w.idle_limit), (Duration::from_secs(2), 2));
+        // HTTP/2: heads not timed; a beat every 1 s, idle after 2.
         let activity = Arc::new(Activity::new());
-        assert_eq!(ticks(&mut w, &activity, 3), Some((2, Overdue::Idle)));
+        let mut w = watch(10, 2, false);
+        assert_eq!(ticks(&mut w, &activity, 5), Some((3, Overdue::Idle)));
 
-        let (mut w, activity) = (watch(), Arc::new(Activity::new()));
+        // A beat every 0.5 s, idle after 4 of them.
+        let (mut w, activity) = (watch(1, 2, false), Arc::new(Activity::new()));
         // A request that outlives many periods keeps the connection open.
         let guard = activity.begin();
         assert_eq!(ticks(&mut w, &activity, 100), None);
         drop(guard);
-        // The tick after it ended does not count: it was in flight for part of it.
         assert_eq!(ticks(&mut w, &activity, 4), None);
         assert_eq!(w.tick(&activity), Some(Overdue::Idle));
 
-        // A request begun and ended between two ticks restarts the count.
-        let (mut w, activity) = (watch(), Arc::new(Activity::new()));
-        drop(activity.begin());
+        // A request begun and ended between two beats restarts the count.
+        let (mut w, activity) = (watch(1, 2, false), Arc::new(Activity::new()));
         assert_eq!(ticks(&mut w, &activity, 3), None);
         drop(activity.begin());
         assert_eq!(ticks(&mut w, &activity, 4), None);
         assert_eq!(w.tick(&activity), Some(Overdue::Idle));
+    }
+
+    #[tokio::test]
+    async fn a_connection_hears_each_beat_once_and_the_stop() {
+        use std::task::Wake;
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let (beats, listening) = watch::channel(());
+        let mut beat = Beat::new(listening);
+        assert_eq!(beat.poll_heard(&mut cx), None);
+        assert_eq!(beat.poll_heard(&mut cx), None);
+        beats.send_replace(());
+        // The beat wakes the task once, and is heard once.
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert_eq!(beat.poll_heard(&mut cx), Some(Heard::Tick));
+        assert_eq!(beat.poll_heard(&mut cx), None);
+        // Two beats before the connection is polled again are one.
+        beats.send_replace(());
+        beats.send_replace(());
+        assert_eq!(woken.0.load(Ordering::SeqCst), 2);
+        assert_eq!(beat.poll_heard(&mut cx), Some(Heard::Tick));
+        assert_eq!(beat.poll_heard(&mut cx), None);
+        // The worker stopping drops the sender: heard, and the task woken for it.
+        drop(beats);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 3);
+        assert_eq!(beat.poll_heard(&mut cx), Some(Heard::Stop));
     }
 
     #[test]
