@@ -62,12 +62,13 @@ def wait_http(url, timeout=20):
     raise SystemExit(f"{url} did not come up")
 
 
-def proc_cpu_ticks(pids):
+def proc_cpu_ticks(pids, user_only=False):
+    """CPU clock ticks of `pids` so far: user and system time, or user time alone."""
     total = 0
     for pid in pids:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime + stime
+        total += int(fields[11]) + (0 if user_only else int(fields[12]))  # utime + stime
     return total
 
 
@@ -157,12 +158,17 @@ def wire_size(port, path, cookie):
 
 
 def measure(label, url, cookie, pids, expected_bytes, connections=None, extra_pids=()):
-    """One wrk run; `cpu_us` is the CPU time of `pids` per request, `extra_cpu_us` that of
-    `extra_pids` (another process in the chain, measured in the same run)."""
+    """One wrk run; `cpu_us` is the CPU time of `pids` per request (`user_us` its user
+    time alone), `extra_cpu_us` that of `extra_pids` (another process in the chain,
+    measured in the same run)."""
     before, extra_before = proc_cpu_ticks(pids), proc_cpu_ticks(extra_pids)
+    user_before = proc_cpu_ticks(pids, user_only=True)
     r = run_wrk(url, cookie, connections)
     after, extra_after = proc_cpu_ticks(pids), proc_cpu_ticks(extra_pids)
+    user_after = proc_cpu_ticks(pids, user_only=True)
     r["cpu_us"] = (after - before) / CLK_TCK * 1e6 / max(r["requests"], 1)
+    # The kernel's share (the same system calls for both proxies) hides where they differ.
+    r["user_us"] = (user_after - user_before) / CLK_TCK * 1e6 / max(r["requests"], 1)
     r["extra_cpu_us"] = (extra_after - extra_before) / CLK_TCK * 1e6 / max(r["requests"], 1)
     per_response = r["bytes"] / max(r["requests"], 1)
     # wrk counts redirects as successes, so a lost session would look like a speed-up (or,
