@@ -58,25 +58,45 @@ impl CookieSpec {
 pub fn pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     header.split(|&b| b == b';').filter_map(|pair| {
         let eq = pair.iter().position(|&b| b == b'=')?;
-        let value = pair[eq + 1..].trim_ascii();
-        let value = value
-            .strip_prefix(b"\"")
-            .and_then(|v| v.strip_suffix(b"\""))
-            .unwrap_or(value);
-        Some((pair[..eq].trim_ascii(), value))
+        Some((
+            pair[..eq].trim_ascii(),
+            unquoted(pair[eq + 1..].trim_ascii()),
+        ))
     })
 }
 
 /// The value of cookie `name` in any of the given `Cookie` header values, if it is
 /// ASCII (every cookie Portcullis sets is). When a browser sends the name twice (two
 /// paths or domains), the first is used, as browsers order the most specific first.
+///
+/// Read as `pairs` reads a line, without splitting every pair into a name and a value:
+/// this runs on every request.
 pub fn find<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &str) -> Option<&'a str> {
-    headers
+    let name = name.as_bytes();
+    // A name with `=` or outer spaces could never equal what `pairs` reads as a name.
+    if name.contains(&b'=') || name.trim_ascii().len() != name.len() {
+        return None;
+    }
+    let value = headers
         .into_iter()
-        .flat_map(pairs)
-        .find(|(n, _)| *n == name.as_bytes())
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
-        .filter(|v| v.is_ascii())
+        .flat_map(|line| line.split(|&b| b == b';'))
+        .find_map(|pair| value_if_named(pair, name))?;
+    std::str::from_utf8(value).ok().filter(|v| v.is_ascii())
+}
+
+/// The value of `pair` if its name is `name` (a name without `=` or outer spaces): the
+/// name is what comes before the pair's first `=`, trimmed.
+fn value_if_named<'a>(pair: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let rest = pair.trim_ascii_start().strip_prefix(name)?;
+    let value = rest.trim_ascii_start().strip_prefix(b"=")?;
+    Some(unquoted(value.trim_ascii()))
+}
+
+fn unquoted(value: &[u8]) -> &[u8] {
+    value
+        .strip_prefix(b"\"")
+        .and_then(|v| v.strip_suffix(b"\""))
+        .unwrap_or(value)
 }
 
 /// The `Cookie` header values joined into one (RFC 9113 §8.2.3: HTTP/2 cookie crumbs
@@ -87,19 +107,32 @@ pub fn rewrite<'a, I: Iterator<Item = &'a [u8]>>(
     values: impl Fn() -> I,
     drop: impl Fn(&[u8]) -> bool,
 ) -> Option<Vec<u8>> {
-    let count = values().count();
-    let dropping = values().flat_map(pairs).any(|(n, _)| drop(n));
+    // One pass to learn what there is to do; a second only to build a new line.
+    let (mut count, mut dropping, mut keeping) = (0, false, false);
+    for value in values() {
+        count += 1;
+        for pair in value.split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            if pair.is_empty() {
+                continue;
+            }
+            let (name, named) = pair_name(pair);
+            let dropped = drop(name);
+            // Only a pair with a name (`=`) makes a line worth rewriting.
+            dropping |= dropped && named;
+            keeping |= !dropped;
+        }
+    }
     if count <= 1 && !dropping {
         return None;
     }
     let mut out = Vec::new();
+    if !keeping {
+        return Some(out);
+    }
     for pair in values().flat_map(|v| v.split(|&b| b == b';')) {
         let pair = pair.trim_ascii();
-        let name = pair
-            .iter()
-            .position(|&b| b == b'=')
-            .map_or(pair, |eq| pair[..eq].trim_ascii());
-        if pair.is_empty() || drop(name) {
+        if pair.is_empty() || drop(pair_name(pair).0) {
             continue;
         }
         if !out.is_empty() {
@@ -108,6 +141,15 @@ pub fn rewrite<'a, I: Iterator<Item = &'a [u8]>>(
         out.extend_from_slice(pair);
     }
     Some(out)
+}
+
+/// The name of a trimmed, non-empty pair (all of it when it has no `=`), and whether it
+/// had an `=`.
+fn pair_name(pair: &[u8]) -> (&[u8], bool) {
+    match pair.iter().position(|&b| b == b'=') {
+        Some(eq) => (pair[..eq].trim_ascii(), true),
+        None => (pair, false),
+    }
 }
 
 #[cfg(test)]
@@ -155,6 +197,77 @@ mod tests {
         let line = "app=caf\u{e9}; session_token=abc; other=\u{1F600}".as_bytes();
         assert_eq!(find([line], "session_token"), Some("abc"));
         assert_eq!(find([line], "app"), None, "non-ASCII values are not ours");
+    }
+
+    /// `find` and `rewrite` as they were written on `pairs`: the reading they must keep.
+    fn find_by_pairs<'a>(headers: &[&'a [u8]], name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .flat_map(|h| pairs(h))
+            .find(|(n, _)| *n == name.as_bytes())
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .filter(|v| v.is_ascii())
+    }
+
+    fn rewrite_by_pairs(values: &[&[u8]], drop: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+        let dropping = values.iter().flat_map(|v| pairs(v)).any(|(n, _)| drop(n));
+        if values.len() <= 1 && !dropping {
+            return None;
+        }
+        let mut out = Vec::new();
+        for pair in values.iter().flat_map(|v| v.split(|&b| b == b';')) {
+            let pair = pair.trim_ascii();
+            let name = pair
+                .iter()
+                .position(|&b| b == b'=')
+                .map_or(pair, |eq| pair[..eq].trim_ascii());
+            if pair.is_empty() || drop(name) {
+                continue;
+            }
+            if !out.is_empty() {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(pair);
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn find_and_rewrite_read_lines_as_pairs_does() {
+        // Lines drawn from the bytes that matter to the reading: separators, spaces,
+        // quotes, a name's letters, non-ASCII, a control character.
+        const BYTES: &[u8] = b"sa=; =\t\"x\xe9\x01ss";
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let names = ["s", "ss", "a", "", "s s", "s=", " s"];
+        let ours = |n: &[u8]| n == b"s" || n.starts_with(b"ss");
+        for _ in 0..20_000 {
+            let lines: Vec<Vec<u8>> = (0..1 + next() % 3)
+                .map(|_| {
+                    (0..next() % 14)
+                        .map(|_| BYTES[(next() % BYTES.len() as u64) as usize])
+                        .collect()
+                })
+                .collect();
+            let lines: Vec<&[u8]> = lines.iter().map(|l| l.as_slice()).collect();
+            for name in names {
+                assert_eq!(
+                    find(lines.iter().copied(), name),
+                    find_by_pairs(&lines, name),
+                    "{lines:?} {name:?}"
+                );
+            }
+            assert_eq!(
+                rewrite(|| lines.iter().copied(), ours),
+                rewrite_by_pairs(&lines, ours),
+                "{lines:?}"
+            );
+        }
     }
 
     #[test]
