@@ -200,13 +200,16 @@ impl App {
     }
 
     /// Handles one request. Never fails: every error becomes a response here.
+    /// Serves `req`. Taken by reference, like everything on its way down: a request
+    /// taken by value is kept twice in the future (as the argument and as the local the
+    /// body works on), and the whole future is copied into hyper's connection per request.
     pub async fn handle(
         &self,
         conn: &ConnInfo,
-        mut req: Request<RequestBody>,
+        req: &mut Request<RequestBody>,
     ) -> Response<ProxyBody> {
         if !trace::enabled() {
-            return self.handle_request(conn, &mut req).await;
+            return self.handle_request(conn, req).await;
         }
         // Small: it holds the request's future boxed.
         self.handle_traced(conn, req).await
@@ -215,7 +218,7 @@ impl App {
     async fn handle_traced(
         &self,
         conn: &ConnInfo,
-        mut req: Request<RequestBody>,
+        req: &mut Request<RequestBody>,
     ) -> Response<ProxyBody> {
         // The request's span: continues the client's trace (traceparent) or starts one.
         // Its attributes name the method, the path (never the query, which may hold a
@@ -237,10 +240,10 @@ impl App {
         };
         let Some(cx) = trace::server_span(span_name(req.method()), req.headers(), attributes)
         else {
-            return Box::pin(self.handle_request(conn, &mut req)).await;
+            return Box::pin(self.handle_request(conn, req)).await;
         };
         // The request's own future is boxed once; the wrappers hold only the box.
-        let resp = trace::within(cx.clone(), Box::pin(self.handle_request(conn, &mut req))).await;
+        let resp = trace::within(cx.clone(), Box::pin(self.handle_request(conn, req))).await;
         trace::finish(&cx, resp.status().as_u16());
         resp
     }

@@ -550,8 +550,9 @@ async fn serve_connection<I>(
         // reload replaces it meanwhile.
         let app = app.load_full();
         let guard = tracked.begin();
+        let mut req = req.map(RequestBody::from);
         async move {
-            let resp = app.handle(&conn, req.map(RequestBody::from)).await;
+            let resp = app.handle(&conn, &mut req).await;
             drop(guard);
             Ok::<_, Infallible>(resp)
         }
