@@ -33,8 +33,12 @@ use crate::metrics::ProviderCall;
 
 /// Who a request belongs to.
 pub(super) enum Principal {
-    /// A browser's session.
-    Session(Arc<SessionData>),
+    /// A browser's session, and with the identity assertion on, the key its assertions
+    /// are cached under (a keyed hash of its cookie, taken once, where the cookie is read).
+    Session {
+        data: Arc<SessionData>,
+        assertion_key: Option<u64>,
+    },
     /// An API client's verified bearer token.
     Bearer(Box<BearerUser>),
 }
@@ -46,16 +50,23 @@ pub(super) struct BearerUser {
 }
 
 impl Principal {
+    fn session(data: Arc<SessionData>) -> Self {
+        Principal::Session {
+            data,
+            assertion_key: None,
+        }
+    }
+
     pub(super) fn identity(&self) -> &Identity {
         match self {
-            Principal::Session(s) => &s.identity,
+            Principal::Session { data: s, .. } => &s.identity,
             Principal::Bearer(b) => &b.identity,
         }
     }
 
     pub(super) fn teams(&self) -> &[String] {
         match self {
-            Principal::Session(s) => &s.teams,
+            Principal::Session { data: s, .. } => &s.teams,
             Principal::Bearer(b) => &b.teams,
         }
     }
@@ -64,7 +75,7 @@ impl Principal {
     /// needs no lookup; a bearer token was looked up for this request.
     pub(super) fn provisioning(&self) -> Provisioning {
         match self {
-            Principal::Session(_) => Provisioning::NotChecked,
+            Principal::Session { .. } => Provisioning::NotChecked,
             Principal::Bearer(b) => b.provisioning,
         }
     }
@@ -90,9 +101,18 @@ impl Principal {
         groups.chain(teams)
     }
 
+    /// What the assertion cache files this principal's assertions under: its session's
+    /// key, when a session is what admitted it.
+    pub(super) fn assertion_key(&self) -> Option<u64> {
+        match self {
+            Principal::Session { assertion_key, .. } => *assertion_key,
+            Principal::Bearer(_) => None,
+        }
+    }
+
     pub(super) fn tokens(&self) -> Option<&SessionTokens> {
         match self {
-            Principal::Session(s) => s.tokens.as_deref(),
+            Principal::Session { data: s, .. } => s.tokens.as_deref(),
             Principal::Bearer(_) => None,
         }
     }
@@ -175,14 +195,29 @@ impl App {
             return Ok(None);
         };
         let now = portcullis_core::time::unix_now();
-        if session
+        let principal = if session
             .tokens
             .as_ref()
             .is_some_and(|t| t.refresh_due(auth.refresh_before, now))
         {
-            return Box::pin(self.refresh(auth, &id, session)).await;
+            Box::pin(self.refresh(auth, &id, session)).await?
+        } else {
+            Some(Principal::session(session))
+        };
+        Ok(principal.map(|p| self.keyed_for_assertions(p, &id)))
+    }
+
+    /// A session's principal with the key its identity assertions are cached under, when
+    /// assertions are on: taken here, where the cookie was read, so that forwarding does
+    /// not look through the `Cookie` line for it again.
+    fn keyed_for_assertions(&self, principal: Principal, id: &SessionId) -> Principal {
+        match (principal, &self.assertions) {
+            (Principal::Session { data, .. }, Some(assertions)) => Principal::Session {
+                data,
+                assertion_key: Some(assertions.session_word(id.expose())),
+            },
+            (principal, _) => principal,
         }
-        Ok(Some(Principal::Session(session)))
     }
 
     async fn authenticate_bearer(&self, auth: &Auth, token: &str) -> Result<Principal, ProxyError> {
@@ -360,24 +395,24 @@ impl App {
             return Ok(None);
         };
         if current.tokens != seen.tokens {
-            return Ok(Some(Principal::Session(current)));
+            return Ok(Some(Principal::session(current)));
         }
         if current
             .tokens
             .as_ref()
             .is_none_or(|t| t.refresh_token.is_none())
         {
-            return Ok(Some(Principal::Session(current)));
+            return Ok(Some(Principal::session(current)));
         }
         let Some(provider) = auth
             .providers
             .iter()
             .find(|p| p.name() == &*current.identity.provider)
         else {
-            return Ok(Some(Principal::Session(current)));
+            return Ok(Some(Principal::session(current)));
         };
         if auth.refresh_paused(provider.name()) {
-            return Ok(Some(Principal::Session(current)));
+            return Ok(Some(Principal::session(current)));
         }
         // Concurrent requests, here and on other replicas, share the session: the one
         // that claims it refreshes, the rest wait for the tokens it stores (a refresh
@@ -405,13 +440,13 @@ impl App {
             match auth.sessions.load(id).await? {
                 None => return Ok(None),
                 Some(now) if now.tokens != current.tokens => {
-                    return Ok(Some(Principal::Session(now)));
+                    return Ok(Some(Principal::session(now)));
                 }
                 Some(_) => {}
             }
         }
         // The access token has not expired yet (the refresh runs ahead of it): go on.
-        Ok(Some(Principal::Session(current)))
+        Ok(Some(Principal::session(current)))
     }
 
     /// Refreshes a session this replica holds the claim for.
@@ -423,10 +458,10 @@ impl App {
         provider: &portcullis_identity::Provider,
     ) -> Result<Option<Principal>, ProxyError> {
         let Some(old) = current.tokens.clone() else {
-            return Ok(Some(Principal::Session(current)));
+            return Ok(Some(Principal::session(current)));
         };
         let Some(refresh_token) = old.refresh_token.as_deref() else {
-            return Ok(Some(Principal::Session(current)));
+            return Ok(Some(Principal::session(current)));
         };
         let who = current.identity.display();
         let asked = std::time::Instant::now();
@@ -442,12 +477,12 @@ impl App {
         let Ok(refreshed) = refreshed else {
             auth.pause_refresh(provider.name());
             tracing::warn!(user = %who, provider = %provider.name(), waited = ?REFRESH_PATIENCE, pause = ?REFRESH_PAUSE, "the provider did not refresh the session's tokens in time; keeping the session, and no refresh with this provider for a while");
-            return Ok(Some(Principal::Session(current)));
+            return Ok(Some(Principal::session(current)));
         };
         self.metrics
             .provider_call(provider.name(), ProviderCall::Refresh, asked);
         match refreshed {
-            None => Ok(Some(Principal::Session(current))),
+            None => Ok(Some(Principal::session(current))),
             Some(Ok(tokens)) => {
                 let mut data = (*current).clone();
                 data.tokens = Some(Box::new(SessionTokens {
@@ -463,7 +498,7 @@ impl App {
                     return Ok(None);
                 }
                 tracing::debug!(user = %who, provider = %provider.name(), "session tokens refreshed");
-                Ok(Some(Principal::Session(Arc::new(data))))
+                Ok(Some(Principal::session(Arc::new(data))))
             }
             Some(Err(IdentityError::TokenExchange {
                 client_fault: true,
@@ -479,7 +514,7 @@ impl App {
                 // try again after a pause.
                 auth.pause_refresh(provider.name());
                 tracing::warn!(user = %who, provider = %provider.name(), error = %e, pause = ?REFRESH_PAUSE, "token refresh failed; keeping the session and retrying later");
-                Ok(Some(Principal::Session(current)))
+                Ok(Some(Principal::session(current)))
             }
         }
     }

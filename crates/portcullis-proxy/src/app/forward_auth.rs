@@ -356,7 +356,7 @@ impl App {
                 (None, Some((Some(host), _))) => format!("{}://{host}", origin.proto),
                 _ => self.default_audience.clone(),
             };
-            let session = self.assertion_session(q.headers, Some(&principal));
+            let session = principal.assertion_key();
             if let Some(token) = assertions.assertion(
                 conn.worker,
                 session,

@@ -138,8 +138,7 @@ impl App {
             }
         };
 
-        // Read before Portcullis's cookies leave the request.
-        let session = self.assertion_session(req.headers(), who.as_ref());
+        let session = who.as_ref().and_then(Principal::assertion_key);
         let upgrade =
             hop::upgrade_protocol(req.headers(), &self.upgrades).map(|protocol| UpgradeRequest {
                 protocol,
@@ -248,22 +247,6 @@ impl App {
                 (resp, Outcome::Error, route)
             }
         }
-    }
-
-    /// What the assertion cache files this request's assertions under: its session's
-    /// word, when a session is what admitted it.
-    pub(super) fn assertion_session(
-        &self,
-        headers: &HeaderMap,
-        who: Option<&Principal>,
-    ) -> Option<u64> {
-        let (Some(assertions), Some(auth), Some(Principal::Session(_))) =
-            (&self.assertions, &self.auth, who)
-        else {
-            return None;
-        };
-        session_cookie_value(headers, &auth.session_cookie.name)
-            .map(|id| assertions.session_word(id))
     }
 
     /// What ends a tunnel opened on this request: the end of its session. Without a
