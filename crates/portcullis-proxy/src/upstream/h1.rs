@@ -120,34 +120,67 @@ struct FieldNames {
     raw: Vec<u8>,
     /// Each name, and where its raw bytes end in `raw`.
     parsed: Vec<(usize, HeaderName)>,
+    /// The map an answer with exactly the names in `parsed` is read into, every value
+    /// blank: cloning it and filling in the values costs less than hashing and inserting
+    /// each name again. Kept only while `parsed` is the whole of an answer's names and
+    /// those that go into the map are all different (a map with a repeated name does not
+    /// list its values in the order they were read).
+    template: Option<HeaderMap>,
 }
 
 impl FieldNames {
-    /// Field `i`'s name read as `raw`: the one parsed before when the bytes are the same,
-    /// else parsed now and kept (in place of what followed it) for the next answer.
+    /// Field `i`'s name read as `raw`, and whether it is the one parsed before (the bytes
+    /// are the same); else it is parsed now and kept (in place of what followed it) for
+    /// the next answer.
     fn name(
         &mut self,
         i: usize,
         raw: &[u8],
-    ) -> Result<HeaderName, http::header::InvalidHeaderName> {
-        // Where field `i`'s bytes start: where the one before ends.
-        let start = i
-            .checked_sub(1)
-            .and_then(|p| self.parsed.get(p))
-            .map_or(0, |p| p.0);
-        if let Some((end, name)) = self.parsed.get(i)
-            && &self.raw[start..*end] == raw
-        {
-            return Ok(name.clone());
+    ) -> Result<(HeaderName, bool), http::header::InvalidHeaderName> {
+        if let Some(name) = self.kept(i, raw) {
+            return Ok((name.clone(), true));
         }
+        self.template = None;
         let name = HeaderName::from_bytes(raw)?;
+        let start = self.start(i);
         if self.parsed.len() >= i && start + raw.len() <= NAMES_KEPT {
             self.parsed.truncate(i);
             self.raw.truncate(start);
             self.raw.extend_from_slice(raw);
             self.parsed.push((self.raw.len(), name.clone()));
         }
-        Ok(name)
+        Ok((name, false))
+    }
+
+    /// Where field `i`'s bytes start in `raw`: where the one before ends.
+    fn start(&self, i: usize) -> usize {
+        i.checked_sub(1)
+            .and_then(|p| self.parsed.get(p))
+            .map_or(0, |p| p.0)
+    }
+
+    /// Field `i`'s name as parsed before, if its bytes were `raw`.
+    fn kept(&self, i: usize, raw: &[u8]) -> Option<&HeaderName> {
+        let start = self.start(i);
+        self.parsed
+            .get(i)
+            .filter(|(end, _)| self.raw.get(start..*end) == Some(raw))
+            .map(|(_, name)| name)
+    }
+
+    /// A copy of the template, if there is one and `raw` are exactly the names it was
+    /// made for.
+    fn template_for<'a>(
+        &self,
+        mut raw: impl ExactSizeIterator<Item = &'a [u8]>,
+    ) -> Option<HeaderMap> {
+        let template = self.template.as_ref()?;
+        let same = raw.len() == self.parsed.len()
+            && raw
+                .by_ref()
+                .enumerate()
+                .all(|(i, r)| self.kept(i, r).is_some());
+        same.then(|| template.clone())
     }
 }
 
@@ -536,62 +569,87 @@ fn parse_head(
             (value + field.value.len()) as u32,
         );
     }
+    let spans = &spans[..count];
     let head = input.split_to(len).freeze();
-    let mut field = |i: usize, &(ns, ne, vs, ve): &(u32, u32, u32, u32)| {
-        let raw_name = &head[ns as usize..ne as usize];
-        let name = names.name(i, raw_name).map_err(|_| {
-            HeadError::Malformed(format!(
-                "field name {:?}",
-                String::from_utf8_lossy(raw_name)
-            ))
-        })?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            .map_err(|_| HeadError::Malformed(format!("the value of {name}")))?;
-        Ok((name, value))
+    let raw_name = |&(ns, ne, _, _): &Span| &head[ns as usize..ne as usize];
+    let value_of = |name: &HeaderName, &(_, _, vs, ve): &Span| {
+        HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| HeadError::Malformed(format!("the value of {name}")))
     };
-    let mut headers = HeaderMap::with_capacity(count);
-    // What frames the message is read from its fields as they go by (comparing standard
-    // names is one byte each). The fixed hop-by-hop set (`Connection`, `Transfer-Encoding`,
-    // `Keep-Alive`, ...) never goes to the client, so it is left out of the map here
-    // rather than added and removed again, unless the answer switches protocols (the
-    // switch is checked against them) or `Connection` names other fields (which the
-    // proxy then removes with the rest).
-    let (mut has_length, mut has_coding) = (false, false);
-    let (mut last_coding_chunked, mut close, mut lists_others) = (false, false, false);
-    let mut held_back = false;
-    for (i, span) in spans[..count].iter().enumerate() {
-        let (name, value) = field(i, span)?;
-        if name == header::CONTENT_LENGTH {
-            has_length = true;
-        } else if name == header::TRANSFER_ENCODING {
-            has_coding = true;
-            // The last field's last coding is the one that frames the body.
-            last_coding_chunked = value
-                .as_bytes()
-                .rsplit(|b| *b == b',')
-                .next()
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONNECTION {
-            close |= lists_token(value.as_bytes(), b"close");
-            lists_others |= hop::lists_other_fields(value.as_bytes());
+    let name_of = |names: &mut FieldNames, i: usize, raw: &[u8]| {
+        names.name(i, raw).map_err(|_| {
+            HeadError::Malformed(format!("field name {:?}", String::from_utf8_lossy(raw)))
+        })
+    };
+
+    // The fixed hop-by-hop set (`Connection`, `Transfer-Encoding`, `Keep-Alive`, ...)
+    // never goes to the client, so it is left out of the map here rather than added and
+    // removed again, unless the answer switches protocols (the switch is checked against
+    // them) or `Connection` names other fields (which the proxy then removes with the
+    // rest).
+    let mut facts = Facts::default();
+    let mut filled = None;
+    // The usual answer: the same names as the last ones, their values filled into a copy
+    // of the map those were read into.
+    if let Some(mut map) = names.template_for(spans.iter().map(raw_name)) {
+        let mut slots = map.values_mut();
+        let mut fits = true;
+        for ((_, name), span) in names.parsed.iter().zip(spans) {
+            let value = value_of(name, span)?;
+            if facts.observe(name, &value) {
+                match slots.next() {
+                    Some(slot) => *slot = value,
+                    None => fits = false,
+                }
+            }
         }
-        if hop::always_hop_by_hop(&name) {
-            held_back = true;
+        // Never the case (the names are those the template was made of), but a value of
+        // an earlier answer must never be passed on: start again without the template.
+        fits &= slots.next().is_none();
+        if fits {
+            filled = Some(map);
         } else {
-            headers.append(name, value);
+            names.template = None;
+            facts = Facts::default();
         }
     }
-    let hop_fields_kept = held_back && (lists_others || status == StatusCode::SWITCHING_PROTOCOLS);
+    let mut headers = match filled {
+        Some(map) => map,
+        None => {
+            let mut map = HeaderMap::with_capacity(count);
+            let mut all_kept = true;
+            for (i, span) in spans.iter().enumerate() {
+                let (name, kept) = name_of(names, i, raw_name(span))?;
+                all_kept &= kept;
+                let value = value_of(&name, span)?;
+                if facts.observe(&name, &value) {
+                    map.append(name, value);
+                }
+            }
+            // The second answer in a row with these names makes the template.
+            if all_kept && names.parsed.len() == count && map.len() == map.keys_len() {
+                let mut template = map.clone();
+                for value in template.values_mut() {
+                    *value = HeaderValue::from_static("");
+                }
+                names.template = Some(template);
+            }
+            map
+        }
+    };
+    let hop_fields_kept =
+        facts.held_back && (facts.lists_others || status == StatusCode::SWITCHING_PROTOCOLS);
     if hop_fields_kept {
-        for (i, span) in spans[..count].iter().enumerate() {
-            let (name, value) = field(i, span)?;
+        for (i, span) in spans.iter().enumerate() {
+            let (name, _) = name_of(names, i, raw_name(span))?;
             if hop::always_hop_by_hop(&name) {
+                let value = value_of(&name, span)?;
                 headers.append(name, value);
             }
         }
     }
 
-    let mut reusable = version == Version::HTTP_11 && !close;
+    let mut reusable = version == Version::HTTP_11 && !facts.close;
     let body = if status == StatusCode::SWITCHING_PROTOCOLS {
         // What follows is another protocol's.
         reusable = false;
@@ -599,19 +657,19 @@ fn parse_head(
     } else if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
     {
         Framing::Empty
-    } else if has_coding {
+    } else if facts.has_coding {
         if headers.remove(header::CONTENT_LENGTH).is_some() {
             // Both: the transfer coding wins, and the connection is not trusted after.
             reusable = false;
         }
-        if last_coding_chunked && version == Version::HTTP_11 {
+        if facts.last_coding_chunked && version == Version::HTTP_11 {
             Framing::Chunked
         } else {
             reusable = false;
             Framing::UntilClose
         }
-    } else if has_length {
-        match content_length(&headers) {
+    } else if facts.has_length {
+        match facts.length() {
             Some(0) => Framing::Empty,
             Some(n) => Framing::Length(n),
             None => {
@@ -644,24 +702,68 @@ fn lists_token(value: &[u8], token: &[u8]) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
-/// The one length every `Content-Length` value states, or `None` when one is not a
-/// number or they disagree.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return None;
+/// A field's name and value, as offsets into the head (name start and end, value start
+/// and end).
+type Span = (u32, u32, u32, u32);
+
+/// What frames an answer, read from its fields as they go by (comparing standard names
+/// is one byte each).
+#[derive(Default)]
+struct Facts {
+    has_length: bool,
+    /// The one length every `Content-Length` value states, while they agree.
+    length: Option<u64>,
+    /// A `Content-Length` value that is not a number, or disagrees with another.
+    bad_length: bool,
+    has_coding: bool,
+    /// The last `Transfer-Encoding` field's last coding is `chunked` (the one that frames
+    /// the body).
+    last_coding_chunked: bool,
+    /// `Connection` lists `close`.
+    close: bool,
+    /// `Connection` lists fields outside the fixed hop-by-hop set.
+    lists_others: bool,
+    /// A field of the fixed hop-by-hop set was left out of the map.
+    held_back: bool,
+}
+
+impl Facts {
+    /// Takes note of one field; whether it goes into the answer's map.
+    fn observe(&mut self, name: &HeaderName, value: &HeaderValue) -> bool {
+        let bytes = value.as_bytes();
+        if name == header::CONTENT_LENGTH {
+            self.has_length = true;
+            for part in bytes.split(|b| *b == b',') {
+                let part = part.trim_ascii();
+                // At most 19 digits: always within a u64.
+                if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                    self.bad_length = true;
+                    continue;
+                }
+                let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+                self.bad_length |= self.length.is_some_and(|l| l != n);
+                self.length = Some(n);
             }
-            let n: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
-            if length.is_some_and(|l| l != n) {
-                return None;
-            }
-            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            self.has_coding = true;
+            self.last_coding_chunked = bytes
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            self.close |= lists_token(bytes, b"close");
+            self.lists_others |= hop::lists_other_fields(bytes);
         }
+        let hop = hop::always_hop_by_hop(name);
+        self.held_back |= hop;
+        !hop
     }
-    length
+
+    /// The length the `Content-Length` fields state, or `None` when one is not a number
+    /// or they disagree.
+    fn length(&self) -> Option<u64> {
+        self.length.filter(|_| !self.bad_length)
+    }
 }
 
 /// Where a chunked body's decoding stands.
@@ -1070,11 +1172,94 @@ mod tests {
             };
             for (i, raw) in answer.iter().enumerate() {
                 let expected = HeaderName::from_bytes(raw).ok();
-                assert_eq!(names.name(i, raw).ok(), expected, "field {i} {raw:?}");
+                let got = names.name(i, raw).ok().map(|(name, _)| name);
+                assert_eq!(got, expected, "field {i} {raw:?}");
             }
             assert!(names.raw.len() <= NAMES_KEPT);
             last = answer;
         }
+    }
+
+    #[test]
+    fn answers_read_after_others_on_a_connection_are_read_as_if_they_came_first() {
+        // Fields from which answers are drawn: repeats, hop-by-hop ones, a Connection that
+        // lists another field, framing, and names whose bytes differ only in case.
+        let pool = [
+            "Content-Type: text/html",
+            "content-type: text/plain",
+            "Content-Length: 5",
+            "Content-Length: 5, 5",
+            "Content-Length: 6",
+            "Content-Length: x",
+            "Set-Cookie: a=1",
+            "Set-Cookie: b=2",
+            "Server: app",
+            "X-Hop: 1",
+            "Connection: keep-alive",
+            "Connection: X-Hop",
+            "Connection: close",
+            "Keep-Alive: timeout=5",
+            "Transfer-Encoding: chunked",
+            "ETag: \"v\"",
+            "Date: Tue, 01 Dec 2026 00:00:00 GMT",
+        ];
+        let mut seed = 11u32;
+        let mut next = |n: u32| {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (seed >> 16) % n
+        };
+        let mut names = FieldNames::default();
+        let mut last: Vec<&str> = Vec::new();
+        let (mut filled, mut answers) = (0, 0);
+        for n in 0..5_000 {
+            // Often the same names again, with new values: the case the template is for.
+            let fields: Vec<String> = if next(3) > 0 && !last.is_empty() {
+                last.iter()
+                    .map(|f| format!("{}: {n}", f.split(':').next().unwrap_or_default()))
+                    .collect()
+            } else {
+                last = (0..next(7))
+                    .map(|_| pool[next(pool.len() as u32) as usize])
+                    .collect();
+                last.iter().map(|f| f.to_string()).collect()
+            };
+            let status = ["200 OK", "101 Switching Protocols", "204 No Content"][next(3) as usize];
+            let raw = format!(
+                "HTTP/1.1 {status}\r\n{}\r\n",
+                fields
+                    .iter()
+                    .map(|f| format!("{f}\r\n"))
+                    .collect::<String>()
+            );
+            let had_template = names.template.is_some();
+            let mut input = BytesMut::from(raw.as_str());
+            let kept = parse_head(&mut input, &mut names, false);
+            let fresh = head(&raw, false);
+            match (kept, fresh) {
+                (Ok(Parsed::Final(a)), Ok(b)) => {
+                    answers += 1;
+                    filled += usize::from(had_template && names.template.is_some());
+                    assert_eq!(a.response.headers(), b.response.headers(), "{raw:?}");
+                    let order = |a: &Answer| {
+                        a.response
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(order(&a), order(&b), "{raw:?}");
+                    assert_eq!(
+                        (a.body, a.reusable, a.hop_fields_kept),
+                        (b.body, b.reusable, b.hop_fields_kept),
+                        "{raw:?}"
+                    );
+                }
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => panic!("{raw:?}: {:?} against {:?}", a.is_ok(), b.is_ok()),
+            }
+        }
+        // The walk does go through the template, most of the time.
+        assert!(filled > answers / 5, "{filled} of {answers}");
     }
 
     fn head(raw: &str, head_request: bool) -> Result<Answer, HeadError> {
