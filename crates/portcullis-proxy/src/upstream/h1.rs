@@ -118,8 +118,8 @@ const NAMES_KEPT: usize = 2048;
 struct FieldNames {
     /// The names as read, one after the other.
     raw: Vec<u8>,
-    /// Each name, and where its raw bytes end in `raw`.
-    parsed: Vec<(usize, HeaderName)>,
+    /// Each name, where its raw bytes end in `raw`, and what it does in an answer.
+    parsed: Vec<(usize, HeaderName, Role)>,
     /// The map an answer with exactly the names in `parsed` is read into, every value
     /// blank: cloning it and filling in the values costs less than hashing and inserting
     /// each name again. Kept only while `parsed` is the whole of an answer's names and
@@ -129,27 +129,28 @@ struct FieldNames {
 }
 
 impl FieldNames {
-    /// Field `i`'s name read as `raw`, and whether it is the one parsed before (the bytes
-    /// are the same); else it is parsed now and kept (in place of what followed it) for
-    /// the next answer.
+    /// Field `i`'s name read as `raw`, its role, and whether it is the one parsed before
+    /// (the bytes are the same); else it is parsed now and kept (in place of what
+    /// followed it) for the next answer.
     fn name(
         &mut self,
         i: usize,
         raw: &[u8],
-    ) -> Result<(HeaderName, bool), http::header::InvalidHeaderName> {
-        if let Some(name) = self.kept(i, raw) {
-            return Ok((name.clone(), true));
+    ) -> Result<(HeaderName, Role, bool), http::header::InvalidHeaderName> {
+        if let Some((name, role)) = self.kept(i, raw) {
+            return Ok((name.clone(), role, true));
         }
         self.template = None;
         let name = HeaderName::from_bytes(raw)?;
+        let role = Role::of(&name);
         let start = self.start(i);
         if self.parsed.len() >= i && start + raw.len() <= NAMES_KEPT {
             self.parsed.truncate(i);
             self.raw.truncate(start);
             self.raw.extend_from_slice(raw);
-            self.parsed.push((self.raw.len(), name.clone()));
+            self.parsed.push((self.raw.len(), name.clone(), role));
         }
-        Ok((name, false))
+        Ok((name, role, false))
     }
 
     /// Where field `i`'s bytes start in `raw`: where the one before ends.
@@ -159,13 +160,13 @@ impl FieldNames {
             .map_or(0, |p| p.0)
     }
 
-    /// Field `i`'s name as parsed before, if its bytes were `raw`.
-    fn kept(&self, i: usize, raw: &[u8]) -> Option<&HeaderName> {
+    /// Field `i`'s name as parsed before and its role, if its bytes were `raw`.
+    fn kept(&self, i: usize, raw: &[u8]) -> Option<(&HeaderName, Role)> {
         let start = self.start(i);
         self.parsed
             .get(i)
-            .filter(|(end, _)| self.raw.get(start..*end) == Some(raw))
-            .map(|(_, name)| name)
+            .filter(|(end, ..)| self.raw.get(start..*end) == Some(raw))
+            .map(|(_, name, role)| (name, *role))
     }
 
     /// A copy of the template, if there is one and `raw` are exactly the names it was
@@ -594,9 +595,9 @@ fn parse_head(
     if let Some(mut map) = names.template_for(spans.iter().map(raw_name)) {
         let mut slots = map.values_mut();
         let mut fits = true;
-        for ((_, name), span) in names.parsed.iter().zip(spans) {
+        for ((_, name, role), span) in names.parsed.iter().zip(spans) {
             let value = value_of(name, span)?;
-            if facts.observe(name, &value) {
+            if facts.observe(*role, &value) {
                 match slots.next() {
                     Some(slot) => *slot = value,
                     None => fits = false,
@@ -619,10 +620,10 @@ fn parse_head(
             let mut map = HeaderMap::with_capacity(count);
             let mut all_kept = true;
             for (i, span) in spans.iter().enumerate() {
-                let (name, kept) = name_of(names, i, raw_name(span))?;
+                let (name, role, kept) = name_of(names, i, raw_name(span))?;
                 all_kept &= kept;
                 let value = value_of(&name, span)?;
-                if facts.observe(&name, &value) {
+                if facts.observe(role, &value) {
                     map.append(name, value);
                 }
             }
@@ -641,8 +642,8 @@ fn parse_head(
         facts.held_back && (facts.lists_others || status == StatusCode::SWITCHING_PROTOCOLS);
     if hop_fields_kept {
         for (i, span) in spans.iter().enumerate() {
-            let (name, _) = name_of(names, i, raw_name(span))?;
-            if hop::always_hop_by_hop(&name) {
+            let (name, role, _) = name_of(names, i, raw_name(span))?;
+            if role != Role::Plain {
                 let value = value_of(&name, span)?;
                 headers.append(name, value);
             }
@@ -727,36 +728,76 @@ struct Facts {
     held_back: bool,
 }
 
-impl Facts {
-    /// Takes note of one field; whether it goes into the answer's map.
-    fn observe(&mut self, name: &HeaderName, value: &HeaderValue) -> bool {
-        let bytes = value.as_bytes();
+/// What a field does in an answer, as far as reading it goes: found once per name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Length,
+    Coding,
+    Connection,
+    /// Another field of the fixed hop-by-hop set.
+    Hop,
+    /// A field passed on to the client.
+    Plain,
+}
+
+impl Role {
+    fn of(name: &HeaderName) -> Role {
         if name == header::CONTENT_LENGTH {
-            self.has_length = true;
-            for part in bytes.split(|b| *b == b',') {
-                let part = part.trim_ascii();
-                // At most 19 digits: always within a u64.
-                if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                    self.bad_length = true;
-                    continue;
-                }
-                let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-                self.bad_length |= self.length.is_some_and(|l| l != n);
-                self.length = Some(n);
-            }
+            Role::Length
         } else if name == header::TRANSFER_ENCODING {
-            self.has_coding = true;
-            self.last_coding_chunked = bytes
-                .rsplit(|b| *b == b',')
-                .next()
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            Role::Coding
         } else if name == header::CONNECTION {
-            self.close |= lists_token(bytes, b"close");
-            self.lists_others |= hop::lists_other_fields(bytes);
+            Role::Connection
+        } else if hop::always_hop_by_hop(name) {
+            Role::Hop
+        } else {
+            Role::Plain
         }
-        let hop = hop::always_hop_by_hop(name);
-        self.held_back |= hop;
-        !hop
+    }
+}
+
+impl Facts {
+    /// Takes note of one field; whether it goes into the answer's map (the fixed
+    /// hop-by-hop set does not).
+    fn observe(&mut self, role: Role, value: &HeaderValue) -> bool {
+        let bytes = value.as_bytes();
+        match role {
+            Role::Length => {
+                self.has_length = true;
+                for part in bytes.split(|b| *b == b',') {
+                    let part = part.trim_ascii();
+                    // At most 19 digits: always within a u64.
+                    if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                        self.bad_length = true;
+                        continue;
+                    }
+                    let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+                    self.bad_length |= self.length.is_some_and(|l| l != n);
+                    self.length = Some(n);
+                }
+                true
+            }
+            Role::Coding => {
+                self.has_coding = true;
+                self.last_coding_chunked = bytes
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                self.held_back = true;
+                false
+            }
+            Role::Connection => {
+                self.close |= lists_token(bytes, b"close");
+                self.lists_others |= hop::lists_other_fields(bytes);
+                self.held_back = true;
+                false
+            }
+            Role::Hop => {
+                self.held_back = true;
+                false
+            }
+            Role::Plain => true,
+        }
     }
 
     /// The length the `Content-Length` fields state, or `None` when one is not a number
@@ -1172,7 +1213,7 @@ mod tests {
             };
             for (i, raw) in answer.iter().enumerate() {
                 let expected = HeaderName::from_bytes(raw).ok();
-                let got = names.name(i, raw).ok().map(|(name, _)| name);
+                let got = names.name(i, raw).ok().map(|(name, ..)| name);
                 assert_eq!(got, expected, "field {i} {raw:?}");
             }
             assert!(names.raw.len() <= NAMES_KEPT);
