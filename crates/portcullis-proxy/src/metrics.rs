@@ -10,7 +10,7 @@
 //! reloads.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -459,22 +459,24 @@ impl Metrics {
     }
 
     /// Observes how long a request took, by outcome and route.
-    pub(crate) fn request_done(&self, route: Option<usize>, outcome: Outcome, start: Instant) {
+    pub(crate) fn request_done(&self, route: Option<usize>, outcome: Outcome, took: Duration) {
         let slot = route.map_or(0, |r| r + 1);
         if let Some(h) = self
             .route_latency
             .get(slot)
             .and_then(|by| by.get(outcome as usize))
         {
-            h.observe(seconds(start));
+            h.observe(took.as_secs_f64());
         }
     }
 
-    /// Observes how long the app took to answer.
-    pub(crate) fn upstream_done(&self, route: Option<usize>, start: Instant) {
+    /// Observes how long the app took to answer; returns the time it answered.
+    pub(crate) fn upstream_done(&self, route: Option<usize>, start: Instant) -> Instant {
+        let now = Instant::now();
         if let Some(h) = self.upstream_latency.get(route.map_or(0, |r| r + 1)) {
-            h.observe(seconds(start));
+            h.observe(now.saturating_duration_since(start).as_secs_f64());
         }
+        now
     }
 
     /// Counts a refusal; `reason` is one of [`REFUSAL_REASONS`].
@@ -521,8 +523,8 @@ mod tests {
         inc(&m.forwarded);
         m.route(0, Outcome::Denied);
         m.refusal("route_denied");
-        m.request_done(Some(0), Outcome::Denied, Instant::now());
-        m.request_done(None, Outcome::Forwarded, Instant::now());
+        m.request_done(Some(0), Outcome::Denied, Duration::ZERO);
+        m.request_done(None, Outcome::Forwarded, Duration::ZERO);
         m.provider_call("corp", ProviderCall::Refresh, Instant::now());
         m.store.observe(StoreOp::Load, Instant::now());
         let text = m.render(Some(3));

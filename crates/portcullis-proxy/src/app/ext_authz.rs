@@ -238,7 +238,8 @@ impl App {
             Ok(d) => d,
             Err(problem) => {
                 tracing::error!(problem = %problem, "ext_authz check refused: fix the gateway's ext_authz settings");
-                self.metrics.request_done(None, Outcome::Error, start);
+                self.metrics
+                    .request_done(None, Outcome::Error, start.elapsed());
                 let resp =
                     crate::pages::json_error(StatusCode::FORBIDDEN, "invalid_request", &problem);
                 return denied(code::INVALID_ARGUMENT, &problem, resp);
@@ -247,7 +248,8 @@ impl App {
         if self.auth.is_none() {
             // Open mode lets everything through, as on the proxied path; client-sent
             // identity headers are still removed.
-            self.metrics.request_done(None, Outcome::Verified, start);
+            self.metrics
+                .request_done(None, Outcome::Verified, start.elapsed());
             return allowed(&HeaderMap::new(), &described.names);
         }
         let host = HeaderValue::from_str(&described.host).ok();
@@ -297,7 +299,7 @@ impl App {
                 denied(code::UNAVAILABLE, "cannot decide now", resp),
             ),
         };
-        self.metrics.request_done(None, outcome, start);
+        self.metrics.request_done(None, outcome, start.elapsed());
         answer
     }
 }

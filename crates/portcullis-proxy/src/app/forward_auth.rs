@@ -226,7 +226,7 @@ impl App {
             StatusCode::FORBIDDEN => Outcome::Denied,
             _ => Outcome::Error,
         };
-        self.metrics.request_done(None, outcome, start);
+        self.metrics.request_done(None, outcome, start.elapsed());
         resp
     }
 

@@ -68,8 +68,13 @@ impl App {
         req: &mut Request<RequestBody>,
     ) -> Response<ProxyBody> {
         let start = std::time::Instant::now();
-        let (resp, outcome, route) = self.decide_and_forward(conn, req).await;
-        self.metrics.request_done(route, outcome, start);
+        // When the upstream answered, if it was asked: the clock read for its latency ends
+        // the request's too.
+        let mut answered = None;
+        let (resp, outcome, route) = self.decide_and_forward(conn, req, &mut answered).await;
+        let end = answered.unwrap_or_else(std::time::Instant::now);
+        self.metrics
+            .request_done(route, outcome, end.saturating_duration_since(start));
         resp
     }
 
@@ -78,6 +83,7 @@ impl App {
         &self,
         conn: &ConnInfo,
         req: &mut Request<RequestBody>,
+        answered: &mut Option<std::time::Instant>,
     ) -> (Response<ProxyBody>, Outcome, Option<usize>) {
         let html = wants_html(req.headers());
         if self.upstreams.is_empty() {
@@ -208,7 +214,14 @@ impl App {
                 Box::pin(async {
                     trace::inject(req.headers_mut());
                     let forwarded = upstream
-                        .forward(req, added, upgrade, origin.host.as_ref(), &self.tracker)
+                        .forward(
+                            req,
+                            added,
+                            upgrade,
+                            origin.host.as_ref(),
+                            &self.tracker,
+                            asked,
+                        )
                         .await;
                     if let Ok(Forwarded::Response(resp)) = &forwarded {
                         let status = i64::from(resp.status().as_u16());
@@ -224,10 +237,17 @@ impl App {
             // Tracing on but this request not sampled: the app still hears of the trace.
             trace::inject(req.headers_mut());
             upstream
-                .forward(req, added, upgrade, origin.host.as_ref(), &self.tracker)
+                .forward(
+                    req,
+                    added,
+                    upgrade,
+                    origin.host.as_ref(),
+                    &self.tracker,
+                    asked,
+                )
                 .await
         };
-        self.metrics.upstream_done(route, asked);
+        *answered = Some(self.metrics.upstream_done(route, asked));
         match forwarded {
             Ok(forwarded) => {
                 inc(&self.metrics.forwarded);

@@ -1173,7 +1173,7 @@ impl Body for UpstreamBody {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use http_body_util::BodyExt;
     use tokio::io::AsyncReadExt;
@@ -1580,7 +1580,7 @@ mod tests {
         parts: &Request<()>,
         body: RequestBody,
     ) -> (Response<()>, Bytes) {
-        let mut conn = match pool.checkout() {
+        let mut conn = match pool.checkout(Instant::now()) {
             Some(conn) => conn,
             None => Conn::new(pool.connect().await.unwrap()),
         };
@@ -1592,7 +1592,7 @@ mod tests {
 
     fn idle(pool: &Pool) -> usize {
         let mut n = 0;
-        while let Some(conn) = pool.checkout() {
+        while let Some(conn) = pool.checkout(Instant::now()) {
             n += 1;
             drop(conn);
         }
@@ -1636,7 +1636,7 @@ mod tests {
         // The upstream closes the connection after its answer: it is not handed out.
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(
-            pool.checkout().is_none(),
+            pool.checkout(Instant::now()).is_none(),
             "a closed connection was handed out"
         );
         let (_, body) = fetch(&pool, &get("/b"), RequestBody::empty()).await;
@@ -1666,7 +1666,7 @@ mod tests {
         assert_eq!(body, "a");
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(
-            pool.checkout().is_none(),
+            pool.checkout(Instant::now()).is_none(),
             "a connection with unasked bytes was handed out"
         );
         rogue.abort();
@@ -1872,7 +1872,7 @@ mod tests {
         assert_eq!((&first[..], &second[..]), (&b"first"[..], &b"second"[..]));
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(
-            pool.checkout().is_none(),
+            pool.checkout(Instant::now()).is_none(),
             "a connection the upstream closed with close_notify was handed out"
         );
         peer.abort();

@@ -15,7 +15,7 @@ mod pool;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -111,6 +111,13 @@ impl<'a> Added<'a> {
         }
         valid
     }
+}
+
+/// `timeout` after `start`; a timeout too long for the clock (a configured
+/// `response_timeout` of many years) is thirty years, which no request outlives.
+fn deadline(start: Instant, timeout: Duration) -> tokio::time::Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+    tokio::time::Instant::from_std(start.checked_add(timeout.min(FAR)).unwrap_or(start))
 }
 
 /// A client's request to switch protocols, already checked against the allow-list.
@@ -244,10 +251,11 @@ impl Upstream {
         head: &Request<RequestBody>,
         added: &Added<'_>,
         body: RequestBody,
+        now: Instant,
     ) -> Result<(Answer, Conn), UpstreamError> {
         let mut body = Some(body);
         loop {
-            let (mut conn, reused) = match self.pool.checkout() {
+            let (mut conn, reused) = match self.pool.checkout(now) {
                 Some(conn) => (conn, true),
                 // Boxed: a connection (a TLS handshake) is made once for many requests,
                 // and its future would otherwise set the size of every request's.
@@ -279,6 +287,7 @@ impl Upstream {
         upgrade: Option<UpgradeRequest>,
         client_host: Option<&HeaderValue>,
         tracker: &Tracker,
+        asked: Instant,
     ) -> Result<Forwarded, UpstreamError> {
         *req.uri_mut() = self.target(req.uri())?;
         let client_version = req.version();
@@ -296,10 +305,12 @@ impl Upstream {
         }
 
         let body = std::mem::replace(req.body_mut(), RequestBody::empty());
-        let (answer, conn) =
-            tokio::time::timeout(self.response_timeout, self.send(req, &added, body))
-                .await
-                .map_err(|_| UpstreamError::Timeout)??;
+        // The response timeout counts from when the upstream was asked, a clock read the
+        // caller already made.
+        let deadline = deadline(asked, self.response_timeout);
+        let (answer, conn) = tokio::time::timeout_at(deadline, self.send(req, &added, body, asked))
+            .await
+            .map_err(|_| UpstreamError::Timeout)??;
         if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(UpstreamError::Unreachable(
                 "the upstream switched protocols on a request that asked for no upgrade".into(),
@@ -424,4 +435,28 @@ fn splice(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_response_timeout_counts_from_when_the_upstream_was_asked_and_never_overflows() {
+        let asked = Instant::now();
+        let d = deadline(asked, Duration::from_secs(30));
+        assert_eq!(d.into_std() - asked, Duration::from_secs(30));
+        // What the config reader accepts: up to u64::MAX seconds, and days of u32::MAX.
+        for huge in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX),
+            Duration::from_secs(86_400 * u64::from(u32::MAX)),
+        ] {
+            let d = deadline(asked, huge).into_std();
+            assert!(
+                d - asked > Duration::from_secs(29 * 365 * 86_400),
+                "{huge:?}"
+            );
+        }
+    }
 }

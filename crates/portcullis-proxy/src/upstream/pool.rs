@@ -61,10 +61,9 @@ impl Pool {
         })
     }
 
-    /// The most recently used idle connection that can carry a request, if any.
-    pub(super) fn checkout(&self) -> Option<Conn> {
+    /// The most recently used idle connection that can carry a request `now`, if any.
+    pub(super) fn checkout(&self, now: Instant) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
         // What idled too long is at the cold end.
         while idle
             .front()
