@@ -26,8 +26,8 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use portcullis_core::trace;
 use portcullis_identity::Provider;
 use portcullis_policy::{Policy, RouteTable};
-use portcullis_session::MemoryStore;
 use portcullis_session::cookie::{self, CookieSpec};
+use portcullis_session::{MemoryStore, SessionId};
 
 use crate::assertion::Assertions;
 use crate::body::ProxyBody;
@@ -417,6 +417,15 @@ fn with_cookie(mut resp: Response<ProxyBody>, set_cookie: &str) -> Response<Prox
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
     resp
+}
+
+/// The session id the request's cookie `name` holds, if it has the shape of one.
+fn session_id(headers: &HeaderMap, name: &str) -> Option<SessionId> {
+    let value = cookie::find_bytes(
+        headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes()),
+        name,
+    )?;
+    SessionId::from_bytes(value)
 }
 
 fn session_cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -72,16 +72,21 @@ pub fn pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 /// Read as `pairs` reads a line, without splitting every pair into a name and a value:
 /// this runs on every request.
 pub fn find<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &str) -> Option<&'a str> {
+    let value = find_bytes(headers, name)?;
+    std::str::from_utf8(value).ok().filter(|v| v.is_ascii())
+}
+
+/// [`find`]'s value as bytes, whatever they are: for a reader that checks them itself.
+pub fn find_bytes<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &str) -> Option<&'a [u8]> {
     let name = name.as_bytes();
     // A name with `=` or outer spaces could never equal what `pairs` reads as a name.
     if name.contains(&b'=') || name.trim_ascii().len() != name.len() {
         return None;
     }
-    let value = headers
+    headers
         .into_iter()
         .flat_map(|line| line.split(|&b| b == b';'))
-        .find_map(|pair| value_if_named(pair, name))?;
-    std::str::from_utf8(value).ok().filter(|v| v.is_ascii())
+        .find_map(|pair| value_if_named(pair, name))
 }
 
 /// The value of `pair` if its name is `name` (a name without `=` or outer spaces): the

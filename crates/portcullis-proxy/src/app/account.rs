@@ -4,12 +4,12 @@
 
 use http::header;
 use http::{Request, Response, StatusCode};
-use portcullis_session::{Index, SessionData, SessionId, SessionStore};
+use portcullis_session::{Index, SessionData, SessionStore};
 use serde_json::json;
 
 use super::authn::Principal;
 use super::endpoints::LOGIN;
-use super::{App, Auth, ConnInfo, query_param, session_cookie_value, wants_html, with_cookie};
+use super::{App, Auth, ConnInfo, query_param, session_id, wants_html, with_cookie};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::inbound::RequestBody;
@@ -51,9 +51,7 @@ impl App {
         let everywhere = query_param(req, "everywhere").is_some_and(|v| v == "true" || v == "1");
         let mut ended = 0;
         let mut provider_logout = None;
-        if let Some(id) = session_cookie_value(req.headers(), &auth.session_cookie.name)
-            .and_then(SessionId::parse)
-        {
+        if let Some(id) = session_id(req.headers(), &auth.session_cookie.name) {
             if let Some(session) = auth.sessions.load(&id).await? {
                 if everywhere {
                     let account = Index::Account {

@@ -26,7 +26,7 @@ use portcullis_session::{
     DirectoryUser, SessionData, SessionId, SessionStore, SessionTokens, identity_keys,
 };
 
-use super::{App, Auth, session_cookie_value};
+use super::{App, Auth, session_id};
 use crate::error::ProxyError;
 use crate::introspection::{Answer, IntrospectionCache};
 use crate::metrics::ProviderCall;
@@ -186,9 +186,7 @@ impl App {
                 .await
                 .map(Some);
         }
-        let Some(id) =
-            session_cookie_value(headers, &auth.session_cookie.name).and_then(SessionId::parse)
-        else {
+        let Some(id) = session_id(headers, &auth.session_cookie.name) else {
             return Ok(None);
         };
         let Some(session) = auth.sessions.load(&id).await? else {

@@ -14,11 +14,11 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use portcullis_identity::{IdentityError, OidcProvider, unverified_issuer};
-use portcullis_session::{Index, SessionId, SessionStore};
+use portcullis_session::{Index, SessionStore};
 use serde_json::json;
 
 use super::endpoints::LOGIN;
-use super::{App, body_refused, query_param, session_cookie_value, with_cookie};
+use super::{App, body_refused, query_param, session_id, with_cookie};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::inbound::RequestBody;
@@ -200,9 +200,7 @@ impl App {
                 );
             }
             (None, None) => {
-                if let Some(id) = session_cookie_value(req.headers(), &auth.session_cookie.name)
-                    .and_then(SessionId::parse)
-                {
+                if let Some(id) = session_id(req.headers(), &auth.session_cookie.name) {
                     match auth.sessions.delete(&id).await {
                         Ok(()) => ended = 1,
                         Err(e) => return self.logout_store_failed(e),

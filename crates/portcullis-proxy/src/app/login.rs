@@ -10,12 +10,14 @@ use portcullis_config::{Flow, ResponseMode};
 use portcullis_identity::{IdentityError, LoginStep, Provider, StepUp};
 use portcullis_policy::Route;
 use portcullis_policy::{PolicyDecision, Subject};
-use portcullis_session::{SessionData, SessionId, SessionStore, identity_keys};
+use portcullis_session::{SessionData, SessionStore, identity_keys};
 
 use super::authn::{Principal, session_tokens};
 use super::decide::Entry;
 use super::endpoints::LOGIN;
-use super::{App, Auth, ConnInfo, body_refused, query_param, session_cookie_value, with_cookie};
+use super::{
+    App, Auth, ConnInfo, body_refused, query_param, session_cookie_value, session_id, with_cookie,
+};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::inbound::RequestBody;
@@ -387,9 +389,7 @@ impl App {
             });
         }
         // A fresh session every login; any session the browser had ends.
-        if let Some(old) =
-            session_cookie_value(headers, &auth.session_cookie.name).and_then(SessionId::parse)
-        {
+        if let Some(old) = session_id(headers, &auth.session_cookie.name) {
             let _ = auth.sessions.delete(&old).await;
         }
         let who = identity.display().to_string();

@@ -9,13 +9,12 @@ use std::pin::Pin;
 
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
-use portcullis_session::SessionId;
 use portcullis_session::cookie;
 
 use super::authn::Principal;
 use super::decide::{Check, Decision, Entry, Target};
 use super::endpoints::{CANARY, LOGIN, LOGOUT};
-use super::{App, ConnInfo, session_cookie_value, wants_html};
+use super::{App, ConnInfo, session_id, wants_html};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::forwarding;
@@ -273,8 +272,7 @@ impl App {
     /// session (open mode, a bearer token) only the client or the upstream ends it.
     fn tunnel_lifetime(&self, headers: &HeaderMap) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let session = self.auth.as_ref().and_then(|auth| {
-            let id = session_cookie_value(headers, &auth.session_cookie.name)
-                .and_then(SessionId::parse)?;
+            let id = session_id(headers, &auth.session_cookie.name)?;
             Some(auth.sessions.ended_for(id))
         });
         match session {
