@@ -85,8 +85,28 @@ pub fn find_bytes<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &str) -
     }
     headers
         .into_iter()
-        .flat_map(|line| line.split(|&b| b == b';'))
+        .flat_map(pieces)
         .find_map(|pair| value_if_named(pair, name))
+}
+
+/// What lies between the `;`s of a `Cookie` line, as `split` gives it (a trailing `;`
+/// leaves an empty piece), each `;` found by `memchr` (a scan of many bytes at once)
+/// rather than byte by byte: this runs on every request.
+fn pieces(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(line);
+    std::iter::from_fn(move || {
+        let line = rest?;
+        Some(match memchr::memchr(b';', line) {
+            Some(at) => {
+                rest = Some(&line[at + 1..]);
+                &line[..at]
+            }
+            None => {
+                rest = None;
+                line
+            }
+        })
+    })
 }
 
 /// The value of `pair` if its name is `name` (a name without `=` or outer spaces): the
@@ -116,7 +136,7 @@ pub fn rewrite<'a, I: Iterator<Item = &'a [u8]>>(
     let (mut count, mut dropping, mut keeping) = (0, false, false);
     for value in values() {
         count += 1;
-        for pair in value.split(|&b| b == b';') {
+        for pair in pieces(value) {
             let pair = pair.trim_ascii();
             if pair.is_empty() {
                 continue;
@@ -135,7 +155,7 @@ pub fn rewrite<'a, I: Iterator<Item = &'a [u8]>>(
     if !keeping {
         return Some(out);
     }
-    for pair in values().flat_map(|v| v.split(|&b| b == b';')) {
+    for pair in values().flat_map(pieces) {
         let pair = pair.trim_ascii();
         if pair.is_empty() || drop(pair_name(pair).0) {
             continue;
