@@ -282,6 +282,16 @@ def main():
             user = med("portcullis", path, "user_us") / med("nginx", path, "user_us")
             print(f"portcullis / nginx  /{path:<6} throughput {tput:.2f}x (target >= 1.0), p99 {p99:.2f}x (target <= 1.0), "
                   f"CPU per request {cpu:.2f}x (target <= 1.0; user time alone {user:.2f}x)")
+        # Each round runs nginx and Portcullis back to back, so a round's own ratio is less
+        # exposed to what the machine does between rounds than the ratio of medians.
+        for path in ("small", "big"):
+            paired = list(zip(rows[("portcullis", path)], rows[("nginx", path)]))
+
+            def ratios(key, paired=paired):
+                return ", ".join(f"{p[key] / n[key]:.2f}" for p, n in paired)
+
+            print(f"  round by round    /{path:<6} throughput {ratios('rps')}; p99 {ratios('p99')}; "
+                  f"CPU per request {ratios('cpu_us')}")
         for path in ("small", "big"):
             tput = med("routes", path, "rps") / med("portcullis", path, "rps")
             print(f"20 routes + assertion / plain  /{path:<6} throughput {tput:.2f}x (target >= 0.95)")
