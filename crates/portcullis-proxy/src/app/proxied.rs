@@ -205,35 +205,10 @@ impl App {
         let upstream = &pools[conn.worker % pools.len()];
         let route = route.map(|r| r.index);
         let asked = std::time::Instant::now();
-        let forwarded = if trace::recording() {
-            // The call's future boxed once; the span's wrapper holds only the box.
-            trace::in_span_result(
-                "upstream",
-                trace::Kind::Client,
-                Box::pin(async {
-                    trace::inject(req.headers_mut());
-                    let forwarded = upstream
-                        .forward(
-                            req,
-                            added,
-                            upgrade,
-                            origin.host.as_ref(),
-                            &self.tracker,
-                            asked,
-                        )
-                        .await;
-                    if let Ok(Forwarded::Response(resp)) = &forwarded {
-                        let status = i64::from(resp.status().as_u16());
-                        trace::record(|| {
-                            vec![trace::KeyValue::new("http.response.status_code", status)]
-                        });
-                    }
-                    forwarded
-                }),
-            )
-            .await
-        } else {
-            // Tracing on but this request not sampled: the app still hears of the trace.
+        // Run (and the trace context injected) only when polled: inside the span below
+        // when this request is sampled, so the app hears of the span; otherwise the app
+        // still hears of the trace.
+        let forward = async {
             trace::inject(req.headers_mut());
             upstream
                 .forward(
@@ -245,6 +220,26 @@ impl App {
                     asked,
                 )
                 .await
+        };
+        let forwarded = if trace::recording() {
+            // The call's future boxed once; the span's wrapper holds only the box.
+            trace::in_span_result(
+                "upstream",
+                trace::Kind::Client,
+                Box::pin(async {
+                    let forwarded = forward.await;
+                    if let Ok(Forwarded::Response(resp)) = &forwarded {
+                        let status = i64::from(resp.status().as_u16());
+                        trace::record(|| {
+                            vec![trace::KeyValue::new("http.response.status_code", status)]
+                        });
+                    }
+                    forwarded
+                }),
+            )
+            .await
+        } else {
+            forward.await
         };
         *answered = Some(self.metrics.upstream_done(route, asked));
         match forwarded {
