@@ -545,7 +545,8 @@ fn parse_head(
 ) -> Result<Parsed, HeadError> {
     // Names and values are kept as slices of the head's bytes, without a copy each.
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
-    let (len, count, code, minor) = match replay(input, names, &mut spans) {
+    let replayed = replay(input, names, &mut spans);
+    let (len, count, code, minor) = match replayed {
         Some(read) => read,
         None => match read_fields(input, &mut spans)? {
             Some(read) => read,
@@ -593,7 +594,13 @@ fn parse_head(
     let mut filled = None;
     // The usual answer: the same names as the last ones, their values filled into a copy
     // of the map those were read into.
-    if let Some(mut map) = names.template_for(spans.iter().map(raw_name)) {
+    let template = if replayed.is_some() {
+        // The names were just compared with the kept ones.
+        names.template.clone()
+    } else {
+        names.template_for(spans.iter().map(raw_name))
+    };
+    if let Some(mut map) = template {
         let mut slots = map.values_mut();
         let mut fits = true;
         for ((_, name, role), span) in names.parsed.iter().zip(spans) {
@@ -762,19 +769,18 @@ fn replay(
         while matches!(input.get(at), Some(b' ' | b'\t')) {
             at += 1;
         }
-        let cr = at + memchr::memchr(b'\r', input.get(at..)?)?;
-        if input.get(cr + 1) != Some(&b'\n') {
+        // The value runs to the first byte httparse does not take in one (tab, visible
+        // ASCII and space, and 0x80 up are taken), which must start the CRLF. (Values are
+        // short: a plain loop costs less than finding the CR with memchr, then checking.)
+        let end = at
+            + input
+                .get(at..)?
+                .iter()
+                .position(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)?;
+        if input.get(end..end + 2) != Some(b"\r\n") {
             return None;
         }
-        let line = &input[at..cr];
-        // Bytes httparse takes in a value: tab, visible ASCII and space, and 0x80 up.
-        // Every byte looked at: the loop becomes a few vector instructions.
-        let bad = line.iter().fold(false, |bad, &b| {
-            bad | ((b < 0x20 && b != b'\t') | (b == 0x7f))
-        });
-        if bad {
-            return None;
-        }
+        let line = &input[at..end];
         let kept = line
             .iter()
             .rposition(|&b| b != b' ' && b != b'\t')
@@ -787,7 +793,7 @@ fn replay(
             at as u32,
             (at + value.len()) as u32,
         );
-        at = cr + 2;
+        at = end + 2;
     }
     if input.get(at..at + 2) != Some(b"\r\n") || at + 2 > MAX_HEAD_BYTES {
         return None;
