@@ -126,6 +126,8 @@ struct FieldNames {
     /// those that go into the map are all different (a map with a repeated name does not
     /// list its values in the order they were read).
     template: Option<HeaderMap>,
+    /// Where the fields of the answer being read are (kept only for its buffer).
+    spans: Vec<Span>,
     /// What came before the first field of the last final answer read in full (its
     /// status line, and any empty lines before it), with its status code and HTTP minor
     /// version: an answer that starts with these bytes has that status (see [`replay`]).
@@ -543,15 +545,31 @@ fn parse_head(
     names: &mut FieldNames,
     head_request: bool,
 ) -> Result<Parsed, HeadError> {
+    // The connection's list of spans, reused from answer to answer.
+    let mut spans = std::mem::take(&mut names.spans);
+    spans.clear();
+    let parsed = parse_head_into(input, names, head_request, &mut spans);
+    names.spans = spans;
+    parsed
+}
+
+fn parse_head_into(
+    input: &mut BytesMut,
+    names: &mut FieldNames,
+    head_request: bool,
+    spans: &mut Vec<Span>,
+) -> Result<Parsed, HeadError> {
     // Names and values are kept as slices of the head's bytes, without a copy each.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
-    let replayed = replay(input, names, &mut spans);
+    let replayed = replay(input, names, spans);
     let (len, count, code, minor) = match replayed {
         Some(read) => read,
-        None => match read_fields(input, &mut spans)? {
-            Some(read) => read,
-            None => return Ok(Parsed::Partial),
-        },
+        None => {
+            spans.clear();
+            match read_fields(input, spans)? {
+                Some(read) => read,
+                None => return Ok(Parsed::Partial),
+            }
+        }
     };
     if (100..200).contains(&code) && code != 101 {
         input.advance(len);
@@ -708,7 +726,7 @@ fn parse_head(
 /// written to `spans`), its status code and HTTP minor version; `None` while incomplete.
 fn read_fields(
     input: &[u8],
-    spans: &mut [Span; MAX_FIELDS],
+    spans: &mut Vec<Span>,
 ) -> Result<Option<(usize, usize, u16, u8)>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut parsed = httparse::Response::new(&mut fields);
@@ -722,16 +740,16 @@ fn read_fields(
         Err(e) => return Err(HeadError::Malformed(e.to_string())),
     };
     let base = input.as_ptr() as usize;
-    for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
+    for field in parsed.headers.iter() {
         let name = field.name.as_ptr() as usize - base;
         let value = field.value.as_ptr() as usize - base;
         // Offsets within a head of at most MAX_HEAD_BYTES (plus one read) fit.
-        *span = (
+        spans.push((
             name as u32,
             (name + field.name.len()) as u32,
             value as u32,
             (value + field.value.len()) as u32,
-        );
+        ));
     }
     let code = parsed.code.unwrap_or(0);
     let minor = parsed.version.unwrap_or(0);
@@ -750,14 +768,14 @@ fn read_fields(
 fn replay(
     input: &[u8],
     names: &FieldNames,
-    spans: &mut [Span; MAX_FIELDS],
+    spans: &mut Vec<Span>,
 ) -> Option<(usize, usize, u16, u8)> {
     if names.status.is_empty() || !input.starts_with(&names.status) {
         return None;
     }
     let mut at = names.status.len();
     let mut start = 0;
-    for (span, &(end, ..)) in spans.iter_mut().zip(&names.parsed) {
+    for &(end, ..) in &names.parsed {
         let name = &names.raw[start..end];
         start = end;
         let rest = input.get(at..)?;
@@ -772,11 +790,7 @@ fn replay(
         // The value runs to the first byte httparse does not take in one (tab, visible
         // ASCII and space, and 0x80 up are taken), which must start the CRLF. (Values are
         // short: a plain loop costs less than finding the CR with memchr, then checking.)
-        let end = at
-            + input
-                .get(at..)?
-                .iter()
-                .position(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)?;
+        let end = value_end(input, at)?;
         if input.get(end..end + 2) != Some(b"\r\n") {
             return None;
         }
@@ -787,18 +801,42 @@ fn replay(
             .map_or(0, |last| last + 1);
         let value = &line[..kept];
         // Offsets within a head of at most MAX_HEAD_BYTES fit.
-        *span = (
+        spans.push((
             name_start as u32,
             (name_start + name.len()) as u32,
             at as u32,
             (at + value.len()) as u32,
-        );
+        ));
         at = end + 2;
     }
     if input.get(at..at + 2) != Some(b"\r\n") || at + 2 > MAX_HEAD_BYTES {
         return None;
     }
     Some((at + 2, names.parsed.len(), names.code, names.minor))
+}
+
+/// Where a field value that starts at `at` ends: the first byte from there that httparse
+/// does not take in a value (it takes tab, visible ASCII and space, and 0x80 up). Sixteen
+/// bytes are looked at together, each judged without a branch (a few vector
+/// instructions), the rest of the head one by one.
+fn value_end(input: &[u8], at: usize) -> Option<usize> {
+    let stops = |b: u8| (b < 0x20 && b != b'\t') || b == 0x7f;
+    let mut from = at;
+    while let Some(chunk) = input.get(from..from + 16) {
+        let mask = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |mask, (i, &b)| mask | (u32::from(stops(b)) << i));
+        if mask != 0 {
+            return Some(from + mask.trailing_zeros() as usize);
+        }
+        from += 16;
+    }
+    input
+        .get(from..)?
+        .iter()
+        .position(|&b| stops(b))
+        .map(|i| from + i)
 }
 
 /// Whether a comma-separated field value lists `token` (any case).
@@ -892,8 +930,12 @@ impl Facts {
                 false
             }
             Role::Connection => {
-                self.close |= lists_token(bytes, b"close");
-                self.lists_others |= hop::lists_other_fields(bytes);
+                // An upstream's usual `keep-alive` is known without taking it apart (it
+                // is in the fixed set: it names no other field).
+                if !bytes.eq_ignore_ascii_case(b"keep-alive") {
+                    self.close |= lists_token(bytes, b"close");
+                    self.lists_others |= hop::lists_other_fields(bytes);
+                }
                 self.held_back = true;
                 false
             }
@@ -1327,6 +1369,35 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_value_is_judged_the_same_whether_usual_or_not() {
+        for value in [
+            "close",
+            "CLOSE",
+            "Close",
+            "keep-alive",
+            "Keep-Alive",
+            "KEEP-ALIVE",
+            " close",
+            "close ",
+            "keep-alive, close",
+            "close, X-Hop",
+            "X-Hop",
+            "keep-alive, X-Hop",
+            "keep-alive,",
+            "upgrade",
+            "",
+        ] {
+            let mut facts = Facts::default();
+            assert!(!facts.observe(Role::Connection, &HeaderValue::from_static(value)));
+            let read_apart = (
+                lists_token(value.as_bytes(), b"close"),
+                hop::lists_other_fields(value.as_bytes()),
+            );
+            assert_eq!((facts.close, facts.lists_others), read_apart, "{value:?}");
+        }
+    }
+
+    #[test]
     fn a_head_read_by_comparison_with_the_last_is_read_as_httparse_reads_it() {
         // Heads of the same shape as the one before, most with a byte or two changed to
         // something a parser must notice: line ends, controls, folding, colons, spaces.
@@ -1393,8 +1464,7 @@ mod tests {
                         _ => raw.truncate(at),
                     }
                 }
-                let mut quick = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
-                let mut full = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
+                let (mut quick, mut full) = (Vec::new(), Vec::new());
                 let by_httparse = read_fields(&raw, &mut full);
                 let Some(read) = replay(&raw, &fields, &mut quick) else {
                     declined += 1;
