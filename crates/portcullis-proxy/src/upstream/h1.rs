@@ -1346,11 +1346,7 @@ mod tests {
         ];
         let mut names = FieldNames::default();
         // A fixed pseudo-random walk: answers of 0 to 7 fields, often repeating the last.
-        let mut seed = 7u32;
-        let mut next = |n: u32| {
-            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            (seed >> 16) % n
-        };
+        let mut next = draws(7);
         let mut last: Vec<&[u8]> = Vec::new();
         for _ in 0..2_000 {
             let answer: Vec<&[u8]> = if next(3) == 0 {
@@ -1365,6 +1361,14 @@ mod tests {
             }
             assert!(names.raw.len() <= NAMES_KEPT);
             last = answer;
+        }
+    }
+
+    /// Pseudo-random draws below `n`, the same sequence for the same seed.
+    fn draws(mut seed: u32) -> impl FnMut(u32) -> u32 {
+        move |n| {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (seed >> 16) % n
         }
     }
 
@@ -1413,11 +1417,7 @@ mod tests {
             "X-A",
             "ETag",
         ];
-        let mut seed = 7u32;
-        let mut next = |n: u32| {
-            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            (seed >> 16) % n
-        };
+        let mut next = draws(7);
         let (mut replayed, mut declined) = (0, 0);
         for round in 0..3_000 {
             let count = next(6) as usize;
@@ -1521,11 +1521,7 @@ mod tests {
             "ETag: \"v\"",
             "Date: Tue, 01 Dec 2026 00:00:00 GMT",
         ];
-        let mut seed = 11u32;
-        let mut next = |n: u32| {
-            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            (seed >> 16) % n
-        };
+        let mut next = draws(11);
         let mut names = FieldNames::default();
         let mut last: Vec<&str> = Vec::new();
         let (mut filled, mut answers) = (0, 0);
