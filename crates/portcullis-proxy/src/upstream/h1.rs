@@ -787,9 +787,8 @@ fn replay(
         while matches!(input.get(at), Some(b' ' | b'\t')) {
             at += 1;
         }
-        // The value runs to the first byte httparse does not take in one (tab, visible
-        // ASCII and space, and 0x80 up are taken), which must start the CRLF. (Values are
-        // short: a plain loop costs less than finding the CR with memchr, then checking.)
+        // The value runs to the first byte httparse does not take in one, which must
+        // start the CRLF.
         let end = value_end(input, at)?;
         if input.get(end..end + 2) != Some(b"\r\n") {
             return None;
