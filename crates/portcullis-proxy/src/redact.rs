@@ -120,10 +120,14 @@ pub(crate) fn strip_identity_headers(headers: &mut HeaderMap) {
 pub(crate) fn is_field_value(text: &[u8]) -> bool {
     // Every byte looked at, without stopping at the first bad one: the loop becomes a few
     // vector instructions, and bad values are rare.
-    let bad = text.iter().fold(false, |bad, &b| {
-        bad | ((b < 0x20 && b != b'\t') | (b == 0x7f))
-    });
-    !bad
+    text.iter()
+        .fold(true, |good, &b| good & is_field_value_byte(b))
+}
+
+/// Whether `b` may be in a header value (the rule of [`is_field_value`], which is also
+/// httparse's for the values it reads).
+pub(crate) const fn is_field_value_byte(b: u8) -> bool {
+    (b >= 0x20 || b == b'\t') && b != 0x7f
 }
 
 fn value(text: &str) -> Option<HeaderValue> {
