@@ -1,6 +1,7 @@
 # Portcullis container image: a static binary on a distroless base (no shell, no package
 # manager, CA certificates and a non-root user included). The binary is built by
-# scripts/build-static, the same script that builds it without Docker.
+# scripts/build-static, the same script that builds it without Docker: profile-guided,
+# so the build runs Portcullis once, instrumented, on loopback (scripts/build-pgo).
 #
 #   docker build -t portcullis .
 #   docker run -p 8080:8080 -e UPSTREAM_URL=http://app:3000 ... portcullis

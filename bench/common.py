@@ -40,10 +40,14 @@ def build():
     flood = os.environ.get("LOGIN_FLOOD_BIN")
     if binary and flood:
         return binary, flood
-    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "portcullis", "--bin", "portcullis",
-                    "--example", "login_flood"], cwd=ROOT, check=True)
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    return os.path.join(target, "release", "portcullis"), os.path.join(target, "release", "examples", "login_flood")
+    # The build that ships: profile-guided (scripts/build-pgo), for this machine's target.
+    subprocess.run(["scripts/build-pgo", "-p", "portcullis", "--bin", "portcullis", "--example", "login_flood"],
+                   cwd=ROOT, check=True)
+    host = [line.split(": ", 1)[1] for line in subprocess.run(["rustc", "-vV"], capture_output=True, text=True,
+                                                               check=True).stdout.splitlines()
+            if line.startswith("host: ")][0]
+    out = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), host, "release")
+    return os.path.join(out, "portcullis"), os.path.join(out, "examples", "login_flood")
 
 
 def pinned(core, argv):
