@@ -19,12 +19,17 @@ count to beat).
 
 Environment: REQUESTS (default 2000), CONFIGS (comma-separated subset),
 PORTCULLIS_BIN / LOGIN_FLOOD_BIN (skip the release build; a build with debug line
-tables names functions in the annotated output, which is kept under $WORK if set).
+tables names functions in the annotated output, which is kept under $WORK if set),
+CACHE=1 (also simulate the first-level caches, `--cache-sim=yes`, with this machine's
+sizes, and print instruction and data cache misses per request beside the instructions:
+what a request costs beyond its instruction count, when its code or data does not stay
+in the 32 KiB first-level caches between requests).
 """
 
 import glob
 import http.client
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -37,6 +42,11 @@ from common import SMALL_BODY, build, free_port, need, nginx, wait_http  # noqa:
 from proxy import otlp_sink, routes_yaml  # noqa: E402
 
 REQUESTS = int(os.environ.get("REQUESTS", "2000"))
+CACHE = os.environ.get("CACHE") == "1"
+# The events callgrind counts: instructions, and with the cache simulation the reads,
+# writes and first- and last-level misses of each kind.
+EVENTS = ["Ir", "Dr", "Dw", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw"] if CACHE else ["Ir"]
+VALGRIND = ["valgrind", "--tool=callgrind"] + (["--cache-sim=yes"] if CACHE else [])
 
 
 def requests(port, cookie, count):
@@ -50,8 +60,8 @@ def requests(port, cookie, count):
 
 
 def counted(portcullis, flood, env, count, work, label):
-    """Total instructions of a Portcullis run that serves `count` requests, and those of
-    them spent in SHA-256's block function."""
+    """Total events (`EVENTS`) of a Portcullis run that serves `count` requests, and the
+    instructions of them spent in SHA-256's block function."""
     port, idp = free_port(), free_port()
     callback = f"http://127.0.0.1:{port}/api/v1/auth/callback"
     idp_proc = subprocess.Popen([portcullis, "dev-idp", "--listen", f"127.0.0.1:{idp}", "--client-id", "bench",
@@ -60,7 +70,7 @@ def counted(portcullis, flood, env, count, work, label):
     out = os.path.join(work, f"callgrind.{label}.{count}")
     run_env = dict(env, LISTEN_ADDR=f"127.0.0.1:{port}", OAUTH_ISSUER_URL=f"http://127.0.0.1:{idp}",
                    OAUTH_REDIRECT_URL=callback, SERVER__WORKERS="1")
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", portcullis],
+    proc = subprocess.Popen([*VALGRIND, f"--callgrind-out-file={out}", portcullis],
                             env=run_env, stdout=subprocess.DEVNULL,
                             stderr=open(os.path.join(work, f"{label}.{count}.log"), "w"))
     try:
@@ -73,11 +83,11 @@ def counted(portcullis, flood, env, count, work, label):
         proc.wait(timeout=120)
         idp_proc.send_signal(signal.SIGTERM)
         idp_proc.wait(timeout=10)
-    return callgrind_total(out, without=entropy_gathering), spent_in(out, "sha256_block_data_order")
+    return callgrind_total(out, without=entropy_gathering), spent_in(out, "sha256_block_data_order")["Ir"]
 
 
 def counted_nginx(work, upstream, count):
-    """Total instructions of nginx as a plain keep-alive proxy (as in proxy.py, no
+    """Total events (`EVENTS`) of nginx as a plain keep-alive proxy (as in proxy.py, no
     authentication) serving `count` requests, for comparison."""
     port = free_port()
     out = os.path.join(work, f"callgrind.nginx.{count}")
@@ -93,7 +103,7 @@ def counted_nginx(work, upstream, count):
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_buffers 16 8k;
         }}
-    }}""", wrap=("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+    }}""", wrap=(*VALGRIND, f"--callgrind-out-file={out}",
               f"--log-file={os.path.join(work, f'nginx.{count}.log')}"))
     try:
         wait_http(f"http://127.0.0.1:{port}/small", timeout=120)
@@ -105,37 +115,49 @@ def counted_nginx(work, upstream, count):
     return callgrind_total(out)
 
 
-def callgrind_total(out, without=lambda path: 0):
-    """The instructions counted in callgrind's files `out*` (one per process), less
-    `without(path)` of each."""
-    total = 0
+def callgrind_total(out, without=lambda path: {}):
+    """The events counted in callgrind's files `out*` (one per process), less
+    `without(path)` of each, as {event: count}."""
+    total = dict.fromkeys(EVENTS, 0)
     for path in glob.glob(out + "*"):
         with open(path) as f:
             for line in f:
                 if line.startswith("totals:") or line.startswith("summary:"):
-                    total += int(line.split()[1])
+                    for event, value in zip(EVENTS, line.split()[1:]):
+                        total[event] += int(value)
                     break
-        total -= without(path)
+        for event, value in without(path).items():
+            total[event] -= value
     return total
 
 
 def entropy_gathering(path):
-    """Instructions spent in aws-lc's jitterentropy (its start-up entropy source): a
-    number that differs from run to run of the same binary, so it is left out."""
+    """Events of aws-lc's jitterentropy (its start-up entropy source): counts that differ
+    from run to run of the same binary (some 400 million instructions, and with the cache
+    simulation some 400,000 data misses, as it walks memory on purpose), so left out."""
     return spent_in(path, "jitterentropy")
 
 
+# A percentage callgrind_annotate prints after a count: "1,234 (0.25%)".
+PERCENT = re.compile(r"\(\s*[0-9.]+%\)")
+
+
 def spent_in(path, name):
-    """Instructions spent in the functions whose names contain `name` (their own, not
-    their callees'), in the callgrind file `path` (or files `path*`)."""
-    spent = 0
+    """Events spent in the functions whose names contain `name` (their own, not their
+    callees'), in the callgrind file `path` (or files `path*`), as {event: count}."""
+    spent = dict.fromkeys(EVENTS, 0)
     for each in glob.glob(path + "*") if not os.path.exists(path) else [path]:
         annotated = subprocess.run(["callgrind_annotate", "--auto=no", "--inclusive=no", "--threshold=100", each],
                                    capture_output=True, text=True, check=True).stdout
         for line in annotated.splitlines():
-            fields = line.split(None, 2)
-            if len(fields) == 3 and name in fields[2] and fields[0].replace(",", "").isdigit():
-                spent += int(fields[0].replace(",", ""))
+            # One count (or "." for none) per event, then the function's name.
+            fields = PERCENT.sub("", line).split(None, len(EVENTS))
+            if len(fields) != len(EVENTS) + 1 or name not in fields[-1]:
+                continue
+            counts = [c.replace(",", "") for c in fields[:-1]]
+            if all(c == "." or c.isdigit() for c in counts) and any(c.isdigit() for c in counts):
+                for event, c in zip(EVENTS, counts):
+                    spent[event] += int(c) if c.isdigit() else 0
     return spent
 
 
@@ -195,8 +217,14 @@ def main():
                 once, sha_once = counted(portcullis, flood, env, REQUESTS, work, name)
                 twice, sha_twice = counted(portcullis, flood, env, 2 * REQUESTS, work, name)
                 hashing[name] = (sha_twice - sha_once) / REQUESTS
-            results[name] = (twice - once) / REQUESTS
-            print(f"  {name:<12} {results[name]:>10.0f} instructions per request", flush=True)
+            per_request = {event: (twice[event] - once[event]) / REQUESTS for event in EVENTS}
+            results[name] = per_request["Ir"]
+            misses = ""
+            if CACHE:
+                misses = (f", {per_request['I1mr']:.0f} instruction cache misses, "
+                          f"{per_request['D1mr'] + per_request['D1mw']:.0f} data cache misses "
+                          f"({per_request['D1mr']:.0f} reads, {per_request['D1mw']:.0f} writes)")
+            print(f"  {name:<12} {results[name]:>10.0f} instructions per request{misses}", flush=True)
         for name, sha in hashing.items():
             # valgrind does not offer the CPU's SHA extensions, so aws-lc takes its vector
             # code path under callgrind, and the hardware path (a fraction of the
