@@ -161,15 +161,33 @@ def wire_size(port, path, cookie):
         return len(head) + 4 + length
 
 
+def core_ticks(core):
+    """(steal, all) ticks of CPU `core` from /proc/stat: the time the hypervisor gave
+    this virtual CPU's turn to another guest, and all time."""
+    with open("/proc/stat") as f:
+        for line in f:
+            fields = line.split()
+            if fields[0] == f"cpu{core}":
+                # user nice system idle iowait irq softirq steal (guest time is in user)
+                ticks = [int(v) for v in fields[1:9]]
+                return ticks[7], sum(ticks)
+    return 0, 0
+
+
 def measure(label, url, cookie, pids, expected_bytes, connections=None, extra_pids=()):
     """One wrk run; `cpu_us` is the CPU time of `pids` per request (`user_us` its user
     time alone), `extra_cpu_us` that of `extra_pids` (another process in the chain,
-    measured in the same run)."""
+    measured in the same run), `steal` the share of the servers' core the hypervisor
+    gave to other guests during the run (a run with much of it measured a slower
+    machine)."""
     before, extra_before = proc_cpu_ticks(pids), proc_cpu_ticks(extra_pids)
     user_before = proc_cpu_ticks(pids, user_only=True)
+    steal_before, all_before = core_ticks(SERVER_CORE)
     r = run_wrk(url, cookie, connections)
     after, extra_after = proc_cpu_ticks(pids), proc_cpu_ticks(extra_pids)
     user_after = proc_cpu_ticks(pids, user_only=True)
+    steal_after, all_after = core_ticks(SERVER_CORE)
+    r["steal"] = (steal_after - steal_before) / max(all_after - all_before, 1)
     r["cpu_us"] = (after - before) / CLK_TCK * 1e6 / max(r["requests"], 1)
     # The kernel's share (the same system calls for both proxies) hides where they differ.
     r["user_us"] = (user_after - user_before) / CLK_TCK * 1e6 / max(r["requests"], 1)

@@ -247,13 +247,14 @@ def main():
                 for name, port, pids, c in targets:
                     r = measure(name, f"http://127.0.0.1:{port}/{path}", c, pids, expected[(name, path)])
                     rows.setdefault((name, path), []).append(r)
-                    print(f"  round {rnd + 1} {name:10} /{path:5} {r['rps']:>10.0f} req/s  p99 {r['p99']:.2f} ms",
-                          flush=True)
+                    print(f"  round {rnd + 1} {name:10} /{path:5} {r['rps']:>10.0f} req/s  p99 {r['p99']:.2f} ms  "
+                          f"steal {100 * r['steal']:.1f}%", flush=True)
                 r = measure("forward-auth", f"http://127.0.0.1:{fa}/{path}", cookie, fa_pids,
                             expected[("forward-auth", path)], extra_pids=[pc_proc.pid])
                 rows.setdefault(("forward-auth", path), []).append(r)
                 print(f"  round {rnd + 1} {'fwd-auth':10} /{path:5} {r['rps']:>10.0f} req/s  p99 {r['p99']:.2f} ms  "
-                      f"(nginx {r['cpu_us']:.1f} + portcullis {r['extra_cpu_us']:.1f} CPU us)", flush=True)
+                      f"(nginx {r['cpu_us']:.1f} + portcullis {r['extra_cpu_us']:.1f} CPU us)  "
+                      f"steal {100 * r['steal']:.1f}%", flush=True)
 
         def med(name, path, key):
             return statistics.median(r[key] for r in rows[(name, path)])
