@@ -30,8 +30,19 @@ const CONNECTIONS: usize = 32;
 const CLIENT_ID: &str = "pgo";
 const CLIENT_SECRET: &str = "pgo-secret";
 
+/// The processes this program started and has not stopped: `fail` ends them, since
+/// exiting runs no destructors (a failed build would otherwise leave them holding ports).
+static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
 fn fail(what: &str) -> ! {
     eprintln!("pgo_train: {what}");
+    let running = RUNNING.lock().map(|r| r.clone()).unwrap_or_default();
+    for pid in running {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
+    }
     std::process::exit(1);
 }
 
@@ -100,14 +111,22 @@ fn start(binary: &Path, args: &[&str], env: &[(&str, String)]) -> Child {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.spawn()
-        .unwrap_or_else(|e| fail(&format!("cannot start {}: {e}", binary.display())))
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| fail(&format!("cannot start {}: {e}", binary.display())));
+    if let Ok(mut running) = RUNNING.lock() {
+        running.push(child.id());
+    }
+    child
 }
 
 /// Stops a Portcullis process the way a deployment does, so it exits through `main`
 /// (which is when the profile is written). The development provider has no such exit:
 /// a signal ends it, and its profile is not wanted.
 fn stop(mut child: Child, clean: bool) {
+    if let Ok(mut running) = RUNNING.lock() {
+        running.retain(|&pid| pid != child.id());
+    }
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -279,7 +298,7 @@ async fn main() {
             load(&http, format!("{base}/big"), cookie, requests / 8, 200).await;
             let verify = format!("{base}/api/v1/auth/verify");
             load(&http, verify, cookie, requests / 4, 200).await;
-            // Without a session: sent to log in.
+            // Without a session: refused with 401 (not a browser, so no redirect).
             load(&http, format!("{base}/small"), None, requests / 40, 401).await;
         } else {
             load(&http, format!("{base}/small"), cookie, requests / 2, 200).await;
