@@ -45,6 +45,8 @@ use crate::app::{App, ConnInfo};
 use crate::inbound::RequestBody;
 use crate::throttle::Throttle;
 
+mod h1;
+
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The app as it is now: replaced whole by a reload, while requests in flight finish on
@@ -495,6 +497,11 @@ impl Beat {
         }
     }
 
+    /// Whether the server is stopping (the beat's sender is gone).
+    fn stopped(&self) -> bool {
+        self.seen.has_changed().is_err()
+    }
+
     /// What came since the last call, if anything; otherwise the task is woken when
     /// something does.
     fn poll_heard(&mut self, cx: &mut Context<'_>) -> Option<Heard> {
@@ -539,6 +546,36 @@ async fn serve_connection<I>(
         return;
     };
     let activity = Arc::new(Activity::new());
+    let result = if h2 {
+        serve_hyper(
+            io, prefix, true, protocols, app, conn, settings, beats, activity,
+        )
+        .await
+    } else {
+        h1::serve(io, prefix, protocols, app, conn, settings, beats, activity).await
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Serves a connection with hyper, HTTP/2 or HTTP/1 (`h2`), from its bytes read so far
+/// (`prefix`) on.
+#[allow(clippy::too_many_arguments)]
+async fn serve_hyper<I>(
+    io: I,
+    prefix: Bytes,
+    h2: bool,
+    protocols: Protocols,
+    app: Live,
+    conn: ConnInfo,
+    settings: Arc<ServerSettings>,
+    beats: watch::Receiver<()>,
+    activity: Arc<Activity>,
+) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(Rewind {
         prefix,
         inner: io,
@@ -557,7 +594,7 @@ async fn serve_connection<I>(
             Ok::<_, Infallible>(resp)
         }
     });
-    let result = if h2 {
+    if h2 {
         let connection = protocols.http2.serve_connection(io, service);
         let watch = Watch::new(beat_period(&settings), settings.idle_timeout, None);
         drive(pin!(connection), &activity, watch, Beat::new(beats), |c| {
@@ -578,9 +615,6 @@ async fn serve_connection<I>(
             c.graceful_shutdown()
         })
         .await
-    };
-    if let Err(e) = result {
-        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
     }
 }
 
@@ -825,6 +859,7 @@ impl Worker {
         ));
         let (beats, listening) = watch::channel(());
         tokio::spawn(beat(beats, beat_period(&self.settings), stopped.clone()));
+        tokio::spawn(h1::date::keep(stopped.clone()));
         loop {
             // A free slot first: at the cap, connections wait in the listen backlog.
             let slot = tokio::select! {

@@ -469,3 +469,107 @@ async fn request_bodies_of_unknown_length_reach_the_upstream_chunked_and_intact(
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     arrived_intact(&serde_json::from_slice(&body).unwrap());
 }
+
+/// The responses in `raw`, in order: each one's head and its body, read by its framing
+/// (`Content-Length` or chunked; no other framing is expected here).
+fn responses(mut raw: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !raw.is_empty() {
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a whole head")
+            + 4;
+        let head = String::from_utf8(raw[..end].to_vec()).unwrap();
+        raw = &raw[end..];
+        let field = |name: &str| {
+            head.lines()
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                })
+                .map(|(_, v)| v.trim().to_string())
+        };
+        let mut body = Vec::new();
+        if let Some(length) = field("content-length") {
+            let n: usize = length.parse().unwrap();
+            body.extend_from_slice(&raw[..n]);
+            raw = &raw[n..];
+        } else {
+            assert_eq!(
+                field("transfer-encoding").as_deref(),
+                Some("chunked"),
+                "{head}"
+            );
+            loop {
+                let line = raw.windows(2).position(|w| w == b"\r\n").unwrap();
+                let size =
+                    usize::from_str_radix(std::str::from_utf8(&raw[..line]).unwrap(), 16).unwrap();
+                raw = &raw[line + 2..];
+                if size == 0 {
+                    assert_eq!(&raw[..2], b"\r\n");
+                    raw = &raw[2..];
+                    break;
+                }
+                body.extend_from_slice(&raw[..size]);
+                assert_eq!(&raw[size..size + 2], b"\r\n");
+                raw = &raw[size + 2..];
+            }
+        }
+        out.push((head, body));
+    }
+    out
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_whichever_path_serves_them() {
+    // Plain GETs are served by Portcullis's own HTTP/1.1 path, a request with a body or a
+    // connection option hands the connection over to hyper; requests sent all at once
+    // come back in order, each whole, across the hand-over.
+    let upstream = EchoUpstream::start().await;
+    let p = open_mode(&upstream, &[]).await;
+    let host = p.addr;
+    let mut stream = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let raw = format!(
+        "GET /one HTTP/1.1\r\nHost: {host}\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nProxy-Authorization: Basic eDp5\r\nX-End-To-End: yes\r\n\r\n\
+         GET /stream?bytes=70000 HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         GET /two HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive\r\n\r\n\
+         POST /upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\n\r\nhello\
+         GET /three HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         GET /four HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection closes after the last response")
+        .unwrap();
+    let answers = responses(&answer);
+    assert_eq!(answers.len(), 6);
+    for (head, _) in &answers {
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("\r\ndate: "), "{head}");
+    }
+    let echoed = |i: usize| -> Value { serde_json::from_slice(&answers[i].1).unwrap() };
+    let first = echoed(0);
+    assert_eq!(first["path"], "/one");
+    let headers = first["headers"].as_object().unwrap();
+    for gone in ["keep-alive", "proxy-connection", "proxy-authorization"] {
+        assert!(
+            !headers.contains_key(gone),
+            "{gone} reached the upstream: {first}"
+        );
+    }
+    assert_eq!(headers["x-end-to-end"][0], "yes");
+    // The upstream's chunked body, re-framed for this hop.
+    assert!(
+        answers[1].0.contains("transfer-encoding: chunked"),
+        "{}",
+        answers[1].0
+    );
+    assert_eq!(answers[1].1.len(), 70_000);
+    assert_eq!(echoed(2)["path"], "/two");
+    assert!(String::from_utf8_lossy(&answers[3].1).contains("\"received\":5,"));
+    assert_eq!(echoed(4)["path"], "/three");
+    assert_eq!(echoed(5)["path"], "/four");
+}
