@@ -168,10 +168,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Link<I> {
     ) -> End {
         loop {
             let mut req = loop {
-                match parse(&mut self.input, &mut self.spans, self.max_head) {
-                    Parsed::Plain(req) => break req,
-                    Parsed::Other => return End::HandOver(self.input.split().freeze()),
-                    Parsed::Partial => {}
+                if !self.input.is_empty() {
+                    match parse(&mut self.input, &mut self.spans, self.max_head) {
+                        Parsed::Plain(req) => break req,
+                        Parsed::Other => return End::HandOver(self.input.split().freeze()),
+                        Parsed::Partial => {}
+                    }
                 }
                 if !self.wait_input(activity, watch, beat).await {
                     return End::Closed;
@@ -272,17 +274,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Link<I> {
     /// `stopping`: the server is shutting down, so this is the connection's last.
     async fn respond(&mut self, response: Response<ProxyBody>, stopping: bool) -> bool {
         let (parts, mut body) = response.into_parts();
-        let status = parts.status;
-        let headers = &parts.headers;
-        // An interim answer here would switch nothing: none is ever made, and one that
-        // were would end the connection.
-        let close = stopping || lists_close(headers) || status.is_informational();
-        let framing = framing(status, headers, &body);
         self.output.clear();
-        write_head(&mut self.output, status, headers, framing, close);
+        let (framing, close) = write_head(&mut self.output, &parts, &body, stopping);
 
         let mut left = match framing {
-            Framing::Length { length, .. } => length,
+            Framing::Length(length) => length,
             _ => 0,
         };
         let chunked = framing == Framing::Chunked;
@@ -474,108 +470,109 @@ fn plain_field(name: &[u8], value: &[u8]) -> bool {
 enum Framing {
     /// No body may follow (1xx, 204, 304).
     None,
-    /// `length` bytes; `declared` if the response's own `Content-Length` says so.
-    Length {
-        length: u64,
-        declared: bool,
-    },
+    Length(u64),
     Chunked,
 }
 
-fn framing(status: StatusCode, headers: &HeaderMap, body: &ProxyBody) -> Framing {
-    if status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Framing::None;
-    }
-    if let Some(length) = declared_length(headers) {
-        return Framing::Length {
-            length,
-            declared: true,
-        };
-    }
-    match body.size_hint().exact() {
-        Some(length) => Framing::Length {
-            length,
-            declared: false,
-        },
-        None => Framing::Chunked,
-    }
-}
-
-/// The response's `Content-Length`, if it has exactly one that is a number.
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return None;
-    };
-    let text = value.to_str().ok()?;
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
-}
-
-fn lists_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
-}
-
-/// The status line and fields of a response, with the framing fields of `framing`, a
-/// `Date` unless there is one, and `connection: close` if the connection ends after it.
+/// Writes the status line and fields of a response into `out`, in one pass over its
+/// fields; how its body is framed, and whether the connection closes after it.
+///
+/// The framing is this hop's: the body is delimited by the response's own
+/// `Content-Length` if it has exactly one valid value, else by the body's exact length,
+/// else chunked; never a body on 1xx, 204 or 304 (a 304 keeps the length of what it
+/// stands for). A `Transfer-Encoding` from elsewhere is not copied. A `Date` is added
+/// unless there is one, `connection: close` when the connection ends after the
+/// response (`stopping`, or the response says so) unless the response already speaks of
+/// the connection.
 fn write_head(
     out: &mut Vec<u8>,
-    status: StatusCode,
-    headers: &HeaderMap,
-    framing: Framing,
-    close: bool,
-) {
+    parts: &http::response::Parts,
+    body: &ProxyBody,
+    stopping: bool,
+) -> (Framing, bool) {
+    let status = parts.status;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    // The framing is this hop's: a `Transfer-Encoding` from elsewhere is not ours to
-    // copy, nor a `Content-Length` that is not the one framing the body (or the 304's).
-    let keep_length = match framing {
-        Framing::Length { declared, .. } => declared,
-        Framing::None => status == StatusCode::NOT_MODIFIED,
-        Framing::Chunked => false,
-    };
-    for (name, value) in headers {
-        if name == header::TRANSFER_ENCODING || (name == header::CONTENT_LENGTH && !keep_length) {
+    let mut has_date = false;
+    let mut connection = false;
+    // An interim answer here would switch nothing: none is ever made, and one that were
+    // would end the connection.
+    let mut close = stopping || status.is_informational();
+    // `None`: no length given; `Some(None)`: more than one, or not a number.
+    let mut declared: Option<Option<u64>> = None;
+    for (name, value) in &parts.headers {
+        if *name == header::CONTENT_LENGTH {
+            declared = Some(match declared {
+                None => length_value(value.as_bytes()),
+                Some(_) => None,
+            });
             continue;
+        }
+        if *name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        if *name == header::DATE {
+            has_date = true;
+        } else if *name == header::CONNECTION {
+            connection = true;
+            close |= lists_close(value.as_bytes());
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    match framing {
-        Framing::Length {
-            length,
-            declared: false,
-        } => {
-            // Writing to a Vec cannot fail.
-            let _ = write!(out, "content-length: {length}\r\n");
-        }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        _ => {}
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if bodiless {
+        Framing::None
+    } else if let Some(Some(length)) = declared {
+        Framing::Length(length)
+    } else if let Some(length) = body.size_hint().exact() {
+        Framing::Length(length)
+    } else {
+        Framing::Chunked
+    };
+    let length = match (framing, declared) {
+        (Framing::Length(length), _) => Some(length),
+        (Framing::None, Some(Some(length))) if status == StatusCode::NOT_MODIFIED => Some(length),
+        _ => None,
+    };
+    if let Some(length) = length {
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "content-length: {length}\r\n");
+    } else if framing == Framing::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    if !headers.contains_key(header::DATE) {
+    if !has_date {
         out.extend_from_slice(b"date: ");
         date::write(out);
         out.extend_from_slice(b"\r\n");
     }
-    if close && !headers.contains_key(header::CONNECTION) {
+    if close && !connection {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    (framing, close)
+}
+
+/// A `Content-Length` value: digits only.
+fn length_value(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// Whether a `Connection` value lists `close`.
+fn lists_close(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 /// A chunk's size line, in `buf`.
@@ -887,8 +884,18 @@ mod tests {
         .await;
         assert_eq!(
             out,
-            "HTTP/1.1 304 Not Modified\r\ncontent-length: 7\r\netag: \"e\"\r\n\r\n"
+            "HTTP/1.1 304 Not Modified\r\netag: \"e\"\r\ncontent-length: 7\r\n\r\n"
         );
+        // Lengths that are not one number give way to the body's own.
+        for lengths in [&["5", "5"][..], &["abc"], &["-5"], &[""], &["5, 5"]] {
+            let fields: Vec<_> = lengths.iter().map(|v| ("content-length", *v)).collect();
+            let (out, keep) = wire(response(200, &fields, ProxyBody::full("hello")), false).await;
+            assert_eq!(
+                out, "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+                "{lengths:?}"
+            );
+            assert!(keep);
+        }
         // A declared length the body does not match ends the connection, not the framing:
         // nothing of a body found too long before anything was sent.
         let (out, keep) = wire(
