@@ -62,6 +62,17 @@ pub mod fuzzing {
     }
 }
 
+/// For the fuzz target `client_head`: `Err` if Portcullis's own HTTP/1.1 path serves a
+/// request head that hyper's server refuses or reads differently.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn fuzz_client_head(raw: &[u8]) -> Result<(), String> {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(server::differential_compare(raw))
+}
+
 /// For the fuzz target `upstream_response`: see [`upstream::read_response`].
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -47,6 +47,9 @@ use crate::throttle::Throttle;
 
 mod h1;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use h1::differential::compare as differential_compare;
+
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The app as it is now: replaced whole by a reload, while requests in flight finish on
