@@ -89,7 +89,7 @@ where
         io,
         input,
         output: Vec::with_capacity(512),
-        spans: Vec::new(),
+        fields: Fields::default(),
         max_head: settings.max_header_bytes,
     };
     let mut watch = Watch::new(
@@ -115,10 +115,10 @@ where
                 io,
                 input,
                 output,
-                spans,
+                fields,
                 ..
             } = link;
-            drop((input, output, spans));
+            drop((input, output, fields));
             super::serve_hyper(
                 io, rest, false, protocols, app, conn, settings, beats, activity,
             )
@@ -133,8 +133,8 @@ struct Link<I> {
     io: I,
     input: BytesMut,
     output: Vec<u8>,
-    /// Where the fields of the head being read lie in `input`.
-    spans: Vec<Span>,
+    /// Where the fields of the head being read lie, and the names of the last one's.
+    fields: Fields,
     max_head: usize,
 }
 
@@ -169,7 +169,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Link<I> {
         loop {
             let mut req = loop {
                 if !self.input.is_empty() {
-                    match parse(&mut self.input, &mut self.spans, self.max_head) {
+                    match parse(&mut self.input, &mut self.fields, self.max_head) {
                         Parsed::Plain(req) => break req,
                         Parsed::Other => return End::HandOver(self.input.split().freeze()),
                         Parsed::Partial => {}
@@ -369,11 +369,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Link<I> {
 }
 
 /// Parses the head at the front of `input`; a plain request's head is taken off it.
-fn parse(input: &mut BytesMut, spans: &mut Vec<Span>, max_head: usize) -> Parsed {
-    let mut fields =
-        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+fn parse(input: &mut BytesMut, fields: &mut Fields, max_head: usize) -> Parsed {
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut head = httparse::Request::new(&mut []);
-    let length = match head.parse_with_uninit_headers(input, &mut fields) {
+    let length = match head.parse_with_uninit_headers(input, &mut slots) {
         Ok(httparse::Status::Complete(length)) if length <= max_head => length,
         Ok(httparse::Status::Partial) if input.len() < max_head => return Parsed::Partial,
         _ => return Parsed::Other,
@@ -400,24 +399,20 @@ fn parse(input: &mut BytesMut, spans: &mut Vec<Span>, max_head: usize) -> Parsed
         (start, start + s.len() as u32)
     };
     let target = range(target.as_bytes());
-    spans.clear();
+    fields.spans.clear();
     for field in head.headers.iter() {
         if !plain_field(field.name.as_bytes(), field.value) {
             return Parsed::Other;
         }
-        spans.push(Span {
+        fields.spans.push(Span {
             name: range(field.name.as_bytes()),
             value: range(field.value),
         });
     }
     let bytes = input.split_to(length).freeze();
-    let at = |(start, end): (u32, u32)| Range {
-        start: start as usize,
-        end: end as usize,
-    };
     let built = Uri::from_maybe_shared(bytes.slice(at(target)))
         .ok()
-        .zip(fields_of(&bytes, spans, at));
+        .zip(fields.map(&bytes));
     let Some((uri, headers)) = built else {
         // Not taken after all: back in front of whatever followed it.
         let mut back = BytesMut::with_capacity(bytes.len() + input.len());
@@ -434,20 +429,114 @@ fn parse(input: &mut BytesMut, spans: &mut Vec<Span>, max_head: usize) -> Parsed
     Parsed::Plain(request)
 }
 
-/// The fields of a head, their values sharing its bytes; `None` if `http` refuses a name
-/// or value that httparse let through (hyper's to answer, then).
-fn fields_of(
-    bytes: &Bytes,
-    spans: &[Span],
-    at: impl Fn((u32, u32)) -> Range<usize>,
-) -> Option<HeaderMap> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for span in spans {
-        let name = HeaderName::from_bytes(&bytes[at(span.name)]).ok()?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(at(span.value))).ok()?;
-        headers.append(name, value);
+/// A span of a head as a range of its bytes.
+fn at((start, end): (u32, u32)) -> Range<usize> {
+    start as usize..end as usize
+}
+
+/// The most bytes of field names a connection keeps (a head with more is read in full).
+const NAMES_KEPT: usize = 2048;
+
+/// What a connection keeps of its request heads: where the fields of the one being read
+/// lie, and the field names of the last one, as read and as parsed. A client sends the
+/// same names in the same order request after request, and comparing their bytes costs
+/// less than parsing and hashing each name again.
+#[derive(Default)]
+struct Fields {
+    spans: Vec<Span>,
+    /// The last head's names as read, one after the other.
+    raw: Vec<u8>,
+    /// Each of those names: where its bytes end in `raw`, and the name.
+    parsed: Vec<(usize, HeaderName)>,
+    /// A map of exactly the names in `parsed`, every value blank: cloning it and filling
+    /// in the values costs less than building a map. Kept only while those names are all
+    /// different (a map with a repeated name does not list its values in the order they
+    /// were read).
+    template: Option<HeaderMap>,
+}
+
+impl Fields {
+    /// The fields at `spans` as a map, their values sharing the head's `bytes`; `None` if
+    /// `http` refuses a name or value that httparse let through (hyper's to answer then).
+    fn map(&mut self, bytes: &Bytes) -> Option<HeaderMap> {
+        let Fields {
+            spans,
+            raw,
+            parsed,
+            template,
+        } = self;
+        let value = |span: &Span| HeaderValue::from_maybe_shared(bytes.slice(at(span.value))).ok();
+        if let Some(template) = template
+            && spans.len() == parsed.len()
+            && spans
+                .iter()
+                .enumerate()
+                .all(|(i, span)| kept(raw, parsed, i, &bytes[at(span.name)]).is_some())
+        {
+            let mut map = template.clone();
+            // In the order the names were appended: they are all different.
+            for (slot, span) in map.values_mut().zip(spans.iter()) {
+                *slot = value(span)?;
+            }
+            return Some(map);
+        }
+        *template = None;
+        let mut map = HeaderMap::with_capacity(spans.len());
+        let mut all_kept = true;
+        for (i, span) in spans.iter().enumerate() {
+            let name_bytes = &bytes[at(span.name)];
+            let name = match kept(raw, parsed, i, name_bytes) {
+                Some(name) => name.clone(),
+                None => {
+                    all_kept = false;
+                    let name = HeaderName::from_bytes(name_bytes).ok()?;
+                    let start = i
+                        .checked_sub(1)
+                        .and_then(|p| parsed.get(p))
+                        .map_or(0, |p| p.0);
+                    if parsed.len() >= i && start + name_bytes.len() <= NAMES_KEPT {
+                        parsed.truncate(i);
+                        raw.truncate(start);
+                        raw.extend_from_slice(name_bytes);
+                        parsed.push((raw.len(), name.clone()));
+                    }
+                    name
+                }
+            };
+            map.append(name, value(span)?);
+        }
+        // Names kept past this head's belong to none now.
+        if parsed.len() > spans.len() {
+            parsed.truncate(spans.len());
+            raw.truncate(parsed.last().map_or(0, |p| p.0));
+        }
+        // The second head in a row with these names makes the template.
+        if all_kept && parsed.len() == spans.len() && map.len() == map.keys_len() {
+            let mut blank = map.clone();
+            for value in blank.values_mut() {
+                *value = HeaderValue::from_static("");
+            }
+            *template = Some(blank);
+        }
+        Some(map)
     }
-    Some(headers)
+}
+
+/// Field `i`'s name as parsed for an earlier head, if its bytes were `name`.
+fn kept<'a>(
+    raw: &[u8],
+    parsed: &'a [(usize, HeaderName)],
+    i: usize,
+    name: &[u8],
+) -> Option<&'a HeaderName> {
+    let start = i
+        .checked_sub(1)
+        .and_then(|p| parsed.get(p))
+        .map_or(0, |p| p.0);
+    parsed
+        .get(i)
+        .filter(|(end, _)| raw.get(start..*end) == Some(name))
+        .map(|(_, name)| name)
 }
 
 /// Whether a request field leaves the request plain: no body, no upgrade, no
@@ -651,16 +740,35 @@ pub(crate) mod differential {
 
     use super::*;
 
-    /// The method, target and fields of `raw` if this path serves it.
-    pub(crate) fn ours(raw: &[u8]) -> Option<(Method, Uri, HeaderMap)> {
+    /// The method, target and fields of `raw` if this path serves it, read with what
+    /// `fields` kept of the heads before.
+    pub(super) fn read_with(raw: &[u8], fields: &mut Fields) -> Option<(Method, Uri, HeaderMap)> {
         let mut input = BytesMut::from(raw);
-        match parse(&mut input, &mut Vec::new(), MAX_HEAD) {
+        match parse(&mut input, fields, MAX_HEAD) {
             Parsed::Plain(req) => {
                 let (parts, _) = req.into_parts();
                 Some((parts.method, parts.uri, parts.headers))
             }
             Parsed::Partial | Parsed::Other => None,
         }
+    }
+
+    /// The method, target and fields of `raw` if this path serves it: read three times
+    /// on one connection (the names parsed, then compared with the kept ones, then read
+    /// into the template), which must all read the same.
+    pub(crate) fn ours(raw: &[u8]) -> Result<Option<(Method, Uri, HeaderMap)>, String> {
+        let mut fields = Fields::default();
+        let first = read_with(raw, &mut fields);
+        for _ in 0..2 {
+            let again = read_with(raw, &mut fields);
+            if again != first {
+                return Err(format!(
+                    "read as {first:?} first, as {again:?} again: {:?}",
+                    String::from_utf8_lossy(raw)
+                ));
+            }
+        }
+        Ok(first)
     }
 
     /// The same as hyper's server reads it (with the same head limit), or `None` if it
@@ -693,7 +801,7 @@ pub(crate) mod differential {
     /// `Err` saying how, if this path serves `raw` and hyper would not, or reads it
     /// differently.
     pub(crate) async fn compare(raw: &[u8]) -> Result<(), String> {
-        let Some(ours) = ours(raw) else {
+        let Some(ours) = ours(raw)? else {
             return Ok(());
         };
         let shown = String::from_utf8_lossy(raw);
@@ -718,7 +826,7 @@ mod tests {
 
     fn plain(raw: &[u8]) -> Option<Request<RequestBody>> {
         let mut input = BytesMut::from(raw);
-        match parse(&mut input, &mut Vec::new(), 8192) {
+        match parse(&mut input, &mut Fields::default(), 8192) {
             Parsed::Plain(req) => Some(req),
             Parsed::Partial | Parsed::Other => {
                 assert_eq!(
@@ -850,7 +958,7 @@ mod tests {
             io: server,
             input: BytesMut::new(),
             output: Vec::new(),
-            spans: Vec::new(),
+            fields: Fields::default(),
             max_head: 8192,
         };
         let keep = link.respond(r, stopping).await;
@@ -971,6 +1079,41 @@ mod tests {
         )
         .await;
         assert_eq!(out, "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn heads_read_with_the_names_kept_from_the_last_are_read_as_if_first() {
+        let heads: &[&[u8]] = &[
+            b"GET /1 HTTP/1.1\r\nHost: a\r\nCookie: s=1\r\nAccept: */*\r\n\r\n",
+            b"GET /2 HTTP/1.1\r\nHost: b\r\nCookie: s=2\r\nAccept: text/html\r\n\r\n",
+            // The template from here on.
+            b"GET /3 HTTP/1.1\r\nHost: c\r\nCookie: s=3\r\nAccept: x\r\n\r\n",
+            b"GET /4 HTTP/1.1\r\nHost: d\r\nCookie: s=4\r\nAccept: y\r\n\r\n",
+            // Another spelling of a name, one name fewer, one more, a repeated one.
+            b"GET /5 HTTP/1.1\r\nhost: e\r\nCookie: s=5\r\nAccept: z\r\n\r\n",
+            b"GET /6 HTTP/1.1\r\nhost: f\r\nCookie: s=6\r\n\r\n",
+            b"GET /7 HTTP/1.1\r\nhost: g\r\nCookie: s=7\r\n\r\n",
+            b"GET /8 HTTP/1.1\r\nhost: h\r\nCookie: s=8\r\nX-New: 1\r\n\r\n",
+            b"GET /9 HTTP/1.1\r\nhost: i\r\nCookie: s=9\r\nCookie: t=9\r\n\r\n",
+            b"GET /10 HTTP/1.1\r\nhost: j\r\nCookie: s=10\r\nCookie: t=10\r\n\r\n",
+            b"GET /11 HTTP/1.1\r\nhost: k\r\nCookie: s=11\r\nCookie: t=11\r\n\r\n",
+            b"GET /12 HTTP/1.1\r\nhost: l\r\nCookie: t=12\r\nX-New: 12\r\n\r\n",
+            b"GET /13 HTTP/1.1\r\nhost: m\r\nCookie: t=13\r\nX-New: 13\r\n\r\n",
+            b"GET /14 HTTP/1.1\r\nhost: n\r\nCookie: t=14\r\nX-New: 14\r\n\r\n",
+            // The same names, a value http refuses: not served here.
+            b"GET /15 HTTP/1.1\r\nhost: o\r\nCookie: t=15\r\nX-New: \x7f\r\n\r\n",
+            b"GET /16 HTTP/1.1\r\n\r\n",
+            b"GET /17 HTTP/1.1\r\nhost: q\r\n\r\n",
+        ];
+        let mut fields = Fields::default();
+        let mut templated = 0;
+        for head in heads {
+            templated += usize::from(fields.template.is_some());
+            let kept = differential::read_with(head, &mut fields);
+            let fresh = differential::read_with(head, &mut Fields::default());
+            assert_eq!(kept, fresh, "{}", String::from_utf8_lossy(head));
+        }
+        assert!(templated >= 5, "the template was used {templated} times");
     }
 
     #[test]
