@@ -192,16 +192,15 @@ impl App {
         let Some(session) = auth.sessions.load(&id).await? else {
             return Ok(None);
         };
-        let now = portcullis_core::time::unix_now();
-        let principal = if session
-            .tokens
-            .as_ref()
-            .is_some_and(|t| t.refresh_due(auth.refresh_before, now))
-        {
-            Box::pin(self.refresh(auth, &id, session)).await?
-        } else {
-            Some(Principal::session(session))
-        };
+        // The clock only for a session with tokens to refresh.
+        let principal =
+            if session.tokens.as_ref().is_some_and(|t| {
+                t.refresh_due(auth.refresh_before, portcullis_core::time::unix_now())
+            }) {
+                Box::pin(self.refresh(auth, &id, session)).await?
+            } else {
+                Some(Principal::session(session))
+            };
         Ok(principal.map(|p| self.keyed_for_assertions(p, &id)))
     }
 
