@@ -398,3 +398,27 @@ async fn connections_that_send_headers_a_byte_at_a_time_are_cut_while_others_are
     );
     assert!(last < Duration::from_secs(3), "{last:?}");
 }
+
+#[tokio::test]
+async fn half_a_head_sent_behind_a_request_is_cut_at_the_header_timeout() {
+    // The start of the next head rides in with a request, then nothing more: once the
+    // request is answered, that head's time runs (not the idle timeout's 75 s).
+    let upstream = EchoUpstream::start().await;
+    let p = Portcullis::builder()
+        .env("UPSTREAM_URL", upstream.url())
+        .env("SERVER__HEADER_READ_TIMEOUT", "1s")
+        .start()
+        .await;
+    let mut stream = TcpStream::connect(p.addr).await.unwrap();
+    let mut both = get("/first");
+    both.extend_from_slice(b"GET /second HTTP/1.1\r\nHost: app.test\r\n");
+    let sent = Instant::now();
+    stream.write_all(&both).await.unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 200);
+    let mut rest = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+    assert!(cut.is_ok(), "the half head was still waited for after 10 s");
+    let after = sent.elapsed();
+    assert!(after >= Duration::from_millis(900), "{after:?}");
+    assert!(after < Duration::from_secs(3), "{after:?}");
+}

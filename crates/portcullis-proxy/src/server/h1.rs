@@ -194,7 +194,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Link<I> {
             if !keep {
                 return End::Closed;
             }
-            if self.input.is_empty() && self.input.capacity() > KEEP_IDLE {
+            if !self.input.is_empty() {
+                // The next head started while this request was in flight: its time runs.
+                activity.received();
+            } else if self.input.capacity() > KEEP_IDLE {
                 self.input = BytesMut::with_capacity(INPUT);
             }
             if self.output.capacity() > KEEP_IDLE {
