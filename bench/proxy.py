@@ -303,13 +303,13 @@ def main():
         print(f"spans exported by the traced row: about {sink.spans}, in {sink.exports} OTLP requests")
         print(f"portcullis idle RSS (one session): {idle_rss / 1024:.1f} MiB (target < 20)")
 
-        # 1,000 concurrent keep-alive connections: no errors (measure() refuses a run with
-        # any), and the tail.
+        # 1,000 concurrent keep-alive connections: no errors for Portcullis (measure()
+        # refuses a run with any), and the tail; nginx's errors, if any, are reported.
         for name, port, pids, c in targets[:2]:
             r = measure(name, f"http://127.0.0.1:{port}/small", c, pids, expected[(name, "small")],
-                        connections=1000)
+                        connections=1000, socket_errors_ok=name == "nginx")
             print(f"{name:<12}/small with 1000 connections: {r['rps']:.0f} req/s, p50 {r['p50']:.2f} ms, "
-                  f"p99 {r['p99']:.2f} ms, 0 errors")
+                  f"p99 {r['p99']:.2f} ms, {r['socket_errors']} errors")
 
         if SESSIONS > 0:
             started = time.time()
