@@ -49,6 +49,13 @@ pub(crate) fn always_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// Whether a comma-separated field value lists `token` (any case).
+pub(crate) fn lists_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
 /// Whether a `Connection` value names a field outside the fixed set (beyond an
 /// upstream's usual `keep-alive`), which would have to be found and removed too.
 pub(crate) fn lists_other_fields(connection: &[u8]) -> bool {

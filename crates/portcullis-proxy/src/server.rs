@@ -2,6 +2,10 @@
 //! and HTTP/2 on the same port (HTTP/2 over cleartext by prior knowledge), with header
 //! size limits and timeouts on every wait a client controls.
 //!
+//! Plain HTTP/1.1 requests (no body, no upgrade, nearly all of them) are read and answered
+//! on the connection by [`h1`]; the first request that is not plain hands the connection,
+//! with its unread bytes, to hyper's HTTP/1 server, which serves HTTP/2 connections too.
+//!
 //! Thread per core, like nginx's workers: each worker thread runs its own single-threaded
 //! runtime and accepts from a clone of the one listening socket, and the app gives each
 //! worker its own upstream connection pool. A request is then served start to finish on

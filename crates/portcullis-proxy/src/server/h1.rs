@@ -45,6 +45,7 @@ use tokio_util::io::poll_read_buf;
 use super::{Activity, Beat, Heard, Live, Protocols, ServerSettings, Watch, beat_period};
 use crate::app::ConnInfo;
 use crate::body::ProxyBody;
+use crate::hop::lists_token;
 use crate::inbound::RequestBody;
 
 /// At most this many fields in a request head (hyper's limit too; beyond it hyper
@@ -610,7 +611,7 @@ fn write_head(
             has_date = true;
         } else if *name == header::CONNECTION {
             connection = true;
-            close |= lists_close(value.as_bytes());
+            close |= lists_token(value.as_bytes(), b"close");
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
@@ -658,13 +659,6 @@ fn length_value(value: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(value).ok()?.parse().ok()
-}
-
-/// Whether a `Connection` value lists `close`.
-fn lists_close(value: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 /// A chunk's size line, in `buf`.

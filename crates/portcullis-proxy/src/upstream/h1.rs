@@ -30,7 +30,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::FieldValue;
 use super::pool::Pool;
-use crate::hop;
+use crate::hop::{self, lists_token};
 use crate::inbound::RequestBody;
 use crate::redact;
 
@@ -831,13 +831,6 @@ fn value_end(input: &[u8], at: usize) -> Option<usize> {
         .iter()
         .position(|&b| stops(b))
         .map(|i| from + i)
-}
-
-/// Whether a comma-separated field value lists `token` (any case).
-fn lists_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// A field's name and value, as offsets into the head (name start and end, value start
